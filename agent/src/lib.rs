@@ -1,0 +1,1 @@
+//! The Shoal agent library: one module per step of a sync (fetch → verify → …), driven by `cli`.

@@ -1,0 +1,1 @@
+//! Test harness: builders for signed repositories and real git servers, used by `tests/tests/*.rs`.
