@@ -1,0 +1,397 @@
+//! The device's own configuration (`/etc/shoal/agent.toml`): parsed, defaulted and validated
+//! here so that every other module receives only well-formed settings. Reads one file, writes none.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::paths::{self, PathError};
+
+pub const DEFAULT_PATH: &str = "/etc/shoal/agent.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the agent config: {0}; pass --config PATH or create {DEFAULT_PATH}")]
+    Read(#[source] PathError),
+    #[error("{}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("{}: `{key}` {message}", path.display())]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+/// The agent's settings, with defaults applied and relative paths resolved against the
+/// directory of the config file (so a sandbox config can say `state_dir = "state"`).
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub path: PathBuf,
+    pub device_id: String,
+    pub labels: BTreeMap<String, String>,
+    pub state_dir: PathBuf,
+    pub root: PathBuf,
+    pub source: SourceConfig,
+    pub trust: TrustConfig,
+    pub collector: Option<CollectorConfig>,
+    pub apply: ApplyConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub url: String,
+    pub reference: String,
+    pub interval: Duration,
+    /// PEM file of CA certificates trusted for an https source instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Deadline for one network operation (connect, or a stalled transfer).
+    pub timeout: Duration,
+    /// Extra attempts after a transient network failure, with exponential backoff.
+    pub retries: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyMode {
+    /// Only the new tip's signature is checked.
+    Tip,
+    /// Every commit between the applied one and the new tip, merges included.
+    Range,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrustConfig {
+    pub allowed_signers: PathBuf,
+    pub verify: VerifyMode,
+}
+
+#[derive(Debug, Clone)]
+pub struct CollectorConfig {
+    pub url: String,
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApplyConfig {
+    pub health_timeout: Duration,
+    pub keep_generations: u32,
+}
+
+// The raw file shape. `deny_unknown_fields` everywhere: a misspelt key silently ignored is a
+// device that does something other than what its operator wrote.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    device_id: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    state_dir: Option<PathBuf>,
+    root: Option<PathBuf>,
+    source: RawSource,
+    #[serde(default)]
+    trust: RawTrust,
+    collector: Option<RawCollector>,
+    #[serde(default)]
+    apply: RawApply,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    url: String,
+    #[serde(rename = "ref")]
+    reference: String,
+    interval: Option<HumanDuration>,
+    ca_file: Option<PathBuf>,
+    timeout: Option<HumanDuration>,
+    retries: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    allowed_signers: Option<PathBuf>,
+    verify: Option<VerifyMode>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCollector {
+    url: String,
+    ca_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawApply {
+    health_timeout: Option<HumanDuration>,
+    keep_generations: Option<u32>,
+}
+
+/// A duration written the way operators write them: `"500ms"`, `"30s"`, `"5m"`, `"1h"`.
+#[derive(Debug, Clone, Copy)]
+struct HumanDuration(Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_duration(&text)
+            .map(HumanDuration)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number.parse().map_err(|_| {
+        format!("invalid duration {text:?}: expected a number and a unit, like \"30s\"")
+    })?;
+    let unit_ms = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => {
+            return Err(format!(
+                "invalid duration {text:?}: unit must be one of ms, s, m, h"
+            ))
+        }
+    };
+    Ok(Duration::from_millis(value.saturating_mul(unit_ms)))
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = paths::read_to_string(path).map_err(ConfigError::Read)?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses config text; `path` is used for error messages and to resolve relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("/"));
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let invalid = |key, message: &str| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message: message.to_owned(),
+        };
+
+        let device_id = match raw.device_id {
+            Some(id) => id,
+            None => machine_id().ok_or_else(|| {
+                invalid(
+                    "device_id",
+                    "is not set and /etc/machine-id is unreadable; set device_id in the config",
+                )
+            })?,
+        };
+        if device_id.is_empty()
+            || device_id
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(invalid(
+                "device_id",
+                "must be non-empty, without spaces or control characters",
+            ));
+        }
+        if raw.source.url.trim().is_empty() {
+            return Err(invalid("source.url", "must not be empty"));
+        }
+        if !raw.source.reference.starts_with("refs/") {
+            return Err(invalid(
+                "source.ref",
+                "must be a full ref name such as \"refs/heads/production\"",
+            ));
+        }
+        let interval = raw.source.interval.map_or(Duration::from_secs(60), |d| d.0);
+        if interval.is_zero() {
+            return Err(invalid("source.interval", "must be greater than zero"));
+        }
+        let keep_generations = raw.apply.keep_generations.unwrap_or(10);
+        if keep_generations == 0 {
+            return Err(invalid(
+                "apply.keep_generations",
+                "must be at least 1 (the current generation)",
+            ));
+        }
+
+        Ok(AgentConfig {
+            path: path.to_owned(),
+            device_id,
+            labels: raw.labels,
+            state_dir: resolve(raw.state_dir.unwrap_or_else(|| "/var/lib/shoal".into())),
+            root: resolve(raw.root.unwrap_or_else(|| "/".into())),
+            source: SourceConfig {
+                url: resolve_local_url(&raw.source.url, base),
+                reference: raw.source.reference,
+                interval,
+                ca_file: raw.source.ca_file.map(resolve),
+                timeout: raw.source.timeout.map_or(Duration::from_secs(60), |d| d.0),
+                retries: raw.source.retries.unwrap_or(3),
+            },
+            trust: TrustConfig {
+                allowed_signers: resolve(
+                    raw.trust
+                        .allowed_signers
+                        .unwrap_or_else(|| "/etc/shoal/allowed_signers".into()),
+                ),
+                verify: raw.trust.verify.unwrap_or(VerifyMode::Range),
+            },
+            collector: raw.collector.map(|c| CollectorConfig {
+                url: c.url,
+                ca_file: c.ca_file.map(resolve),
+            }),
+            apply: ApplyConfig {
+                health_timeout: raw
+                    .apply
+                    .health_timeout
+                    .map_or(Duration::from_secs(30), |d| d.0),
+                keep_generations,
+            },
+        })
+    }
+}
+
+/// A relative local path as the source URL is taken relative to the config file, like every
+/// other path in it; URLs with a scheme and absolute paths are left alone.
+fn resolve_local_url(url: &str, base: &Path) -> String {
+    let is_relative_path = !url.contains("://") && !url.starts_with('/') && !url.contains('@');
+    if is_relative_path {
+        base.join(url).to_string_lossy().into_owned()
+    } else {
+        url.to_owned()
+    }
+}
+
+fn machine_id() -> Option<String> {
+    let id = std::fs::read_to_string("/etc/machine-id").ok()?;
+    let id = id.trim();
+    (!id.is_empty()).then(|| id.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+device_id = "gw-0042"
+[source]
+url = "https://git.example.com/fleet/config.git"
+ref = "refs/heads/production"
+"#;
+
+    fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+        AgentConfig::parse(text, Path::new("/etc/shoal/agent.toml"))
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.device_id, "gw-0042");
+        assert_eq!(c.state_dir, Path::new("/var/lib/shoal"));
+        assert_eq!(c.root, Path::new("/"));
+        assert_eq!(c.source.interval, Duration::from_secs(60));
+        assert_eq!(c.trust.verify, VerifyMode::Range);
+        assert_eq!(
+            c.trust.allowed_signers,
+            Path::new("/etc/shoal/allowed_signers")
+        );
+        assert_eq!(c.apply.keep_generations, 10);
+        assert!(c.collector.is_none());
+    }
+
+    #[test]
+    fn full_design_example_parses() {
+        let c = parse(
+            r#"
+device_id = "gw-0042"
+labels    = { role = "gateway", site = "berlin" }
+state_dir = "state"
+root      = "/"
+[source]
+url      = "https://git.example.com/fleet/config.git"
+ref      = "refs/heads/production"
+interval = "60s"
+[trust]
+allowed_signers = "/etc/shoal/allowed_signers"
+verify = "tip"
+[collector]
+url = "https://collector.example.com"
+[apply]
+health_timeout = "30s"
+keep_generations = 10
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.labels["site"], "berlin");
+        assert_eq!(
+            c.state_dir,
+            Path::new("/etc/shoal/state"),
+            "relative to the config file"
+        );
+        assert_eq!(c.trust.verify, VerifyMode::Tip);
+        assert_eq!(c.collector.unwrap().url, "https://collector.example.com");
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_key() {
+        let cases = [
+            (
+                MINIMAL.replace("[source]", "[source]\nintervall = \"5s\""),
+                "unknown field `intervall`",
+            ),
+            (
+                MINIMAL.replace("refs/heads/production", "production"),
+                "`source.ref` must be a full ref name",
+            ),
+            (
+                format!("{MINIMAL}interval = \"5 minutes\""),
+                "invalid duration \"5 minutes\": unit must be one of ms, s, m, h",
+            ),
+            (
+                format!("{MINIMAL}[trust]\nverify = \"all\""),
+                "unknown variant `all`, expected `tip` or `range`",
+            ),
+            (MINIMAL.replace("[source]\n", ""), "unknown field `url`"),
+            ("device_id = ".to_owned(), "invalid string"),
+        ];
+        for (text, expected) in cases {
+            let message = parse(&text).unwrap_err().to_string();
+            assert!(message.starts_with("/etc/shoal/agent.toml"), "{message}");
+            assert!(
+                message.contains(expected),
+                "{message:?} should contain {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_file_says_what_to_do() {
+        let err = AgentConfig::load(Path::new("/nonexistent/agent.toml")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot read the agent config: could not read /nonexistent/agent.toml: No such file or \
+             directory (os error 2); pass --config PATH or create /etc/shoal/agent.toml"
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("10").is_err());
+    }
+}

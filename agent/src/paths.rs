@@ -1,0 +1,119 @@
+//! Filesystem calls that name the path in every error, and the one durable-write primitive
+//! (temp file in the target directory → fsync → rename → fsync directory) the agent uses.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// An I/O error together with the path it happened on and what we were doing.
+#[derive(Debug, thiserror::Error)]
+#[error("could not {action} {}: {source}", path.display())]
+pub struct PathError {
+    pub action: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+impl PathError {
+    pub fn new(action: &'static str, path: &Path, source: io::Error) -> Self {
+        PathError {
+            action,
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.source.kind() == io::ErrorKind::NotFound
+    }
+}
+
+pub fn read(path: &Path) -> Result<Vec<u8>, PathError> {
+    fs::read(path).map_err(|e| PathError::new("read", path, e))
+}
+
+pub fn read_to_string(path: &Path) -> Result<String, PathError> {
+    fs::read_to_string(path).map_err(|e| PathError::new("read", path, e))
+}
+
+/// Like [`read_to_string`] but a missing file is `None`, not an error.
+pub fn read_optional(path: &Path) -> Result<Option<String>, PathError> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(PathError::new("read", path, e)),
+    }
+}
+
+pub fn create_dir_all(path: &Path) -> Result<(), PathError> {
+    fs::create_dir_all(path).map_err(|e| PathError::new("create directory", path, e))
+}
+
+/// Writes `contents` to `path` so that after a crash at any instant the path holds either the
+/// old contents or the new, never a mix: the bytes go to a temp file in the same directory
+/// (same filesystem, so the rename is atomic), the temp file is fsynced before the rename
+/// (else the rename can reach the disk before the data), and the directory is fsynced after
+/// (else the rename itself can be lost).
+pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), PathError> {
+    let dir = parent_dir(path);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.shoal-tmp.{}", std::process::id()));
+    let result = (|| {
+        let mut file = File::create(&tmp).map_err(|e| PathError::new("create", &tmp, e))?;
+        file.write_all(contents)
+            .map_err(|e| PathError::new("write", &tmp, e))?;
+        file.sync_all()
+            .map_err(|e| PathError::new("fsync", &tmp, e))?;
+        fs::rename(&tmp, path).map_err(|e| PathError::new("rename into place", path, e))?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        // Best effort: a leftover temp file is harmless but untidy.
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Makes a rename or unlink inside `dir` durable.
+pub fn sync_dir(dir: &Path) -> Result<(), PathError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| PathError::new("fsync directory", dir, e))
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_atomic_replaces_contents_and_leaves_no_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("watermark");
+        write_atomic(&target, b"one").unwrap();
+        write_atomic(&target, b"two").unwrap();
+        assert_eq!(read_to_string(&target).unwrap(), "two");
+        let entries: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(entries.len(), 1, "only the target remains");
+    }
+
+    #[test]
+    fn errors_name_the_path() {
+        let err = read(Path::new("/nonexistent/shoal/file")).unwrap_err();
+        assert!(err.is_not_found());
+        assert_eq!(
+            err.to_string(),
+            "could not read /nonexistent/shoal/file: No such file or directory (os error 2)"
+        );
+    }
+}
