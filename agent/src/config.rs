@@ -365,7 +365,10 @@ keep_generations = 10
                 "unknown variant `all`, expected `tip` or `range`",
             ),
             (MINIMAL.replace("[source]\n", ""), "unknown field `url`"),
-            ("device_id = ".to_owned(), "TOML parse error at line 1, column 13"),
+            (
+                "device_id = ".to_owned(),
+                "TOML parse error at line 1, column 13",
+            ),
         ];
         for (text, expected) in cases {
             let message = parse(&text).unwrap_err().to_string();

@@ -86,6 +86,9 @@ impl Mirror {
         source: &SourceConfig,
         interrupt: &AtomicBool,
     ) -> Result<Fetched, FetchError> {
+        // reqwest is built without a compiled-in crypto provider (its default would pull
+        // aws-lc); make ring the process default so plain http:// clients build too.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let tls = match source.ca_file.as_deref() {
             Some(path) => Some(client_tls_config(Some(path))?),
             None if is_https(&source.url) => Some(client_tls_config(None)?),
@@ -142,11 +145,21 @@ impl Mirror {
         let prepare = connection
             .prepare_fetch(gix::progress::Discard, Default::default())
             .map_err(transient)?;
-        if prepare.ref_map().mappings.is_empty() {
+        let Some(mapping) = prepare.ref_map().mappings.first() else {
             return Err(Attempt::Fatal(FetchError::RefNotFound {
                 url: source.url.clone(),
                 reference: source.reference.clone(),
             }));
+        };
+        // Nothing new: stop after the ref advertisement. Going on to `receive` would take (and
+        // drop) a ref lock in the mirror, and a no-op sync must not write to disk.
+        let advertised = mapping.remote.as_id().map(|id| id.to_owned());
+        if let Some(tip) = advertised.filter(|id| Some(*id) == self.fetched_tip()) {
+            return Ok(Fetched {
+                tip,
+                received_pack: false,
+                elapsed: started.elapsed(),
+            });
         }
         let outcome = prepare
             .receive(gix::progress::Discard, interrupt)

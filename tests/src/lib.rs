@@ -1,1 +1,27 @@
 //! Test harness: builders for signed repositories and real git servers, used by `tests/tests/*.rs`.
+//!
+//! Everything here drives real programs (`git`, `ssh-keygen`, `git http-backend`, `git daemon`, the
+//! workspace's own binaries) and panics with the failing command and its output, because a harness
+//! that hides a failure makes every test built on it lie. A test starts with
+//! `if !require_tools(&["git", "ssh-keygen"]) { return; }`, which skips loudly, or fails under `SHOAL_E2E=1`.
+
+mod binaries;
+mod command;
+mod device;
+mod git_daemon;
+mod http_server;
+mod repo;
+mod requirements;
+mod signing;
+
+pub use binaries::{agent_bin, collector_bin};
+pub use command::{
+    describe, failure_report, git_command, isolate_git, output, output_with_stdin, run, run_bytes,
+    GIT_USER_EMAIL, GIT_USER_NAME,
+};
+pub use device::{Device, Run};
+pub use git_daemon::GitDaemon;
+pub use http_server::HttpsGitServer;
+pub use repo::ConfigRepo;
+pub use requirements::{e2e_required, require_tool, require_tools};
+pub use signing::{write_allowed_signers, SigningKey};

@@ -1,0 +1,118 @@
+//! `Device`: one simulated device for end-to-end tests — an agent config, a state dir and a
+//! sandbox root in a temp dir — driving the real `shoal-agent` binary and reading its verdicts.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::binaries::agent_bin;
+use crate::command::output;
+
+/// What one run of the agent did.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// Panics with the agent's output unless it exited 0.
+    pub fn assert_ok(&self) -> &Self {
+        assert_eq!(self.code, 0, "agent failed:\n{}", self.stderr);
+        self
+    }
+
+    /// Panics unless the agent exited with `code` and said `needle` on stderr (a refusal names
+    /// the commit and the reason; a success says what it accepted).
+    pub fn expect(&self, code: i32, needle: &str) -> &Self {
+        assert_eq!(
+            self.code, code,
+            "unexpected exit code; stderr:\n{}",
+            self.stderr
+        );
+        assert!(
+            self.stderr.contains(needle),
+            "stderr should contain {needle:?}:\n{}",
+            self.stderr
+        );
+        self
+    }
+}
+
+/// A device with its own config, state dir and root under `dir`.
+pub struct Device {
+    dir: PathBuf,
+}
+
+impl Device {
+    /// Writes `dir/agent.toml` tracking `url` at `refs/heads/main`, trusting `allowed_signers`.
+    /// `extra` is appended to the `[source]` table (e.g. `ca_file = "…"`), and `verify` is the
+    /// trust mode (`"tip"` or `"range"`).
+    pub fn new(
+        dir: impl AsRef<Path>,
+        url: &str,
+        allowed_signers: &Path,
+        verify: &str,
+        extra: &str,
+    ) -> Self {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).expect("create device dir");
+        let config = format!(
+            r#"device_id = "dev-1"
+labels = {{ role = "gateway" }}
+state_dir = "state"
+root = "root"
+
+[source]
+url = "{url}"
+ref = "refs/heads/main"
+interval = "60s"
+timeout = "5s"
+retries = 0
+{extra}
+
+[trust]
+allowed_signers = "{signers}"
+verify = "{verify}"
+"#,
+            signers = allowed_signers.display()
+        );
+        std::fs::write(dir.join("agent.toml"), config).expect("write agent.toml");
+        Device { dir }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("agent.toml")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// Runs `shoal-agent --config <this device> ARGS`.
+    pub fn agent(&self, args: &[&str]) -> Run {
+        let mut cmd = Command::new(agent_bin());
+        cmd.arg("--config").arg(self.config_path()).args(args);
+        // The agent must not depend on the test runner's git config or environment.
+        cmd.env_remove("GIT_DIR").env("SHOAL_LOG", "warn");
+        let out = output(&mut cmd);
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    pub fn sync(&self) -> Run {
+        self.agent(&["sync"])
+    }
+
+    /// The commit the device has accepted, from `shoal-agent status --json`.
+    pub fn applied(&self) -> Option<String> {
+        let run = self.agent(&["status", "--json"]);
+        run.assert_ok();
+        let status: serde_json::Value = serde_json::from_str(&run.stdout)
+            .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {}", run.stdout));
+        status["applied_commit"].as_str().map(str::to_owned)
+    }
+}

@@ -1,0 +1,244 @@
+//! `HttpsGitServer`: real smart-HTTP git (`git http-backend`) over TLS or plain HTTP on a loopback port, counting what clients ask.
+
+mod cgi;
+mod tls;
+
+use std::convert::Infallible;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdTcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_rustls::TlsAcceptor;
+
+use self::tls::TestCa;
+
+/// A git smart-HTTP server for the bare repositories under one directory.
+///
+/// It runs on its own thread with its own tokio runtime, so tests stay synchronous; dropping it
+/// (or [`stop`](Self::stop)) closes the port and every open connection.
+pub struct HttpsGitServer {
+    addr: SocketAddr,
+    ca: Option<TestCa>,
+    traffic: Arc<Traffic>,
+    shutdown: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HttpsGitServer {
+    /// HTTPS with a certificate for `localhost` and 127.0.0.1, signed by a CA made for this server
+    /// (see [`ca_pem_path`](Self::ca_pem_path)).
+    pub fn start(project_root: impl AsRef<Path>) -> Self {
+        Self::start_with(project_root.as_ref(), Some(TestCa::generate()))
+    }
+
+    /// Plain HTTP, for `http://` URLs.
+    pub fn start_plain(project_root: impl AsRef<Path>) -> Self {
+        Self::start_with(project_root.as_ref(), None)
+    }
+
+    fn start_with(project_root: &Path, ca: Option<TestCa>) -> Self {
+        // Bound here, before the thread starts, so the port is known and accepting on return.
+        let listener =
+            StdTcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("cannot bind a loopback port");
+        listener
+            .set_nonblocking(true)
+            .expect("cannot make the listener non-blocking");
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
+        let acceptor = ca
+            .as_ref()
+            .map(|ca| TlsAcceptor::from(Arc::clone(&ca.server_config)));
+        let traffic = Arc::new(Traffic::default());
+        let site = Arc::new(Site {
+            project_root: project_root.to_path_buf(),
+            traffic: Arc::clone(&traffic),
+        });
+        let (shutdown, shutdown_rx) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("git-http-{}", addr.port()))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("cannot build the server's tokio runtime");
+                // Leaving block_on drops the runtime, which cancels every connection still open.
+                runtime.block_on(accept_until_shutdown(listener, acceptor, site, shutdown_rx));
+            })
+            .expect("cannot spawn the server thread");
+        HttpsGitServer {
+            addr,
+            ca,
+            traffic,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        }
+    }
+
+    /// `https://localhost:PORT/repo_name` (the name the certificate is for), or
+    /// `http://127.0.0.1:PORT/repo_name` for a plain server.
+    pub fn url(&self, repo_name: &str) -> String {
+        match self.ca {
+            Some(_) => format!("https://localhost:{}/{repo_name}", self.addr.port()),
+            None => format!("http://{}/{repo_name}", self.addr),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The PEM file of the CA that signed this server's certificate. Panics for a plain server.
+    pub fn ca_pem_path(&self) -> &Path {
+        self.ca
+            .as_ref()
+            .expect("a plain-HTTP server has no CA; start it with HttpsGitServer::start")
+            .pem_path()
+    }
+
+    /// HTTP requests received since start (or the last [`reset_counters`](Self::reset_counters)).
+    pub fn request_count(&self) -> usize {
+        self.traffic.requests().len()
+    }
+
+    /// Response body bytes sent since start (or the last reset).
+    pub fn bytes_sent(&self) -> u64 {
+        self.traffic.bytes_sent.load(Ordering::SeqCst)
+    }
+
+    /// Each request received, in order, as `METHOD /path?query`.
+    pub fn requests(&self) -> Vec<String> {
+        self.traffic.requests().clone()
+    }
+
+    /// Zeroes the counters, e.g. after a first sync, to measure what the next one costs.
+    pub fn reset_counters(&self) {
+        self.traffic.requests().clear();
+        self.traffic.bytes_sent.store(0, Ordering::SeqCst);
+    }
+
+    /// Closes the port and every open connection; later connections are refused. Idempotent.
+    pub fn stop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            // The thread may already be gone if it panicked; join reports that below.
+            let _ = shutdown.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() && !std::thread::panicking() {
+                panic!("the git HTTP server thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for HttpsGitServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What the server has been asked and has answered, shared with the test thread.
+#[derive(Default)]
+struct Traffic {
+    requests: Mutex<Vec<String>>,
+    bytes_sent: AtomicU64,
+}
+
+impl Traffic {
+    fn requests(&self) -> MutexGuard<'_, Vec<String>> {
+        // A poisoned log is still a log: the panic that poisoned it is reported on its own.
+        self.requests
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Everything a connection needs to answer requests.
+struct Site {
+    project_root: PathBuf,
+    traffic: Arc<Traffic>,
+}
+
+impl Site {
+    async fn answer(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+        let (parts, body) = request.into_parts();
+        let target = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path().to_owned(), ToString::to_string);
+        self.traffic
+            .requests()
+            .push(format!("{} {target}", parts.method));
+        let response = match body.collect().await {
+            Ok(body) => cgi::serve(&self.project_root, &parts, body.to_bytes(), peer).await,
+            Err(e) => cgi::plain_response(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the request body: {e}"),
+            ),
+        };
+        let sent = response.body().size_hint().exact().unwrap_or(0);
+        self.traffic.bytes_sent.fetch_add(sent, Ordering::SeqCst);
+        response
+    }
+}
+
+async fn accept_until_shutdown(
+    listener: StdTcpListener,
+    acceptor: Option<TlsAcceptor>,
+    site: Arc<Site>,
+    mut shutdown: oneshot::Receiver<()>,
+) {
+    let listener = TcpListener::from_std(listener).expect("cannot hand the listener to tokio");
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    eprintln!("git HTTP server: accept failed: {e}");
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let site = Arc::clone(&site);
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let site = Arc::clone(&site);
+                async move { Ok::<_, Infallible>(site.answer(request, peer).await) }
+            });
+            let served = match acceptor {
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(stream) => {
+                        http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await
+                    }
+                    Err(e) => {
+                        // Expected when a test checks that an untrusting client refuses us.
+                        eprintln!("git HTTP server: TLS handshake with {peer} failed: {e}");
+                        return;
+                    }
+                },
+                None => {
+                    http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await
+                }
+            };
+            if let Err(e) = served {
+                eprintln!("git HTTP server: connection from {peer} ended with: {e}");
+            }
+        });
+    }
+}

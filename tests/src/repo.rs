@@ -1,0 +1,199 @@
+//! `ConfigRepo`: a config repository built with the real `git`, in scenario-sized steps (write, commit signed, tamper, publish).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::command::{git_command, output, run, run_bytes};
+use crate::signing::SigningKey;
+
+/// A non-bare working repository on branch `main`, isolated from the user's git configuration.
+///
+/// Every method runs real git commands and panics (naming the command and its stderr) when one fails.
+#[derive(Debug)]
+pub struct ConfigRepo {
+    dir: PathBuf,
+}
+
+impl ConfigRepo {
+    /// Creates `dir` if needed and runs `git init` in it.
+    pub fn init(dir: impl AsRef<Path>) -> Self {
+        let dir = dir.as_ref().to_path_buf();
+        create_dir_all(&dir);
+        run(git_command().arg("init").arg("-q").arg(&dir));
+        ConfigRepo { dir }
+    }
+
+    /// The working tree.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes `contents` to `rel_path` in the working tree, creating parent directories.
+    /// The change is staged by the next commit.
+    pub fn write(&self, rel_path: impl AsRef<Path>, contents: impl AsRef<[u8]>) {
+        let path = self.dir.join(rel_path);
+        if let Some(parent) = path.parent() {
+            create_dir_all(parent);
+        }
+        std::fs::write(&path, contents)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    }
+
+    /// Removes the file or directory `rel_path` from the working tree; staged by the next commit.
+    pub fn remove(&self, rel_path: impl AsRef<Path>) {
+        let path = self.dir.join(rel_path);
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.unwrap_or_else(|e| panic!("cannot remove {}: {e}", path.display()));
+    }
+
+    /// Commits the whole working tree, signed with `key`; returns the commit id.
+    pub fn commit_signed(&self, key: &SigningKey, message: &str) -> String {
+        self.commit(Some(key), message, None)
+    }
+
+    /// Like [`commit_signed`](Self::commit_signed), with author and committer time `unix_time` (UTC).
+    pub fn commit_signed_at(&self, key: &SigningKey, message: &str, unix_time: i64) -> String {
+        self.commit(Some(key), message, Some(unix_time))
+    }
+
+    /// Commits the whole working tree without a signature; returns the commit id.
+    pub fn commit_unsigned(&self, message: &str) -> String {
+        self.commit(None, message, None)
+    }
+
+    /// Commits signed with `key`, then rewrites the commit so its message no longer matches the
+    /// signature (as a man in the middle editing a signed commit would), moves the branch to the
+    /// rewritten commit and returns its id. Its tree is the one that was signed.
+    pub fn commit_tampered(&self, key: &SigningKey, message: &str) -> String {
+        let signed = self.commit_signed(key, message);
+        let raw = run_bytes(self.git_cmd().args(["cat-file", "commit", &signed]), &[]);
+        let tampered = tamper_message(&raw);
+        let rewritten = run_bytes(
+            self.git_cmd()
+                .args(["hash-object", "-t", "commit", "-w", "--stdin"]),
+            &tampered,
+        );
+        let rewritten = String::from_utf8_lossy(&rewritten).trim().to_owned();
+        self.git(&["update-ref", "HEAD", &rewritten, &signed]);
+        rewritten
+    }
+
+    /// `git reset --hard rev`: moves the current branch back (or anywhere), for force-push and rollback scenarios.
+    pub fn reset_hard(&self, rev: &str) {
+        self.git(&["reset", "-q", "--hard", rev]);
+    }
+
+    /// Creates branch `name` at HEAD without switching to it.
+    pub fn branch(&self, name: &str) {
+        self.git(&["branch", name]);
+    }
+
+    /// Switches the working tree to branch (or revision) `name`.
+    pub fn checkout(&self, name: &str) {
+        self.git(&["checkout", "-q", name]);
+    }
+
+    /// Merges `branch` into the current branch as a merge commit (`--no-ff`) signed with `key`;
+    /// returns the merge commit id.
+    pub fn merge_signed(&self, key: &SigningKey, branch: &str) -> String {
+        let message = format!("Merge branch '{branch}'");
+        run(self
+            .git_cmd()
+            .args(key.git_signing_config())
+            .args(["merge", "-q", "--no-ff", "-S", "-m", &message, branch]));
+        self.head()
+    }
+
+    /// The commit id HEAD points at.
+    pub fn head(&self) -> String {
+        self.git(&["rev-parse", "HEAD"])
+    }
+
+    /// Runs `git args…` in this repository; returns stdout without the final newline.
+    pub fn git(&self, args: &[&str]) -> String {
+        run(self.git_cmd().args(args))
+    }
+
+    /// Whether the reference verifier, `git verify-commit` trusting `allowed_signers`, accepts `rev`.
+    pub fn git_verifies(&self, allowed_signers: impl AsRef<Path>, rev: &str) -> bool {
+        let trust = format!(
+            "gpg.ssh.allowedSignersFile={}",
+            allowed_signers.as_ref().display()
+        );
+        output(self.git_cmd().args(["-c", &trust, "verify-commit", rev]))
+            .status
+            .success()
+    }
+
+    /// Force-pushes every branch and tag to the bare repository `bare_dir` (made if missing) and
+    /// deletes there the branches deleted here, so servers exporting it show exactly this repo.
+    pub fn publish_to(&self, bare_dir: impl AsRef<Path>) {
+        let bare_dir = bare_dir.as_ref();
+        if !bare_dir.join("HEAD").exists() {
+            run(git_command().args(["init", "-q", "--bare"]).arg(bare_dir));
+        }
+        run(self
+            .git_cmd()
+            .args(["push", "-q", "--force", "--prune"])
+            .arg(bare_dir)
+            .args(["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]));
+    }
+
+    fn commit(&self, key: Option<&SigningKey>, message: &str, unix_time: Option<i64>) -> String {
+        self.git(&["add", "-A"]);
+        let mut cmd = self.git_cmd();
+        if let Some(key) = key {
+            cmd.args(key.git_signing_config());
+        }
+        // --allow-empty: a scenario may re-sign an unchanged tree (a new generation with the same files).
+        cmd.args(["commit", "-q", "--allow-empty", "-m", message]);
+        cmd.arg(if key.is_some() { "-S" } else { "--no-gpg-sign" });
+        if let Some(time) = unix_time {
+            let date = format!("@{time} +0000");
+            cmd.env("GIT_AUTHOR_DATE", &date)
+                .env("GIT_COMMITTER_DATE", &date);
+        }
+        run(&mut cmd);
+        self.head()
+    }
+
+    fn git_cmd(&self) -> Command {
+        let mut cmd = git_command();
+        cmd.arg("-C").arg(&self.dir);
+        cmd
+    }
+}
+
+/// Prefixes the message of raw commit object `raw` with "tampered: ", leaving headers (and the
+/// signature among them) as they were.
+fn tamper_message(raw: &[u8]) -> Vec<u8> {
+    // Headers end at the first empty line; signature continuation lines start with a space, so a
+    // signature never contains "\n\n".
+    let message_start = raw
+        .windows(2)
+        .position(|pair| pair == b"\n\n")
+        .map(|at| at + 2)
+        .unwrap_or_else(|| {
+            panic!(
+                "commit object has no message:\n{}",
+                String::from_utf8_lossy(raw)
+            )
+        });
+    assert!(
+        raw[..message_start].windows(7).any(|w| w == b"\ngpgsig"),
+        "commit to tamper with is not signed:\n{}",
+        String::from_utf8_lossy(raw)
+    );
+    let mut tampered = raw[..message_start].to_vec();
+    tampered.extend_from_slice(b"tampered: ");
+    tampered.extend_from_slice(&raw[message_start..]);
+    tampered
+}
+
+fn create_dir_all(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+}

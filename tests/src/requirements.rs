@@ -1,0 +1,44 @@
+//! Decides whether an end-to-end test may skip for a missing tool: never under `SHOAL_E2E=1`, loudly otherwise.
+
+use std::path::Path;
+
+/// True when `SHOAL_E2E=1`: every e2e test must then run, and a missing tool is a failure.
+pub fn e2e_required() -> bool {
+    std::env::var_os("SHOAL_E2E").is_some_and(|value| value == "1")
+}
+
+/// Whether the program `name` is on `PATH`. When it is not, panics under [`e2e_required`];
+/// otherwise prints a loud `SKIPPED` line on stderr and returns false, so the test can return early.
+pub fn require_tool(name: &str) -> bool {
+    if on_path(name) {
+        return true;
+    }
+    let why = format!("`{name}` is not on PATH");
+    if e2e_required() {
+        panic!("SHOAL_E2E=1 but {why}: install it (see shared TESTING.md)");
+    }
+    eprintln!(
+        "SKIPPED: {why}; this end-to-end test did not run (set SHOAL_E2E=1 to make this a failure)"
+    );
+    false
+}
+
+/// [`require_tool`] for each of `names`; reports every missing one, not just the first.
+pub fn require_tools(names: &[&str]) -> bool {
+    // Not `all`: that would stop at the first missing tool and leave the others unreported.
+    let missing = names.iter().filter(|name| !require_tool(name)).count();
+    missing == 0
+}
+
+fn on_path(name: &str) -> bool {
+    let Some(path) = std::env::var_os("PATH") else {
+        return false;
+    };
+    std::env::split_paths(&path).any(|dir| is_executable(&dir.join(name)))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+}
