@@ -60,8 +60,11 @@ impl Mirror {
         }
         // Isolated: a device's behaviour must not depend on whatever git config or GIT_*
         // environment happens to exist on it.
-        let repo = gix::open_opts(dir, gix::open::Options::isolated())
-            .map_err(|e| failed(error_chain(&e)))?;
+        // Protocol v1: its ref advertisement is the reply to the first request, so a sync with
+        // nothing new costs exactly one round trip (v2 needs a second one for ls-refs). Config
+        // repos have few refs, so v1 advertising all of them costs little.
+        let options = gix::open::Options::isolated().config_overrides(["protocol.version=1"]);
+        let repo = gix::open_opts(dir, options).map_err(|e| failed(error_chain(&e)))?;
         Ok(Mirror { repo })
     }
 

@@ -1,0 +1,223 @@
+//! Benchmark (not a test): what a no-op sync costs the device and the network, next to plain
+//! `git fetch` into a mirror of the same repository over the same HTTPS server, and how long
+//! verifying a range of 1,000 signed commits takes next to `git verify-commit`.
+//!
+//! Run: `cargo bench -p shoal-e2e --bench signed_fetch` (add `-- --quick` for fewer rounds).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use shoal_e2e::{
+    agent_bin, git_command, run, write_allowed_signers, ConfigRepo, Device, HttpsGitServer,
+    SigningKey,
+};
+
+const COMMITS: usize = 1_000;
+
+/// Wall time and CPU time (user + system) of one child process and its waited-for children.
+struct Cost {
+    wall: Duration,
+    cpu: Duration,
+}
+
+// The child is reaped by `wait4` (to get its own rusage), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
+fn measure(cmd: &mut Command) -> Cost {
+    let started = Instant::now();
+    let child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data, zero-initialised is valid; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let wall = started.elapsed();
+    assert_eq!(waited, pid, "wait4 failed");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{cmd:?} failed"
+    );
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    Cost {
+        wall,
+        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+    }
+}
+
+fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort();
+    values[values.len() / 2]
+}
+
+struct Row {
+    what: String,
+    wall: Duration,
+    cpu: Duration,
+    requests: f64,
+    bytes: f64,
+}
+
+/// Runs `make()` `rounds` times against `server`, returning medians and per-run traffic.
+fn rounds(
+    what: &str,
+    rounds: usize,
+    server: &HttpsGitServer,
+    mut make: impl FnMut() -> Command,
+) -> Row {
+    let (mut walls, mut cpus) = (Vec::new(), Vec::new());
+    server.reset_counters();
+    for _ in 0..rounds {
+        let cost = measure(&mut make());
+        walls.push(cost.wall);
+        cpus.push(cost.cpu);
+    }
+    Row {
+        what: what.to_owned(),
+        wall: median(walls),
+        cpu: median(cpus),
+        requests: server.request_count() as f64 / rounds as f64,
+        bytes: server.bytes_sent() as f64 / rounds as f64,
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let n = if quick { 5 } else { 25 };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let key = SigningKey::generate(root.join("keys"), "operator");
+    let signers = root.join("allowed_signers");
+    write_allowed_signers(&signers, &[("operator@example", &key)]);
+
+    eprintln!("making a repository of {COMMITS} signed commits over 100 files (git commit -S)…");
+    let repo = ConfigRepo::init(root.join("work"));
+    for i in 0..100 {
+        repo.write(format!("files/f{i:03}"), format!("file {i}\n"));
+    }
+    let first = repo.commit_signed(&key, "commit 0");
+    for i in 1..COMMITS {
+        repo.write(
+            format!("files/f{:03}", i % 100),
+            format!("file {} rev {i}\n", i % 100),
+        );
+        repo.commit_signed(&key, &format!("commit {i}"));
+    }
+    let tip = repo.head();
+    let bare = root.join("srv/config.git");
+    repo.publish_to(&bare);
+    let server = HttpsGitServer::start(root.join("srv"));
+    let url = server.url("config.git");
+    let ca = server.ca_pem_path().to_owned();
+
+    // The agent, synced once so that further syncs are no-ops.
+    let device = Device::new(
+        root.join("device"),
+        &url,
+        &signers,
+        "range",
+        &format!("ca_file = \"{}\"", ca.display()),
+    );
+    device.sync().expect(0, "first sync");
+    let agent = agent_bin();
+    let noop_agent = rounds("shoal-agent sync (no-op)", n, &server, || {
+        let mut c = Command::new(&agent);
+        c.arg("--config").arg(device.config_path()).arg("sync");
+        c
+    });
+
+    // Plain git: a bare mirror fetched the same way.
+    let mirror = root.join("git-mirror.git");
+    run(git_command()
+        .env("GIT_SSL_CAINFO", &ca)
+        .args(["clone", "-q", "--mirror", &url])
+        .arg(&mirror));
+    let noop_git = rounds("git fetch (no-op)", n, &server, || {
+        let mut c = git_command();
+        c.env("GIT_SSL_CAINFO", &ca)
+            .arg("-C")
+            .arg(&mirror)
+            .args(["fetch", "-q", "origin"]);
+        c
+    });
+
+    // Verifying the whole range: ours in one process, git's reference verifier on the same commits.
+    let verify_rounds = if quick { 1 } else { 3 };
+    let ours: Vec<_> = (0..verify_rounds)
+        .map(|_| {
+            let mut c = Command::new(&agent);
+            c.arg("verify")
+                .arg(repo.path())
+                .args(["--rev", &tip, "--since", &first, "--allowed-signers"])
+                .arg(&signers);
+            measure(&mut c)
+        })
+        .collect();
+    let all: Vec<String> = repo
+        .git(&["rev-list", &format!("{first}..{tip}")])
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let theirs: Vec<_> = (0..verify_rounds)
+        .map(|_| {
+            let mut c = git_command();
+            c.arg("-C")
+                .arg(repo.path())
+                .arg("-c")
+                .arg(format!("gpg.ssh.allowedSignersFile={}", signers.display()))
+                .arg("verify-commit")
+                .args(&all);
+            measure(&mut c)
+        })
+        .collect();
+    let ours_wall = median(ours.iter().map(|c| c.wall).collect());
+    let theirs_wall = median(theirs.iter().map(|c| c.wall).collect());
+
+    println!(
+        "\n## No-op sync over HTTPS (median of {n} runs, same server, same machine, same run)\n"
+    );
+    println!("| what | wall | CPU (user+sys) | HTTP requests | response bytes |");
+    println!("| --- | --- | --- | --- | --- |");
+    for row in [&noop_agent, &noop_git] {
+        println!(
+            "| {} | {} | {} | {:.0} | {:.0} |",
+            row.what,
+            ms(row.wall),
+            ms(row.cpu),
+            row.requests,
+            row.bytes
+        );
+    }
+    println!(
+        "\nratio shoal/git: wall {:.2}×, CPU {:.2}×, bytes {:.2}×",
+        noop_agent.wall.as_secs_f64() / noop_git.wall.as_secs_f64(),
+        noop_agent.cpu.as_secs_f64() / noop_git.cpu.as_secs_f64(),
+        noop_agent.bytes / noop_git.bytes
+    );
+    println!(
+        "\n## Verifying a range of {} signed commits (median of {verify_rounds})\n",
+        all.len()
+    );
+    println!("| what | wall | per commit |");
+    println!("| --- | --- | --- |");
+    for (what, wall) in [
+        ("shoal-agent verify --since (ed25519 in-process)", ours_wall),
+        ("git verify-commit (ssh-keygen per commit)", theirs_wall),
+    ] {
+        println!(
+            "| {what} | {} | {:.3} ms |",
+            ms(wall),
+            wall.as_secs_f64() * 1e3 / all.len() as f64
+        );
+    }
+    println!(
+        "\nshoal-agent is {:.1}× faster than git verify-commit",
+        theirs_wall.as_secs_f64() / ours_wall.as_secs_f64()
+    );
+}
