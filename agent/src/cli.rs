@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::config::{AgentConfig, ConfigError, TrustConfig, VerifyMode};
 use crate::fetch::{error_chain, Mirror};
+use crate::render::{self, DeviceIdentity, DirTree, GitTree, RenderError};
 use crate::state::State;
 use crate::sync::{self, SyncError};
 use crate::verify::{self, TrustPolicy, VerifyError};
@@ -58,6 +59,33 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show the desired state a device would get from a config repo (for PR review).
+    Render {
+        /// The config repository (a work tree, or any directory with a shoal.toml).
+        path: PathBuf,
+        /// Read the files of this commit instead of the working directory.
+        #[arg(long)]
+        rev: Option<String>,
+        #[arg(long)]
+        device_id: String,
+        /// A device label, `name=value`; repeat for several.
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// The device's state_dir (declared paths may not be inside it).
+        #[arg(long, default_value = "/var/lib/shoal")]
+        state_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!(
+            "{text:?} is not a label; write name=value, e.g. role=gateway"
+        )),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +96,8 @@ pub enum CliError {
     Sync(Box<SyncError>),
     #[error(transparent)]
     Verify(Box<VerifyError>),
+    #[error(transparent)]
+    Render(Box<RenderError>),
     #[error("{0}")]
     Usage(String),
     #[error("{0}")]
@@ -83,6 +113,12 @@ impl From<SyncError> for CliError {
 impl From<VerifyError> for CliError {
     fn from(e: VerifyError) -> Self {
         CliError::Verify(Box::new(e))
+    }
+}
+
+impl From<RenderError> for CliError {
+    fn from(e: RenderError) -> Self {
+        CliError::Render(Box::new(e))
     }
 }
 
@@ -118,6 +154,21 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             allowed_signers,
             json,
         ),
+        Command::Render {
+            path,
+            rev,
+            device_id,
+            labels,
+            state_dir,
+            json,
+        } => {
+            let identity = DeviceIdentity {
+                device_id,
+                labels: labels.into_iter().collect(),
+                state_dir,
+            };
+            render_command(&path, rev.as_deref(), &identity, json)
+        }
     }
 }
 
@@ -198,33 +249,9 @@ fn verify_command(
         }
     };
     let policy = TrustPolicy::load(&trust)?;
-    let repo = gix::open_opts(repo_path, gix::open::Options::isolated()).map_err(|e| {
-        CliError::Usage(format!(
-            "{} is not a git repository: {}",
-            repo_path.display(),
-            error_chain(&e)
-        ))
-    })?;
-    let resolve = |spec: &str| -> Result<ObjectId, CliError> {
-        repo.rev_parse_single(spec)
-            .map_err(|e| {
-                CliError::Usage(format!(
-                    "cannot resolve revision {spec:?}: {}",
-                    error_chain(&e)
-                ))
-            })?
-            .object()
-            .and_then(|o| o.peel_to_commit())
-            .map(|c| c.id)
-            .map_err(|e| {
-                CliError::Usage(format!(
-                    "{spec:?} does not name a commit: {}",
-                    error_chain(&e)
-                ))
-            })
-    };
-    let tip = resolve(rev)?;
-    let base = since.map(resolve).transpose()?;
+    let repo = open_repo(repo_path)?;
+    let tip = resolve_commit(&repo, rev)?;
+    let base = since.map(|s| resolve_commit(&repo, s)).transpose()?;
     let verified = verify::verify_update(&repo, &policy, base, tip)?;
     let signer = verified.signer();
     if json {
@@ -245,4 +272,57 @@ fn verify_command(
         );
     }
     Ok(())
+}
+
+fn render_command(
+    repo_path: &Path,
+    rev: Option<&str>,
+    identity: &DeviceIdentity,
+    json: bool,
+) -> Result<(), CliError> {
+    let desired = match rev {
+        None => render::render(&DirTree::new(repo_path), identity)?,
+        Some(rev) => {
+            let repo = open_repo(repo_path)?;
+            let commit = resolve_commit(&repo, rev)?;
+            let tree = GitTree::at_commit(&repo, commit)
+                .map_err(|e| CliError::Failed(format!("cannot read the tree of {commit}: {e}")))?;
+            render::render(&tree, identity)?
+        }
+    };
+    if json {
+        println!("{:#}", desired.to_json());
+    } else {
+        eprint!("{}", desired.summary());
+    }
+    Ok(())
+}
+
+fn open_repo(path: &Path) -> Result<gix::Repository, CliError> {
+    gix::open_opts(path, gix::open::Options::isolated()).map_err(|e| {
+        CliError::Usage(format!(
+            "{} is not a git repository: {}",
+            path.display(),
+            error_chain(&e)
+        ))
+    })
+}
+
+fn resolve_commit(repo: &gix::Repository, spec: &str) -> Result<ObjectId, CliError> {
+    repo.rev_parse_single(spec)
+        .map_err(|e| {
+            CliError::Usage(format!(
+                "cannot resolve revision {spec:?}: {}",
+                error_chain(&e)
+            ))
+        })?
+        .object()
+        .and_then(|o| o.peel_to_commit())
+        .map(|c| c.id)
+        .map_err(|e| {
+            CliError::Usage(format!(
+                "{spec:?} does not name a commit: {}",
+                error_chain(&e)
+            ))
+        })
 }

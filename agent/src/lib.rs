@@ -4,6 +4,7 @@ pub mod cli;
 pub mod config;
 pub mod fetch;
 pub mod paths;
+pub mod render;
 pub mod state;
 pub mod sync;
 pub mod verify;

@@ -1,0 +1,181 @@
+//! Where render reads the configuration repository from: a commit's tree in git ([`GitTree`]) or
+//! a plain directory ([`DirTree`], for `shoal-agent render PATH`). Both hand out regular files
+//! only: a symlink anywhere along a path is refused, so a source can never escape the repository.
+
+use std::fs;
+use std::io;
+use std::path::PathBuf;
+
+use gix::object::tree::EntryKind;
+
+use super::rules::check_repo_path;
+use crate::fetch::error_chain;
+
+/// Read access to the files of one configuration tree. `path` is relative to the repository
+/// root, `/`-separated.
+pub trait RepoTree {
+    fn read_file(&self, path: &str) -> Result<Vec<u8>, TreeError>;
+}
+
+/// Why a path could not be read. Messages read after the path (`"files/motd": not found ...`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TreeError {
+    #[error("not found in the repository")]
+    NotFound,
+    /// `path` is the symlink itself: the whole requested path, or a directory along it.
+    #[error("\"{path}\" is a symlink, and Shoal reads only regular files from the repository (symlink escape)")]
+    Symlink { path: String },
+    /// `what` says what it is instead: "directory", "git submodule", "special file".
+    #[error("is a {what}, not a regular file")]
+    NotAFile { what: &'static str },
+    #[error("{0}")]
+    Other(String),
+}
+
+fn refuse_path(path: &str, problem: String) -> TreeError {
+    TreeError::Other(format!(
+        "\"{path}\" {problem}; Shoal reads only paths inside the repository"
+    ))
+}
+
+/// The tree of one commit in a git repository (the agent's mirror, or a config repo in CI).
+pub struct GitTree<'repo> {
+    root: gix::Tree<'repo>,
+}
+
+impl<'repo> GitTree<'repo> {
+    pub fn new(root: gix::Tree<'repo>) -> Self {
+        GitTree { root }
+    }
+
+    /// The tree of `commit` in `repo`.
+    pub fn at_commit(
+        repo: &'repo gix::Repository,
+        commit: gix::ObjectId,
+    ) -> Result<Self, TreeError> {
+        let tree = repo
+            .find_commit(commit)
+            .map_err(|e| error_chain(&e))
+            .and_then(|c| c.tree().map_err(|e| error_chain(&e)))
+            .map_err(|e| {
+                TreeError::Other(format!("cannot read the tree of commit {commit}: {e}"))
+            })?;
+        Ok(GitTree::new(tree))
+    }
+}
+
+impl RepoTree for GitTree<'_> {
+    fn read_file(&self, path: &str) -> Result<Vec<u8>, TreeError> {
+        check_repo_path(path).map_err(|problem| refuse_path(path, problem))?;
+        let repo = self.root.repo;
+        let names: Vec<&str> = path.split('/').collect();
+        let mut subtree: Option<gix::Tree<'_>> = None;
+        for (i, name) in names.iter().enumerate() {
+            let here = names[..=i].join("/");
+            let unreadable = |e: &(dyn std::error::Error + 'static)| {
+                TreeError::Other(format!(
+                    "cannot read \"{here}\" from the repository: {}",
+                    error_chain(e)
+                ))
+            };
+            let current = subtree.as_ref().unwrap_or(&self.root);
+            let (kind, id) = match current.find_entry(*name) {
+                Some(entry) => (entry.kind(), entry.object_id()),
+                None => return Err(TreeError::NotFound),
+            };
+            let last = i + 1 == names.len();
+            match kind {
+                EntryKind::Link => return Err(TreeError::Symlink { path: here }),
+                EntryKind::Commit if last => {
+                    return Err(TreeError::NotAFile {
+                        what: "git submodule",
+                    })
+                }
+                EntryKind::Commit => {
+                    return Err(TreeError::Other(format!(
+                        "\"{here}\" is a git submodule; Shoal reads only files committed in this repository"
+                    )))
+                }
+                EntryKind::Tree if last => return Err(TreeError::NotAFile { what: "directory" }),
+                EntryKind::Tree => {
+                    subtree = Some(repo.find_tree(id).map_err(|e| unreadable(&e))?);
+                }
+                EntryKind::Blob | EntryKind::BlobExecutable if last => {
+                    let mut blob = repo.find_blob(id).map_err(|e| unreadable(&e))?;
+                    return Ok(blob.take_data());
+                }
+                // A file where the path needs a directory: nothing is at the full path.
+                EntryKind::Blob | EntryKind::BlobExecutable => return Err(TreeError::NotFound),
+            }
+        }
+        // `check_repo_path` refuses the empty path, so the loop runs at least once and every
+        // last iteration returns.
+        Err(TreeError::NotFound)
+    }
+}
+
+/// A plain directory holding a checkout of the configuration repository.
+pub struct DirTree {
+    root: PathBuf,
+}
+
+impl DirTree {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        DirTree { root: root.into() }
+    }
+}
+
+impl RepoTree for DirTree {
+    fn read_file(&self, path: &str) -> Result<Vec<u8>, TreeError> {
+        check_repo_path(path).map_err(|problem| refuse_path(path, problem))?;
+        let names: Vec<&str> = path.split('/').collect();
+        let mut current = self.root.clone();
+        for (i, name) in names.iter().enumerate() {
+            current.push(name);
+            let here = names[..=i].join("/");
+            // symlink_metadata, not metadata: a symlink is refused, never followed.
+            let meta = match fs::symlink_metadata(&current) {
+                Ok(meta) => meta,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                    ) =>
+                {
+                    return Err(TreeError::NotFound)
+                }
+                Err(e) => {
+                    return Err(TreeError::Other(format!(
+                        "cannot inspect {}: {e}",
+                        current.display()
+                    )))
+                }
+            };
+            let kind = meta.file_type();
+            let last = i + 1 == names.len();
+            if kind.is_symlink() {
+                return Err(TreeError::Symlink { path: here });
+            }
+            if !last {
+                if !kind.is_dir() {
+                    return Err(TreeError::NotFound);
+                }
+                continue;
+            }
+            if kind.is_dir() {
+                return Err(TreeError::NotAFile { what: "directory" });
+            }
+            if !kind.is_file() {
+                return Err(TreeError::NotAFile {
+                    what: "special file",
+                });
+            }
+            // Between the check and the read the file could be swapped for a symlink; this
+            // tree serves operators previewing their own checkout, not the device.
+            return fs::read(&current)
+                .map_err(|e| TreeError::Other(format!("cannot read {}: {e}", current.display())));
+        }
+        // Unreachable for the same reason as in `GitTree::read_file`.
+        Err(TreeError::NotFound)
+    }
+}
