@@ -49,19 +49,41 @@ TOML
 say "verifying the repo's tip as the config repo's CI would: shoal-agent verify"
 "$AGENT" verify "$Q/config-repo" --allowed-signers "$Q/allowed_signers"
 
-say "syncing the device: fetch + verify signatures + anti-rollback"
+mkdir -p "$Q/root"
+
+say "what this device would get (shoal-agent render, as a PR reviewer would run it)"
+"$AGENT" render "$Q/config-repo" --device-id gw-0001 --label role=gateway --label site=quickstart
+
+say "syncing the device: fetch + verify signatures + anti-rollback + render + journaled apply"
+"$AGENT" --config "$Q/agent.toml" sync
+echo "--- $Q/root/etc/motd:"; cat "$Q/root/etc/motd"
+
+say "syncing again: nothing new, one ref advertisement, no download, no disk writes"
 "$AGENT" --config "$Q/agent.toml" sync
 
-say "syncing again: nothing new, one ref advertisement, no download"
+say "a new signed commit, then sync"
+echo "Maintenance window: Sundays 02:00 UTC on {{ device.id }}." > "$Q/config-repo/files/motd"
+git -C "$Q/config-repo" -c user.name=Operator -c user.email=operator@example \
+  -c gpg.format=ssh -c user.signingkey="$Q/keys/operator.pub" commit -q -S -am "Announce maintenance"
 "$AGENT" --config "$Q/agent.toml" sync
+echo "--- $Q/root/etc/motd:"; cat "$Q/root/etc/motd"
+
+say "on-device rollback (works offline), then resume"
+"$AGENT" --config "$Q/agent.toml" rollback
+echo "--- $Q/root/etc/motd:"; cat "$Q/root/etc/motd"
+"$AGENT" --config "$Q/agent.toml" resume
+"$AGENT" --config "$Q/agent.toml" sync
+"$AGENT" --config "$Q/agent.toml" history
 
 say "device status"
 "$AGENT" --config "$Q/agent.toml" status --json
 
 say "what ran for real, and what is not built yet"
 cat <<TXT
-ran for real: ssh-keygen key, git-signed commit, gix fetch into the agent's mirror,
-              SSHSIG verification against allowed_signers, anti-rollback watermark.
-not yet:      rendering/applying files into the sandbox root, systemd services, the
-              collector and fleet status (see the project's open issues).
+ran for real: ssh-keygen key, git-signed commits, gix fetch into the agent's mirror,
+              SSHSIG verification against allowed_signers, anti-rollback, render,
+              journaled atomic apply into the sandbox root $Q/root, generations,
+              rollback/resume.
+not yet:      systemd services (needs root and a systemd, open issue), reports to the
+              collector and the fleet status API (open issue); nothing here needs root.
 TXT

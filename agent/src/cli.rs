@@ -9,11 +9,13 @@ use clap::{Parser, Subcommand};
 use gix::ObjectId;
 use serde_json::json;
 
+use crate::apply;
 use crate::config::{AgentConfig, ConfigError, TrustConfig, VerifyMode};
 use crate::fetch::{error_chain, Mirror};
 use crate::render::{self, DeviceIdentity, DirTree, GitTree, RenderError};
+use crate::rollback;
 use crate::state::State;
-use crate::sync::{self, SyncError};
+use crate::sync::{self, SyncError, SyncOutcome};
 use crate::verify::{self, TrustPolicy, VerifyError};
 
 #[derive(Parser, Debug)]
@@ -32,17 +34,33 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Fetch and verify the configuration repository now, and accept its new tip.
+    /// Sync now: fetch, verify, render, plan and apply the tracked ref's tip.
     Sync {
-        /// Fetch and verify, but change nothing on the device.
+        /// Fetch, verify, render and plan; print the plan and change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// With --dry-run: print the plan as JSON on stdout.
+        #[arg(long, requires = "dry_run")]
+        json: bool,
     },
-    /// Show the applied commit and what the last fetch saw.
+    /// Show the current generation, commit, last result, hold and any unfinished apply.
     Status {
         #[arg(long)]
         json: bool,
     },
+    /// List the generations kept on the device.
+    History {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore the previous (or given) generation and hold the device there; works offline.
+    Rollback {
+        /// The generation to restore (see `history`).
+        #[arg(long)]
+        to: Option<u64>,
+    },
+    /// Release the hold set by `rollback`; the next sync follows the branch tip again.
+    Resume,
     /// Check a commit's signature against a trust policy (for the config repo's own CI).
     Verify {
         /// The repository to check (a work tree or a bare repository).
@@ -138,7 +156,10 @@ impl CliError {
 
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Command::Sync { dry_run } => sync_command(&cli.config, dry_run),
+        Command::Sync { dry_run, json } => sync_command(&cli.config, dry_run, json),
+        Command::History { json } => history_command(&cli.config, json),
+        Command::Rollback { to } => rollback_command(&cli.config, to),
+        Command::Resume => resume_command(&cli.config),
         Command::Status { json } => status_command(&cli.config, json),
         Command::Verify {
             path,
@@ -172,58 +193,155 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-fn sync_command(config_path: &Path, dry_run: bool) -> Result<(), CliError> {
+fn sync_command(config_path: &Path, dry_run: bool, json: bool) -> Result<(), CliError> {
     let config = AgentConfig::load(config_path)?;
     let interrupt = AtomicBool::new(false);
-    let outcome = sync::sync_once(&config, dry_run, &interrupt)?;
-    let commit = outcome.verified.commit();
-    let signer = &outcome.verified.signer().principal;
-    if outcome.advanced {
-        match outcome.previous {
-            Some(previous) => eprintln!("accepted {commit} (signed by {signer}), was {previous}"),
-            None => eprintln!("accepted {commit} (signed by {signer}), first sync"),
+    match sync::sync_once(&config, dry_run, &interrupt)? {
+        SyncOutcome::Held { generation } => {
+            eprintln!("held at generation {generation} by `shoal-agent rollback`; run `shoal-agent resume` to follow the branch again")
         }
-    } else if dry_run && outcome.previous != Some(commit) {
-        eprintln!("dry run: would accept {commit} (signed by {signer}); nothing changed");
-    } else {
-        eprintln!("up to date at {commit}");
+        SyncOutcome::UpToDate { generation, commit } => {
+            eprintln!("up to date: generation {generation}, commit {commit}")
+        }
+        SyncOutcome::DryRun { commit, plan } => {
+            if json {
+                let value = json!({ "commit": commit.to_string(), "plan": plan });
+                println!("{value:#}");
+            } else {
+                eprintln!("dry run for commit {commit}; nothing was changed:\n{plan}");
+            }
+        }
+        SyncOutcome::Applied {
+            generation,
+            previous,
+            commit,
+            signer,
+            plan,
+        } => {
+            let was = previous.map_or("first sync".to_owned(), |p| format!("was generation {p}"));
+            eprintln!("applied generation {generation}: commit {commit} signed by {signer} ({was})\n{plan}");
+        }
     }
     Ok(())
 }
 
 fn status_command(config_path: &Path, json: bool) -> Result<(), CliError> {
     let config = AgentConfig::load(config_path)?;
-    let state = State::open_existing(&config.state_dir);
-    let applied = match &state {
-        Some(s) => s
-            .applied_commit()
-            .map_err(|e| CliError::Failed(e.to_string()))?,
-        None => None,
-    };
-    let fetched = state
-        .as_ref()
-        .filter(|s| s.mirror_dir().join("HEAD").exists())
-        .and_then(|s| Mirror::open_or_init(&s.mirror_dir()).ok())
+    let state = State::open(&config.state_dir).map_err(failed)?;
+    let current = state.current().map_err(failed)?;
+    let hold = state.hold().map_err(failed)?;
+    let last = state.last_result().map_err(failed)?;
+    let watermark = state.applied_commit().map_err(failed)?;
+    let pending = apply::pending(&config.state_dir).map_err(failed)?;
+    let fetched = Mirror::open_or_init(&state.mirror_dir())
+        .ok()
         .and_then(|m| m.fetched_tip());
-    let hex = |id: Option<ObjectId>| id.map(|id| id.to_string());
     if json {
         let value = json!({
             "device_id": config.device_id,
             "source": { "url": config.source.url, "ref": config.source.reference },
-            "applied_commit": hex(applied),
-            "fetched_commit": hex(fetched),
+            "generation": current.as_ref().map(|g| g.number),
+            "commit": current.as_ref().map(|g| g.commit.clone()),
+            "applied_commit": watermark.map(|c| c.to_string()),
+            "fetched_commit": fetched.map(|c| c.to_string()),
+            "hold": hold,
+            "last_result": last,
+            "unfinished_apply": pending.map(|j| json!({ "from": j.from, "to": j.to })),
         });
         println!("{value:#}");
-    } else {
-        eprintln!("device   {}", config.device_id);
-        eprintln!("source   {} {}", config.source.url, config.source.reference);
+        return Ok(());
+    }
+    eprintln!("device      {}", config.device_id);
+    eprintln!(
+        "source      {} {}",
+        config.source.url, config.source.reference
+    );
+    match &current {
+        Some(g) => eprintln!("generation  {} (commit {})", g.number, g.commit),
+        None => eprintln!("generation  none (never applied)"),
+    }
+    if let Some(h) = hold {
+        eprintln!("hold        held at generation {h}; `shoal-agent resume` releases it");
+    }
+    if let Some(last) = last {
+        let message = last.message.map(|m| format!(": {m}")).unwrap_or_default();
+        eprintln!("last sync   {}{message}", last.status);
+    }
+    if let Some(j) = pending {
         eprintln!(
-            "applied  {}",
-            hex(applied).unwrap_or_else(|| "none (never synced)".into())
+            "unfinished  apply {} → {}; the next start recovers it",
+            j.from, j.to
         );
-        eprintln!("fetched  {}", hex(fetched).unwrap_or_else(|| "none".into()));
     }
     Ok(())
+}
+
+fn history_command(config_path: &Path, json: bool) -> Result<(), CliError> {
+    let config = AgentConfig::load(config_path)?;
+    let state = State::open(&config.state_dir).map_err(failed)?;
+    let current = state.current_number().map_err(failed)?;
+    let hold = state.hold().map_err(failed)?;
+    let generations = state.generations().map_err(failed)?;
+    if json {
+        let list: Vec<_> = generations
+            .iter()
+            .map(|g| {
+                json!({
+                    "generation": g.number,
+                    "commit": g.commit,
+                    "applied_at": g.applied_at,
+                    "signer": g.signer,
+                    "files": g.manifest.files.len(),
+                    "current": Some(g.number) == current,
+                    "held": Some(g.number) == hold,
+                })
+            })
+            .collect();
+        println!("{:#}", serde_json::Value::Array(list));
+        return Ok(());
+    }
+    for g in generations.iter().rev() {
+        let marker = match (Some(g.number) == current, Some(g.number) == hold) {
+            (true, true) => "* held",
+            (true, false) => "*",
+            _ => "",
+        };
+        eprintln!(
+            "{:>4} {:<6} {} {:>4} files  applied {} by {}",
+            g.number,
+            marker,
+            g.commit,
+            g.manifest.files.len(),
+            g.applied_at,
+            g.signer
+        );
+    }
+    Ok(())
+}
+
+fn rollback_command(config_path: &Path, to: Option<u64>) -> Result<(), CliError> {
+    let config = AgentConfig::load(config_path)?;
+    let done = rollback::rollback(&config, to).map_err(failed)?;
+    eprintln!(
+        "rolled back from generation {} to {} (commit {}); held there until `shoal-agent resume`",
+        done.from, done.to, done.commit
+    );
+    Ok(())
+}
+
+fn resume_command(config_path: &Path) -> Result<(), CliError> {
+    let config = AgentConfig::load(config_path)?;
+    match rollback::resume(&config).map_err(failed)? {
+        Some(n) => {
+            eprintln!("released the hold on generation {n}; the next sync follows the branch again")
+        }
+        None => eprintln!("the device was not held; nothing to do"),
+    }
+    Ok(())
+}
+
+fn failed(e: impl std::fmt::Display) -> CliError {
+    CliError::Failed(e.to_string())
 }
 
 fn verify_command(

@@ -1,10 +1,13 @@
 //! The Shoal agent library: one module per step of a sync (fetch → verify → …), driven by `cli`.
 
+pub mod apply;
 pub mod cli;
 pub mod config;
 pub mod fetch;
 pub mod paths;
+pub mod plan;
 pub mod render;
+pub mod rollback;
 pub mod state;
 pub mod sync;
 pub mod verify;

@@ -56,7 +56,7 @@ impl Device {
         extra: &str,
     ) -> Self {
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir).expect("create device dir");
+        std::fs::create_dir_all(dir.join("root")).expect("create the device dir and its root");
         let config = format!(
             r#"device_id = "dev-1"
 labels = {{ role = "gateway" }}

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::ser::{SerializeMap, Serializer};
@@ -22,11 +22,19 @@ pub struct DeviceIdentity {
 }
 
 impl DeviceIdentity {
+    /// The identity of the device `config` describes. `state_dir` is turned into the path the
+    /// device sees: with `root = "/mnt/img"` and `state_dir = "/mnt/img/var/lib/shoal"`, declared
+    /// paths must stay out of `/var/lib/shoal`.
     pub fn from_config(config: &AgentConfig) -> Self {
+        let state_dir = match config.state_dir.strip_prefix(&config.root) {
+            Ok(inside) => Path::new("/").join(inside),
+            // Outside the root: no declared path can reach it; keep it for the message.
+            Err(_) => config.state_dir.clone(),
+        };
         DeviceIdentity {
             device_id: config.device_id.clone(),
             labels: config.labels.clone(),
-            state_dir: config.state_dir.clone(),
+            state_dir,
         }
     }
 }

@@ -1,0 +1,72 @@
+//! Crash-test hooks: with the `failpoints` feature, `fail_point!("name")` kills the process
+//! (SIGKILL, exactly what `kill -9` does) at the N-th pass named by `SHOAL_FAILPOINT=name:N`.
+//! Without the feature the macro expands to nothing; it must never change behaviour otherwise.
+//!
+//! Why not the `fail` crate: its actions (panic, return, sleep) run inside the process, so
+//! destructors and unwinding still happen; a crash test wants the process gone with no cleanup,
+//! and it is driven from a parent that re-executes the test binary, for which one environment
+//! variable is the simplest switch. No dependency is needed.
+
+/// `NAME` or `NAME:N`: die at the N-th pass through fail point `NAME` (N counts from 1).
+pub const FAILPOINT_ENV: &str = "SHOAL_FAILPOINT";
+
+/// Every fail point in apply, in the order a transaction passes them.
+pub const FAIL_POINTS: &[&str] = &[
+    "apply_after_blobs",
+    "apply_after_journal",
+    "apply_after_mkdir",
+    "apply_after_temp_write",
+    "apply_after_rename",
+    "apply_after_remove",
+    "apply_after_dir_sync",
+    "journal_done",
+    "recover_after_entry",
+    "recover_before_journal_removal",
+];
+
+macro_rules! fail_point {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        $crate::apply::failpoint::pass($name);
+    };
+}
+pub(crate) use fail_point;
+
+#[cfg(feature = "failpoints")]
+pub(crate) fn pass(name: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+
+    static ARMED: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static PASSES: AtomicU64 = AtomicU64::new(0);
+
+    let armed = ARMED.get_or_init(|| {
+        let spec = std::env::var(FAILPOINT_ENV).ok()?;
+        let (point, nth) = match spec.split_once(':') {
+            Some((point, nth)) => (point, nth.parse().ok()?),
+            None => (spec.as_str(), 1),
+        };
+        Some((point.to_owned(), nth))
+    });
+    let Some((point, nth)) = armed else { return };
+    if point != name || PASSES.fetch_add(1, Ordering::SeqCst) + 1 != *nth {
+        return;
+    }
+    eprintln!("fail point {name}:{nth}: killing the process");
+    kill_self();
+}
+
+#[cfg(feature = "failpoints")]
+fn kill_self() -> ! {
+    // SIGKILL from outside, as an operator's `kill -9` or the OOM killer would; std has no
+    // raise(). abort() (SIGABRT) is the fallback: also no cleanup, but it may dump core.
+    let pid = std::process::id().to_string();
+    let _ = std::process::Command::new("sh")
+        .args(["-c", "kill -KILL \"$1\"", "sh", &pid])
+        .status();
+    // The signal is delivered asynchronously; never run another line of apply meanwhile.
+    for _ in 0..100 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::process::abort()
+}

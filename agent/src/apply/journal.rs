@@ -1,0 +1,124 @@
+//! The apply journal `state_dir/journal.json`: written durably before the first managed write,
+//! it lists every path the transaction will touch and what was there before, so recovery can
+//! put each one back. Reading, writing and removing it; deciding when is the transaction's.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{ApplyError, Fault};
+use crate::paths::{self, PathError};
+use crate::plan::{is_sha256_hex, DiskFile};
+
+pub(crate) const JOURNAL_FILE: &str = "journal.json";
+const VERSION: u32 = 1;
+
+/// One transaction from generation `from` to `to`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Journal {
+    pub version: u32,
+    pub from: u64,
+    pub to: u64,
+    /// In the order they are applied; rolled back in reverse.
+    pub entries: Vec<JournalEntry>,
+    /// Directories the transaction creates (device paths, parents first); rollback removes them
+    /// (deepest first) if they are empty.
+    pub created_dirs: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalEntry {
+    /// Device path (without the `root` prefix).
+    pub path: PathBuf,
+    pub before: Before,
+}
+
+/// What was at a path before the transaction; every file is in the blob store under its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Before {
+    /// Nothing: rollback removes the file.
+    Absent,
+    /// A file of the previous generation (or a hand edit of one).
+    Blob(DiskFile),
+    /// A file that was there before Shoal managed the path (also kept in `preexisting.json`).
+    Preexisting(DiskFile),
+}
+
+impl Journal {
+    pub(crate) fn new(from: u64, to: u64) -> Self {
+        Journal {
+            version: VERSION,
+            from,
+            to,
+            entries: Vec::new(),
+            created_dirs: Vec::new(),
+        }
+    }
+
+    pub(crate) fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join(JOURNAL_FILE)
+    }
+
+    /// The journal of an unfinished transaction, if there is one. A journal that cannot be
+    /// understood is an error: guessing which files to restore could destroy data.
+    pub(crate) fn read(state_dir: &Path) -> Result<Option<Journal>, ApplyError> {
+        let journal = Journal::path(state_dir);
+        let text = match paths::read_optional(&journal) {
+            Ok(Some(text)) => text,
+            Ok(None) => return Ok(None),
+            Err(err) => {
+                return Err(ApplyError::CorruptJournal {
+                    journal,
+                    reason: err.source.to_string(),
+                })
+            }
+        };
+        let corrupt = |reason: String| ApplyError::CorruptJournal {
+            journal: journal.clone(),
+            reason,
+        };
+        let parsed: Journal = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+        if parsed.version != VERSION {
+            return Err(corrupt(format!(
+                "version {} is not {VERSION}; was it written by a newer shoal-agent?",
+                parsed.version
+            )));
+        }
+        for entry in &parsed.entries {
+            if let Before::Blob(file) | Before::Preexisting(file) = &entry.before {
+                if !is_sha256_hex(&file.sha256) {
+                    return Err(corrupt(format!(
+                        "the entry for {} names blob {:?}",
+                        entry.path.display(),
+                        file.sha256
+                    )));
+                }
+            }
+        }
+        Ok(Some(parsed))
+    }
+
+    /// Durable when this returns (temp file, fsync, rename, fsync of `state_dir`).
+    pub(crate) fn write(&self, state_dir: &Path) -> Result<(), Fault> {
+        // Serializing plain data with string keys cannot fail; map it anyway rather than unwrap.
+        let json = serde_json::to_vec_pretty(self).map_err(|e| Fault::CorruptState {
+            path: Journal::path(state_dir),
+            reason: e.to_string(),
+        })?;
+        paths::write_atomic(&Journal::path(state_dir), &json)
+            .map_err(|e| Fault::Io(e).about_state())
+    }
+
+    /// Removes the journal durably; already gone is fine (and costs no disk write).
+    pub(crate) fn remove(state_dir: &Path) -> Result<(), PathError> {
+        let journal = Journal::path(state_dir);
+        match std::fs::remove_file(&journal) {
+            Ok(()) => paths::sync_dir(state_dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(PathError::new("remove", &journal, e)),
+        }
+    }
+}

@@ -1,0 +1,438 @@
+//! The journaled transaction that moves managed paths from one generation to another, and its
+//! rollback. Owns the order of every write and why that order is crash-safe; the primitives it
+//! calls are in `file`, `blobs` and `journal`. Must not be bypassed: no other code writes a
+//! managed path.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use super::accounts;
+use super::blobs::BlobStore;
+use super::error::{ApplyError, Fault};
+use super::failpoint::fail_point;
+use super::file::{self, Ancestor};
+use super::journal::{Before, Journal, JournalEntry};
+use super::preexisting::Preexisting;
+use super::Applied;
+use crate::plan::{DiskEntry, DiskFile, OtherKind};
+
+/// What one path should become.
+pub(crate) enum Target {
+    /// A declared file: content by hash, metadata as declared (names resolved on the device).
+    File {
+        sha256: String,
+        mode: u32,
+        owner: String,
+        group: String,
+    },
+    /// No longer declared: the file that was there before Shoal, if one was saved; else nothing.
+    Unmanaged,
+}
+
+pub(crate) struct Change {
+    /// Device path (without `root`).
+    pub path: PathBuf,
+    pub target: Target,
+    /// Whether the generation we move away from declares the path. When it does not, a file
+    /// already there is someone else's: it is saved as preexisting before being replaced.
+    pub managed_before: bool,
+}
+
+pub(crate) struct Transaction<'a> {
+    pub root: &'a Path,
+    pub state_dir: &'a Path,
+    pub from: u64,
+    pub to: u64,
+    pub changes: Vec<Change>,
+    /// Content by hash that may not be in the blob store yet (a new generation's files); it is
+    /// stored before anything refers to it. Everything else must already be in the store.
+    pub contents: BTreeMap<String, &'a [u8]>,
+}
+
+/// One path that needs work, in journal order.
+struct Step {
+    path: PathBuf,
+    real: PathBuf,
+    /// `None`: remove the file.
+    after: Option<DiskFile>,
+    /// The file written is the one that was there before Shoal took the path over.
+    restores_preexisting: bool,
+}
+
+struct Prepared {
+    steps: Vec<Step>,
+    journal: Journal,
+    preexisting: Preexisting,
+    preexisting_changed: bool,
+}
+
+impl Transaction<'_> {
+    /// Runs the transaction. The crash order, and why each point leaves the less-bad state:
+    ///
+    /// 0. Look (read-only): resolve owners, find what is in the way, save every file about to
+    ///    be overwritten or removed into the blob store. A crash here changes no managed path.
+    /// 1. Store the new generation's blobs, fsync them, then record takeovers in
+    ///    `preexisting.json`. Blobs are write-once and complete under their final name; the
+    ///    records are true whatever happens next (see `preexisting`). Crash: unreferenced
+    ///    blobs, device untouched at N-1.
+    /// 2. Write the journal durably (intent) BEFORE the first managed write: from here on, a
+    ///    crash anywhere is undone by `recover`, which needs only the journal and the blobs,
+    ///    both already on disk. Crash before the journal is durable: no managed write has
+    ///    happened yet, so no journal is needed.
+    /// 3. Side effects: create missing directories, then per path temp file → write → chown
+    ///    → chmod → fsync → rename (or unlink), then fsync every touched directory once.
+    ///    Each rename is atomic, so a path is always a whole old or whole new file; the journal
+    ///    lists every path, so recovery finds the mixed set and puts it back to N-1. The
+    ///    directory fsyncs are batched because no intermediate state needs to be durable
+    ///    (recovery undoes it), only the final one, before we return. On any error here the
+    ///    transaction rolls itself back from the journal before returning.
+    /// 4. Return. The caller records generation N (result) and then calls `journal_done`.
+    ///    Crash before the record: recovery rolls back to N-1 (the apply is not trusted until
+    ///    recorded, e.g. health not yet checked). Crash after the record, before the journal
+    ///    is removed: recovery sees `committed(N)` and only removes the journal.
+    pub(crate) fn run(self) -> Result<Applied, ApplyError> {
+        let from = self.from;
+        if let Some(pending) = Journal::read(self.state_dir)? {
+            return Err(ApplyError::Unfinished {
+                journal: Journal::path(self.state_dir),
+                from: pending.from,
+                to: pending.to,
+            });
+        }
+        let fail = |fault| ApplyError::failed(fault, from);
+
+        // Steps 0 and 1.
+        let mut store = BlobStore::open(self.state_dir).map_err(fail)?;
+        let prepared = self.prepare(&mut store).map_err(fail)?;
+        for (sha256, content) in &self.contents {
+            store.put(sha256, content).map_err(fail)?;
+        }
+        store.sync().map_err(fail)?;
+        if prepared.preexisting_changed {
+            prepared.preexisting.save(self.state_dir).map_err(fail)?;
+        }
+        fail_point!("apply_after_blobs");
+        if prepared.steps.is_empty() {
+            return Ok(self.applied(&prepared));
+        }
+
+        // Step 2.
+        prepared.journal.write(self.state_dir).map_err(fail)?;
+        fail_point!("apply_after_journal");
+
+        // Step 3, undone from the journal on any error.
+        if let Err(fault) = self.execute(&store, &prepared) {
+            return Err(
+                match roll_back(self.root, self.state_dir, &prepared.journal) {
+                    Ok(_) => ApplyError::failed(fault, from),
+                    Err(rollback) => ApplyError::RollbackFailed {
+                        fault: Box::new(fault),
+                        rollback: Box::new(rollback),
+                        from,
+                        journal: Journal::path(self.state_dir),
+                    },
+                },
+            );
+        }
+
+        // Step 4.
+        Ok(self.applied(&prepared))
+    }
+
+    /// Step 0: decides the steps and the journal; writes only blobs of files about to be
+    /// replaced (and of files taken over), which nothing refers to yet.
+    fn prepare(&self, store: &mut BlobStore) -> Result<Prepared, Fault> {
+        let accounts = accounts::load(self.root)?;
+        let mut preexisting = Preexisting::load(self.state_dir)?;
+        let mut preexisting_changed = false;
+        let mut journal = Journal::new(self.from, self.to);
+        let mut steps = Vec::new();
+        let mut created = BTreeSet::new();
+
+        for change in &self.changes {
+            let path = &change.path;
+            let real = file::real_path(self.root, path)?;
+            let found = file::inspect(&real)?;
+            let (after, restores_preexisting) = match &change.target {
+                Target::File {
+                    sha256,
+                    mode,
+                    owner,
+                    group,
+                } => {
+                    let uid = accounts.uid(owner).ok_or_else(|| Fault::UnknownUser {
+                        path: path.clone(),
+                        user: owner.clone(),
+                        sources: accounts::sources(self.root, "passwd"),
+                    })?;
+                    let gid = accounts.gid(group).ok_or_else(|| Fault::UnknownGroup {
+                        path: path.clone(),
+                        group: group.clone(),
+                        sources: accounts::sources(self.root, "group"),
+                    })?;
+                    if !self.contents.contains_key(sha256) && !store.contains(sha256)? {
+                        return Err(Fault::MissingBlob {
+                            path: path.clone(),
+                            blob: store.path(sha256)?,
+                            to: self.to,
+                        });
+                    }
+                    let after = DiskFile {
+                        sha256: sha256.clone(),
+                        mode: mode & 0o7777,
+                        uid,
+                        gid,
+                    };
+                    (Some(after), false)
+                }
+                Target::Unmanaged => {
+                    let saved = preexisting.get(path).cloned();
+                    if let Some(saved) = &saved {
+                        if !store.contains(&saved.sha256)? {
+                            return Err(Fault::MissingBlob {
+                                path: path.clone(),
+                                blob: store.path(&saved.sha256)?,
+                                to: self.to,
+                            });
+                        }
+                    }
+                    let restores = saved.is_some();
+                    (saved, restores)
+                }
+            };
+
+            let found_file = match &found {
+                DiskEntry::Missing => None,
+                DiskEntry::File(file) => Some(file),
+                DiskEntry::Other(kind) => {
+                    if after.is_none() {
+                        // Not a file Shoal wrote: someone replaced it, and it is theirs now.
+                        tracing::warn!(path = %path.display(), %kind, "not removing: it is no longer the file Shoal managed");
+                        continue;
+                    }
+                    return Err(in_the_way(path, real, *kind, self.to));
+                }
+            };
+            if after.is_some() {
+                match file::missing_parents(self.root, &real) {
+                    Ok(missing) => {
+                        for dir in missing {
+                            if created.insert(dir.clone()) {
+                                journal.created_dirs.push(device_path(self.root, &dir));
+                            }
+                        }
+                    }
+                    Err(Ancestor::NotADirectory(parent)) => {
+                        return Err(Fault::ParentNotADirectory {
+                            path: path.clone(),
+                            parent,
+                            to: self.to,
+                        })
+                    }
+                    Err(Ancestor::Io(err)) => return Err(err.into()),
+                }
+            }
+
+            // A takeover: the file there now is the one to restore when Shoal lets go of the
+            // path (or nothing, when nothing is there).
+            if !change.managed_before && after.is_some() {
+                if let Some(saved) = found_file {
+                    store.put_copy_of(&saved.sha256, &real)?;
+                }
+                preexisting_changed |= preexisting.record(path, found_file);
+            }
+
+            if found_file == after.as_ref() {
+                continue;
+            }
+            let before = match found_file {
+                None => Before::Absent,
+                Some(saved) => {
+                    store.put_copy_of(&saved.sha256, &real)?;
+                    if change.managed_before {
+                        Before::Blob(saved.clone())
+                    } else {
+                        Before::Preexisting(saved.clone())
+                    }
+                }
+            };
+            journal.entries.push(JournalEntry {
+                path: path.clone(),
+                before,
+            });
+            steps.push(Step {
+                path: path.clone(),
+                real,
+                after,
+                restores_preexisting,
+            });
+        }
+        Ok(Prepared {
+            steps,
+            journal,
+            preexisting,
+            preexisting_changed,
+        })
+    }
+
+    /// Step 3: the only code that writes managed paths forward.
+    fn execute(&self, store: &BlobStore, prepared: &Prepared) -> Result<(), Fault> {
+        let mut touched_dirs = BTreeSet::new();
+        for dir in &prepared.journal.created_dirs {
+            let real = file::real_path(self.root, dir)?;
+            file::create_dir(&real).map_err(|e| Fault::classify(e, dir, self.to))?;
+            touched_dirs.insert(parent(&real).to_owned());
+            fail_point!("apply_after_mkdir");
+        }
+        for step in &prepared.steps {
+            let fault = |e| Fault::classify(e, &step.path, self.to);
+            match &step.after {
+                Some(want) => {
+                    let content = match self.contents.get(&want.sha256) {
+                        Some(content) => Cow::Borrowed(*content),
+                        None => Cow::Owned(store.read(&want.sha256)?),
+                    };
+                    let temp = file::write_temp(&step.real, &content, want).map_err(fault)?;
+                    fail_point!("apply_after_temp_write");
+                    file::rename_into_place(&temp, &step.real).map_err(fault)?;
+                    fail_point!("apply_after_rename");
+                }
+                None => {
+                    file::remove_if_present(&step.real).map_err(fault)?;
+                    fail_point!("apply_after_remove");
+                }
+            }
+            touched_dirs.insert(parent(&step.real).to_owned());
+        }
+        for dir in &touched_dirs {
+            crate::paths::sync_dir(dir)?;
+        }
+        fail_point!("apply_after_dir_sync");
+        Ok(())
+    }
+
+    fn applied(&self, prepared: &Prepared) -> Applied {
+        let mut applied = Applied {
+            from: self.from,
+            to: self.to,
+            written: Vec::new(),
+            removed: Vec::new(),
+            restored: Vec::new(),
+            created_dirs: prepared.journal.created_dirs.clone(),
+        };
+        for step in &prepared.steps {
+            let list = match (&step.after, step.restores_preexisting) {
+                (None, _) => &mut applied.removed,
+                (Some(_), false) => &mut applied.written,
+                (Some(_), true) => &mut applied.restored,
+            };
+            list.push(step.path.clone());
+        }
+        applied
+    }
+}
+
+/// Puts every journal entry back to its `before` state (last entry first), removes the
+/// directories the transaction created, makes that durable, and only then removes the
+/// journal. Idempotent: entries already back are skipped, so a crash in the middle is
+/// repaired by running it again, which is why it may use non-atomic shortcuts (see
+/// `restore_file`). Returns how many paths it had to put back.
+pub(crate) fn roll_back(root: &Path, state_dir: &Path, journal: &Journal) -> Result<usize, Fault> {
+    let store = BlobStore::open(state_dir)?;
+    let mut restored = 0;
+    let mut touched_dirs = BTreeSet::new();
+    for entry in journal.entries.iter().rev() {
+        let real = file::real_path(root, &entry.path)?;
+        file::remove_if_present(&file::temp_path(&real))?;
+        let found = file::inspect(&real)?;
+        let worked = match (&entry.before, &found) {
+            (Before::Absent, DiskEntry::Missing) => false,
+            (Before::Absent, DiskEntry::File(_)) => {
+                file::remove_if_present(&real)
+                    .map_err(|e| Fault::classify(e, &entry.path, journal.from))?;
+                true
+            }
+            (Before::Absent, DiskEntry::Other(kind)) => {
+                // Shoal only ever writes regular files: this is not ours to remove.
+                tracing::warn!(path = %entry.path.display(), %kind, "left in place by rollback: Shoal did not create it");
+                false
+            }
+            (Before::Blob(want) | Before::Preexisting(want), found) => {
+                if *found == DiskEntry::File(want.clone()) {
+                    false
+                } else {
+                    restore_file(&store, &real, &entry.path, want, journal.from)?;
+                    true
+                }
+            }
+        };
+        if worked {
+            restored += 1;
+            touched_dirs.insert(parent(&real).to_owned());
+            fail_point!("recover_after_entry");
+        }
+    }
+    for dir in journal.created_dirs.iter().rev() {
+        let real = file::real_path(root, dir)?;
+        if !file::remove_dir_if_empty(&real)? {
+            tracing::warn!(dir = %real.display(), "left in place by rollback: something else was put in it");
+        }
+        touched_dirs.insert(parent(&real).to_owned());
+    }
+    for dir in &touched_dirs {
+        file::sync_dir_if_present(dir)?;
+    }
+    fail_point!("recover_before_journal_removal");
+    Journal::remove(state_dir)?;
+    Ok(restored)
+}
+
+/// Writes a saved file back (atomically when there is room). On a full disk — often full
+/// because of the apply being undone — the current file is removed first to make room: not
+/// atomic, but this only runs while the journal still lists the path, so a crash in between
+/// is repaired by the next recovery.
+fn restore_file(
+    store: &BlobStore,
+    real: &Path,
+    path: &Path,
+    want: &DiskFile,
+    generation: u64,
+) -> Result<(), Fault> {
+    let content = store.read(&want.sha256)?;
+    let fault = |e| Fault::classify(e, path, generation);
+    let temp = match file::write_temp(real, &content, want).map_err(fault) {
+        Ok(temp) => temp,
+        Err(full) if full.is_no_space() => {
+            file::remove_if_present(real).map_err(fault)?;
+            file::write_temp(real, &content, want).map_err(fault)?
+        }
+        Err(other) => return Err(other),
+    };
+    file::rename_into_place(&temp, real).map_err(fault)
+}
+
+fn in_the_way(path: &Path, real: PathBuf, kind: OtherKind, to: u64) -> Fault {
+    match kind {
+        OtherKind::Directory => Fault::DirectoryInTheWay {
+            path: path.to_owned(),
+            real,
+            to,
+        },
+        kind => Fault::NotAFile {
+            path: path.to_owned(),
+            real,
+            kind,
+            to,
+        },
+    }
+}
+
+/// The device path of `real` (which is under `root`).
+fn device_path(root: &Path, real: &Path) -> PathBuf {
+    Path::new("/").join(real.strip_prefix(root).unwrap_or(real))
+}
+
+fn parent(path: &Path) -> &Path {
+    path.parent().unwrap_or(Path::new("/"))
+}

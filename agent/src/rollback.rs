@@ -1,0 +1,113 @@
+//! On-device rollback, no network: switch the device to a kept generation (journaled, like an
+//! apply) and hold it there until `resume`. Decides which generation "previous" means; the file
+//! work is `apply::restore`'s.
+
+use crate::apply::{self, ApplyError};
+use crate::config::AgentConfig;
+use crate::plan::Manifest;
+use crate::state::{unix_now, State, StateError, SyncResult};
+use crate::sync::{self, SyncError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RollbackError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    #[error("nothing to roll back to: the device has {0}; `shoal-agent history` lists the generations kept")]
+    NoPrevious(&'static str),
+    #[error("rolling back to generation {to} failed: {source}")]
+    Restore {
+        to: u64,
+        #[source]
+        source: Box<ApplyError>,
+    },
+}
+
+/// Where a rollback left the device.
+#[derive(Debug)]
+pub struct RolledBack {
+    pub from: u64,
+    pub to: u64,
+    pub commit: String,
+}
+
+/// Restores generation `to` (default: the one before the current) and holds the device there.
+pub fn rollback(config: &AgentConfig, to: Option<u64>) -> Result<RolledBack, RollbackError> {
+    let state = State::open(&config.state_dir)?;
+    sync::recover(config, &state)?;
+    let current = state
+        .current()?
+        .ok_or(RollbackError::NoPrevious("never applied a generation"))?;
+    let target = match to {
+        Some(n) => state.generation(n)?,
+        None => state
+            .generations()?
+            .into_iter()
+            .filter(|g| g.number < current.number)
+            .max_by_key(|g| g.number)
+            .ok_or(RollbackError::NoPrevious("only one generation"))?,
+    };
+    if target.number != current.number {
+        restore(
+            config,
+            &state,
+            &current.manifest,
+            current.number,
+            &target.manifest,
+            target.number,
+        )?;
+    }
+    state.set_hold(Some(target.number))?;
+    state.record_result(&SyncResult {
+        status: "held".into(),
+        commit: Some(target.commit.clone()),
+        message: Some(format!(
+            "rolled back from generation {} by an operator",
+            current.number
+        )),
+        at: unix_now(),
+    })?;
+    Ok(RolledBack {
+        from: current.number,
+        to: target.number,
+        commit: target.commit,
+    })
+}
+
+/// Releases the hold; returns the generation that was held, if any.
+pub fn resume(config: &AgentConfig) -> Result<Option<u64>, RollbackError> {
+    let state = State::open(&config.state_dir)?;
+    let held = state.hold()?;
+    state.set_hold(None)?;
+    Ok(held)
+}
+
+/// Switches the disk from one generation's files to another's with the same crash order as an
+/// apply: journal, writes, then the state database records the new current generation, then
+/// the journal goes.
+fn restore(
+    config: &AgentConfig,
+    state: &State,
+    from: &Manifest,
+    from_number: u64,
+    to: &Manifest,
+    to_number: u64,
+) -> Result<(), RollbackError> {
+    let failed = |e: ApplyError| RollbackError::Restore {
+        to: to_number,
+        source: Box::new(e),
+    };
+    apply::restore(
+        from,
+        to,
+        &config.root,
+        &config.state_dir,
+        from_number,
+        to_number,
+    )
+    .map_err(failed)?;
+    state.set_current(to_number)?;
+    apply::journal_done(&config.state_dir).map_err(failed)?;
+    Ok(())
+}
