@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::apply;
 use crate::config::{AgentConfig, ConfigError, TrustConfig, VerifyMode};
+use crate::daemon;
 use crate::fetch::{error_chain, Mirror};
 use crate::render::{self, DeviceIdentity, DirTree, GitTree, RenderError};
 use crate::rollback;
@@ -34,6 +35,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// The daemon: sync every interval (±10 % jitter), at once on SIGHUP; stop on SIGTERM.
+    Run,
     /// Sync now: fetch, verify, render, plan and apply the tracked ref's tip.
     Sync {
         /// Fetch, verify, render and plan; print the plan and change nothing.
@@ -156,6 +159,10 @@ impl CliError {
 
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
+        Command::Run => {
+            let config = AgentConfig::load(&cli.config)?;
+            daemon::run(config).map_err(failed)
+        }
         Command::Sync { dry_run, json } => sync_command(&cli.config, dry_run, json),
         Command::History { json } => history_command(&cli.config, json),
         Command::Rollback { to } => rollback_command(&cli.config, to),

@@ -3,7 +3,9 @@
 pub mod apply;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod fetch;
+pub mod notify;
 pub mod paths;
 pub mod plan;
 pub mod render;

@@ -1,0 +1,195 @@
+//! `shoal-agent run`: the long-running loop. Syncs every interval with ±10 % jitter, at once on
+//! SIGHUP, backs off exponentially after failures, and stops on SIGTERM/SIGINT only between
+//! syncs (an apply is never interrupted; a fetch in flight is asked to stop). Tells systemd
+//! READY/WATCHDOG/STATUS. One current-thread runtime; each sync runs in `spawn_blocking`.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::AgentConfig;
+use crate::notify::Notifier;
+use crate::paths::{self, PathError};
+use crate::sync::{self, SyncOutcome};
+
+const DAEMON_LOCK: &str = "daemon.lock";
+/// Repeated failures back off up to this many intervals.
+const MAX_BACKOFF_FACTOR: u32 = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("another `shoal-agent run` is already running for {} (it holds {}); stop it first", dir.display(), dir.join(DAEMON_LOCK).display())]
+    AlreadyRunning { dir: PathBuf },
+    #[error("cannot start the daemon: {0}")]
+    Io(#[from] PathError),
+    #[error("cannot start the daemon's runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// Runs until SIGTERM or SIGINT.
+pub fn run(config: AgentConfig) -> Result<(), DaemonError> {
+    paths::create_dir_all(&config.state_dir)?;
+    let _lock = lock_daemon(&config)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .enable_io()
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    runtime.block_on(run_loop(Arc::new(config)))
+}
+
+fn lock_daemon(config: &AgentConfig) -> Result<File, DaemonError> {
+    let path = config.state_dir.join(DAEMON_LOCK);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| PathError::new("open", &path, e))?;
+    file.try_lock().map_err(|e| match e {
+        std::fs::TryLockError::WouldBlock => DaemonError::AlreadyRunning {
+            dir: config.state_dir.clone(),
+        },
+        std::fs::TryLockError::Error(e) => PathError::new("lock", &path, e).into(),
+    })?;
+    Ok(file)
+}
+
+async fn run_loop(config: Arc<AgentConfig>) -> Result<(), DaemonError> {
+    let sig = |kind| signal(kind).map_err(DaemonError::Runtime);
+    let (mut hup, mut term, mut int) = (
+        sig(SignalKind::hangup())?,
+        sig(SignalKind::terminate())?,
+        sig(SignalKind::interrupt())?,
+    );
+    let notifier = Notifier::from_env();
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let mut watchdog =
+        tokio::time::interval(Notifier::watchdog_interval().unwrap_or(Duration::from_secs(3600)));
+    let mut failures: u32 = 0;
+    notifier.send("READY=1");
+    tracing::info!(device = %config.device_id, interval = ?config.source.interval, "agent started");
+
+    loop {
+        // One sync, with the watchdog kept alive and a stop request remembered (not acted on
+        // until the sync returns: an apply must finish or roll back on its own terms).
+        let job = {
+            let config = Arc::clone(&config);
+            let interrupt = Arc::clone(&interrupt);
+            tokio::task::spawn_blocking(move || sync::sync_once(&config, false, &interrupt))
+        };
+        tokio::pin!(job);
+        let mut stop = false;
+        let result = loop {
+            tokio::select! {
+                r = &mut job => break r,
+                _ = watchdog.tick() => notifier.send("WATCHDOG=1"),
+                _ = term.recv() => { stop = true; interrupt.store(true, Ordering::SeqCst); }
+                _ = int.recv() => { stop = true; interrupt.store(true, Ordering::SeqCst); }
+                _ = hup.recv() => {}
+            }
+        };
+        let status = match result {
+            Ok(Ok(outcome)) => {
+                failures = 0;
+                describe(&outcome)
+            }
+            Ok(Err(e)) => {
+                failures = failures.saturating_add(1);
+                tracing::error!(error = %e, failures, "sync failed");
+                format!("sync failed: {e}")
+            }
+            Err(join) => {
+                failures = failures.saturating_add(1);
+                tracing::error!(error = %join, "sync task panicked");
+                format!("sync crashed: {join}")
+            }
+        };
+        notifier.send(&format!(
+            "STATUS={}",
+            status.lines().next().unwrap_or_default()
+        ));
+        if stop {
+            break;
+        }
+
+        let delay = next_delay(config.source.interval, failures);
+        tracing::debug!(?delay, failures, "next sync");
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        let stop = loop {
+            tokio::select! {
+                _ = &mut sleep => break false,
+                _ = watchdog.tick() => notifier.send("WATCHDOG=1"),
+                _ = hup.recv() => { tracing::info!("SIGHUP: syncing now"); break false; }
+                _ = term.recv() => break true,
+                _ = int.recv() => break true,
+            }
+        };
+        if stop {
+            break;
+        }
+    }
+    notifier.send("STOPPING=1");
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+fn describe(outcome: &SyncOutcome) -> String {
+    match outcome {
+        SyncOutcome::Held { generation } => format!("held at generation {generation}"),
+        SyncOutcome::UpToDate { generation, commit } => {
+            format!("converged: generation {generation}, commit {commit}")
+        }
+        SyncOutcome::Applied {
+            generation, commit, ..
+        } => format!("converged: generation {generation}, commit {commit}"),
+        SyncOutcome::DryRun { commit, .. } => format!("dry run at {commit}"),
+    }
+}
+
+/// The wait before the next sync: the interval, doubled per consecutive failure up to
+/// `MAX_BACKOFF_FACTOR` intervals (a fleet hammering a server that is down helps no one),
+/// then ±10 % jitter so devices that started together drift apart.
+pub fn next_delay(interval: Duration, failures: u32) -> Duration {
+    let factor = 2u32.saturating_pow(failures).min(MAX_BACKOFF_FACTOR);
+    let base = interval.saturating_mul(factor);
+    jitter(base, random_unit())
+}
+
+/// `base` scaled by a factor in [0.9, 1.1) chosen by `unit` in [0, 1).
+fn jitter(base: Duration, unit: f64) -> Duration {
+    base.mul_f64(0.9 + 0.2 * unit)
+}
+
+fn random_unit() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS per process and per instance: enough for jitter.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(std::process::id() as u64);
+    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delay_is_the_interval_within_ten_percent_and_backs_off_on_failures() {
+        let interval = Duration::from_secs(60);
+        assert_eq!(jitter(interval, 0.0), Duration::from_secs(54));
+        assert_eq!(jitter(interval, 0.5), Duration::from_secs(60));
+        for failures in 0..8 {
+            let d = next_delay(interval, failures);
+            let base = 60.0 * 2f64.powi(failures as i32).min(MAX_BACKOFF_FACTOR as f64);
+            assert!(
+                d.as_secs_f64() >= base * 0.9 && d.as_secs_f64() < base * 1.1,
+                "{failures} failures: {d:?}"
+            );
+        }
+    }
+}
