@@ -124,7 +124,7 @@ fn https_first_sync_accepts_signed_tip_and_noop_sync_costs_one_advertisement_and
     device
         .sync()
         .assert_ok()
-        .expect(0, &format!("accepted {second}"));
+        .expect(0, &format!("commit {second} signed by operator@example"));
     assert_eq!(device.applied().as_deref(), Some(second.as_str()));
 }
 
@@ -243,7 +243,7 @@ fn untrusted_commits_are_refused_with_distinct_reasons_and_leave_the_device_wher
     s.publish();
     device
         .sync()
-        .expect(0, &format!("accepted {old_but_valid}"));
+        .expect(0, &format!("commit {old_but_valid} signed by operator@example"));
     s.git_agrees(&old_but_valid, true);
 }
 
