@@ -14,6 +14,7 @@ use crate::config::{AgentConfig, ConfigError, TrustConfig, VerifyMode};
 use crate::daemon;
 use crate::fetch::{error_chain, Mirror};
 use crate::render::{self, DeviceIdentity, DirTree, GitTree, RenderError};
+use crate::report::{Identity, Reporter};
 use crate::rollback;
 use crate::state::State;
 use crate::sync::{self, SyncError, SyncOutcome};
@@ -64,6 +65,8 @@ pub enum Command {
     },
     /// Release the hold set by `rollback`; the next sync follows the branch tip again.
     Resume,
+    /// Create the device identity key (if missing) and print its public key for enrollment.
+    Keygen,
     /// Check a commit's signature against a trust policy (for the config repo's own CI).
     Verify {
         /// The repository to check (a work tree or a bare repository).
@@ -167,6 +170,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::History { json } => history_command(&cli.config, json),
         Command::Rollback { to } => rollback_command(&cli.config, to),
         Command::Resume => resume_command(&cli.config),
+        Command::Keygen => keygen_command(&cli.config),
         Command::Status { json } => status_command(&cli.config, json),
         Command::Verify {
             path,
@@ -203,7 +207,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
 fn sync_command(config_path: &Path, dry_run: bool, json: bool) -> Result<(), CliError> {
     let config = AgentConfig::load(config_path)?;
     let interrupt = AtomicBool::new(false);
-    match sync::sync_once(&config, dry_run, &interrupt)? {
+    let result = sync::sync_once(&config, dry_run, &interrupt);
+    if !dry_run {
+        report_after_sync(&config);
+    }
+    match result? {
         SyncOutcome::Held { generation } => {
             eprintln!("held at generation {generation} by `shoal-agent rollback`; run `shoal-agent resume` to follow the branch again")
         }
@@ -240,6 +248,7 @@ fn status_command(config_path: &Path, json: bool) -> Result<(), CliError> {
     let last = state.last_result().map_err(failed)?;
     let watermark = state.applied_commit().map_err(failed)?;
     let pending = apply::pending(&config.state_dir).map_err(failed)?;
+    let queued = state.queued_reports().map_err(failed)?.len();
     let fetched = Mirror::open_or_init(&state.mirror_dir())
         .ok()
         .and_then(|m| m.fetched_tip());
@@ -254,6 +263,7 @@ fn status_command(config_path: &Path, json: bool) -> Result<(), CliError> {
             "hold": hold,
             "last_result": last,
             "unfinished_apply": pending.map(|j| json!({ "from": j.from, "to": j.to })),
+            "queued_reports": queued,
         });
         println!("{value:#}");
         return Ok(());
@@ -345,6 +355,43 @@ fn resume_command(config_path: &Path) -> Result<(), CliError> {
         None => eprintln!("the device was not held; nothing to do"),
     }
     Ok(())
+}
+
+fn keygen_command(config_path: &Path) -> Result<(), CliError> {
+    let config = AgentConfig::load(config_path)?;
+    let (identity, created) = Identity::load_or_create(&config.state_dir).map_err(failed)?;
+    println!("{}", identity.key_id());
+    let path = Identity::path(&config.state_dir);
+    if created {
+        eprintln!(
+            "created {}; enroll the key above: `shoal-collector register --device-id {} --key <key>`, or give the device an enrollment token",
+            path.display(),
+            config.device_id
+        );
+    } else {
+        eprintln!("{} already exists; its public key is above", path.display());
+    }
+    Ok(())
+}
+
+/// Sends the device's state to the collector after a CLI sync, if one is configured. A
+/// collector that is down is not a failed sync: the report stays queued.
+fn report_after_sync(config: &AgentConfig) {
+    let delivery = Reporter::new(config).and_then(|r| match r {
+        Some(mut reporter) => reporter.report(config).map(Some),
+        None => Ok(None),
+    });
+    match delivery {
+        Ok(Some(d)) => match d.error {
+            Some(e) => eprintln!(
+                "report: {} delivered, {} queued for later: {e}",
+                d.delivered, d.queued
+            ),
+            None => eprintln!("report: {} delivered to the collector", d.delivered),
+        },
+        Ok(None) => {}
+        Err(e) => eprintln!("report: {e}"),
+    }
 }
 
 fn failed(e: impl std::fmt::Display) -> CliError {

@@ -72,6 +72,8 @@ pub struct TrustConfig {
 pub struct CollectorConfig {
     pub url: String,
     pub ca_file: Option<PathBuf>,
+    /// A file holding the enrollment token presented on first contact (`X-Shoal-Enroll`).
+    pub enroll_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -122,6 +124,7 @@ struct RawTrust {
 struct RawCollector {
     url: String,
     ca_file: Option<PathBuf>,
+    enroll_token_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -250,8 +253,9 @@ impl AgentConfig {
                 verify: raw.trust.verify.unwrap_or(VerifyMode::Range),
             },
             collector: raw.collector.map(|c| CollectorConfig {
-                url: c.url,
+                url: c.url.trim_end_matches('/').to_owned(),
                 ca_file: c.ca_file.map(resolve),
+                enroll_token_file: c.enroll_token_file.map(resolve),
             }),
             apply: ApplyConfig {
                 health_timeout: raw

@@ -14,6 +14,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::config::AgentConfig;
 use crate::notify::Notifier;
 use crate::paths::{self, PathError};
+use crate::report::Reporter;
 use crate::sync::{self, SyncOutcome};
 
 const DAEMON_LOCK: &str = "daemon.lock";
@@ -71,6 +72,8 @@ async fn run_loop(config: Arc<AgentConfig>) -> Result<(), DaemonError> {
     let mut watchdog =
         tokio::time::interval(Notifier::watchdog_interval().unwrap_or(Duration::from_secs(3600)));
     let mut failures: u32 = 0;
+    // Built lazily on the blocking pool (reqwest's blocking client must not live on the runtime).
+    let mut reporter: Option<Reporter> = None;
     notifier.send("READY=1");
     tracing::info!(device = %config.device_id, interval = ?config.source.interval, "agent started");
 
@@ -80,7 +83,11 @@ async fn run_loop(config: Arc<AgentConfig>) -> Result<(), DaemonError> {
         let job = {
             let config = Arc::clone(&config);
             let interrupt = Arc::clone(&interrupt);
-            tokio::task::spawn_blocking(move || sync::sync_once(&config, false, &interrupt))
+            let reporter = reporter.take();
+            tokio::task::spawn_blocking(move || {
+                let result = sync::sync_once(&config, false, &interrupt);
+                (result, report(&config, reporter))
+            })
         };
         tokio::pin!(job);
         let mut stop = false;
@@ -93,6 +100,10 @@ async fn run_loop(config: Arc<AgentConfig>) -> Result<(), DaemonError> {
                 _ = hup.recv() => {}
             }
         };
+        let result = result.map(|(sync_result, kept)| {
+            reporter = kept;
+            sync_result
+        });
         let status = match result {
             Ok(Ok(outcome)) => {
                 failures = 0;
@@ -137,6 +148,32 @@ async fn run_loop(config: Arc<AgentConfig>) -> Result<(), DaemonError> {
     notifier.send("STOPPING=1");
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// Reports after a sync; returns the reporter to keep its sequence block and what it last sent.
+fn report(config: &AgentConfig, reporter: Option<Reporter>) -> Option<Reporter> {
+    let mut reporter = match reporter {
+        Some(r) => r,
+        None => match Reporter::new(config) {
+            Ok(Some(r)) => r,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot report to the collector");
+                return None;
+            }
+        },
+    };
+    match reporter.report(config) {
+        Ok(d) if d.error.is_none() => tracing::debug!(delivered = d.delivered, "reported"),
+        Ok(d) => tracing::warn!(
+            delivered = d.delivered,
+            queued = d.queued,
+            error = d.error.as_deref().unwrap_or(""),
+            "report not delivered; kept in the outbox"
+        ),
+        Err(e) => tracing::error!(error = %e, "cannot report"),
+    }
+    Some(reporter)
 }
 
 fn describe(outcome: &SyncOutcome) -> String {

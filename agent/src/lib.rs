@@ -9,6 +9,7 @@ pub mod notify;
 pub mod paths;
 pub mod plan;
 pub mod render;
+pub mod report;
 pub mod rollback;
 pub mod state;
 pub mod sync;

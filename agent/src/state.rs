@@ -22,6 +22,11 @@ const WATERMARK_FILE: &str = "applied-commit";
 const CURRENT_FILE: &str = "current-generation";
 const HOLD_FILE: &str = "hold";
 const LAST_RESULT_FILE: &str = "last-result.json";
+const SEQUENCE_FILE: &str = "report-sequence";
+/// Report sequence numbers are reserved this many at a time, so most reports cost no write.
+const SEQUENCE_BLOCK: u64 = 1000;
+/// The outbox keeps at most this many reports; older ones are superseded by newer ones.
+pub const OUTBOX_LIMIT: usize = 64;
 const GENERATIONS_DIR: &str = "generations";
 const MIRROR_DIR: &str = "mirror.git";
 const DB_DIR: &str = "db";
@@ -94,6 +99,7 @@ struct Db {
     meta: sled::Tree,
     generations: sled::Tree,
     bad: sled::Tree,
+    outbox: sled::Tree,
 }
 
 impl State {
@@ -135,6 +141,7 @@ impl State {
             meta: tree("meta")?,
             generations: tree("generations")?,
             bad: tree("bad")?,
+            outbox: tree("outbox")?,
             db,
         };
         Ok(self.db.get_or_init(|| opened))
@@ -345,15 +352,15 @@ impl State {
             })
     }
 
-    /// Records the outcome of a sync. Skips the write when only the time changed, so a no-op
-    /// sync stays a no-op on disk.
-    pub fn record_result(&self, result: &SyncResult) -> Result<(), StateError> {
+    /// Records the outcome of a sync; returns whether it changed. Skips the write when only the
+    /// time changed, so a no-op sync stays a no-op on disk.
+    pub fn record_result(&self, result: &SyncResult) -> Result<bool, StateError> {
         if let Some(last) = self.last_result()? {
             let same = last.status == result.status
                 && last.commit == result.commit
                 && last.message == result.message;
             if same {
-                return Ok(());
+                return Ok(false);
             }
         }
         let json = serde_json::to_vec_pretty(result).map_err(|e| StateError::Corrupt {
@@ -361,7 +368,65 @@ impl State {
             message: e.to_string(),
         })?;
         paths::write_atomic(&self.dir.join(LAST_RESULT_FILE), &json)?;
-        Ok(())
+        Ok(true)
+    }
+
+    /// Reserves a block of report sequence numbers, durably, and returns it. Numbers are never
+    /// handed out twice, even across crashes: the block's end is on disk before any is used.
+    pub fn reserve_sequences(&self) -> Result<std::ops::Range<u64>, StateError> {
+        let path = self.dir.join(SEQUENCE_FILE);
+        let reserved = match paths::read_optional(&path)? {
+            Some(text) => text
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| StateError::Corrupt {
+                    what: path.display().to_string(),
+                    message: format!("{:?} is not a sequence number", text.trim()),
+                })?,
+            None => 0,
+        };
+        let end = reserved + SEQUENCE_BLOCK;
+        paths::write_atomic(&path, format!("{end}\n").as_bytes())?;
+        Ok(reserved + 1..end + 1)
+    }
+
+    /// Queues a sealed report for delivery (durable on return), dropping the oldest beyond
+    /// [`OUTBOX_LIMIT`]: each report is a full snapshot, so newer ones supersede older ones.
+    pub fn enqueue_report(&self, sequence: u64, envelope: &[u8]) -> Result<(), StateError> {
+        let outbox = self.outbox()?;
+        outbox
+            .insert(sequence.to_be_bytes(), envelope)
+            .map_err(|e| self.db_error(e))?;
+        while outbox.len() > OUTBOX_LIMIT {
+            outbox.pop_min().map_err(|e| self.db_error(e))?;
+        }
+        self.flush()
+    }
+
+    /// The queued reports, oldest first.
+    pub fn queued_reports(&self) -> Result<Vec<(u64, Vec<u8>)>, StateError> {
+        self.outbox()?
+            .iter()
+            .map(|item| {
+                let (key, value) = item.map_err(|e| self.db_error(e))?;
+                let seq = <[u8; 8]>::try_from(key.as_ref())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                Ok((seq, value.to_vec()))
+            })
+            .collect()
+    }
+
+    /// Removes a delivered report (durable on return).
+    pub fn ack_report(&self, sequence: u64) -> Result<(), StateError> {
+        self.outbox()?
+            .remove(sequence.to_be_bytes())
+            .map_err(|e| self.db_error(e))?;
+        self.flush()
+    }
+
+    fn outbox(&self) -> Result<&sled::Tree, StateError> {
+        Ok(&self.db()?.outbox)
     }
 
     fn generation_path(&self, number: u64) -> PathBuf {

@@ -259,5 +259,6 @@ fn record(
         commit,
         message,
         at: unix_now(),
-    })
+    })?;
+    Ok(())
 }

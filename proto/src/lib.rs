@@ -1,10 +1,20 @@
-//! Wire types shared by the Shoal agent and the collector: reports, the signed envelope and
-//! status values. This crate does no I/O.
+//! Wire types shared by the Shoal agent and the collector: reports, the signed envelope, key ids and
+//! status values. This crate does no I/O: it only encodes, decodes, signs and verifies bytes.
+
+mod envelope;
+mod key_id;
+mod report;
+
+pub use envelope::{
+    EnvelopeError, SignedEnvelope, ENVELOPE_VERSION, MAX_ENVELOPE_BYTES, SIGNING_CONTEXT,
+};
+pub use key_id::{KeyId, KeyIdError};
+pub use report::{Report, ReportError, ResourceError, Timings};
 
 use serde::{Deserialize, Serialize};
 
 /// The convergence state a device reports (DESIGN.md, "Reports and the collector").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Converged,
@@ -14,4 +24,56 @@ pub enum Status {
     Held,
     Refused,
     Drifted,
+}
+
+impl Status {
+    /// Every status, in a stable order (summaries and metrics list them all, zeros included).
+    pub const ALL: [Status; 7] = [
+        Status::Converged,
+        Status::Applying,
+        Status::Failed,
+        Status::RolledBack,
+        Status::Held,
+        Status::Refused,
+        Status::Drifted,
+    ];
+
+    /// The wire name (`rolled_back`), the same string serde uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Converged => "converged",
+            Status::Applying => "applying",
+            Status::Failed => "failed",
+            Status::RolledBack => "rolled_back",
+            Status::Held => "held",
+            Status::Refused => "refused",
+            Status::Drifted => "drifted",
+        }
+    }
+
+    /// Parses a wire name; `None` for anything else.
+    pub fn from_wire(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_wire_names_match_serde() {
+        for st in Status::ALL {
+            let json = serde_json::to_string(&st).unwrap();
+            assert_eq!(json, format!("\"{}\"", st.as_str()));
+            assert_eq!(Status::from_wire(st.as_str()), Some(st));
+        }
+        assert_eq!(Status::from_wire("degraded"), None);
+    }
 }

@@ -241,9 +241,10 @@ fn untrusted_commits_are_refused_with_distinct_reasons_and_leave_the_device_wher
         .repo
         .commit_signed_at(&s.operator, "signed in 2020", JUNE_2020);
     s.publish();
-    device
-        .sync()
-        .expect(0, &format!("commit {old_but_valid} signed by operator@example"));
+    device.sync().expect(
+        0,
+        &format!("commit {old_but_valid} signed by operator@example"),
+    );
     s.git_agrees(&old_but_valid, true);
 }
 

@@ -1,0 +1,198 @@
+//! The convergence report a device sends after a sync or a status change. Every field but
+//! `device_id`, `status` and `sequence` is optional on the wire and unknown fields are ignored, so an
+//! older agent keeps reporting to a newer collector.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Status;
+
+/// Longest device id accepted (a machine-id is 32 hex characters; hostnames fit too).
+pub const MAX_DEVICE_ID_LEN: usize = 128;
+
+/// One device's account of what it converged to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// The device's id (`device_id` in agent.toml, default /etc/machine-id).
+    pub device_id: String,
+    /// The device's labels, as in agent.toml.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// `shoal-agent` version (`CARGO_PKG_VERSION`).
+    #[serde(default)]
+    pub agent_version: String,
+    /// The generation the device is on, when it has one.
+    #[serde(default)]
+    pub generation: Option<u64>,
+    /// The commit (hex object id) of that generation, when it has one.
+    #[serde(default)]
+    pub commit: Option<String>,
+    pub status: Status,
+    /// What failed, one entry per resource (file, unit, commit) at fault.
+    #[serde(default)]
+    pub errors: Vec<ResourceError>,
+    #[serde(default)]
+    pub timings: Timings,
+    /// Strictly increasing per device, across restarts: the collector refuses anything not greater
+    /// than the last sequence it accepted (replay protection).
+    pub sequence: u64,
+    /// When the device sealed the report, unix seconds by the device's clock (informational: the
+    /// collector's `last_seen` uses its own clock).
+    #[serde(default)]
+    pub sent_at: u64,
+}
+
+/// One resource that failed and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceError {
+    /// What is at fault: a path (`/etc/motd`), a unit (`telemetry.service`), a commit, a key.
+    pub resource: String,
+    pub message: String,
+}
+
+/// How long each step of the sync took, in milliseconds; absent when the step did not run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timings {
+    #[serde(default)]
+    pub fetch_ms: Option<u64>,
+    #[serde(default)]
+    pub verify_ms: Option<u64>,
+    #[serde(default)]
+    pub render_ms: Option<u64>,
+    #[serde(default)]
+    pub apply_ms: Option<u64>,
+    #[serde(default)]
+    pub health_ms: Option<u64>,
+}
+
+/// A report that parsed but breaks a rule the collector relies on.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReportError {
+    #[error("report field {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+impl Report {
+    /// A report with only the required fields set.
+    pub fn new(device_id: impl Into<String>, status: Status, sequence: u64) -> Report {
+        Report {
+            device_id: device_id.into(),
+            labels: BTreeMap::new(),
+            agent_version: String::new(),
+            generation: None,
+            commit: None,
+            status,
+            errors: Vec::new(),
+            timings: Timings::default(),
+            sequence,
+            sent_at: 0,
+        }
+    }
+
+    /// Checks the rules the collector relies on: the device id is 1..=128 characters of
+    /// `[A-Za-z0-9._:@-]` (it is used in storage keys and URLs), label keys are non-empty, and the
+    /// commit, when present, is a hex object id.
+    pub fn validate(&self) -> Result<(), ReportError> {
+        let id = &self.device_id;
+        if id.is_empty() || id.len() > MAX_DEVICE_ID_LEN {
+            return Err(invalid(
+                "device_id",
+                format!(
+                    "must be 1 to {MAX_DEVICE_ID_LEN} characters, got {}",
+                    id.len()
+                ),
+            ));
+        }
+        if let Some(c) = id.chars().find(|c| !is_device_id_char(*c)) {
+            return Err(invalid(
+                "device_id",
+                format!("{id:?} contains {c:?}; allowed are letters, digits and . _ : @ -"),
+            ));
+        }
+        if self.labels.keys().any(|k| k.is_empty()) {
+            return Err(invalid("labels", "a label key is empty".to_owned()));
+        }
+        if let Some(commit) = &self.commit {
+            let hex = commit.len() >= 4
+                && commit.len() <= 64
+                && commit.bytes().all(|b| b.is_ascii_hexdigit());
+            if !hex {
+                return Err(invalid(
+                    "commit",
+                    format!("{commit:?} is not a hex object id"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The characters allowed in a device id.
+pub fn is_device_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '@' | '-')
+}
+
+fn invalid(field: &'static str, reason: String) -> ReportError {
+    ReportError::Invalid { field, reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_json_from_an_old_agent_parses() {
+        let r: Report = serde_json::from_str(
+            r#"{"device_id":"gw-1","status":"converged","sequence":3,"from_the_future":{"x":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(r, Report::new("gw-1", Status::Converged, 3));
+    }
+
+    #[test]
+    fn full_report_round_trips() {
+        let mut r = Report::new("gw-0042", Status::RolledBack, 9);
+        r.labels.insert("role".into(), "gateway".into());
+        r.agent_version = "0.1.0".into();
+        r.generation = Some(4);
+        r.commit = Some("0123456789abcdef0123456789abcdef01234567".into());
+        r.errors.push(ResourceError {
+            resource: "telemetry.service".into(),
+            message: "health check timed out after 30s".into(),
+        });
+        r.timings.apply_ms = Some(120);
+        r.sent_at = 1_700_000_000;
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<Report>(&json).unwrap(), r);
+        r.validate().unwrap();
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut r = Report::new("gw/1", Status::Failed, 1);
+        assert!(
+            matches!(
+                r.validate(),
+                Err(ReportError::Invalid {
+                    field: "device_id",
+                    ..
+                })
+            ),
+            "slash in id"
+        );
+        r.device_id = String::new();
+        assert!(r.validate().is_err(), "empty id");
+        r.device_id = "x".repeat(MAX_DEVICE_ID_LEN + 1);
+        assert!(r.validate().is_err(), "long id");
+        r.device_id = "gw-1".into();
+        r.commit = Some("not-hex".into());
+        assert!(matches!(
+            r.validate(),
+            Err(ReportError::Invalid {
+                field: "commit",
+                ..
+            })
+        ));
+    }
+}

@@ -1,0 +1,533 @@
+//! The HTTP API: routes, request parsing, the bearer-token gate on reads, and the one error type
+//! (`ApiError`) that turns every failure into a status code and a JSON `{error, reason_code}`.
+//! Handlers decide nothing themselves: `ingest` decides, `store` records, `tally` counts.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http_body_util::BodyExt as _;
+use serde::Serialize;
+use shoal_proto::{Report, Status, MAX_ENVELOPE_BYTES};
+
+use crate::ingest::{self, Enrollment, Rejection};
+use crate::store::{Accepted, DeviceRecord, HistoryEntry, IngestError, StoreError};
+use crate::AppState;
+
+/// Header carrying an enrollment token on a device's first report.
+pub const ENROLL_HEADER: &str = "x-shoal-enroll";
+
+/// Default and largest page size of `GET /api/v1/devices`.
+pub const DEFAULT_LIMIT: usize = 1000;
+pub const MAX_LIMIT: usize = 10_000;
+/// Rows on the HTML page.
+pub const PAGE_ROWS: usize = 500;
+
+/// Every way a request can fail. Report rejections are 4xx; only a failing store gives a 5xx.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    #[error("missing or wrong bearer token: send `Authorization: Bearer TOKEN` with a token from the collector's --token-file")]
+    Unauthorized,
+    #[error("{what} not found")]
+    NotFound { what: String },
+    #[error("bad query: {reason}")]
+    BadQuery { reason: String },
+    #[error("the store is unavailable: {reason}")]
+    Unavailable { reason: String },
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: String,
+    reason_code: &'static str,
+    /// On `replayed_sequence`: the last sequence the collector holds for the device (an agent can
+    /// treat its report as already delivered).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_sequence: Option<u64>,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Rejected(r) => match r {
+                Rejection::OversizedBody { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                Rejection::MalformedEnvelope { .. }
+                | Rejection::UnsupportedVersion { .. }
+                | Rejection::MalformedReport { .. } => StatusCode::BAD_REQUEST,
+                Rejection::InvalidReport { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                Rejection::BadSignature { .. } => StatusCode::UNAUTHORIZED,
+                Rejection::UnknownKey { .. }
+                | Rejection::BadEnrollmentToken { .. }
+                | Rejection::KeyMismatch { .. } => StatusCode::FORBIDDEN,
+                Rejection::ReplayedSequence { .. } => StatusCode::CONFLICT,
+            },
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::BadQuery { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn reason_code(&self) -> &'static str {
+        match self {
+            ApiError::Rejected(r) => r.reason_code(),
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::NotFound { .. } => "not_found",
+            ApiError::BadQuery { .. } => "bad_query",
+            ApiError::Unavailable { .. } => "store_unavailable",
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        ApiError::Unavailable {
+            reason: e.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        } else {
+            tracing::debug!(error = %self, status = status.as_u16(), "request refused");
+        }
+        let body = ErrorBody {
+            error: self.to_string(),
+            reason_code: self.reason_code(),
+            last_sequence: match &self {
+                ApiError::Rejected(Rejection::ReplayedSequence { last, .. }) => Some(*last),
+                _ => None,
+            },
+        };
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body was not read: do not try to reuse the connection.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if matches!(self, ApiError::Unauthorized) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// The collector's whole HTTP API.
+pub fn app(state: Arc<AppState>) -> Router {
+    let reads = Router::new()
+        .route("/", get(fleet_page))
+        .route("/api/v1/devices", get(list_devices))
+        .route("/api/v1/devices/{id}", get(one_device))
+        .route("/api/v1/devices/{id}/history", get(device_history))
+        .route("/api/v1/summary", get(summary))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_bearer,
+        ));
+    Router::new()
+        .route("/api/v1/reports", post(post_report))
+        .route("/healthz", get(healthz))
+        .merge(reads)
+        .fallback(|| async {
+            ApiError::NotFound {
+                what: "route".to_owned(),
+            }
+        })
+        .with_state(state)
+}
+
+async fn require_bearer(
+    State(app): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if let Some(tokens) = &app.config.read_tokens {
+        let ok = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| crate::auth::bearer(v.as_bytes()))
+            .is_some_and(|t| tokens.accepts(t));
+        if !ok {
+            app.metrics.unauthorized();
+            return Err(ApiError::Unauthorized);
+        }
+    }
+    Ok(next.run(request).await)
+}
+
+async fn healthz(State(app): State<Arc<AppState>>) -> Result<&'static str, ApiError> {
+    if app.store.healthy() {
+        Ok("ok\n")
+    } else {
+        Err(ApiError::Unavailable {
+            reason: "store does not answer reads".to_owned(),
+        })
+    }
+}
+
+async fn post_report(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Accepted>, ApiError> {
+    let result = receive(&app, &headers, body).await;
+    match &result {
+        Ok(a) => {
+            app.metrics.accepted(a.enrolled);
+            tracing::debug!(device = %a.device_id, sequence = a.sequence, enrolled = a.enrolled, "report accepted");
+        }
+        Err(ApiError::Rejected(r)) => {
+            app.metrics.rejected(r);
+            tracing::info!(reason = r.reason_code(), error = %r, "report rejected");
+        }
+        Err(_) => app.metrics.store_error(),
+    }
+    result.map(Json)
+}
+
+async fn receive(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Accepted, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_ENVELOPE_BYTES) {
+        return Err(Rejection::OversizedBody {
+            limit: MAX_ENVELOPE_BYTES,
+        }
+        .into());
+    }
+    let bytes = read_limited(body, MAX_ENVELOPE_BYTES).await?;
+    let enrollment = match headers.get(ENROLL_HEADER) {
+        None => Enrollment::Absent,
+        Some(v) => match &app.config.enroll_tokens {
+            Some(tokens) if tokens.accepts(v.as_bytes()) => Enrollment::Valid,
+            _ => Enrollment::Invalid,
+        },
+    };
+    let now = app.config.clock.now();
+    // Verifying a signature takes tens of microseconds: fine on an async worker, and it runs on
+    // every worker in parallel. Only verified reports reach the (single) writer.
+    let verified = ingest::verify(&bytes)?;
+    let accepted = app
+        .writer
+        .submit(verified, enrollment, now)
+        .await
+        .map_err(|e| match e {
+            IngestError::Rejected(r) => ApiError::Rejected(r),
+            IngestError::Store(e) => e.into(),
+        })?;
+    Ok(accepted)
+}
+
+async fn read_limited(mut body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Rejection::MalformedEnvelope {
+            reason: format!("reading the request body failed: {e}"),
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(Rejection::OversizedBody { limit }.into());
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf)
+}
+
+/// Filters of `GET /api/v1/devices` and `/`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DeviceFilter {
+    pub status: Option<Status>,
+    /// Every pair must match.
+    pub labels: Vec<(String, String)>,
+    /// Prefix of the commit id.
+    pub commit: Option<String>,
+    /// Only devices not seen for more than this many seconds.
+    pub stale: Option<u64>,
+    /// Paging: start after this device id.
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+impl DeviceFilter {
+    /// Parses `status=&label=k=v&commit=&stale=SECONDS&after=ID&limit=N` (label repeatable).
+    pub fn parse(query: Option<&str>) -> Result<DeviceFilter, ApiError> {
+        let bad = |reason: String| ApiError::BadQuery { reason };
+        let mut f = DeviceFilter {
+            limit: DEFAULT_LIMIT,
+            ..DeviceFilter::default()
+        };
+        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match k.as_ref() {
+                "status" => {
+                    f.status = Some(Status::from_wire(&v).ok_or_else(|| {
+                        let all: Vec<_> = Status::ALL.iter().map(|s| s.as_str()).collect();
+                        bad(format!("status {v:?} is not one of {}", all.join(", ")))
+                    })?)
+                }
+                "label" => {
+                    let (lk, lv) = v
+                        .split_once('=')
+                        .ok_or_else(|| bad(format!("label {v:?} is not KEY=VALUE")))?;
+                    f.labels.push((lk.to_owned(), lv.to_owned()));
+                }
+                "commit" => f.commit = Some(v.into_owned()),
+                "stale" => {
+                    f.stale = Some(v.parse().map_err(|_| {
+                        bad(format!("stale {v:?} is not a number of seconds"))
+                    })?)
+                }
+                "after" => f.after = Some(v.into_owned()),
+                "limit" => {
+                    f.limit = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=MAX_LIMIT).contains(n))
+                        .ok_or_else(|| bad(format!("limit {v:?} is not 1 to {MAX_LIMIT}")))?
+                }
+                other => {
+                    return Err(bad(format!(
+                        "unknown parameter {other:?}; known: status, label, commit, stale, after, limit"
+                    )))
+                }
+            }
+        }
+        Ok(f)
+    }
+
+    pub fn matches(&self, r: &DeviceRecord, now: u64) -> bool {
+        let report = &r.report;
+        self.status.is_none_or(|s| report.status == s)
+            && self
+                .labels
+                .iter()
+                .all(|(k, v)| report.labels.get(k) == Some(v))
+            && self
+                .commit
+                .as_deref()
+                .is_none_or(|c| report.commit.as_deref().is_some_and(|rc| rc.starts_with(c)))
+            && self
+                .stale
+                .is_none_or(|s| now.saturating_sub(r.last_seen) > s)
+    }
+}
+
+/// A device as the API shows it: the latest report plus what the collector knows.
+#[derive(Debug, Serialize)]
+pub struct DeviceView {
+    #[serde(flatten)]
+    pub report: Report,
+    pub key_id: String,
+    pub first_seen: u64,
+    pub last_seen: u64,
+    pub stale: bool,
+}
+
+impl DeviceView {
+    fn new(r: DeviceRecord, now: u64, stale_after: u64) -> DeviceView {
+        DeviceView {
+            stale: now.saturating_sub(r.last_seen) > stale_after,
+            report: r.report,
+            key_id: r.key_id,
+            first_seen: r.first_seen,
+            last_seen: r.last_seen,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct DeviceList {
+    devices: Vec<DeviceView>,
+    /// Pass as `after=` to get the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_after: Option<String>,
+}
+
+/// Scans devices in id order and keeps up to `filter.limit` matches; `true` if more match.
+fn select(
+    app: &AppState,
+    filter: &DeviceFilter,
+    now: u64,
+) -> Result<(Vec<(String, DeviceRecord)>, bool), ApiError> {
+    let mut out = Vec::new();
+    for item in app.store.devices(filter.after.as_deref()) {
+        let (id, record) = item?;
+        if !filter.matches(&record, now) {
+            continue;
+        }
+        if out.len() == filter.limit {
+            return Ok((out, true));
+        }
+        out.push((id, record));
+    }
+    Ok((out, false))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Unavailable {
+            reason: format!("read task failed: {e}"),
+        })?
+}
+
+async fn list_devices(
+    State(app): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let filter = DeviceFilter::parse(query.as_deref())?;
+    let now = app.config.clock.now();
+    let stale_after = app.config.stale_after;
+    let (devices, more) = blocking(move || select(&app, &filter, now)).await?;
+    let next_after = if more {
+        devices.last().map(|(id, _)| id.clone())
+    } else {
+        None
+    };
+    let list = DeviceList {
+        devices: devices
+            .into_iter()
+            .map(|(_, r)| DeviceView::new(r, now, stale_after))
+            .collect(),
+        next_after,
+    };
+    Ok(Json(serde_json::to_value(list).map_err(|e| {
+        ApiError::Unavailable {
+            reason: format!("encoding the device list: {e}"),
+        }
+    })?))
+}
+
+async fn one_device(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceView>, ApiError> {
+    let now = app.config.clock.now();
+    let record = app.store.device(&id)?.ok_or_else(|| ApiError::NotFound {
+        what: format!("device {id:?}"),
+    })?;
+    Ok(Json(DeviceView::new(record, now, app.config.stale_after)))
+}
+
+#[derive(Serialize)]
+struct History {
+    device_id: String,
+    /// Newest first, at most `ingest::HISTORY_LIMIT` entries.
+    history: Vec<HistoryEntry>,
+}
+
+async fn device_history(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<History>, ApiError> {
+    if app.store.device(&id)?.is_none() {
+        return Err(ApiError::NotFound {
+            what: format!("device {id:?}"),
+        });
+    }
+    let history = app.store.history(&id)?;
+    Ok(Json(History {
+        device_id: id,
+        history,
+    }))
+}
+
+async fn summary(
+    State(app): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<crate::tally::Summary>, ApiError> {
+    let mut stale_after = app.config.stale_after;
+    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match k.as_ref() {
+            "stale" => {
+                stale_after = v.parse().map_err(|_| ApiError::BadQuery {
+                    reason: format!("stale {v:?} is not a number of seconds"),
+                })?
+            }
+            other => {
+                return Err(ApiError::BadQuery {
+                    reason: format!("unknown parameter {other:?}; known: stale"),
+                })
+            }
+        }
+    }
+    Ok(Json(app.store.summary(app.config.clock.now(), stale_after)))
+}
+
+async fn metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+    let fleet = app
+        .store
+        .summary(app.config.clock.now(), app.config.stale_after);
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        app.metrics.render(&fleet),
+    )
+}
+
+async fn fleet_page(
+    State(app): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+) -> Result<Html<String>, ApiError> {
+    let mut filter = DeviceFilter::parse(query.as_deref())?;
+    filter.limit = filter.limit.min(PAGE_ROWS);
+    let now = app.config.clock.now();
+    let summary = app.store.summary(now, app.config.stale_after);
+    let note: BTreeMap<_, _> = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect();
+    let note = note
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let (shown, more) = blocking(move || select(&app, &filter, now)).await?;
+    Ok(Html(crate::page::render(&summary, &shown, more, &note)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_parsing() {
+        let f = DeviceFilter::parse(Some(
+            "status=rolled_back&label=role=gateway&label=site=berlin&commit=abc&stale=60&limit=5",
+        ))
+        .unwrap();
+        assert_eq!(f.status, Some(Status::RolledBack));
+        assert_eq!(
+            f.labels,
+            vec![
+                ("role".to_owned(), "gateway".to_owned()),
+                ("site".to_owned(), "berlin".to_owned())
+            ]
+        );
+        assert_eq!(f.commit.as_deref(), Some("abc"));
+        assert_eq!((f.stale, f.limit), (Some(60), 5));
+        for bad in ["status=ok", "label=x", "stale=soon", "limit=0", "color=red"] {
+            let e = DeviceFilter::parse(Some(bad)).unwrap_err();
+            assert_eq!(e.reason_code(), "bad_query", "{bad}");
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! The Shoal collector as a library: `app(state)` is the whole HTTP API as an axum `Router` (tests
+//! drive it without a socket), `serve` runs it on a listener with optional TLS and graceful
+//! shutdown, and `store` is the only module that opens sled.
+
+pub mod api;
+pub mod auth;
+pub mod ingest;
+pub mod metrics;
+pub mod page;
+pub mod serve;
+pub mod store;
+pub mod tally;
+pub mod writer;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+pub use api::{app, ApiError};
+
+use auth::Tokens;
+use metrics::Metrics;
+use store::Store;
+use writer::Writer;
+
+/// Default stale threshold: three missed 60 s sync intervals.
+pub const DEFAULT_STALE_AFTER_SECS: u64 = 180;
+
+/// Where "now" comes from: the system clock, or a hand-set one for tests.
+#[derive(Debug, Clone, Default)]
+pub enum Clock {
+    #[default]
+    System,
+    Manual(Arc<AtomicU64>),
+}
+
+impl Clock {
+    /// Unix seconds.
+    pub fn now(&self) -> u64 {
+        match self {
+            Clock::System => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            Clock::Manual(t) => t.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// How the collector is configured (everything but the listener).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Bearer tokens required on read endpoints; `None`: reads are open.
+    pub read_tokens: Option<Tokens>,
+    /// Tokens that let an unknown key enroll; `None`: only pre-registered keys are accepted.
+    pub enroll_tokens: Option<Tokens>,
+    /// Seconds without a report after which a device counts as stale.
+    pub stale_after: u64,
+    pub clock: Clock,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            read_tokens: None,
+            enroll_tokens: None,
+            stale_after: DEFAULT_STALE_AFTER_SECS,
+            clock: Clock::System,
+        }
+    }
+}
+
+/// Everything a request handler may use.
+pub struct AppState {
+    pub store: Arc<Store>,
+    pub writer: Writer,
+    pub config: Config,
+    pub metrics: Metrics,
+}
+
+impl AppState {
+    /// Starts the ingest writer thread for `store`.
+    pub fn new(store: Store, config: Config) -> std::io::Result<Arc<AppState>> {
+        let store = Arc::new(store);
+        Ok(Arc::new(AppState {
+            writer: Writer::spawn(store.clone())?,
+            store,
+            config,
+            metrics: Metrics::default(),
+        }))
+    }
+}

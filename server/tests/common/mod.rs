@@ -1,0 +1,393 @@
+//! Test harness: simulated devices that sign reports, a real HTTP(S) client (hyper over tokio,
+//! rustls on ring), the collector run in-process on 127.0.0.1:0, and the real binary.
+
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use ed25519_dalek::SigningKey;
+use http_body_util::{BodyExt as _, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use shoal_collector::store::Store;
+use shoal_collector::{app, serve, AppState, Config};
+use shoal_proto::{KeyId, Report, SignedEnvelope, Status};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+pub const ENROLL_TOKEN: &str = "enroll-0123456789abcdef";
+pub const READ_TOKEN: &str = "read-0123456789abcdef";
+
+/// A simulated device: an identity key and a sequence counter.
+pub struct Device {
+    pub id: String,
+    pub key: SigningKey,
+    pub sequence: u64,
+}
+
+impl Device {
+    pub fn new(id: &str, seed: u64) -> Device {
+        let mut bytes = [0x5a; 32];
+        bytes[..8].copy_from_slice(&seed.to_le_bytes());
+        Device {
+            id: id.to_owned(),
+            key: SigningKey::from_bytes(&bytes),
+            sequence: 0,
+        }
+    }
+
+    pub fn key_id(&self) -> KeyId {
+        KeyId::of(&self.key.verifying_key())
+    }
+
+    /// The next report (sequence + 1) with this status and commit.
+    pub fn report(&mut self, status: Status, commit: Option<&str>) -> Report {
+        self.sequence += 1;
+        let mut r = Report::new(&self.id, status, self.sequence);
+        r.commit = commit.map(str::to_owned);
+        r.agent_version = "0.1.0".to_owned();
+        r.labels.insert("role".into(), "gateway".into());
+        r.sent_at = 1_760_000_000 + self.sequence;
+        r
+    }
+
+    /// The next report, sealed: the body to POST.
+    pub fn next(&mut self, status: Status, commit: Option<&str>) -> Vec<u8> {
+        let report = self.report(status, commit);
+        self.seal(&report)
+    }
+
+    pub fn seal(&self, report: &Report) -> Vec<u8> {
+        SignedEnvelope::seal(&self.key, report).unwrap().to_json()
+    }
+}
+
+/// An HTTP response, fully read.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "{} body is not JSON ({e}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Asserts a rejection: status, reason_code, and a fragment of the human reason.
+    pub fn assert_rejected(&self, status: u16, reason_code: &str, text: &str) {
+        assert_eq!(self.status.as_u16(), status, "{}", self.text());
+        let j = self.json();
+        assert_eq!(j["reason_code"], reason_code, "{j}");
+        let error = j["error"].as_str().unwrap_or_default();
+        assert!(error.contains(text), "{error:?} does not contain {text:?}");
+    }
+}
+
+/// A client for one collector address, plain or TLS. One connection per request, like a device.
+#[derive(Clone)]
+pub struct Client {
+    pub addr: SocketAddr,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub bearer: Option<String>,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr) -> Client {
+        Client {
+            addr,
+            tls: None,
+            bearer: None,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.request(Method::GET, path, &[], Bytes::new()).await
+    }
+
+    pub async fn post_report(&self, body: Vec<u8>, enroll: Option<&str>) -> Resp {
+        let headers: Vec<(&str, &str)> =
+            enroll.map(|t| ("x-shoal-enroll", t)).into_iter().collect();
+        self.request(Method::POST, "/api/v1/reports", &headers, Bytes::from(body))
+            .await
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Resp {
+        self.try_request(method, path, headers, body)
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// Like `post_report`, but a connection failure is an `Err` (the server may be gone).
+    pub async fn try_post_report(
+        &self,
+        body: Vec<u8>,
+        enroll: Option<&str>,
+    ) -> Result<Resp, String> {
+        let headers: Vec<(&str, &str)> =
+            enroll.map(|t| ("x-shoal-enroll", t)).into_iter().collect();
+        self.try_request(Method::POST, "/api/v1/reports", &headers, Bytes::from(body))
+            .await
+    }
+
+    pub async fn try_request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Resp, String> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost")
+            .header("content-type", "application/json");
+        if let Some(t) = &self.bearer {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
+        let tcp = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        match &self.tls {
+            None => roundtrip(tcp, req).await,
+            Some(config) => {
+                let connector = tokio_rustls::TlsConnector::from(config.clone());
+                let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+                let tls = connector
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("TLS: {e}"))?;
+                roundtrip(tls, req).await
+            }
+        }
+    }
+}
+
+async fn roundtrip<IO>(io: IO, req: Request<Full<Bytes>>) -> Result<Resp, String>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(conn);
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Config with both token kinds set.
+pub fn config_with_tokens() -> Config {
+    Config {
+        read_tokens: Some(shoal_collector::auth::Tokens::new([READ_TOKEN])),
+        enroll_tokens: Some(shoal_collector::auth::Tokens::new([ENROLL_TOKEN])),
+        ..Config::default()
+    }
+}
+
+/// The collector running in-process on 127.0.0.1:0 over a real socket.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start(data: &Path, config: Config) -> TestServer {
+        TestServer::start_tls(data, config, None).await
+    }
+
+    pub async fn start_tls(
+        data: &Path,
+        config: Config,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> TestServer {
+        let store = Store::open(data).unwrap();
+        let state = AppState::new(store, config).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let router = app(state.clone());
+        let task = tokio::spawn(async move {
+            serve::run(listener, tls, router, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        TestServer {
+            addr,
+            state,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// A client for this server with the read token set.
+    pub fn client(&self) -> Client {
+        Client {
+            bearer: Some(READ_TOKEN.to_owned()),
+            ..Client::new(self.addr)
+        }
+    }
+
+    /// Graceful shutdown; returns the state so the caller can drop (and so close) the store.
+    pub async fn stop(mut self) -> Arc<AppState> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+        self.state.clone()
+    }
+}
+
+/// The `shoal-collector` binary, started with `serve` and stopped with SIGTERM.
+pub struct Binary {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub stderr: PathBuf,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_shoal-collector")
+}
+
+impl Binary {
+    /// Starts `shoal-collector serve --listen 127.0.0.1:0 --data DIR ARGS...` and waits for its
+    /// "listening on" line.
+    pub fn start(data: &Path, args: &[&str], log: &Path) -> Binary {
+        let stderr = std::fs::File::create(log).unwrap();
+        let mut child = Command::new(bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .rsplit("://")
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no address in {line:?}; log: {}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                )
+            });
+        Binary {
+            child,
+            addr,
+            stderr: log.to_path_buf(),
+        }
+    }
+
+    /// SIGTERM, then wait; returns the exit status.
+    pub fn terminate(self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM)
+    }
+
+    /// Sends `signal` to the child (ours, by pid), then waits for it.
+    pub fn signal(mut self, signal: libc::c_int) -> std::process::ExitStatus {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill -{signal} {pid}");
+        self.child.wait().unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        // A test that failed midway: do not leave the child running (only our own child, by pid).
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs `shoal-collector register`.
+pub fn register(data: &Path, device_id: &str, key: &str) -> std::process::Output {
+    Command::new(bin())
+        .args(["register", "--data"])
+        .arg(data)
+        .args(["--device-id", device_id, "--key", key])
+        .output()
+        .unwrap()
+}
+
+/// What a rejection must not change: the device's state, its history, and the fleet counters
+/// (in memory and as persisted).
+#[derive(Debug, PartialEq)]
+pub struct Snapshot {
+    pub device: Option<shoal_collector::store::DeviceRecord>,
+    pub history: usize,
+    pub summary: shoal_collector::tally::Summary,
+    pub persisted: shoal_collector::tally::Tally,
+    pub pinned: Option<String>,
+    pub accepted: u64,
+}
+
+pub fn snapshot(state: &AppState, device_id: &str) -> Snapshot {
+    Snapshot {
+        device: state.store.device(device_id).unwrap(),
+        history: state.store.history(device_id).unwrap().len(),
+        summary: state.store.summary(0, 180),
+        persisted: state.store.persisted_tally().unwrap(),
+        pinned: state.store.pinned_key(device_id).unwrap(),
+        accepted: state.metrics.accepted_count(),
+    }
+}
