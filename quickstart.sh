@@ -10,9 +10,21 @@ export GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_NOSYSTEM=1
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-say "building shoal-agent"
-cargo build --quiet -p shoal-agent
+say "building shoal-agent and shoal-collector"
+cargo build --quiet -p shoal-agent -p shoal-collector
 AGENT="$PWD/target/debug/shoal-agent"
+COLLECTOR="$PWD/target/debug/shoal-collector"
+
+say "starting a local collector (embedded sled store in .quickstart/collector)"
+[ -f "$Q/enroll-token" ] || head -c 24 /dev/urandom | base64 > "$Q/enroll-token"
+"$COLLECTOR" serve --listen 127.0.0.1:0 --data "$Q/collector" --enroll-token-file "$Q/enroll-token" \
+  > "$Q/collector.out" 2> "$Q/collector.log" &
+COLLECTOR_PID=$!
+trap 'kill -TERM $COLLECTOR_PID 2>/dev/null; wait $COLLECTOR_PID 2>/dev/null' EXIT
+for _ in $(seq 100); do [ -s "$Q/collector.out" ] && break; sleep 0.1; done
+URL="$(sed -n 's/^listening on //p' "$Q/collector.out")"
+[ -n "$URL" ] || { cat "$Q/collector.log"; exit 1; }
+echo "collector at $URL"
 
 if [ ! -f "$Q/keys/operator" ]; then
   say "creating the operator's signing key (ssh-keygen, ed25519)"
@@ -44,6 +56,10 @@ interval = "60s"
 [trust]
 allowed_signers = "allowed_signers"
 verify = "range"
+
+[collector]
+url = "$URL"
+enroll_token_file = "enroll-token"
 TOML
 
 say "verifying the repo's tip as the config repo's CI would: shoal-agent verify"
@@ -78,12 +94,19 @@ echo "--- $Q/root/etc/motd:"; cat "$Q/root/etc/motd"
 say "device status"
 "$AGENT" --config "$Q/agent.toml" status --json
 
+say "fleet status from the collector's API"
+get() { if command -v curl >/dev/null; then curl -sS "$URL$1"; else python3 -c "import sys,urllib.request;print(urllib.request.urlopen(sys.argv[1]).read().decode())" "$URL$1"; fi; echo; }
+echo "GET /api/v1/summary"; get /api/v1/summary
+echo "GET /api/v1/devices"; get /api/v1/devices
+echo "(the collector also serves a fleet page at $URL/ ; this script stops it on exit)"
+
 say "what ran for real, and what is not built yet"
 cat <<TXT
 ran for real: ssh-keygen key, git-signed commits, gix fetch into the agent's mirror,
               SSHSIG verification against allowed_signers, anti-rollback, render,
               journaled atomic apply into the sandbox root $Q/root, generations,
-              rollback/resume.
-not yet:      systemd services (needs root and a systemd, open issue), reports to the
-              collector and the fleet status API (open issue); nothing here needs root.
+              rollback/resume,
+              signed reports to a real collector (enrolled with a token) and its API.
+not here:     systemd services (they need root and a systemd as PID 1; the tests boot one);
+              nothing in this quickstart needs root.
 TXT
