@@ -53,9 +53,10 @@ impl Collector {
         serde_json::from_slice(&out.stdout).expect("JSON")
     }
 
-    fn stop(mut self) -> String {
+    /// SIGKILL: no graceful flush; whatever the collector acknowledged must survive it.
+    fn kill(mut self) -> String {
         let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args(["-KILL", &self.child.id().to_string()])
             .status();
         let _ = self.child.wait();
         self.url.clone()
@@ -111,8 +112,8 @@ fn reports_enroll_survive_a_collector_outage_and_arrive_once() {
     assert_eq!(seen["status"], "converged", "{seen}");
     assert_eq!(seen["commit"], first.as_str(), "{seen}");
 
-    // The collector goes down; the device keeps converging and queues what it would report.
-    let url = collector.stop();
+    // The collector is killed; the device keeps converging and queues what it would report.
+    let url = collector.kill();
     repo.write("motd", "two\n");
     let second = repo.commit_signed(&key, "two");
     repo.publish_to(&bare);
