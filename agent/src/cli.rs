@@ -13,9 +13,11 @@ use crate::apply;
 use crate::config::{AgentConfig, ConfigError, TrustConfig, VerifyMode};
 use crate::daemon;
 use crate::fetch::{error_chain, Mirror};
+use crate::plan::Plan;
 use crate::render::{self, DeviceIdentity, DirTree, GitTree, RenderError};
 use crate::report::{Identity, Reporter};
 use crate::rollback;
+use crate::services::ServicePlan;
 use crate::state::State;
 use crate::sync::{self, SyncError, SyncOutcome};
 use crate::verify::{self, TrustPolicy, VerifyError};
@@ -218,12 +220,20 @@ fn sync_command(config_path: &Path, dry_run: bool, json: bool) -> Result<(), Cli
         SyncOutcome::UpToDate { generation, commit } => {
             eprintln!("up to date: generation {generation}, commit {commit}")
         }
-        SyncOutcome::DryRun { commit, plan } => {
+        SyncOutcome::DryRun {
+            commit,
+            plan,
+            services,
+        } => {
             if json {
-                let value = json!({ "commit": commit.to_string(), "plan": plan });
+                let value =
+                    json!({ "commit": commit.to_string(), "plan": plan, "services": services });
                 println!("{value:#}");
             } else {
-                eprintln!("dry run for commit {commit}; nothing was changed:\n{plan}");
+                eprintln!(
+                    "dry run for commit {commit}; nothing was changed:\n{}",
+                    plan_text(&plan, &services)
+                );
             }
         }
         SyncOutcome::Applied {
@@ -232,12 +242,25 @@ fn sync_command(config_path: &Path, dry_run: bool, json: bool) -> Result<(), Cli
             commit,
             signer,
             plan,
+            services,
         } => {
             let was = previous.map_or("first sync".to_owned(), |p| format!("was generation {p}"));
-            eprintln!("applied generation {generation}: commit {commit} signed by {signer} ({was})\n{plan}");
+            eprintln!(
+                "applied generation {generation}: commit {commit} signed by {signer} ({was})\n{}",
+                plan_text(&plan, &services)
+            );
         }
     }
     Ok(())
+}
+
+/// The file plan's lines, then the service plan's; `nothing to do` only when both are empty.
+fn plan_text(plan: &Plan, services: &ServicePlan) -> String {
+    match (plan.is_empty(), services.is_empty()) {
+        (_, true) => plan.to_string(),
+        (true, false) => services.to_string(),
+        (false, false) => format!("{plan}{services}"),
+    }
 }
 
 fn status_command(config_path: &Path, json: bool) -> Result<(), CliError> {

@@ -11,6 +11,7 @@ pub mod plan;
 pub mod render;
 pub mod report;
 pub mod rollback;
+pub mod services;
 pub mod state;
 pub mod sync;
 pub mod verify;

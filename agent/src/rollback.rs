@@ -1,10 +1,13 @@
 //! On-device rollback, no network: switch the device to a kept generation (journaled, like an
 //! apply) and hold it there until `resume`. Decides which generation "previous" means; the file
-//! work is `apply::restore`'s.
+//! work is `apply::restore`'s, the units' is `services`'.
 
-use crate::apply::{self, ApplyError};
+use std::collections::BTreeSet;
+
+use crate::apply::{self, Applied, ApplyError};
 use crate::config::AgentConfig;
 use crate::plan::Manifest;
+use crate::services::{self, Systemd};
 use crate::state::{unix_now, State, StateError, SyncResult};
 use crate::sync::{self, SyncError};
 
@@ -22,6 +25,8 @@ pub enum RollbackError {
         #[source]
         source: Box<ApplyError>,
     },
+    #[error("the files of generation {to} are restored and the device is held there, but its services did not all come back: {message}; fix the unit by hand (systemctl), or pick another generation with `shoal-agent rollback --to N`")]
+    Services { to: u64, message: String },
 }
 
 /// Where a rollback left the device.
@@ -48,8 +53,9 @@ pub fn rollback(config: &AgentConfig, to: Option<u64>) -> Result<RolledBack, Rol
             .max_by_key(|g| g.number)
             .ok_or(RollbackError::NoPrevious("only one generation"))?,
     };
+    let mut changed = None;
     if target.number != current.number {
-        restore(
+        let applied = restore(
             config,
             &state,
             &current.manifest,
@@ -57,8 +63,25 @@ pub fn rollback(config: &AgentConfig, to: Option<u64>) -> Result<RolledBack, Rol
             &target.manifest,
             target.number,
         )?;
+        changed = Some(applied);
     }
     state.set_hold(Some(target.number))?;
+    // The units follow the files: reload, restart the units whose files were restored, start,
+    // stop, enable and disable as the target generation declared. No automatic way back if they
+    // fail: this is the operator's choice of generation.
+    let changed: BTreeSet<_> = changed.iter().flat_map(changed_paths).collect();
+    let plan = services::plan(&target.services, &current.services, &changed);
+    let systemd = Systemd::for_root(&config.root);
+    services::execute(&plan, &systemd)
+        .map_err(|e| e.to_string())
+        .and_then(|_| {
+            services::health(&plan, &systemd, config.apply.health_timeout)
+                .map_err(|e| e.to_string())
+        })
+        .map_err(|message| RollbackError::Services {
+            to: target.number,
+            message,
+        })?;
     state.record_result(&SyncResult {
         status: "held".into(),
         commit: Some(target.commit.clone()),
@@ -83,6 +106,16 @@ pub fn resume(config: &AgentConfig) -> Result<Option<u64>, RollbackError> {
     Ok(held)
 }
 
+/// Every path a restore wrote, removed or put back as it was before Shoal.
+fn changed_paths(applied: &Applied) -> impl Iterator<Item = std::path::PathBuf> + '_ {
+    applied
+        .written
+        .iter()
+        .chain(&applied.removed)
+        .chain(&applied.restored)
+        .cloned()
+}
+
 /// Switches the disk from one generation's files to another's with the same crash order as an
 /// apply: journal, writes, then the state database records the new current generation, then
 /// the journal goes.
@@ -93,12 +126,12 @@ fn restore(
     from_number: u64,
     to: &Manifest,
     to_number: u64,
-) -> Result<(), RollbackError> {
+) -> Result<Applied, RollbackError> {
     let failed = |e: ApplyError| RollbackError::Restore {
         to: to_number,
         source: Box::new(e),
     };
-    apply::restore(
+    let applied = apply::restore(
         from,
         to,
         &config.root,
@@ -109,5 +142,5 @@ fn restore(
     .map_err(failed)?;
     state.set_current(to_number)?;
     apply::journal_done(&config.state_dir).map_err(failed)?;
-    Ok(())
+    Ok(applied)
 }

@@ -9,6 +9,7 @@
 //! cross-checked against it before every move, failing closed on disagreement) and holds the
 //! commits recorded as bad.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::paths::{self, PathError};
 use crate::plan::Manifest;
+use crate::services::ServiceRecord;
 
 const WATERMARK_FILE: &str = "applied-commit";
 const CURRENT_FILE: &str = "current-generation";
@@ -73,6 +75,10 @@ pub struct Generation {
     pub applied_at: u64,
     pub signer: String,
     pub manifest: Manifest,
+    /// The services it declared, by unit (their unit files are in `manifest`). Absent from
+    /// generations recorded before services were managed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<String, ServiceRecord>,
 }
 
 /// What the last sync did, for `status` and reports.

@@ -1,8 +1,11 @@
-//! One sync, end to end: recover → (hold?) → fetch → verify → render → plan → apply → commit
-//! generation. Owns the order of the steps and the crash order between apply and the state
-//! database, nothing else: each step's decisions live in its own module.
+//! One sync, end to end: recover → (hold?) → fetch → verify → render → plan → apply → services
+//! and health gate → commit generation. Owns the order of the steps and the crash order between
+//! apply, systemd and the state database, nothing else: each step's decisions live in its own
+//! module.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use gix::ObjectId;
 
@@ -11,6 +14,7 @@ use crate::config::AgentConfig;
 use crate::fetch::{FetchError, Mirror};
 use crate::plan::{self, Manifest, Plan};
 use crate::render::{self, DeviceIdentity, GitTree, RenderError};
+use crate::services::{self, ServiceError, ServicePlan, Systemd};
 use crate::state::{unix_now, Generation, State, StateError, SyncResult};
 use crate::verify::{self, TrustPolicy, VerifyError};
 
@@ -36,6 +40,24 @@ pub enum SyncError {
         #[source]
         source: Box<ApplyError>,
     },
+    #[error("commit {commit} cannot be applied on this device: {source}; it is recorded as bad and will not be retried until a newer commit arrives")]
+    UnitFiles {
+        commit: ObjectId,
+        #[source]
+        source: Box<ServiceError>,
+    },
+    #[error("commit {commit} was applied but its services did not come up, so the device was rolled back to generation {generation}; the commit is recorded as bad and will not be retried until a newer commit arrives. {reason}{}", rollback_problems(problems))]
+    Unhealthy {
+        commit: ObjectId,
+        /// The unit at fault, when one is (a failed `daemon-reload` names none).
+        unit: Option<String>,
+        /// The generation the device is back at.
+        generation: u64,
+        /// The failing unit, why, and the last lines of its journal.
+        reason: String,
+        /// What did not go back cleanly (empty when the rollback was complete).
+        problems: Vec<String>,
+    },
     #[error("cannot start: {0}")]
     Recover(#[source] Box<ApplyError>),
     #[error("cannot look at the device's files: {0}")]
@@ -54,7 +76,7 @@ impl SyncError {
     pub fn status(&self) -> &'static str {
         match self {
             SyncError::Verify(_) => "refused",
-            SyncError::Apply { .. } => "rolled_back",
+            SyncError::Apply { .. } | SyncError::Unhealthy { .. } => "rolled_back",
             _ => "failed",
         }
     }
@@ -68,7 +90,11 @@ pub enum SyncOutcome {
     /// The device already matches the verified tip; nothing was written.
     UpToDate { generation: u64, commit: ObjectId },
     /// A dry run: what the sync would do.
-    DryRun { commit: ObjectId, plan: Plan },
+    DryRun {
+        commit: ObjectId,
+        plan: Plan,
+        services: ServicePlan,
+    },
     /// A new generation was applied.
     Applied {
         generation: u64,
@@ -76,6 +102,7 @@ pub enum SyncOutcome {
         commit: ObjectId,
         signer: String,
         plan: Plan,
+        services: ServicePlan,
     },
 }
 
@@ -153,7 +180,7 @@ fn sync_unheld(
         commit,
         message: e.to_string(),
     })?;
-    let desired = match render::render(&tree, &DeviceIdentity::from_config(config)) {
+    let mut desired = match render::render(&tree, &DeviceIdentity::from_config(config)) {
         Ok(desired) => desired,
         Err(e) => {
             // A render error is a property of the commit (and this device's identity): retrying
@@ -168,6 +195,19 @@ fn sync_unheld(
         }
     };
 
+    // From here on unit files and drop-ins are declared files: planned, journaled, rolled back
+    // and removed like every other file.
+    if let Err(e) = services::merge_unit_files(&mut desired) {
+        if !dry_run {
+            state.mark_bad(&commit.to_string(), &e.to_string())?;
+        }
+        return Err(SyncError::UnitFiles {
+            commit,
+            source: Box::new(e),
+        });
+    }
+    let service_records = services::records(&desired);
+
     let empty = Manifest::default();
     let current_manifest = current.as_ref().map_or(&empty, |g| &g.manifest);
     let disk = apply::observe(
@@ -176,11 +216,23 @@ fn sync_unheld(
     )
     .map_err(|e| SyncError::Observe(Box::new(e)))?;
     let plan = plan::plan(&desired, current_manifest, &disk);
+    let no_services = BTreeMap::new();
+    let current_services = current.as_ref().map_or(&no_services, |g| &g.services);
+    let service_plan = services::plan(
+        &service_records,
+        current_services,
+        &services::changed_paths(&plan),
+    );
 
     if dry_run {
-        return Ok(SyncOutcome::DryRun { commit, plan });
+        return Ok(SyncOutcome::DryRun {
+            commit,
+            plan,
+            services: service_plan,
+        });
     }
-    if let Some(current) = current.as_ref().filter(|_| at_tip && plan.is_empty()) {
+    let nothing_to_do = plan.is_empty() && service_plan.is_empty();
+    if let Some(current) = current.as_ref().filter(|_| at_tip && nothing_to_do) {
         if watermark != Some(commit) {
             // Only after a crash between recording the generation and the watermark.
             state.record_watermark(commit)?;
@@ -203,6 +255,36 @@ fn sync_unheld(
             source: Box::new(e),
         });
     }
+    // Services run between the writes and the commit point, so a failed health gate can still
+    // undo the files exactly like a crash would.
+    let systemd = Systemd::for_root(&config.root);
+    if let Err((unit, reason)) =
+        start_services(&service_plan, &systemd, config.apply.health_timeout)
+    {
+        tracing::error!(%reason, "health gate failed; rolling back");
+        // Files first, so the units that go back restart on the previous generation's files.
+        // The commit is marked bad last: a crash before that leaves it unmarked, and the next
+        // sync (after `recover` restored the files) applies and gates it again, which brings the
+        // units back in line; marking it first could leave units on the new configuration with
+        // nothing left to correct them.
+        let mut problems = Vec::new();
+        if let Err(e) = apply::undo(&config.root, &config.state_dir) {
+            problems.push(format!(
+                "restoring the files failed: {e} (the journal is kept; the next start retries)"
+            ));
+        }
+        if let Err(e) = services::revert(&service_plan, &systemd) {
+            problems.push(e.to_string());
+        }
+        state.mark_bad(&commit.to_string(), &reason)?;
+        return Err(SyncError::Unhealthy {
+            commit,
+            unit,
+            generation: from,
+            reason,
+            problems,
+        });
+    }
     // The commit point: once generation `to` is recorded, recovery keeps it; before, it undoes it.
     state.commit_generation(&Generation {
         number: to,
@@ -210,6 +292,7 @@ fn sync_unheld(
         applied_at: unix_now(),
         signer: verified.signer().principal.clone(),
         manifest: Manifest::from_desired(&desired),
+        services: service_records,
     })?;
     apply::journal_done(&config.state_dir).map_err(|e| SyncError::Recover(Box::new(e)))?;
     state.record_watermark(commit)?;
@@ -221,7 +304,36 @@ fn sync_unheld(
         commit,
         signer: verified.signer().principal.clone(),
         plan,
+        services: service_plan,
     })
+}
+
+/// Runs the service plan and its health gate; the error is the unit at fault and the operator's
+/// message (why, and the end of the unit's journal).
+fn start_services(
+    plan: &ServicePlan,
+    systemd: &Systemd,
+    timeout: Duration,
+) -> Result<(), (Option<String>, String)> {
+    services::execute(plan, systemd).map_err(|e| (e.unit().map(str::to_owned), e.to_string()))?;
+    let healthy = services::health(plan, systemd, timeout)
+        .map_err(|e| (Some(e.unit.clone()), e.to_string()))?;
+    if !healthy.units.is_empty() {
+        tracing::info!(units = ?healthy.units, "services healthy");
+    }
+    Ok(())
+}
+
+fn rollback_problems(problems: &[String]) -> String {
+    if problems.is_empty() {
+        return String::new();
+    }
+    let mut text = String::from("\nThe rollback was incomplete:");
+    for problem in problems {
+        text.push_str("\n- ");
+        text.push_str(problem);
+    }
+    text
 }
 
 /// Resolves an apply interrupted by a crash, so the device is exactly at one generation.

@@ -13,6 +13,7 @@ mod http_server;
 mod repo;
 mod requirements;
 mod signing;
+mod systemd;
 
 pub use binaries::{agent_bin, collector_bin};
 pub use command::{
@@ -25,3 +26,4 @@ pub use http_server::HttpsGitServer;
 pub use repo::ConfigRepo;
 pub use requirements::{e2e_required, require_tool, require_tools};
 pub use signing::{write_allowed_signers, SigningKey};
+pub use systemd::SystemdHost;
