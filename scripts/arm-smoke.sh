@@ -114,8 +114,7 @@ git -C "$REPO" add -A
 git -C "$REPO" -c user.name=Operator -c user.email=operator@smoke \
   -c gpg.format=ssh -c user.signingkey="$KEY.pub" commit -q -S -m "Initial fleet config"
 SIGNED=$(git -C "$REPO" rev-parse HEAD)
-git -C "$REPO" verify-commit "$SIGNED" 2>/dev/null ||
-  git -C "$REPO" -c gpg.ssh.allowedSignersFile="$WORK/allowed_signers" verify-commit "$SIGNED"
+git -C "$REPO" -c gpg.ssh.allowedSignersFile="$WORK/allowed_signers" verify-commit "$SIGNED"
 git clone -q --bare "$REPO" "$SRV/config.git"
 echo "signed commit $SIGNED (git verify-commit agrees)"
 
