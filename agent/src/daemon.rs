@@ -44,20 +44,11 @@ pub fn run(config: AgentConfig) -> Result<(), DaemonError> {
 }
 
 fn lock_daemon(config: &AgentConfig) -> Result<File, DaemonError> {
-    let path = config.state_dir.join(DAEMON_LOCK);
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| PathError::new("open", &path, e))?;
-    file.try_lock().map_err(|e| match e {
-        std::fs::TryLockError::WouldBlock => DaemonError::AlreadyRunning {
+    paths::try_lock_exclusive(&config.state_dir.join(DAEMON_LOCK))?.ok_or_else(|| {
+        DaemonError::AlreadyRunning {
             dir: config.state_dir.clone(),
-        },
-        std::fs::TryLockError::Error(e) => PathError::new("lock", &path, e).into(),
-    })?;
-    Ok(file)
+        }
+    })
 }
 
 async fn run_loop(config: Arc<AgentConfig>) -> Result<(), DaemonError> {

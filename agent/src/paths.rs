@@ -78,6 +78,22 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), PathError> {
     result
 }
 
+/// Takes an exclusive advisory lock (flock) on `path`, creating the file if needed. `None` when
+/// another process holds it; the lock lasts as long as the returned file is open.
+pub fn try_lock_exclusive(path: &Path) -> Result<Option<File>, PathError> {
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| PathError::new("open", path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(PathError::new("lock", path, e)),
+    }
+}
+
 /// Makes a rename or unlink inside `dir` durable.
 pub fn sync_dir(dir: &Path) -> Result<(), PathError> {
     File::open(dir)

@@ -112,19 +112,10 @@ impl State {
     /// Opens (creating if needed) and locks the state directory.
     pub fn open(dir: &Path) -> Result<Self, StateError> {
         paths::create_dir_all(dir)?;
-        let lock_path = dir.join(LOCK_FILE);
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| PathError::new("open", &lock_path, e))?;
-        lock.try_lock().map_err(|e| match e {
-            std::fs::TryLockError::WouldBlock => StateError::Locked {
+        let lock =
+            paths::try_lock_exclusive(&dir.join(LOCK_FILE))?.ok_or_else(|| StateError::Locked {
                 dir: dir.to_owned(),
-            },
-            std::fs::TryLockError::Error(e) => PathError::new("lock", &lock_path, e).into(),
-        })?;
+            })?;
         Ok(State {
             dir: dir.to_owned(),
             db: std::cell::OnceCell::new(),
