@@ -23,7 +23,7 @@ pub use command::{
 pub use device::{Device, Run};
 pub use git_daemon::GitDaemon;
 pub use http_server::HttpsGitServer;
-pub use repo::ConfigRepo;
+pub use repo::{copy_tree, ConfigRepo};
 pub use requirements::{e2e_required, require_tool, require_tools};
 pub use signing::{write_allowed_signers, SigningKey};
 pub use systemd::SystemdHost;

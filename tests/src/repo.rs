@@ -197,3 +197,19 @@ fn tamper_message(raw: &[u8]) -> Vec<u8> {
 fn create_dir_all(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
 }
+
+/// Copies the directory tree `from` to `to` (files and directories only), e.g. a published bare
+/// repository into a guest's root, where git itself cannot run.
+pub fn copy_tree(from: &Path, to: &Path) {
+    create_dir_all(to);
+    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("{}: {e}", from.display())) {
+        let entry = entry.expect("dir entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target)
+                .unwrap_or_else(|e| panic!("{}: {e}", target.display()));
+        }
+    }
+}

@@ -7,26 +7,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use shoal_e2e::{
-    agent_bin, require_tools, write_allowed_signers, ConfigRepo, SigningKey, SystemdHost,
+    agent_bin, copy_tree, require_tools, write_allowed_signers, ConfigRepo, SigningKey, SystemdHost,
 };
 
 const GUEST_DIR: &str = "/srv/shoal";
 /// Enough files that an apply takes a while to fsync: the kill must land inside it.
 const FILES: usize = 1500;
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("{}: {e}", to.display()));
-    for entry in std::fs::read_dir(from).expect("read dir") {
-        let entry = entry.expect("dir entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("file type").is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target)
-                .unwrap_or_else(|e| panic!("{}: {e}", target.display()));
-        }
-    }
-}
 
 fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;

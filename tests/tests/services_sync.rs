@@ -2,10 +2,10 @@
 //! signed repository, a commit whose unit does not come up is rolled back automatically, recorded
 //! as bad and not retried, and `shoal-agent rollback` brings the units back with the files.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use shoal_e2e::{
-    agent_bin, require_tools, write_allowed_signers, ConfigRepo, SigningKey, SystemdHost,
+    agent_bin, copy_tree, require_tools, write_allowed_signers, ConfigRepo, SigningKey, SystemdHost,
 };
 
 /// Where the device's own files live inside the guest (its overlay's upper layer, a tmpfs).
@@ -224,18 +224,4 @@ fn sync_restarts_what_changed_rolls_back_a_unit_that_fails_and_does_not_retry_it
     assert_eq!(code, 0);
     let status: serde_json::Value = serde_json::from_str(&status).expect("status --json");
     assert_eq!(status["hold"], 1);
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("{}: {e}", to.display()));
-    for entry in std::fs::read_dir(from).expect("read dir") {
-        let entry = entry.expect("dir entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("file type").is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target)
-                .unwrap_or_else(|e| panic!("{}: {e}", target.display()));
-        }
-    }
 }
