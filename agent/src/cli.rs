@@ -366,6 +366,9 @@ fn rollback_command(config_path: &Path, to: Option<u64>) -> Result<(), CliError>
         "rolled back from generation {} to {} (commit {}); held there until `shoal-agent resume`",
         done.from, done.to, done.commit
     );
+    // The fleet should see the hold now, not at the daemon's next sync; with no network the
+    // report waits in the outbox and the rollback has still succeeded.
+    report_after_sync(&config);
     Ok(())
 }
 
@@ -397,8 +400,8 @@ fn keygen_command(config_path: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Sends the device's state to the collector after a CLI sync, if one is configured. A
-/// collector that is down is not a failed sync: the report stays queued.
+/// Sends the device's state to the collector after a CLI sync or rollback, if one is
+/// configured. A collector that is down is not a failure: the report stays queued.
 fn report_after_sync(config: &AgentConfig) {
     let delivery = Reporter::new(config).and_then(|r| match r {
         Some(mut reporter) => reporter.report(config).map(Some),

@@ -177,7 +177,7 @@ impl Reporter {
     /// when nothing older is waiting. Then delivers the queue, oldest first.
     pub fn report(&mut self, config: &AgentConfig) -> Result<Delivery, ReportError> {
         let state = State::open(&config.state_dir)?;
-        let sequence = self.next_sequence(&state)?;
+        let sequence = next_sequence(&mut self.sequences, &state)?;
         let report = build(config, &state, sequence)?;
         let fingerprint = Fingerprint(
             report.status,
@@ -257,15 +257,20 @@ impl Reporter {
             )),
         }
     }
+}
 
-    fn next_sequence(&mut self, state: &State) -> Result<u64, ReportError> {
-        if self.sequences.is_empty() {
-            self.sequences = state.reserve_sequences()?;
-        }
-        let next = self.sequences.start;
-        self.sequences.start += 1;
-        Ok(next)
+/// The next sequence number from this reporter's block, reserving a new block when it is used
+/// up or when another process (a CLI `sync` or `rollback` beside the daemon) reserved one after
+/// it: sending from the older block would look like a replay to the collector, which keeps
+/// only what is newer than the last sequence it accepted.
+fn next_sequence(block: &mut std::ops::Range<u64>, state: &State) -> Result<u64, ReportError> {
+    // `block` is `start..end` and the file records the newest block's last number, `end - 1`.
+    if block.is_empty() || state.reserved_sequences()? + 1 != block.end {
+        *block = state.reserve_sequences()?;
     }
+    let next = block.start;
+    block.start += 1;
+    Ok(next)
 }
 
 /// The report for the device's current state.
@@ -298,4 +303,31 @@ fn build(config: &AgentConfig, state: &State, sequence: u64) -> Result<Report, R
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reporter_overtaken_by_another_process_takes_a_fresh_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::open(dir.path()).unwrap();
+        let mut daemon = 0..0;
+        assert_eq!(next_sequence(&mut daemon, &state).unwrap(), 1);
+        assert_eq!(next_sequence(&mut daemon, &state).unwrap(), 2);
+
+        // A CLI `rollback` beside the daemon reserves the next block and reports from it.
+        let mut cli = 0..0;
+        let from_cli = next_sequence(&mut cli, &state).unwrap();
+        assert!(from_cli > 2, "{from_cli}");
+
+        // The daemon's next report must come after it, or the collector drops it as a replay.
+        let next = next_sequence(&mut daemon, &state).unwrap();
+        assert!(next > from_cli, "{next} must be after {from_cli}");
+        // Holding the newest block again, it goes on from it without reserving (writing) more.
+        let reserved = state.reserved_sequences().unwrap();
+        assert_eq!(next_sequence(&mut daemon, &state).unwrap(), next + 1);
+        assert_eq!(state.reserved_sequences().unwrap(), reserved);
+    }
 }

@@ -372,19 +372,25 @@ impl State {
     /// handed out twice, even across crashes: the block's end is on disk before any is used.
     pub fn reserve_sequences(&self) -> Result<std::ops::Range<u64>, StateError> {
         let path = self.dir.join(SEQUENCE_FILE);
-        let reserved = match paths::read_optional(&path)? {
-            Some(text) => text
-                .trim()
-                .parse::<u64>()
-                .map_err(|_| StateError::Corrupt {
-                    what: path.display().to_string(),
-                    message: format!("{:?} is not a sequence number", text.trim()),
-                })?,
-            None => 0,
-        };
+        let reserved = self.reserved_sequences()?;
         let end = reserved + SEQUENCE_BLOCK;
         paths::write_atomic(&path, format!("{end}\n").as_bytes())?;
         Ok(reserved + 1..end + 1)
+    }
+
+    /// The last sequence number reserved by any process (0 if none): a reporter whose block
+    /// does not end there has been overtaken by another process (a CLI `sync` or `rollback`
+    /// beside the daemon) and must not send from its older block, which the collector would
+    /// take for a replay. A read only, so a heartbeat still writes nothing.
+    pub fn reserved_sequences(&self) -> Result<u64, StateError> {
+        let path = self.dir.join(SEQUENCE_FILE);
+        match paths::read_optional(&path)? {
+            Some(text) => text.trim().parse::<u64>().map_err(|_| StateError::Corrupt {
+                what: path.display().to_string(),
+                message: format!("{:?} is not a sequence number", text.trim()),
+            }),
+            None => Ok(0),
+        }
     }
 
     /// Queues a sealed report for delivery (durable on return), dropping the oldest beyond
@@ -481,7 +487,7 @@ fn open_db(dir: &Path) -> Result<sled::Db, StateError> {
         path: path.clone(),
         message: e.to_string(),
     };
-    match sled::open(&path) {
+    match open_waiting_for_lock(&path) {
         Ok(db) => Ok(db),
         Err(sled::Error::Corruption { .. }) => {
             let aside = dir.join(format!("db.corrupt.{}", unix_now()));
@@ -492,6 +498,30 @@ fn open_db(dir: &Path) -> Result<sled::Db, StateError> {
             Ok(db)
         }
         Err(e) => Err(db_error(e)),
+    }
+}
+
+/// How long to wait for sled's own file lock before failing.
+const DB_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `sled::open`, retried while another holder has its lock: a CLI `status` or `rollback`
+/// reading the database for a moment beside the daemon, or, in the same process, the
+/// background flusher of a handle that was just dropped (it lets go of the lock a little after
+/// the drop). Both are over in milliseconds; only a lock held longer is an error.
+fn open_waiting_for_lock(path: &Path) -> Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + DB_LOCK_WAIT;
+    loop {
+        match sled::open(path) {
+            // sled 0.34 reports a held lock as an `Other` I/O error with this text (the
+            // flock's EWOULDBLOCK is only in the message).
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
     }
 }
 
@@ -531,4 +561,27 @@ pub fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The daemon's pattern: a sync's `State` (with the database open) is dropped and the
+    /// reporter opens a new one at once, while sled's background work from the old handle may
+    /// still hold the database's lock for a moment. Here a handle of the test's holds the lock
+    /// for 300 ms: opening must wait for it rather than fail.
+    #[test]
+    fn opening_the_database_waits_for_a_lock_held_briefly() {
+        let dir = tempfile::tempdir().unwrap();
+        let lingering = sled::open(dir.path().join(DB_DIR)).unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(lingering);
+        });
+        let state = State::open(dir.path()).unwrap();
+        state.enqueue_report(1, b"{}").unwrap();
+        assert_eq!(state.queued_reports().unwrap().len(), 1);
+        release.join().unwrap();
+    }
 }
