@@ -3,8 +3,11 @@
 mod cgi;
 mod tls;
 
+pub use self::tls::TestCa;
+
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdTcpListener};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,14 +23,14 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 
-use self::tls::TestCa;
-
 /// A git smart-HTTP server for the bare repositories under one directory.
 ///
 /// It runs on its own thread with its own tokio runtime, so tests stay synchronous; dropping it
 /// (or [`stop`](Self::stop)) closes the port and every open connection.
 pub struct HttpsGitServer {
     addr: SocketAddr,
+    /// The name URLs use: one the certificate is for.
+    host: String,
     ca: Option<TestCa>,
     traffic: Arc<Traffic>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -38,18 +41,42 @@ impl HttpsGitServer {
     /// HTTPS with a certificate for `localhost` and 127.0.0.1, signed by a CA made for this server
     /// (see [`ca_pem_path`](Self::ca_pem_path)).
     pub fn start(project_root: impl AsRef<Path>) -> Self {
-        Self::start_with(project_root.as_ref(), Some(TestCa::generate()))
+        let listener = bind_loopback();
+        Self::start_with(
+            project_root.as_ref(),
+            listener,
+            "localhost",
+            Some(TestCa::generate()),
+        )
     }
 
     /// Plain HTTP, for `http://` URLs.
     pub fn start_plain(project_root: impl AsRef<Path>) -> Self {
-        Self::start_with(project_root.as_ref(), None)
+        Self::start_with(project_root.as_ref(), bind_loopback(), "127.0.0.1", None)
     }
 
-    fn start_with(project_root: &Path, ca: Option<TestCa>) -> Self {
-        // Bound here, before the thread starts, so the port is known and accepting on return.
-        let listener =
-            StdTcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("cannot bind a loopback port");
+    /// HTTPS on `addr` inside the network namespace `netns` (such as `/proc/PID/ns/net`), for
+    /// clients in other namespaces; `ca` must vouch for `addr`'s IP ([`TestCa::for_names`]).
+    /// Only the listening socket is made there; the server's thread stays in this namespace
+    /// (a socket belongs to the namespace it was created in).
+    pub fn start_in_netns(
+        project_root: impl AsRef<Path>,
+        netns: &Path,
+        addr: SocketAddr,
+        ca: TestCa,
+    ) -> Self {
+        let listener = bind_in_netns(netns, addr);
+        let host = addr.ip().to_string();
+        Self::start_with(project_root.as_ref(), listener, &host, Some(ca))
+    }
+
+    fn start_with(
+        project_root: &Path,
+        listener: StdTcpListener,
+        host: &str,
+        ca: Option<TestCa>,
+    ) -> Self {
+        // Bound before the thread starts, so the port is known and accepting on return.
         listener
             .set_nonblocking(true)
             .expect("cannot make the listener non-blocking");
@@ -78,6 +105,7 @@ impl HttpsGitServer {
             .expect("cannot spawn the server thread");
         HttpsGitServer {
             addr,
+            host: host.to_owned(),
             ca,
             traffic,
             shutdown: Some(shutdown),
@@ -85,13 +113,18 @@ impl HttpsGitServer {
         }
     }
 
-    /// `https://localhost:PORT/repo_name` (the name the certificate is for), or
-    /// `http://127.0.0.1:PORT/repo_name` for a plain server.
+    /// `https://localhost:PORT/repo_name` (a name the certificate is for; the IP for a server
+    /// in another namespace), or `http://127.0.0.1:PORT/repo_name` for a plain server.
     pub fn url(&self, repo_name: &str) -> String {
-        match self.ca {
-            Some(_) => format!("https://localhost:{}/{repo_name}", self.addr.port()),
-            None => format!("http://{}/{repo_name}", self.addr),
-        }
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:{}/{repo_name}", self.host, self.addr.port())
+    }
+
+    /// The CA that signed this server's certificate. Panics for a plain server.
+    pub fn ca(&self) -> &TestCa {
+        self.ca
+            .as_ref()
+            .expect("a plain-HTTP server has no CA; start it with HttpsGitServer::start")
     }
 
     pub fn port(&self) -> u16 {
@@ -100,10 +133,7 @@ impl HttpsGitServer {
 
     /// The PEM file of the CA that signed this server's certificate. Panics for a plain server.
     pub fn ca_pem_path(&self) -> &Path {
-        self.ca
-            .as_ref()
-            .expect("a plain-HTTP server has no CA; start it with HttpsGitServer::start")
-            .pem_path()
+        self.ca().pem_path()
     }
 
     /// HTTP requests received since start (or the last [`reset_counters`](Self::reset_counters)).
@@ -145,6 +175,34 @@ impl Drop for HttpsGitServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+fn bind_loopback() -> StdTcpListener {
+    StdTcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("cannot bind a loopback port")
+}
+
+/// Binds `addr` from a short-lived thread that first joins the network namespace `netns`
+/// (`setns` changes only the calling thread's namespace, so this process's other threads,
+/// and the server thread, stay where they are).
+fn bind_in_netns(netns: &Path, addr: SocketAddr) -> StdTcpListener {
+    let netns = netns.to_path_buf();
+    std::thread::spawn(move || -> Result<StdTcpListener, String> {
+        let ns = std::fs::File::open(&netns)
+            .map_err(|e| format!("cannot open {}: {e}", netns.display()))?;
+        // SAFETY: setns on a valid namespace fd; it affects only this thread, which ends here.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(format!(
+                "setns({}) failed: {}",
+                netns.display(),
+                std::io::Error::last_os_error()
+            ));
+        }
+        StdTcpListener::bind(addr)
+            .map_err(|e| format!("cannot bind {addr} in {}: {e}", netns.display()))
+    })
+    .join()
+    .expect("the bind thread panicked")
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// What the server has been asked and has answered, shared with the test thread.

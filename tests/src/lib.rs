@@ -6,24 +6,28 @@
 //! `if !require_tools(&["git", "ssh-keygen"]) { return; }`, which skips loudly, or fails under `SHOAL_E2E=1`.
 
 mod binaries;
+mod collector;
 mod command;
 mod device;
 mod git_daemon;
 mod http_server;
+mod network;
 mod repo;
 mod requirements;
 mod signing;
 mod systemd;
 
 pub use binaries::{agent_bin, collector_bin};
+pub use collector::{Collector, CollectorSpec};
 pub use command::{
     describe, failure_report, git_command, isolate_git, output, output_with_stdin, run, run_bytes,
     GIT_USER_EMAIL, GIT_USER_NAME,
 };
 pub use device::{Device, Run};
 pub use git_daemon::GitDaemon;
-pub use http_server::HttpsGitServer;
+pub use http_server::{HttpsGitServer, TestCa};
+pub use network::{Hub, HUB_IP};
 pub use repo::{copy_tree, ConfigRepo};
 pub use requirements::{e2e_required, require_tool, require_tools};
 pub use signing::{write_allowed_signers, SigningKey};
-pub use systemd::SystemdHost;
+pub use systemd::{long_running_unit, SystemdHost};

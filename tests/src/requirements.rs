@@ -30,7 +30,19 @@ pub fn require_tools(names: &[&str]) -> bool {
     missing == 0
 }
 
-fn on_path(name: &str) -> bool {
+/// The `None` of a harness part this machine cannot provide (`what`, e.g. "a test systemd cannot
+/// boot here"), after a loud `SKIPPED` line; under [`e2e_required`] a panic with `why` instead.
+pub(crate) fn cannot_run<T>(what: &str, why: &str) -> Option<T> {
+    if e2e_required() {
+        panic!("SHOAL_E2E=1 but {what}: {why}");
+    }
+    eprintln!(
+        "SKIPPED: {what} ({why}); this end-to-end test did not run (set SHOAL_E2E=1 to make this a failure)"
+    );
+    None
+}
+
+pub(crate) fn on_path(name: &str) -> bool {
     let Some(path) = std::env::var_os("PATH") else {
         return false;
     };

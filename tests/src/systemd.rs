@@ -16,7 +16,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::command::{describe, failure_report, output};
-use crate::requirements::e2e_required;
+use crate::requirements::{cannot_run, on_path};
 
 const SYSTEMD: &str = "/lib/systemd/systemd";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -349,18 +349,14 @@ fn prerequisites() -> Result<(), String> {
 }
 
 fn skip<T>(why: &str) -> Option<T> {
-    if e2e_required() {
-        panic!("SHOAL_E2E=1 but a test systemd cannot boot here: {why}");
-    }
-    eprintln!(
-        "SKIPPED: a test systemd cannot boot here ({why}); this end-to-end test did not run (set SHOAL_E2E=1 to make this a failure)"
-    );
-    None
+    cannot_run("a test systemd cannot boot here", why)
 }
 
-fn on_path(name: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
+/// A unit that runs until it is stopped, for tests that need a service to be up.
+pub fn long_running_unit(description: &str) -> String {
+    format!(
+        "[Unit]\nDescription=shoal test {description}\n\n[Service]\nExecStart=/bin/sh -c 'while sleep 1; do :; done'\n\n[Install]\nWantedBy=multi-user.target\n"
+    )
 }
 
 /// The first process whose parent is `parent`, from `/proc/*/stat`.

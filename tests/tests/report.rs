@@ -2,73 +2,9 @@
 //! over HTTP; with the collector down, reports wait in the outbox across agent runs and arrive,
 //! each once, when it is back.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-
 use shoal_e2e::{
-    collector_bin, require_tools, write_allowed_signers, ConfigRepo, Device, SigningKey,
+    require_tools, write_allowed_signers, Collector, CollectorSpec, ConfigRepo, Device, SigningKey,
 };
-
-/// A running `shoal-collector serve`, killed by PID on drop.
-struct Collector {
-    child: Child,
-    url: String,
-}
-
-impl Collector {
-    fn start(data: &Path, enroll: &Path, listen: &str) -> Collector {
-        let mut child = Command::new(collector_bin())
-            .args(["serve", "--listen", listen, "--data"])
-            .arg(data)
-            .arg("--enroll-token-file")
-            .arg(enroll)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start shoal-collector");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the listen line");
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        Collector { child, url }
-    }
-
-    fn get(&self, path: &str) -> serde_json::Value {
-        let out = Command::new("curl")
-            .args(["-sS", "--fail-with-body", &format!("{}{path}", self.url)])
-            .output()
-            .expect("curl");
-        assert!(
-            out.status.success(),
-            "GET {path}: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        serde_json::from_slice(&out.stdout).expect("JSON")
-    }
-
-    /// SIGKILL: no graceful flush; whatever the collector acknowledged must survive it.
-    fn kill(mut self) -> String {
-        let _ = Command::new("kill")
-            .args(["-KILL", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-        self.url.clone()
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn reports_enroll_survive_a_collector_outage_and_arrive_once() {
@@ -90,7 +26,14 @@ fn reports_enroll_survive_a_collector_outage_and_arrive_once() {
     let enroll = dir.path().join("enroll-token");
     std::fs::write(&enroll, "enroll-token-0123456789abcdef\n").expect("token");
     let data = dir.path().join("collector-data");
-    let collector = Collector::start(&data, &enroll, "127.0.0.1:0");
+    let mut spec = CollectorSpec {
+        data,
+        enroll_token_file: enroll.clone(),
+        listen: "127.0.0.1:0".into(),
+        tls: None,
+        hub: None,
+    };
+    let collector = Collector::start(&spec);
     let extra = "";
     let device = Device::new(
         dir.path().join("device"),
@@ -102,7 +45,7 @@ fn reports_enroll_survive_a_collector_outage_and_arrive_once() {
     let config = std::fs::read_to_string(device.config_path()).expect("read");
     let with_collector = format!(
         "{config}\n[collector]\nurl = \"{}\"\nenroll_token_file = \"{}\"\n",
-        collector.url,
+        collector.url(),
         enroll.display()
     );
     std::fs::write(device.config_path(), with_collector).expect("write");
@@ -113,7 +56,8 @@ fn reports_enroll_survive_a_collector_outage_and_arrive_once() {
     assert_eq!(seen["commit"], first.as_str(), "{seen}");
 
     // The collector is killed; the device keeps converging and queues what it would report.
-    let url = collector.kill();
+    spec.listen = collector.listen();
+    collector.kill();
     repo.write("motd", "two\n");
     let second = repo.commit_signed(&key, "two");
     repo.publish_to(&bare);
@@ -127,19 +71,26 @@ fn reports_enroll_survive_a_collector_outage_and_arrive_once() {
     );
 
     // Back on the same address and store: the queue drains, nothing is counted twice.
-    let listen = url.trim_start_matches("http://");
-    let collector = Collector::start(&data, &enroll, listen);
+    let collector = Collector::start(&spec);
     device.sync().expect(0, "delivered");
     let seen = collector.get("/api/v1/devices/dev-1");
     assert_eq!(seen["commit"], second.as_str(), "{seen}");
     assert_eq!(seen["status"], "converged");
     let history = collector.get("/api/v1/devices/dev-1/history");
     let text = history.to_string();
-    let sequences: Vec<u64> = history
+    let mut sequences: Vec<u64> = history["history"]
         .as_array()
-        .or_else(|| history["history"].as_array())
-        .map(|a| a.iter().filter_map(|r| r["sequence"].as_u64()).collect())
-        .unwrap_or_default();
+        .unwrap_or_else(|| panic!("no history array: {text}"))
+        .iter()
+        .map(|entry| {
+            entry["report"]["sequence"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("an entry without a sequence: {text}"))
+        })
+        .collect();
+    // The first report and the one queued during the outage, at least.
+    assert!(sequences.len() >= 2, "{text}");
+    sequences.sort_unstable();
     let mut unique = sequences.clone();
     unique.dedup();
     assert_eq!(sequences, unique, "no report counted twice: {text}");

@@ -17,17 +17,10 @@ use shoal_agent::render::{DesiredFile, DesiredService, DesiredState, HealthCheck
 use shoal_agent::services::{
     self, HealthFailure, ServiceError, ServicePlan, ServiceRecord, Systemd, Unhealthy,
 };
-use shoal_e2e::{require_tool, SystemdHost};
+use shoal_e2e::{long_running_unit, require_tool, SystemdHost};
 
 /// `agent.toml`'s `apply.health_timeout` for these devices.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// A unit that runs until it is stopped.
-fn long_running(name: &str) -> String {
-    format!(
-        "[Unit]\nDescription=shoal test {name}\n\n[Service]\nExecStart=/bin/sh -c 'while sleep 1; do :; done'\n\n[Install]\nWantedBy=multi-user.target\n"
-    )
-}
 
 fn service(unit: &str, content: &str) -> DesiredService {
     DesiredService {
@@ -210,7 +203,7 @@ fn a_new_service_is_installed_enabled_and_started() {
         return;
     };
     let mut device = Device::new(&host);
-    let mut app = service("app.service", &long_running("app"));
+    let mut app = service("app.service", &long_running_unit("app"));
     app.health = Some(HealthCheck {
         exec: "systemctl is-active --quiet app.service".into(),
         timeout: Duration::from_secs(5),
@@ -235,7 +228,7 @@ fn a_new_service_is_installed_enabled_and_started() {
     assert_eq!(host.show("app.service", "UnitFileState"), "enabled");
     assert_eq!(
         std::fs::read_to_string(device.guest_file("/etc/systemd/system/app.service")).unwrap(),
-        long_running("app")
+        long_running_unit("app")
     );
     assert!(
         device
@@ -259,9 +252,9 @@ fn a_changed_restart_on_file_restarts_exactly_that_unit() {
     };
     let mut device = Device::new(&host);
     let generation = |a_conf: &str| {
-        let mut a = service("a.service", &long_running("a"));
+        let mut a = service("a.service", &long_running_unit("a"));
         a.restart_on = vec!["/etc/a.conf".into()];
-        let mut b = service("b.service", &long_running("b"));
+        let mut b = service("b.service", &long_running_unit("b"));
         b.restart_on = vec!["/etc/b.conf".into()];
         desired(
             vec![a, b],
@@ -296,7 +289,7 @@ fn unchanged_inputs_do_nothing() {
     };
     let mut device = Device::new(&host);
     let generation = || {
-        let mut a = service("a.service", &long_running("a"));
+        let mut a = service("a.service", &long_running_unit("a"));
         a.restart_on = vec!["/etc/a.conf".into()];
         desired(vec![a], &[("/etc/a.conf", "level = 1\n")])
     };
@@ -322,13 +315,13 @@ fn a_unit_that_exits_1_fails_the_gate_and_everything_rolls_back() {
         return;
     };
     let mut device = Device::new(&host);
-    let good = long_running("app");
+    let good = long_running_unit("app");
     device.converge_ok(desired(vec![service("app.service", &good)], &[]));
     let before = assert_running(&host, "app.service");
 
     let broken =
         "[Service]\nExecStart=/bin/sh -c 'echo boom: cannot read /etc/app.conf >&2; exit 1'\n";
-    let newcomer = service("newcomer.service", &long_running("newcomer"));
+    let newcomer = service("newcomer.service", &long_running_unit("newcomer"));
     let failure =
         match device.converge(desired(vec![service("app.service", broken), newcomer], &[])) {
             Err(RolledBack::Unhealthy(failure)) => failure,
@@ -376,7 +369,7 @@ fn a_failing_health_probe_rolls_back() {
         return;
     };
     let mut device = Device::new(&host);
-    let mut probed = service("probed.service", &long_running("probed"));
+    let mut probed = service("probed.service", &long_running_unit("probed"));
     probed.health = Some(HealthCheck {
         exec: "test -e /run/probed.ready || { echo probed is not ready >&2; exit 3; }".into(),
         timeout: Duration::from_secs(2),
@@ -417,9 +410,9 @@ fn a_removed_service_is_stopped_disabled_and_deleted() {
     let mut device = Device::new(&host);
     let all = desired(
         vec![
-            service("old.service", &long_running("old")),
-            service("kept.service", &long_running("kept")),
-            service("by-hand.service", &long_running("by-hand")),
+            service("old.service", &long_running_unit("old")),
+            service("kept.service", &long_running_unit("kept")),
+            service("by-hand.service", &long_running_unit("by-hand")),
         ],
         &[],
     );
@@ -431,7 +424,7 @@ fn a_removed_service_is_stopped_disabled_and_deleted() {
     host.systemctl(&["disable", "--now", "by-hand.service"]);
 
     let converged = device.converge_ok(desired(
-        vec![service("kept.service", &long_running("kept"))],
+        vec![service("kept.service", &long_running_unit("kept"))],
         &[],
     ));
 
@@ -458,7 +451,7 @@ fn an_offline_root_gets_its_units_enabled_only() {
         return;
     }
     let root = tempfile::tempdir().expect("root");
-    let mut desired = desired(vec![service("app.service", &long_running("app"))], &[]);
+    let mut desired = desired(vec![service("app.service", &long_running_unit("app"))], &[]);
     services::merge_unit_files(&mut desired).unwrap();
     let state_dir = tempfile::tempdir().expect("state dir");
     let disk = apply::observe(

@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 
 use shoal_e2e::{
-    agent_bin, copy_tree, require_tools, write_allowed_signers, ConfigRepo, SigningKey, SystemdHost,
+    agent_bin, copy_tree, long_running_unit, require_tools, write_allowed_signers, ConfigRepo,
+    SigningKey, SystemdHost,
 };
 
 /// Where the device's own files live inside the guest (its overlay's upper layer, a tmpfs).
@@ -30,12 +31,6 @@ match = "*"
   unit = "other.service"
   source = "units/other.service"
 "#;
-
-fn long_running(name: &str) -> String {
-    format!(
-        "[Unit]\nDescription=shoal test {name}\n\n[Service]\nExecStart=/bin/sh -c 'while sleep 1; do :; done'\n\n[Install]\nWantedBy=multi-user.target\n"
-    )
-}
 
 const BROKEN: &str =
     "[Service]\nExecStart=/bin/sh -c 'echo boom: cannot read /etc/app.conf >&2; exit 1'\n";
@@ -104,7 +99,7 @@ health_timeout = "10s"
         self.repo.write("shoal.toml", MANIFEST);
         self.repo.write("units/app.service", app_unit);
         self.repo
-            .write("units/other.service", long_running("other"));
+            .write("units/other.service", long_running_unit("other"));
         self.repo.write("files/app.conf", app_conf);
         let id = self.repo.commit_signed(&self.key, message);
         // git cannot work inside /proc/PID/root (its working directory would be unreachable
@@ -162,7 +157,7 @@ fn sync_restarts_what_changed_rolls_back_a_unit_that_fails_and_does_not_retry_it
     let Some(d) = GuestDevice::boot() else {
         return;
     };
-    let v1 = long_running("app v1");
+    let v1 = long_running_unit("app v1");
     d.push(&v1, "level = 1\n", "app and other");
     d.sync_ok("start app.service (new)");
     let app = d.running("app.service");

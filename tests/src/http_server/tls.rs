@@ -1,4 +1,5 @@
-//! A throwaway certificate authority and the rustls (ring) server config it vouches for: `localhost` and 127.0.0.1.
+//! A throwaway certificate authority and the rustls (ring) server config it vouches for:
+//! `localhost` and 127.0.0.1 by default, or the names a test asks for.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,15 +13,23 @@ use rustls::ServerConfig;
 use tempfile::TempDir;
 
 /// A CA made for one server: its certificate as a PEM file for clients, and the server's TLS config.
-pub(crate) struct TestCa {
-    /// Holds the PEM file; removed with the server.
+pub struct TestCa {
+    /// Holds the PEM files; removed with the server.
     _dir: TempDir,
     pem_path: PathBuf,
+    cert_chain_path: PathBuf,
+    key_path: PathBuf,
     pub(crate) server_config: Arc<ServerConfig>,
 }
 
 impl TestCa {
     pub(crate) fn generate() -> Self {
+        Self::for_names(&["localhost", "127.0.0.1"])
+    }
+
+    /// A CA and a server certificate for `names` (DNS names or IP addresses), the first of
+    /// which is the certificate's common name.
+    pub fn for_names(names: &[&str]) -> Self {
         let ca_key = KeyPair::generate().expect("rcgen generates a CA key");
         let mut ca_params =
             CertificateParams::new(Vec::<String>::new()).expect("no names to parse");
@@ -40,16 +49,26 @@ impl TestCa {
 
         let server_key = KeyPair::generate().expect("rcgen generates a server key");
         let mut server_params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-                .expect("localhost and 127.0.0.1 are valid names");
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap_or_else(|e| panic!("{names:?} are not valid certificate names: {e}"));
         server_params
             .distinguished_name
-            .push(DnType::CommonName, "localhost");
+            .push(DnType::CommonName, names[0]);
         server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let server_cert = server_params
             .signed_by(&server_key, &issuer)
             .expect("rcgen signs the server certificate");
 
+        let dir = tempfile::tempdir().expect("cannot make a temporary directory for the CA");
+        let write = |name: &str, pem: String| -> PathBuf {
+            let path = dir.path().join(name);
+            std::fs::write(&path, pem)
+                .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+            path
+        };
+        let pem_path = write("ca.pem", ca_cert.pem());
+        let cert_chain_path = write("server.pem", server_cert.pem() + &ca_cert.pem());
+        let key_path = write("server.key", server_key.serialize_pem());
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der()));
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = ServerConfig::builder_with_provider(provider)
@@ -61,19 +80,27 @@ impl TestCa {
         // The server speaks HTTP/1.1 only; say so rather than let a client guess h2.
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
 
-        let dir = tempfile::tempdir().expect("cannot make a temporary directory for the CA");
-        let pem_path = dir.path().join("ca.pem");
-        std::fs::write(&pem_path, ca_cert.pem())
-            .unwrap_or_else(|e| panic!("cannot write {}: {e}", pem_path.display()));
         TestCa {
             _dir: dir,
             pem_path,
+            cert_chain_path,
+            key_path,
             server_config: Arc::new(config),
         }
     }
 
     /// The CA certificate (PEM), for `GIT_SSL_CAINFO` or the agent's trust settings.
-    pub(crate) fn pem_path(&self) -> &Path {
+    pub fn pem_path(&self) -> &Path {
         &self.pem_path
+    }
+
+    /// The server certificate then the CA's (PEM), for a server such as `shoal-collector --tls-cert`.
+    pub fn cert_chain_path(&self) -> &Path {
+        &self.cert_chain_path
+    }
+
+    /// The server's private key (PKCS#8 PEM), for `--tls-key`.
+    pub fn key_path(&self) -> &Path {
+        &self.key_path
     }
 }
