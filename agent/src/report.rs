@@ -291,6 +291,8 @@ fn build(config: &AgentConfig, state: &State, sequence: u64) -> Result<Report, R
     report.generation = current.as_ref().map(|g| g.number);
     report.commit = current.map(|g| g.commit);
     report.sent_at = unix_now();
+    // The steps of the sync that produced this state (a heartbeat repeats them).
+    report.timings = last.as_ref().map(|r| r.timings.clone()).unwrap_or_default();
     if let Some(message) = last.as_ref().and_then(|r| r.message.clone()) {
         if status != Status::Converged && status != Status::Held {
             report.errors.push(ResourceError {

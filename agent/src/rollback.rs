@@ -90,6 +90,7 @@ pub fn rollback(config: &AgentConfig, to: Option<u64>) -> Result<RolledBack, Rol
             current.number
         )),
         at: unix_now(),
+        timings: Default::default(),
     })?;
     Ok(RolledBack {
         from: current.number,

@@ -89,6 +89,10 @@ pub struct SyncResult {
     pub commit: Option<String>,
     pub message: Option<String>,
     pub at: u64,
+    /// How long each step of the sync that produced this result took (absent in results
+    /// written before timings were recorded).
+    #[serde(default)]
+    pub timings: shoal_proto::Timings,
 }
 
 /// The agent's state directory, locked for this process.

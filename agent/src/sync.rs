@@ -5,9 +5,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gix::ObjectId;
+use shoal_proto::Timings;
 
 use crate::apply::{self, ApplyError, Recovery};
 use crate::config::AgentConfig;
@@ -126,26 +127,46 @@ pub fn sync_once(
     let state = State::open(&config.state_dir)?;
     recover(config, &state)?;
     if let Some(generation) = state.hold()? {
-        record(&state, "held", state.current()?.map(|g| g.commit), None)?;
+        let held = state.current()?.map(|g| g.commit);
+        record(&state, "held", held, None, Timings::default())?;
         return Ok(SyncOutcome::Held { generation });
     }
 
-    let result = sync_unheld(config, &state, dry_run, interrupt, &span);
+    let mut timings = Timings::default();
+    let result = sync_unheld(config, &state, dry_run, interrupt, &span, &mut timings);
     if !dry_run {
         match &result {
             Ok(SyncOutcome::Applied { commit, plan, .. }) => {
                 let drift = (!plan.drift.is_empty())
                     .then(|| format!("corrected drift: {} path(s)", plan.drift.len()));
-                record(&state, "converged", Some(commit.to_string()), drift)?;
+                record(
+                    &state,
+                    "converged",
+                    Some(commit.to_string()),
+                    drift,
+                    timings,
+                )?;
             }
             Ok(SyncOutcome::UpToDate { commit, .. }) => {
-                record(&state, "converged", Some(commit.to_string()), None)?
+                record(&state, "converged", Some(commit.to_string()), None, timings)?
             }
             Ok(_) => {}
-            Err(e) => record(&state, e.status(), None, Some(e.to_string()))?,
+            Err(e) => record(&state, e.status(), None, Some(e.to_string()), timings)?,
         }
     }
     result
+}
+
+/// Runs `step`, recording how long it took in `slot` (milliseconds), whatever its outcome.
+fn timed<T>(slot: &mut Option<u64>, step: impl FnOnce() -> T) -> T {
+    let began = Instant::now();
+    let result = step();
+    *slot = Some(millis(began.elapsed()));
+    result
+}
+
+fn millis(elapsed: Duration) -> u64 {
+    u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn sync_unheld(
@@ -154,15 +175,20 @@ fn sync_unheld(
     dry_run: bool,
     interrupt: &AtomicBool,
     span: &tracing::Span,
+    timings: &mut Timings,
 ) -> Result<SyncOutcome, SyncError> {
     let policy = TrustPolicy::load(&config.trust)?;
     let watermark = state.applied_commit()?;
     let mirror = Mirror::open_or_init(&state.mirror_dir())?;
-    let fetched = mirror.fetch(&config.source, interrupt)?;
+    let fetched = timed(&mut timings.fetch_ms, || {
+        mirror.fetch(&config.source, interrupt)
+    })?;
     span.record("commit", tracing::field::display(fetched.tip));
 
-    let verified = verify::verify_update(mirror.repo(), &policy, watermark, fetched.tip)
-        .inspect_err(|e| tracing::warn!(error = %e, "refused"))?;
+    let verified = timed(&mut timings.verify_ms, || {
+        verify::verify_update(mirror.repo(), &policy, watermark, fetched.tip)
+    })
+    .inspect_err(|e| tracing::warn!(error = %e, "refused"))?;
     let commit = verified.commit();
     let current = state.current()?;
     let at_tip = current
@@ -176,6 +202,7 @@ fn sync_unheld(
         }
     }
 
+    let rendering = Instant::now();
     let tree = GitTree::at_commit(mirror.repo(), commit).map_err(|e| SyncError::Tree {
         commit,
         message: e.to_string(),
@@ -223,6 +250,8 @@ fn sync_unheld(
         current_services,
         &services::changed_paths(&plan),
     );
+    // Render and plan together: what it took to know what to do.
+    timings.render_ms = Some(millis(rendering.elapsed()));
 
     if dry_run {
         return Ok(SyncOutcome::DryRun {
@@ -247,7 +276,10 @@ fn sync_unheld(
     // N-1 and N by whether N is recorded, so N must never be reused.
     let from = current.as_ref().map_or(0, |g| g.number);
     let to = state.next_generation_number()?;
-    if let Err(e) = apply::apply(&plan, &desired, &config.root, &config.state_dir, from, to) {
+    let applied = timed(&mut timings.apply_ms, || {
+        apply::apply(&plan, &desired, &config.root, &config.state_dir, from, to)
+    });
+    if let Err(e) = applied {
         // apply has already put the device back at `from`.
         state.mark_bad(&commit.to_string(), &e.to_string())?;
         return Err(SyncError::Apply {
@@ -258,9 +290,14 @@ fn sync_unheld(
     // Services run between the writes and the commit point, so a failed health gate can still
     // undo the files exactly like a crash would.
     let systemd = Systemd::for_root(&config.root);
-    if let Err((unit, reason)) =
+    let started = timed(&mut timings.health_ms, || {
         start_services(&service_plan, &systemd, config.apply.health_timeout)
-    {
+    });
+    if service_plan.is_empty() {
+        // No unit to start or check: no health step to report.
+        timings.health_ms = None;
+    }
+    if let Err((unit, reason)) = started {
         tracing::error!(%reason, "health gate failed; rolling back");
         // Files first, so the units that go back restart on the previous generation's files.
         // The commit is marked bad last: a crash before that leaves it unmarked, and the next
@@ -365,12 +402,14 @@ fn record(
     status: &str,
     commit: Option<String>,
     message: Option<String>,
+    timings: Timings,
 ) -> Result<(), StateError> {
     state.record_result(&SyncResult {
         status: status.to_owned(),
         commit,
         message,
         at: unix_now(),
+        timings,
     })?;
     Ok(())
 }

@@ -433,6 +433,19 @@ fn a_fleet_of_three_converges_refuses_rolls_back_and_catches_up() {
     assert_eq!(summary["total"], 3, "{summary}");
     assert_eq!(summary["by_status"]["converged"], 3, "{summary}");
     assert_eq!(summary["by_commit"][&c1], 3, "{summary}");
+    // Each report says how long the steps of the sync behind it took.
+    for id in all {
+        let timings = &fleet.seen(id)["timings"];
+        for step in [
+            "fetch_ms",
+            "verify_ms",
+            "render_ms",
+            "apply_ms",
+            "health_ms",
+        ] {
+            assert!(timings[step].is_u64(), "{id}: no {step} in {timings}");
+        }
+    }
     for device in &fleet.devices {
         assert_eq!(device.read("/etc/fleet/release"), "1\n", "{}", device.id);
         let (own, other) = match device.role {

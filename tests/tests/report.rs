@@ -54,6 +54,11 @@ fn reports_enroll_survive_a_collector_outage_and_arrive_once() {
     let seen = collector.get("/api/v1/devices/dev-1");
     assert_eq!(seen["status"], "converged", "{seen}");
     assert_eq!(seen["commit"], first.as_str(), "{seen}");
+    // The steps that ran have timings; no unit was declared, so there was no health step.
+    for step in ["fetch_ms", "verify_ms", "render_ms", "apply_ms"] {
+        assert!(seen["timings"][step].is_u64(), "no {step}: {seen}");
+    }
+    assert!(seen["timings"]["health_ms"].is_null(), "{seen}");
 
     // The collector is killed; the device keeps converging and queues what it would report.
     spec.listen = collector.listen();
