@@ -12,8 +12,9 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 say "building shoal-agent and shoal-collector"
 cargo build --quiet -p shoal-agent -p shoal-collector
-AGENT="$PWD/target/debug/shoal-agent"
-COLLECTOR="$PWD/target/debug/shoal-collector"
+TARGET="${CARGO_TARGET_DIR:-$PWD/target}"
+AGENT="$TARGET/debug/shoal-agent"
+COLLECTOR="$TARGET/debug/shoal-collector"
 
 say "starting a local collector (embedded sled store in .quickstart/collector)"
 [ -f "$Q/enroll-token" ] || head -c 24 /dev/urandom | base64 > "$Q/enroll-token"
@@ -100,13 +101,16 @@ echo "GET /api/v1/summary"; get /api/v1/summary
 echo "GET /api/v1/devices"; get /api/v1/devices
 echo "(the collector also serves a fleet page at $URL/ ; this script stops it on exit)"
 
-say "what ran for real, and what is not built yet"
+say "what ran for real, and what this machine did not"
 cat <<TXT
 ran for real: ssh-keygen key, git-signed commits, gix fetch into the agent's mirror,
               SSHSIG verification against allowed_signers, anti-rollback, render,
               journaled atomic apply into the sandbox root $Q/root, generations,
               rollback/resume,
               signed reports to a real collector (enrolled with a token) and its API.
-not here:     systemd services (they need root and a systemd as PID 1; the tests boot one);
-              nothing in this quickstart needs root.
+not here:     systemd services and the agent as a service, a network between devices
+              (they need root and a systemd as PID 1; nothing in this quickstart needs root).
+              As root, `SHOAL_E2E=1 cargo test -p shoal-e2e --test fleet` boots three devices,
+              each a real systemd on its own veth link, and runs seven rollout scenarios;
+              docs/FLEET.md does the same on real hosts.
 TXT
