@@ -37,6 +37,13 @@ printf 'operator@example namespaces="git" %s\n' "$(cut -d' ' -f1,2 "$Q/keys/oper
 if [ ! -d "$Q/config-repo" ]; then
   say "creating a signed example config repo (git commit -S with gpg.format=ssh)"
   cp -r examples/config-repo "$Q/config-repo"
+  if [ "$(id -u)" -ne 0 ]; then
+    # Declared files default to root:root, and only root can chown. Not root here, so the
+    # sandbox's files are declared as yours (on a device the agent runs as root).
+    echo "not root: the example's files are declared owner $(id -u), group $(id -g) instead of root"
+    sed -i "s|^  source   = \(.*\)$|  source   = \1\n  owner    = \"$(id -u)\"\n  group    = \"$(id -g)\"|" \
+      "$Q/config-repo/shoal.toml"
+  fi
   git -C "$Q/config-repo" init -q -b production
   git -C "$Q/config-repo" add -A
   git -C "$Q/config-repo" -c user.name=Operator -c user.email=operator@example \
