@@ -102,7 +102,11 @@ impl RepoTree for GitTree<'_> {
                 }
                 EntryKind::Blob | EntryKind::BlobExecutable if last => {
                     let mut blob = repo.find_blob(id).map_err(|e| unreadable(&e))?;
-                    return Ok(blob.take_data());
+                    let mut data = blob.take_data();
+                    // gix's buffer has room to spare (about 7.6 KiB for a 4 KiB file); a
+                    // rendered state holds every file at once, so give the spare back.
+                    data.shrink_to_fit();
+                    return Ok(data);
                 }
                 // A file where the path needs a directory: nothing is at the full path.
                 EntryKind::Blob | EntryKind::BlobExecutable => return Err(TreeError::NotFound),
