@@ -117,7 +117,7 @@ ran for real: ssh-keygen key, git-signed commits, gix fetch into the agent's mir
               signed reports to a real collector (enrolled with a token) and its API.
 not here:     systemd services and the agent as a service, a network between devices
               (they need root and a systemd as PID 1; nothing in this quickstart needs root).
-              As root, `SHOAL_E2E=1 cargo test -p shoal-e2e --test fleet` boots three devices,
+              As root, "SHOAL_E2E=1 cargo test -p shoal-e2e --test fleet" boots three devices,
               each a real systemd on its own veth link, and runs seven rollout scenarios;
               docs/FLEET.md does the same on real hosts.
 TXT
