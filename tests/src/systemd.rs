@@ -66,10 +66,22 @@ const MASKED_UNITS: &[&str] = &[
 
 /// Run by `unshare` as the new namespaces' PID 1; ends by exec'ing systemd. `$1`: an empty
 /// directory for the overlay's layers (a tmpfs is mounted on it, visible only inside); `$2`: the
-/// units to mask, separated by spaces.
+/// units to mask, separated by spaces; `$3`: a cgroup name of this guest's own.
+///
+/// The guest shares the machine's cgroup hierarchies (there is no cgroup namespace here), so it
+/// first moves itself into a cgroup of its own in each writable hierarchy: systemd takes the
+/// cgroup it starts in as the root of its tree, so two guests' `shoal-agent.service` are two
+/// cgroups, not one that both systemds would fight over (and kill each other's processes in).
 const BOOT_SCRIPT: &str = r#"set -eu
 layers=$1
 masked=$2
+cgroup=$3
+for hierarchy in /sys/fs/cgroup/systemd /sys/fs/cgroup/unified /sys/fs/cgroup; do
+  if [ -w "$hierarchy/cgroup.procs" ]; then
+    mkdir -p "$hierarchy/$cgroup"
+    echo 0 > "$hierarchy/$cgroup/cgroup.procs"
+  fi
+done
 mount --make-rprivate /
 mount -t tmpfs -o mode=0755 shoal-layers "$layers"
 mkdir "$layers/upper" "$layers/work" "$layers/root"
@@ -147,6 +159,7 @@ impl SystemdHost {
         .arg(&script)
         .arg(&layers)
         .arg(MASKED_UNITS.join(" "))
+        .arg(cgroup_name(dir.path()))
         .stdin(Stdio::null())
         .stdout(console)
         .stderr(console_err);
@@ -295,6 +308,13 @@ impl SystemdHost {
 
 impl Drop for SystemdHost {
     fn drop(&mut self) {
+        self.power_off();
+        remove_cgroups(&cgroup_name(self.dir.path()));
+    }
+}
+
+impl SystemdHost {
+    fn power_off(&mut self) {
         if self.pid != 0 {
             // Asked of the manager directly: `systemctl poweroff` would go through logind, which
             // is masked here.
@@ -322,6 +342,36 @@ impl Drop for SystemdHost {
         // Only ever the process this harness started; `--kill-child` takes systemd along.
         let _ = self.unshare.kill();
         let _ = self.unshare.wait();
+    }
+}
+
+/// The guest's own cgroup name, from its unique temp dir.
+fn cgroup_name(dir: &Path) -> String {
+    let unique = dir.file_name().map_or_else(
+        || "guest".to_owned(),
+        |n| n.to_string_lossy().replace('.', "-"),
+    );
+    format!("shoal-test-{unique}")
+}
+
+/// Removes the guest's cgroups once it is gone, deepest first (a cgroup goes only when empty;
+/// systemd removes its own on the way down, this catches what is left).
+fn remove_cgroups(name: &str) {
+    fn remove_tree(dir: &Path) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    remove_tree(&entry.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
+    for hierarchy in ["/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
+        let dir = Path::new(hierarchy).join(name);
+        if dir.is_dir() {
+            remove_tree(&dir);
+        }
     }
 }
 
