@@ -118,8 +118,8 @@ fn changed_paths(applied: &Applied) -> impl Iterator<Item = std::path::PathBuf> 
 }
 
 /// Switches the disk from one generation's files to another's with the same crash order as an
-/// apply: journal, writes, then the state database records the new current generation, then
-/// the journal goes.
+/// apply: journal, writes, then the state records the new current generation, then the journal
+/// goes.
 fn restore(
     config: &AgentConfig,
     state: &State,

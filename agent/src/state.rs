@@ -1,13 +1,11 @@
-//! Durable agent state under `state_dir`. The only module that opens sled; it never touches
-//! managed paths.
+//! Durable agent state under `state_dir`; it never touches managed paths.
 //!
-//! Small state that every sync reads lives in fsynced, atomically renamed files, so a sync with
-//! nothing to do reads them and writes nothing (sled writes to its files on every open):
+//! Everything is a small fsynced, atomically renamed file, so a sync with nothing to do only
+//! reads, and the agent's memory does not carry a database's caches between syncs:
 //! `applied-commit` (the anti-rollback watermark), `current-generation`, `hold`,
-//! `last-result.json`, and `generations/N.json` (each generation's manifest). sled is opened only
-//! when something changes; it mirrors the generations and the watermark (the watermark is
-//! cross-checked against it before every move, failing closed on disagreement) and holds the
-//! commits recorded as bad.
+//! `last-result.json`, `report-sequence`, `generations/N.json` (each generation's manifest),
+//! `bad/<commit>` (why a commit was recorded as bad) and `outbox/<sequence>.json` (sealed
+//! reports waiting for the collector's acknowledgement).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -30,13 +28,10 @@ const SEQUENCE_BLOCK: u64 = 1000;
 /// The outbox keeps at most this many reports; older ones are superseded by newer ones.
 pub const OUTBOX_LIMIT: usize = 64;
 const GENERATIONS_DIR: &str = "generations";
+const BAD_DIR: &str = "bad";
+const OUTBOX_DIR: &str = "outbox";
 const MIRROR_DIR: &str = "mirror.git";
-const DB_DIR: &str = "db";
 const LOCK_FILE: &str = "lock";
-
-// Keys of the `meta` tree.
-const CURRENT: &[u8] = b"current";
-const WATERMARK: &[u8] = b"watermark";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -44,25 +39,13 @@ pub enum StateError {
     Io(#[from] PathError),
     #[error("another shoal-agent is using the state directory {} (it holds {}); wait for it to finish or stop it", dir.display(), dir.join(LOCK_FILE).display())]
     Locked { dir: PathBuf },
-    #[error("the state database {} failed: {message}", path.display())]
-    Db { path: PathBuf, message: String },
-    #[error("{} is corrupt ({content:?} is not a commit id); refusing to guess the applied commit (anti-rollback fails closed): restore it from the database value {db:?} if you trust it", path.display())]
-    CorruptWatermark {
-        path: PathBuf,
-        content: String,
-        db: Option<String>,
-    },
-    #[error("the anti-rollback watermark disagrees: {} says {file}, the database says {db}; refusing to sync (fail closed). Check which commit the device really runs, then write it to {}", path.display(), path.display())]
-    WatermarkMismatch {
-        path: PathBuf,
-        file: String,
-        db: String,
-    },
+    #[error("{} is corrupt ({content:?} is not a commit id); refusing to guess the applied commit (anti-rollback fails closed): write the commit the device really runs into it", path.display())]
+    CorruptWatermark { path: PathBuf, content: String },
     #[error(
         "generation {number} does not exist; `shoal-agent history` lists the generations kept"
     )]
     NoSuchGeneration { number: u64 },
-    #[error("corrupt record for {what} in the state database: {message}")]
+    #[error("corrupt state record {what}: {message}")]
     Corrupt { what: String, message: String },
 }
 
@@ -98,18 +81,7 @@ pub struct SyncResult {
 /// The agent's state directory, locked for this process.
 pub struct State {
     dir: PathBuf,
-    // Opened on first use: a sync that changes nothing never opens it.
-    db: std::cell::OnceCell<Db>,
-    // Held for the lifetime of `State`: one agent per state directory.
     _lock: File,
-}
-
-struct Db {
-    db: sled::Db,
-    meta: sled::Tree,
-    generations: sled::Tree,
-    bad: sled::Tree,
-    outbox: sled::Tree,
 }
 
 impl State {
@@ -122,30 +94,8 @@ impl State {
             })?;
         Ok(State {
             dir: dir.to_owned(),
-            db: std::cell::OnceCell::new(),
             _lock: lock,
         })
-    }
-
-    fn db(&self) -> Result<&Db, StateError> {
-        if let Some(db) = self.db.get() {
-            return Ok(db);
-        }
-        let db = open_db(&self.dir)?;
-        let tree = |name: &str| {
-            db.open_tree(name).map_err(|e| StateError::Db {
-                path: self.dir.join(DB_DIR),
-                message: e.to_string(),
-            })
-        };
-        let opened = Db {
-            meta: tree("meta")?,
-            generations: tree("generations")?,
-            bad: tree("bad")?,
-            outbox: tree("outbox")?,
-            db,
-        };
-        Ok(self.db.get_or_init(|| opened))
     }
 
     pub fn dir(&self) -> &Path {
@@ -169,37 +119,16 @@ impl State {
             .map_err(|_| StateError::CorruptWatermark {
                 path,
                 content: content.to_owned(),
-                db: None,
             })
     }
 
-    /// Moves the watermark to `commit`, after checking that the file and the database agree on
-    /// where it was (fail closed). File first, then the database, flushed: a crash between the
-    /// two leaves them disagreeing, which the next move reports with both values.
+    /// Moves the watermark to `commit` (durable on return). A corrupt watermark is not
+    /// overwritten: reading it first fails closed.
     pub fn record_watermark(&self, commit: ObjectId) -> Result<(), StateError> {
+        self.applied_commit()?;
         let path = self.dir.join(WATERMARK_FILE);
-        let file = self.applied_commit()?.map(|id| id.to_string());
-        let db = self.get_string(WATERMARK)?;
-        if let (Some(file), Some(db)) = (&file, &db) {
-            if file != db {
-                return Err(StateError::WatermarkMismatch {
-                    path,
-                    file: file.clone(),
-                    db: db.clone(),
-                });
-            }
-        }
-        if file.is_none() && db.is_some() {
-            return Err(StateError::WatermarkMismatch {
-                path,
-                file: "nothing (the file is missing)".into(),
-                db: db.unwrap_or_default(),
-            });
-        }
-        let hex = commit.to_string();
-        paths::write_atomic(&path, format!("{hex}\n").as_bytes())?;
-        self.put(WATERMARK, hex.as_bytes())?;
-        self.flush()
+        paths::write_atomic(&path, format!("{commit}\n").as_bytes())?;
+        Ok(())
     }
 
     pub fn current(&self) -> Result<Option<Generation>, StateError> {
@@ -253,8 +182,8 @@ impl State {
         Ok(newest.max(current) + 1)
     }
 
-    /// Records `generation` as applied and current, durably: `generations/N.json`, then the
-    /// database's copy, then `current-generation` (the commit point recovery looks at).
+    /// Records `generation` as applied and current, durably: `generations/N.json`, then
+    /// `current-generation` (the commit point recovery looks at).
     pub fn commit_generation(&self, generation: &Generation) -> Result<(), StateError> {
         let json = serde_json::to_vec_pretty(generation).map_err(|e| StateError::Corrupt {
             what: format!("generation {}", generation.number),
@@ -262,17 +191,11 @@ impl State {
         })?;
         paths::create_dir_all(&self.dir.join(GENERATIONS_DIR))?;
         paths::write_atomic(&self.generation_path(generation.number), &json)?;
-        let db = self.db()?;
-        db.generations
-            .insert(generation.number.to_be_bytes(), json)
-            .map_err(|e| self.db_error(e))?;
         self.set_current(generation.number)
     }
 
     /// Makes generation `number` the current one (durable on return).
     pub fn set_current(&self, number: u64) -> Result<(), StateError> {
-        self.put(CURRENT, &number.to_be_bytes())?;
-        self.flush()?;
         paths::write_atomic(
             &self.dir.join(CURRENT_FILE),
             format!("{number}\n").as_bytes(),
@@ -292,19 +215,10 @@ impl State {
             .take(excess)
             .collect();
         for n in &doomed {
-            self.db()?
-                .generations
-                .remove(n.to_be_bytes())
-                .map_err(|e| self.db_error(e))?;
-            let file = self.generation_path(*n);
-            if let Err(e) = std::fs::remove_file(&file) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    return Err(PathError::new("remove", &file, e).into());
-                }
-            }
+            remove_if_present(&self.generation_path(*n))?;
         }
         if !doomed.is_empty() {
-            self.flush()?;
+            paths::sync_dir(&self.dir.join(GENERATIONS_DIR))?;
         }
         Ok(doomed)
     }
@@ -317,27 +231,37 @@ impl State {
         let path = self.dir.join(HOLD_FILE);
         match number {
             Some(n) => paths::write_atomic(&path, format!("{n}\n").as_bytes())?,
-            None => match std::fs::remove_file(&path) {
-                Ok(()) => paths::sync_dir(&self.dir)?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(PathError::new("remove", &path, e).into()),
-            },
+            None => {
+                if remove_if_present(&path)? {
+                    paths::sync_dir(&self.dir)?;
+                }
+            }
         }
         Ok(())
     }
 
-    /// The reason `commit` was recorded as bad, if it was.
+    /// The reason `commit` was recorded as bad, if it was. Reads only.
     pub fn bad_commit(&self, commit: &str) -> Result<Option<String>, StateError> {
-        let value = self.db()?.bad.get(commit).map_err(|e| self.db_error(e))?;
-        Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
+        Ok(paths::read_optional(&self.bad_path(commit)?)?)
     }
 
+    /// Records `commit` as bad with `reason` (durable on return).
     pub fn mark_bad(&self, commit: &str, reason: &str) -> Result<(), StateError> {
-        self.db()?
-            .bad
-            .insert(commit, reason.as_bytes())
-            .map_err(|e| self.db_error(e))?;
-        self.flush()
+        let path = self.bad_path(commit)?;
+        paths::create_dir_all(&self.dir.join(BAD_DIR))?;
+        paths::write_atomic(&path, reason.as_bytes())?;
+        Ok(())
+    }
+
+    /// `bad/<commit>`; a commit id is hex, so it names a file and nothing else.
+    fn bad_path(&self, commit: &str) -> Result<PathBuf, StateError> {
+        if commit.is_empty() || !commit.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(StateError::Corrupt {
+                what: "a bad-commit record".into(),
+                message: format!("{commit:?} is not a commit id"),
+            });
+        }
+        Ok(self.dir.join(BAD_DIR).join(commit.to_ascii_lowercase()))
     }
 
     pub fn last_result(&self) -> Result<Option<SyncResult>, StateError> {
@@ -400,40 +324,58 @@ impl State {
     /// Queues a sealed report for delivery (durable on return), dropping the oldest beyond
     /// [`OUTBOX_LIMIT`]: each report is a full snapshot, so newer ones supersede older ones.
     pub fn enqueue_report(&self, sequence: u64, envelope: &[u8]) -> Result<(), StateError> {
-        let outbox = self.outbox()?;
-        outbox
-            .insert(sequence.to_be_bytes(), envelope)
-            .map_err(|e| self.db_error(e))?;
-        while outbox.len() > OUTBOX_LIMIT {
-            outbox.pop_min().map_err(|e| self.db_error(e))?;
+        let dir = self.dir.join(OUTBOX_DIR);
+        paths::create_dir_all(&dir)?;
+        paths::write_atomic(&self.outbox_path(sequence), envelope)?;
+        let queued = self.queued_sequences()?;
+        let excess = queued.len().saturating_sub(OUTBOX_LIMIT);
+        for old in &queued[..excess] {
+            remove_if_present(&self.outbox_path(*old))?;
         }
-        self.flush()
+        if excess > 0 {
+            paths::sync_dir(&dir)?;
+        }
+        Ok(())
     }
 
-    /// The queued reports, oldest first.
+    /// The queued reports, oldest first. Reads only (an empty outbox costs one `readdir`).
     pub fn queued_reports(&self) -> Result<Vec<(u64, Vec<u8>)>, StateError> {
-        self.outbox()?
-            .iter()
-            .map(|item| {
-                let (key, value) = item.map_err(|e| self.db_error(e))?;
-                let seq = <[u8; 8]>::try_from(key.as_ref())
-                    .map(u64::from_be_bytes)
-                    .unwrap_or(0);
-                Ok((seq, value.to_vec()))
-            })
+        self.queued_sequences()?
+            .into_iter()
+            .map(|sequence| Ok((sequence, paths::read(&self.outbox_path(sequence))?)))
             .collect()
     }
 
     /// Removes a delivered report (durable on return).
     pub fn ack_report(&self, sequence: u64) -> Result<(), StateError> {
-        self.outbox()?
-            .remove(sequence.to_be_bytes())
-            .map_err(|e| self.db_error(e))?;
-        self.flush()
+        if remove_if_present(&self.outbox_path(sequence))? {
+            paths::sync_dir(&self.dir.join(OUTBOX_DIR))?;
+        }
+        Ok(())
     }
 
-    fn outbox(&self) -> Result<&sled::Tree, StateError> {
-        Ok(&self.db()?.outbox)
+    /// The sequences in the outbox, ascending. Files that are not `<sequence>.json` (such as
+    /// a temp file left by a crash mid-write) are not reports and are skipped.
+    fn queued_sequences(&self) -> Result<Vec<u64>, StateError> {
+        let dir = self.dir.join(OUTBOX_DIR);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(PathError::new("list", &dir, e).into()),
+        };
+        let mut sequences: Vec<u64> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".json")?.parse().ok())
+            .collect();
+        sequences.sort_unstable();
+        Ok(sequences)
+    }
+
+    fn outbox_path(&self, sequence: u64) -> PathBuf {
+        // Zero-padded, so a listing sorts like the numbers.
+        self.dir
+            .join(OUTBOX_DIR)
+            .join(format!("{sequence:020}.json"))
     }
 
     fn generation_path(&self, number: u64) -> PathBuf {
@@ -455,109 +397,15 @@ impl State {
                 message: format!("{:?} is not a generation number", text.trim()),
             })
     }
-
-    fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StateError> {
-        self.db()?
-            .meta
-            .insert(key, value)
-            .map_err(|e| self.db_error(e))?;
-        Ok(())
-    }
-
-    fn get_string(&self, key: &[u8]) -> Result<Option<String>, StateError> {
-        let value = self.db()?.meta.get(key).map_err(|e| self.db_error(e))?;
-        Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
-    }
-
-    /// sled writes are durable only after `flush` (its background flush runs every 500 ms).
-    fn flush(&self) -> Result<(), StateError> {
-        self.db()?.db.flush().map_err(|e| self.db_error(e))?;
-        Ok(())
-    }
-
-    fn db_error(&self, e: sled::Error) -> StateError {
-        StateError::Db {
-            path: self.dir.join(DB_DIR),
-            message: e.to_string(),
-        }
-    }
 }
 
-/// Opens sled; if it reports corruption, moves it aside and rebuilds it from the files kept
-/// beside it (generations/N.json, current-generation, applied-commit).
-fn open_db(dir: &Path) -> Result<sled::Db, StateError> {
-    let path = dir.join(DB_DIR);
-    let db_error = |e: sled::Error| StateError::Db {
-        path: path.clone(),
-        message: e.to_string(),
-    };
-    match open_waiting_for_lock(&path) {
-        Ok(db) => Ok(db),
-        Err(sled::Error::Corruption { .. }) => {
-            let aside = dir.join(format!("db.corrupt.{}", unix_now()));
-            tracing::error!(db = %path.display(), aside = %aside.display(), "state database is corrupt; rebuilding it from generations on disk");
-            std::fs::rename(&path, &aside).map_err(|e| PathError::new("move aside", &path, e))?;
-            let db = sled::open(&path).map_err(db_error)?;
-            rebuild(dir, &db)?;
-            Ok(db)
-        }
-        Err(e) => Err(db_error(e)),
+/// Removes `path`; true if it was there.
+fn remove_if_present(path: &Path) -> Result<bool, StateError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(PathError::new("remove", path, e).into()),
     }
-}
-
-/// How long to wait for sled's own file lock before failing.
-const DB_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// `sled::open`, retried while another holder has its lock: a CLI `status` or `rollback`
-/// reading the database for a moment beside the daemon, or, in the same process, the
-/// background flusher of a handle that was just dropped (it lets go of the lock a little after
-/// the drop). Both are over in milliseconds; only a lock held longer is an error.
-fn open_waiting_for_lock(path: &Path) -> Result<sled::Db, sled::Error> {
-    let deadline = std::time::Instant::now() + DB_LOCK_WAIT;
-    loop {
-        match sled::open(path) {
-            // sled 0.34 reports a held lock as an `Other` I/O error with this text (the
-            // flock's EWOULDBLOCK is only in the message).
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            other => return other,
-        }
-    }
-}
-
-fn rebuild(dir: &Path, db: &sled::Db) -> Result<(), StateError> {
-    let db_error = |e: sled::Error| StateError::Db {
-        path: dir.join(DB_DIR),
-        message: e.to_string(),
-    };
-    let generations = db.open_tree("generations").map_err(db_error)?;
-    let meta = db.open_tree("meta").map_err(db_error)?;
-    let gen_dir = dir.join(GENERATIONS_DIR);
-    if let Ok(entries) = std::fs::read_dir(&gen_dir) {
-        for entry in entries.flatten() {
-            let raw = paths::read(&entry.path())?;
-            if let Ok(g) = serde_json::from_slice::<Generation>(&raw) {
-                generations
-                    .insert(g.number.to_be_bytes(), raw)
-                    .map_err(db_error)?;
-            }
-        }
-    }
-    if let Some(text) = paths::read_optional(&dir.join(CURRENT_FILE))? {
-        if let Ok(n) = text.trim().parse::<u64>() {
-            meta.insert(CURRENT, &n.to_be_bytes()).map_err(db_error)?;
-        }
-    }
-    if let Some(text) = paths::read_optional(&dir.join(WATERMARK_FILE))? {
-        meta.insert(WATERMARK, text.trim().as_bytes())
-            .map_err(db_error)?;
-    }
-    db.flush().map_err(db_error)?;
-    Ok(())
 }
 
 pub fn unix_now() -> u64 {
@@ -571,21 +419,70 @@ pub fn unix_now() -> u64 {
 mod tests {
     use super::*;
 
-    /// The daemon's pattern: a sync's `State` (with the database open) is dropped and the
-    /// reporter opens a new one at once, while sled's background work from the old handle may
-    /// still hold the database's lock for a moment. Here a handle of the test's holds the lock
-    /// for 300 ms: opening must wait for it rather than fail.
     #[test]
-    fn opening_the_database_waits_for_a_lock_held_briefly() {
+    fn the_outbox_keeps_the_newest_reports_in_order_and_forgets_acked_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let lingering = sled::open(dir.path().join(DB_DIR)).unwrap();
-        let release = std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(300));
-            drop(lingering);
-        });
         let state = State::open(dir.path()).unwrap();
-        state.enqueue_report(1, b"{}").unwrap();
-        assert_eq!(state.queued_reports().unwrap().len(), 1);
-        release.join().unwrap();
+        assert!(state.queued_reports().unwrap().is_empty());
+        // 9 and 10 sort as numbers, not as text.
+        for sequence in 1..=(OUTBOX_LIMIT as u64 + 10) {
+            state
+                .enqueue_report(sequence, format!("report {sequence}").as_bytes())
+                .unwrap();
+        }
+        let queued = state.queued_reports().unwrap();
+        assert_eq!(queued.len(), OUTBOX_LIMIT);
+        assert_eq!(queued[0], (11, b"report 11".to_vec()));
+        assert_eq!(queued.last().unwrap().0, OUTBOX_LIMIT as u64 + 10);
+        state.ack_report(11).unwrap();
+        state.ack_report(11).unwrap();
+        assert_eq!(state.queued_reports().unwrap()[0].0, 12);
+        // A temp file left by a crash mid-write is not a report.
+        std::fs::write(
+            dir.path()
+                .join("outbox/.00000000000000000099.json.shoal-tmp.123"),
+            "x",
+        )
+        .unwrap();
+        assert_eq!(state.queued_reports().unwrap().len(), OUTBOX_LIMIT - 1);
+        drop(state);
+        let state = State::open(dir.path()).unwrap();
+        assert_eq!(state.queued_reports().unwrap().len(), OUTBOX_LIMIT - 1);
+    }
+
+    #[test]
+    fn bad_commits_are_remembered_and_only_commit_ids_name_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::open(dir.path()).unwrap();
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        assert_eq!(state.bad_commit(commit).unwrap(), None);
+        // Asking writes nothing.
+        assert!(!dir.path().join(BAD_DIR).exists());
+        state.mark_bad(commit, "health gate failed").unwrap();
+        assert_eq!(
+            state.bad_commit(commit).unwrap().as_deref(),
+            Some("health gate failed")
+        );
+        for hostile in ["../applied-commit", "", "abc/def"] {
+            assert!(state.mark_bad(hostile, "x").is_err(), "{hostile:?}");
+        }
+        assert!(dir.path().join("applied-commit").metadata().is_err());
+    }
+
+    #[test]
+    fn a_corrupt_watermark_fails_closed_and_is_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::open(dir.path()).unwrap();
+        std::fs::write(dir.path().join(WATERMARK_FILE), "not a commit\n").unwrap();
+        let commit = ObjectId::from_hex(b"0123456789abcdef0123456789abcdef01234567").unwrap();
+        let err = state.record_watermark(commit).unwrap_err();
+        assert!(
+            err.to_string().contains("anti-rollback fails closed"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(WATERMARK_FILE)).unwrap(),
+            "not a commit\n"
+        );
     }
 }

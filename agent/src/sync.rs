@@ -1,6 +1,6 @@
 //! One sync, end to end: recover → (hold?) → fetch → verify → render → plan → apply → services
 //! and health gate → commit generation. Owns the order of the steps and the crash order between
-//! apply, systemd and the state database, nothing else: each step's decisions live in its own
+//! apply, systemd and the state directory, nothing else: each step's decisions live in its own
 //! module.
 
 use std::collections::BTreeMap;
@@ -194,8 +194,7 @@ fn sync_unheld(
     let at_tip = current
         .as_ref()
         .is_some_and(|g| commit.to_hex() == g.commit);
-    // Only a commit the device is not already at can be recorded as bad; checking it opens the
-    // database, which a no-op sync must not do (sled writes on open).
+    // Only a commit the device is not already at can be recorded as bad.
     if !at_tip {
         if let Some(reason) = state.bad_commit(&commit.to_string())? {
             return Err(SyncError::BadCommit { commit, reason });

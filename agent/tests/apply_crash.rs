@@ -22,7 +22,7 @@ use shoal_agent::render::{DesiredFile, DesiredState};
 
 /// Set in the re-executed child: `SCENARIO:ACTION:RUN_DIR`.
 const CHILD_ENV: &str = "SHOAL_APPLY_CRASH_CHILD";
-/// The caller's "generation recorded" flag (sled in the agent), written by the child after
+/// The caller's "generation recorded" flag (`current-generation` in the agent), written by the child after
 /// apply returns, read by `committed` in the parent.
 const COMMITTED_FILE: &str = "committed";
 

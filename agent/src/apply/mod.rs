@@ -11,10 +11,10 @@
 //!
 //! The caller's side of the crash order:
 //! ```text
-//! recover(root, state_dir, |gen| db_has(gen))?;        // at start, before anything else
+//! recover(root, state_dir, |gen| recorded(gen))?;      // at start, before anything else
 //! let applied = apply(&plan, &desired, root, state_dir, n - 1, n)?;
 //! // health checks; on failure: undo(root, state_dir) and record the commit as bad
-//! db.record_generation(n); db.flush();                 // the commit point
+//! state.commit_generation(n);                          // the commit point
 //! journal_done(state_dir)?;
 //! ```
 
