@@ -367,7 +367,11 @@ fn remove_cgroups(name: &str) {
         }
         let _ = std::fs::remove_dir(dir);
     }
-    for hierarchy in ["/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
+    for hierarchy in [
+        "/sys/fs/cgroup/systemd",
+        "/sys/fs/cgroup/unified",
+        "/sys/fs/cgroup",
+    ] {
         let dir = Path::new(hierarchy).join(name);
         if dir.is_dir() {
             remove_tree(&dir);
