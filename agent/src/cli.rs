@@ -48,6 +48,9 @@ pub enum Command {
         /// With --dry-run: print the plan as JSON on stdout.
         #[arg(long, requires = "dry_run")]
         json: bool,
+        /// Run by `shoal-agent run` for each sync: the daemon reports to the collector itself.
+        #[arg(long, hide = true, conflicts_with = "dry_run")]
+        from_daemon: bool,
     },
     /// Show the current generation, commit, last result, hold and any unfinished apply.
     Status {
@@ -168,7 +171,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let config = AgentConfig::load(&cli.config)?;
             daemon::run(config).map_err(failed)
         }
-        Command::Sync { dry_run, json } => sync_command(&cli.config, dry_run, json),
+        Command::Sync {
+            dry_run,
+            json,
+            from_daemon,
+        } => sync_command(&cli.config, dry_run, json, !from_daemon),
         Command::History { json } => history_command(&cli.config, json),
         Command::Rollback { to } => rollback_command(&cli.config, to),
         Command::Resume => resume_command(&cli.config),
@@ -206,11 +213,16 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-fn sync_command(config_path: &Path, dry_run: bool, json: bool) -> Result<(), CliError> {
+fn sync_command(
+    config_path: &Path,
+    dry_run: bool,
+    json: bool,
+    report: bool,
+) -> Result<(), CliError> {
     let config = AgentConfig::load(config_path)?;
     let interrupt = AtomicBool::new(false);
     let result = sync::sync_once(&config, dry_run, &interrupt);
-    if !dry_run {
+    if report && !dry_run {
         report_after_sync(&config);
     }
     match result? {

@@ -1,11 +1,18 @@
 //! `shoal-agent run`: the long-running loop. Syncs every interval with ±10 % jitter, at once on
 //! SIGHUP, backs off exponentially after failures, and stops on SIGTERM/SIGINT only between
-//! syncs (an apply is never interrupted; a fetch in flight is asked to stop). Tells systemd
-//! READY/WATCHDOG/STATUS. One current-thread runtime; each sync runs in `spawn_blocking`.
+//! syncs (an apply is never interrupted). Tells systemd READY/WATCHDOG/STATUS.
+//!
+//! Each sync runs in a child process, `shoal-agent --config F sync --from-daemon`: what a sync
+//! allocates (a rendered tree, the fetch's buffers) goes back to the system when the child exits,
+//! whatever the allocator keeps (musl's keeps most of it), so the daemon stays small between
+//! syncs; and a sync that panics or leaks cannot take the daemon with it. The daemon itself
+//! reports to the collector after each sync, keeping its sequence block and what it last sent,
+//! so a heartbeat writes nothing. One current-thread runtime; the child is waited for, and the
+//! report sent, in `spawn_blocking`.
 
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::process::{Command, ExitStatus};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +22,7 @@ use crate::config::AgentConfig;
 use crate::notify::Notifier;
 use crate::paths::{self, PathError};
 use crate::report::Reporter;
-use crate::sync::{self, SyncOutcome};
+use crate::state::State;
 
 const DAEMON_LOCK: &str = "daemon.lock";
 /// Repeated failures back off up to this many intervals.
@@ -59,7 +66,6 @@ async fn run_loop(config: Arc<AgentConfig>) -> Result<(), DaemonError> {
         sig(SignalKind::interrupt())?,
     );
     let notifier = Notifier::from_env();
-    let interrupt = Arc::new(AtomicBool::new(false));
     let mut watchdog =
         tokio::time::interval(Notifier::watchdog_interval().unwrap_or(Duration::from_secs(3600)));
     let mut failures: u32 = 0;
@@ -73,10 +79,9 @@ async fn run_loop(config: Arc<AgentConfig>) -> Result<(), DaemonError> {
         // until the sync returns: an apply must finish or roll back on its own terms).
         let job = {
             let config = Arc::clone(&config);
-            let interrupt = Arc::clone(&interrupt);
             let reporter = reporter.take();
             tokio::task::spawn_blocking(move || {
-                let result = sync::sync_once(&config, false, &interrupt);
+                let result = sync_in_child(&config);
                 (result, report(&config, reporter))
             })
         };
@@ -86,8 +91,8 @@ async fn run_loop(config: Arc<AgentConfig>) -> Result<(), DaemonError> {
             tokio::select! {
                 r = &mut job => break r,
                 _ = watchdog.tick() => notifier.send("WATCHDOG=1"),
-                _ = term.recv() => { stop = true; interrupt.store(true, Ordering::SeqCst); }
-                _ = int.recv() => { stop = true; interrupt.store(true, Ordering::SeqCst); }
+                _ = term.recv() => stop = true,
+                _ = int.recv() => stop = true,
                 _ = hup.recv() => {}
             }
         };
@@ -96,14 +101,20 @@ async fn run_loop(config: Arc<AgentConfig>) -> Result<(), DaemonError> {
             sync_result
         });
         let status = match result {
-            Ok(Ok(outcome)) => {
+            Ok(Ok(exit)) if exit.success() => {
                 failures = 0;
-                describe(&outcome)
+                describe(&config)
+            }
+            Ok(Ok(exit)) => {
+                failures = failures.saturating_add(1);
+                let what = describe(&config);
+                tracing::error!(%exit, failures, last = %what, "sync failed");
+                format!("sync failed: {what}")
             }
             Ok(Err(e)) => {
                 failures = failures.saturating_add(1);
-                tracing::error!(error = %e, failures, "sync failed");
-                format!("sync failed: {e}")
+                tracing::error!(error = %e, failures, "cannot run the sync");
+                format!("cannot run the sync: {e}")
             }
             Err(join) => {
                 failures = failures.saturating_add(1);
@@ -167,17 +178,42 @@ fn report(config: &AgentConfig, reporter: Option<Reporter>) -> Option<Reporter> 
     Some(reporter)
 }
 
-fn describe(outcome: &SyncOutcome) -> String {
-    match outcome {
-        SyncOutcome::Held { generation } => format!("held at generation {generation}"),
-        SyncOutcome::UpToDate { generation, commit } => {
-            format!("converged: generation {generation}, commit {commit}")
-        }
-        SyncOutcome::Applied {
-            generation, commit, ..
-        } => format!("converged: generation {generation}, commit {commit}"),
-        SyncOutcome::DryRun { commit, .. } => format!("dry run at {commit}"),
-    }
+/// Runs one sync in a child process of this same binary and waits for it. Its stderr (the
+/// human summary and its log lines) goes where the daemon's goes: the journal.
+fn sync_in_child(config: &AgentConfig) -> std::io::Result<ExitStatus> {
+    let exe = std::env::current_exe()?;
+    Command::new(exe)
+        .arg("--config")
+        .arg(&config.path)
+        .args(["sync", "--from-daemon"])
+        .stdin(std::process::Stdio::null())
+        // `sync` prints nothing on stdout without --json; anything there is noise for the journal.
+        .stdout(std::process::Stdio::null())
+        .status()
+}
+
+/// The device's state after a sync, for systemd's STATUS= line, from the state directory.
+fn describe(config: &AgentConfig) -> String {
+    let read = || -> Result<String, crate::state::StateError> {
+        let state = State::open(&config.state_dir)?;
+        let current = state.current()?;
+        let last = state.last_result()?;
+        let generation = current.as_ref().map_or_else(
+            || "no generation".to_owned(),
+            |g| format!("generation {}, commit {}", g.number, g.commit),
+        );
+        Ok(match (last, state.hold()?) {
+            (_, Some(held)) => format!("held at generation {held}"),
+            (Some(last), None) if last.status == "converged" => format!("converged: {generation}"),
+            (Some(last), None) => format!(
+                "{}: {}; {generation}",
+                last.status,
+                last.message.unwrap_or_default()
+            ),
+            (None, None) => generation,
+        })
+    };
+    read().unwrap_or_else(|e| format!("state unreadable: {e}"))
 }
 
 /// The wait before the next sync: the interval, doubled per consecutive failure up to
