@@ -157,21 +157,10 @@ impl State {
 
     /// All kept generations, oldest first.
     pub fn generations(&self) -> Result<Vec<Generation>, StateError> {
-        let dir = self.dir.join(GENERATIONS_DIR);
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(PathError::new("list", &dir, e).into()),
-        };
-        let mut numbers: Vec<u64> = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name();
-                name.to_str()?.strip_suffix(".json")?.parse().ok()
-            })
-            .collect();
-        numbers.sort_unstable();
-        numbers.into_iter().map(|n| self.generation(n)).collect()
+        numbered_json_files(&self.dir.join(GENERATIONS_DIR))?
+            .into_iter()
+            .map(|n| self.generation(n))
+            .collect()
     }
 
     /// One more than the newest generation ever kept: numbers are never reused, because
@@ -354,21 +343,9 @@ impl State {
         Ok(())
     }
 
-    /// The sequences in the outbox, ascending. Files that are not `<sequence>.json` (such as
-    /// a temp file left by a crash mid-write) are not reports and are skipped.
+    /// The sequences in the outbox, ascending.
     fn queued_sequences(&self) -> Result<Vec<u64>, StateError> {
-        let dir = self.dir.join(OUTBOX_DIR);
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(PathError::new("list", &dir, e).into()),
-        };
-        let mut sequences: Vec<u64> = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".json")?.parse().ok())
-            .collect();
-        sequences.sort_unstable();
-        Ok(sequences)
+        numbered_json_files(&self.dir.join(OUTBOX_DIR))
     }
 
     fn outbox_path(&self, sequence: u64) -> PathBuf {
@@ -397,6 +374,22 @@ impl State {
                 message: format!("{:?} is not a generation number", text.trim()),
             })
     }
+}
+
+/// The numbers N of the files `N.json` in `dir`, ascending (none if `dir` does not exist).
+/// Other files, such as a temp file left by a crash mid-write, are not records and are skipped.
+fn numbered_json_files(dir: &Path) -> Result<Vec<u64>, StateError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(PathError::new("list", dir, e).into()),
+    };
+    let mut numbers: Vec<u64> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".json")?.parse().ok())
+        .collect();
+    numbers.sort_unstable();
+    Ok(numbers)
 }
 
 /// Removes `path`; true if it was there.

@@ -121,3 +121,20 @@ pub fn describe(cmd: &Command) -> String {
     }
     text
 }
+
+/// Makes the child get SIGKILL when the thread that spawns it ends (a panic=abort, a timeout
+/// kill of the test): the test's namespaces and guests never outlive it.
+pub(crate) fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    cmd
+}

@@ -9,11 +9,10 @@
 
 use std::ffi::OsStr;
 use std::net::Ipv4Addr;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-use crate::command::{failure_report, output};
+use crate::command::{die_with_parent, failure_report, output};
 use crate::requirements::cannot_run;
 use crate::SystemdHost;
 
@@ -38,17 +37,8 @@ impl Hub {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
-        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of ours.
         // If the test dies without dropping the hub, the namespace holder dies with it.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
+        die_with_parent(&mut cmd);
         let holder = match cmd.spawn() {
             Ok(child) => child,
             Err(e) => return skip(&format!("cannot start `unshare --net`: {e}")),

@@ -10,12 +10,11 @@
 //! guest), and masks the units that would touch the kernel or the console.
 
 use std::ffi::OsString;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::command::{describe, failure_report, output};
+use crate::command::{describe, die_with_parent, failure_report, output};
 use crate::requirements::{cannot_run, on_path};
 
 const SYSTEMD: &str = "/lib/systemd/systemd";
@@ -163,18 +162,9 @@ impl SystemdHost {
         .stdin(Stdio::null())
         .stdout(console)
         .stderr(console_err);
-        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of ours.
         // If this test process dies without dropping the host (a panic=abort, a timeout kill),
         // `unshare` gets SIGKILL, and `--kill-child` takes systemd and its namespace with it.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
+        die_with_parent(&mut cmd);
         let unshare = cmd
             .spawn()
             .map_err(|e| format!("cannot start `{}`: {e}", describe(&cmd)))?;
