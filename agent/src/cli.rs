@@ -277,7 +277,8 @@ fn plan_text(plan: &Plan, services: &ServicePlan) -> String {
 
 fn status_command(config_path: &Path, json: bool) -> Result<(), CliError> {
     let config = AgentConfig::load(config_path)?;
-    let state = State::open(&config.state_dir).map_err(failed)?;
+    // Readable while a sync runs: an operator asks exactly then.
+    let (state, syncing) = State::open_to_read(&config.state_dir).map_err(failed)?;
     let current = state.current().map_err(failed)?;
     let hold = state.hold().map_err(failed)?;
     let last = state.last_result().map_err(failed)?;
@@ -297,6 +298,7 @@ fn status_command(config_path: &Path, json: bool) -> Result<(), CliError> {
             "fetched_commit": fetched.map(|c| c.to_string()),
             "hold": hold,
             "last_result": last,
+            "sync_in_progress": syncing,
             "unfinished_apply": pending.map(|j| json!({ "from": j.from, "to": j.to })),
             "queued_reports": queued,
         });
@@ -319,11 +321,14 @@ fn status_command(config_path: &Path, json: bool) -> Result<(), CliError> {
         let message = last.message.map(|m| format!(": {m}")).unwrap_or_default();
         eprintln!("last sync   {}{message}", last.status);
     }
-    if let Some(j) = pending {
-        eprintln!(
+    match (pending, syncing) {
+        (Some(j), true) => eprintln!("syncing     applying generation {} → {} now", j.from, j.to),
+        (None, true) => eprintln!("syncing     a sync is running now"),
+        (Some(j), false) => eprintln!(
             "unfinished  apply {} → {}; the next start recovers it",
             j.from, j.to
-        );
+        ),
+        (None, false) => {}
     }
     Ok(())
 }

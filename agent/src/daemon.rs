@@ -1,5 +1,5 @@
 //! `shoal-agent run`: the long-running loop. Syncs every interval with ±10 % jitter, at once on
-//! SIGHUP, backs off exponentially after failures, and stops on SIGTERM/SIGINT only between
+//! SIGHUP (once more right after, if it comes during a sync), backs off exponentially after failures, and stops on SIGTERM/SIGINT only between
 //! syncs (an apply is never interrupted). Tells systemd READY/WATCHDOG/STATUS.
 //!
 //! Each sync runs in a child process, `shoal-agent --config F sync --from-daemon`: what a sync
@@ -87,13 +87,16 @@ async fn run_loop(config: Arc<AgentConfig>) -> Result<(), DaemonError> {
         };
         tokio::pin!(job);
         let mut stop = false;
+        // A SIGHUP during a sync asks for one more right after it: the operator may have pushed
+        // (or the link come back) after this sync fetched.
+        let mut again = false;
         let result = loop {
             tokio::select! {
                 r = &mut job => break r,
                 _ = watchdog.tick() => notifier.send("WATCHDOG=1"),
                 _ = term.recv() => stop = true,
                 _ = int.recv() => stop = true,
-                _ = hup.recv() => {}
+                _ = hup.recv() => again = true,
             }
         };
         let result = result.map(|(sync_result, kept)| {
@@ -130,6 +133,10 @@ async fn run_loop(config: Arc<AgentConfig>) -> Result<(), DaemonError> {
             break;
         }
 
+        if again {
+            tracing::info!("SIGHUP during the sync: syncing again now");
+            continue;
+        }
         let delay = next_delay(config.source.interval, failures);
         tracing::debug!(?delay, failures, "next sync");
         let sleep = tokio::time::sleep(delay);

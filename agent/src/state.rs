@@ -78,10 +78,11 @@ pub struct SyncResult {
     pub timings: shoal_proto::Timings,
 }
 
-/// The agent's state directory, locked for this process.
+/// The agent's state directory, locked for this process (or, from [`State::open_to_read`],
+/// possibly in use by another).
 pub struct State {
     dir: PathBuf,
-    _lock: File,
+    _lock: Option<File>,
 }
 
 impl State {
@@ -94,8 +95,25 @@ impl State {
             })?;
         Ok(State {
             dir: dir.to_owned(),
-            _lock: lock,
+            _lock: Some(lock),
         })
+    }
+
+    /// Opens the state directory for reading only, as `status` does, even while another
+    /// process (a sync) holds it; the flag says whether one does. Every record is a whole file
+    /// replaced by rename, so each read sees one version of it, old or new. Nothing here may
+    /// be written through the result: the callers only read.
+    pub fn open_to_read(dir: &Path) -> Result<(Self, bool), StateError> {
+        paths::create_dir_all(dir)?;
+        let lock = paths::try_lock_exclusive(&dir.join(LOCK_FILE))?;
+        let busy = lock.is_none();
+        Ok((
+            State {
+                dir: dir.to_owned(),
+                _lock: lock,
+            },
+            busy,
+        ))
     }
 
     pub fn dir(&self) -> &Path {
@@ -460,6 +478,24 @@ mod tests {
             assert!(state.mark_bad(hostile, "x").is_err(), "{hostile:?}");
         }
         assert!(dir.path().join("applied-commit").metadata().is_err());
+    }
+
+    #[test]
+    fn status_can_read_while_a_sync_holds_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let syncing = State::open(dir.path()).unwrap();
+        syncing.set_hold(Some(3)).unwrap();
+        assert!(matches!(
+            State::open(dir.path()),
+            Err(StateError::Locked { .. })
+        ));
+        let (reader, busy) = State::open_to_read(dir.path()).unwrap();
+        assert!(busy);
+        assert_eq!(reader.hold().unwrap(), Some(3));
+        drop(reader);
+        drop(syncing);
+        let (_reader, busy) = State::open_to_read(dir.path()).unwrap();
+        assert!(!busy);
     }
 
     #[test]
