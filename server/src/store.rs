@@ -229,18 +229,7 @@ impl Store {
     /// (they are written in the same batch, so only a bug could cause it), recounts from the
     /// records and rewrites the counters.
     fn load_tally(&self) -> Result<Tally, StoreError> {
-        let mut tally = Tally::default();
-        for kv in self.db.scan_prefix(b"count/") {
-            let (k, v) = kv.map_err(|e| self.sled_err(e))?;
-            let counter = parse_counter(&k).ok_or_else(|| self.corrupt(&k, "unknown counter"))?;
-            let value = u64_value(&v).ok_or_else(|| self.corrupt(&k, "counter is not 8 bytes"))?;
-            tally.load_counter(counter, value);
-        }
-        for kv in self.db.scan_prefix(b"seen/") {
-            let (k, v) = kv.map_err(|e| self.sled_err(e))?;
-            let seen = u64_value(&v).ok_or_else(|| self.corrupt(&k, "last_seen is not 8 bytes"))?;
-            tally.load_seen(seen);
-        }
+        let mut tally = self.persisted_tally()?;
         if tally.total() != tally.seen_total() {
             tracing::warn!(
                 counted = tally.total(),
@@ -527,7 +516,8 @@ impl Store {
             .summary(now, stale_after)
     }
 
-    /// A copy of the persisted counters as stored on disk (for consistency checks and tests).
+    /// The persisted counters as stored on disk: what start-up loads, and what consistency
+    /// checks and tests compare with.
     pub fn persisted_tally(&self) -> Result<Tally, StoreError> {
         let mut tally = Tally::default();
         for kv in self.db.scan_prefix(b"count/") {
@@ -538,7 +528,8 @@ impl Store {
         }
         for kv in self.db.scan_prefix(b"seen/") {
             let (k, v) = kv.map_err(|e| self.sled_err(e))?;
-            tally.load_seen(u64_value(&v).ok_or_else(|| self.corrupt(&k, "bad last_seen"))?);
+            let seen = u64_value(&v).ok_or_else(|| self.corrupt(&k, "last_seen is not 8 bytes"))?;
+            tally.load_seen(seen);
         }
         Ok(tally)
     }
