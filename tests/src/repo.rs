@@ -14,6 +14,9 @@ pub struct ConfigRepo {
     dir: PathBuf,
 }
 
+/// A `shoal.toml` that gives every device one file: `/etc/motd`, from `motd` in the repo.
+pub const MOTD_MANIFEST: &str = "version = 1\n[[profile]]\nname = \"base\"\nmatch = \"*\"\n  [[profile.file]]\n  path = \"/etc/motd\"\n  source = \"motd\"\n";
+
 impl ConfigRepo {
     /// Creates `dir` if needed and runs `git init` in it.
     pub fn init(dir: impl AsRef<Path>) -> Self {
@@ -21,6 +24,16 @@ impl ConfigRepo {
         create_dir_all(&dir);
         run(git_command().arg("init").arg("-q").arg(&dir));
         ConfigRepo { dir }
+    }
+
+    /// A repo in `dir` whose first commit, signed by `key` with the message `motd`, declares
+    /// [`MOTD_MANIFEST`] with `motd` as the file's content; returns it and the commit id.
+    pub fn init_motd(dir: impl AsRef<Path>, key: &SigningKey, motd: &str) -> (Self, String) {
+        let repo = ConfigRepo::init(dir);
+        repo.write("shoal.toml", MOTD_MANIFEST);
+        repo.write("motd", format!("{motd}\n"));
+        let id = repo.commit_signed(key, motd);
+        (repo, id)
     }
 
     /// The working tree.

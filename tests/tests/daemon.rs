@@ -52,11 +52,7 @@ fn daemon_notifies_ready_syncs_on_sighup_refuses_a_second_instance_and_stops_on_
     let key = SigningKey::generate(dir.path().join("keys"), "operator");
     let signers = dir.path().join("allowed_signers");
     write_allowed_signers(&signers, &[("operator@example", &key)]);
-    let repo = ConfigRepo::init(dir.path().join("work"));
-    let manifest = "version = 1\n[[profile]]\nname = \"base\"\nmatch = \"*\"\n  [[profile.file]]\n  path = \"/etc/motd\"\n  source = \"motd\"\n";
-    repo.write("shoal.toml", manifest);
-    repo.write("motd", "one\n");
-    repo.commit_signed(&key, "one");
+    let (repo, _) = ConfigRepo::init_motd(dir.path().join("work"), &key, "one");
     let bare = dir.path().join("srv/config.git");
     repo.publish_to(&bare);
     let device = Device::new(

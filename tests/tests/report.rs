@@ -15,11 +15,7 @@ fn reports_enroll_survive_a_collector_outage_and_arrive_once() {
     let key = SigningKey::generate(dir.path().join("keys"), "operator");
     let signers = dir.path().join("allowed_signers");
     write_allowed_signers(&signers, &[("operator@example", &key)]);
-    let repo = ConfigRepo::init(dir.path().join("work"));
-    let manifest = "version = 1\n[[profile]]\nname = \"base\"\nmatch = \"*\"\n  [[profile.file]]\n  path = \"/etc/motd\"\n  source = \"motd\"\n";
-    repo.write("shoal.toml", manifest);
-    repo.write("motd", "one\n");
-    let first = repo.commit_signed(&key, "one");
+    let (repo, first) = ConfigRepo::init_motd(dir.path().join("work"), &key, "one");
     let bare = dir.path().join("srv/config.git");
     repo.publish_to(&bare);
 
