@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use crate::binaries::collector_bin;
-use crate::network::Hub;
+use crate::network::{command_in_netns, Hub};
 use crate::TestCa;
 
 /// How to start one; `Collector::start` takes it by reference so a test can start the same
@@ -95,12 +95,7 @@ impl Collector {
     /// `GET path` as JSON, or why not.
     pub fn try_get(&self, path: &str) -> Result<serde_json::Value, String> {
         let mut cmd = match &self.netns {
-            Some(netns) => {
-                let mut cmd = Command::new("nsenter");
-                cmd.arg(format!("--net={}", netns.display()))
-                    .args(["--", "curl"]);
-                cmd
-            }
+            Some(netns) => command_in_netns(netns, "curl"),
             None => Command::new("curl"),
         };
         cmd.args(["-sS", "--max-time", "10", "--fail-with-body"]);

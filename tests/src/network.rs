@@ -9,7 +9,7 @@
 
 use std::ffi::OsStr;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use crate::command::{die_with_parent, failure_report, output};
@@ -73,11 +73,7 @@ impl Hub {
     /// `program`, to be run inside the hub's network namespace (only: mounts, PIDs and the
     /// filesystem are this process's).
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", self.netns().display()))
-            .arg("--")
-            .arg(program);
-        cmd
+        command_in_netns(&self.netns(), program)
     }
 
     /// Joins `host` to the hub with a veth pair, `shoal-h{n}` here and `eth0` there, and gives
@@ -144,6 +140,16 @@ impl Drop for Hub {
         let _ = self.holder.kill();
         let _ = self.holder.wait();
     }
+}
+
+/// `program`, to be run inside the network namespace at `netns` (`nsenter --net`), for a
+/// holder of the path that no longer has the [`Hub`] at hand.
+pub(crate) fn command_in_netns(netns: &Path, program: impl AsRef<OsStr>) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", netns.display()))
+        .arg("--")
+        .arg(program);
+    cmd
 }
 
 fn link_name(n: u8) -> String {
