@@ -165,7 +165,7 @@ fn shoal_generation_1(root: &Path, state: &Path, n: usize) -> Manifest {
     fs::create_dir_all(state).expect("create the sandbox state dir");
     let desired = desired(1, n);
     let empty = Manifest::default();
-    let disk = apply::observe(root, plan::observed_paths(&desired, &empty))
+    let disk = apply::observe(root, state, plan::observed_paths(&desired, &empty))
         .unwrap_or_else(|e| panic!("observe: {e}"));
     let plan = plan::plan(&desired, &empty, &disk);
     apply::apply(&plan, &desired, root, state, 0, 1).unwrap_or_else(|e| panic!("apply: {e}"));
@@ -191,7 +191,7 @@ fn shoal_transaction(
     current: &Manifest,
 ) -> Transaction {
     let started = Instant::now();
-    let disk = apply::observe(root, plan::observed_paths(desired, current))
+    let disk = apply::observe(root, state, plan::observed_paths(desired, current))
         .unwrap_or_else(|e| panic!("observe: {e}"));
     let plan = plan::plan(desired, current, &disk);
     let planned = started.elapsed();

@@ -41,6 +41,12 @@ pub enum SyncError {
         #[source]
         source: Box<ApplyError>,
     },
+    #[error("applying commit {commit} failed because of the device, not the commit: {source}; it will be retried (with backoff) once this is fixed")]
+    ApplyEnvironment {
+        commit: ObjectId,
+        #[source]
+        source: Box<ApplyError>,
+    },
     #[error("commit {commit} cannot be applied on this device: {source}; it is recorded as bad and will not be retried until a newer commit arrives")]
     UnitFiles {
         commit: ObjectId,
@@ -61,8 +67,8 @@ pub enum SyncError {
     },
     #[error("cannot start: {0}")]
     Recover(#[source] Box<ApplyError>),
-    #[error("cannot look at the device's files: {0}")]
-    Observe(#[source] Box<ApplyError>),
+    #[error(transparent)]
+    Observe(Box<ApplyError>),
     #[error("the device root {} is not a directory; fix `root` in {}", root.display(), config.display())]
     Root {
         root: std::path::PathBuf,
@@ -238,6 +244,7 @@ fn sync_unheld(
     let current_manifest = current.as_ref().map_or(&empty, |g| &g.manifest);
     let disk = apply::observe(
         &config.root,
+        &config.state_dir,
         plan::observed_paths(&desired, current_manifest),
     )
     .map_err(|e| SyncError::Observe(Box::new(e)))?;
@@ -279,7 +286,15 @@ fn sync_unheld(
         apply::apply(&plan, &desired, &config.root, &config.state_dir, from, to)
     });
     if let Err(e) = applied {
-        // apply has already put the device back at `from`.
+        // apply has already put the device back at `from` (or kept the journal for recovery).
+        if e.fault().is_some_and(apply::Fault::is_environmental) {
+            // A full disk or a link a local user planted says nothing about the commit: the
+            // same commit is tried again after the daemon's backoff.
+            return Err(SyncError::ApplyEnvironment {
+                commit,
+                source: Box::new(e),
+            });
+        }
         state.mark_bad(&commit.to_string(), &e.to_string())?;
         return Err(SyncError::Apply {
             commit,

@@ -167,7 +167,7 @@ fn child_process_entry() {
         "apply" => {
             let (gen1, gen2) = generations(scenario);
             let current = Manifest::from_desired(&gen1);
-            let disk = observe(&run.root(), observed_paths(&gen2, &current)).unwrap();
+            let disk = observe(&run.root(), &run.state(), observed_paths(&gen2, &current)).unwrap();
             let plan = plan(&gen2, &current, &disk);
             apply(&plan, &gen2, &run.root(), &run.state(), 1, 2).unwrap();
             // The caller records generation 2 (durably), then ends the transaction.
@@ -235,7 +235,12 @@ impl Fixture {
         prepare_root(&run.root());
 
         let (gen1, _) = generations(scenario);
-        let disk = observe(&run.root(), observed_paths(&gen1, &Manifest::default())).unwrap();
+        let disk = observe(
+            &run.root(),
+            &run.state(),
+            observed_paths(&gen1, &Manifest::default()),
+        )
+        .unwrap();
         let plan = plan(&gen1, &Manifest::default(), &disk);
         apply(&plan, &gen1, &run.root(), &run.state(), 0, 1).unwrap();
         journal_done(&run.state()).unwrap();
@@ -557,6 +562,7 @@ const APPLY_PASSES: &[(&str, usize)] = &[
     ("apply_after_blobs", 1),
     ("apply_after_journal", 1),
     ("apply_after_mkdir", 3),
+    ("apply_after_resolve", 101),
     ("apply_after_temp_write", 81),
     ("apply_after_rename", 81),
     ("apply_after_remove", 20),

@@ -28,6 +28,6 @@ pub use git_daemon::GitDaemon;
 pub use http_server::{HttpsGitServer, TestCa};
 pub use network::{Hub, HUB_IP};
 pub use repo::{copy_tree, ConfigRepo, MOTD_MANIFEST};
-pub use requirements::{e2e_required, require_tool, require_tools};
+pub use requirements::{e2e_required, require_root, require_tool, require_tools};
 pub use signing::{write_allowed_signers, SigningKey};
 pub use systemd::{long_running_unit, SystemdHost};

@@ -95,6 +95,31 @@ impl ConfigRepo {
         rewritten
     }
 
+    /// Writes a commit object on top of HEAD that git's own parser rejects (an author line
+    /// with no email or time, as a hostile server could serve), moves the branch to it and
+    /// returns its id. `git hash-object --literally` is the only way git writes such a thing.
+    pub fn commit_malformed(&self) -> String {
+        let head = self.head();
+        let tree = self.git(&["rev-parse", "HEAD^{tree}"]);
+        let raw = format!(
+            "tree {tree}\nparent {head}\nauthor no-email-no-time\ncommitter x\n\nmalformed\n"
+        );
+        let id = run_bytes(
+            self.git_cmd().args([
+                "hash-object",
+                "--literally",
+                "-t",
+                "commit",
+                "-w",
+                "--stdin",
+            ]),
+            raw.as_bytes(),
+        );
+        let id = String::from_utf8_lossy(&id).trim().to_owned();
+        self.git(&["update-ref", "HEAD", &id, &head]);
+        id
+    }
+
     /// `git reset --hard rev`: moves the current branch back (or anywhere), for force-push and rollback scenarios.
     pub fn reset_hard(&self, rev: &str) {
         self.git(&["reset", "-q", "--hard", rev]);

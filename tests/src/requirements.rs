@@ -54,3 +54,13 @@ fn is_executable(path: &Path) -> bool {
     path.metadata()
         .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
 }
+
+/// Whether this process is root, which `what` needs (mounting a tmpfs, owning files as another
+/// user); if not, a loud `SKIPPED` line and `false`, or a panic under [`e2e_required`].
+pub fn require_root(what: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    cannot_run::<()>(what, "it needs root").is_some()
+}

@@ -113,8 +113,12 @@ impl<'a> Device<'a> {
         let (root, state_dir) = (self.root(), self.state_dir.path().to_owned());
         services::merge_unit_files(&mut desired).expect("no unit file conflicts");
         let records = services::records(&desired);
-        let disk = apply::observe(&root, plan::observed_paths(&desired, &self.manifest))
-            .expect("observe the guest's files");
+        let disk = apply::observe(
+            &root,
+            &state_dir,
+            plan::observed_paths(&desired, &self.manifest),
+        )
+        .expect("observe the guest's files");
         let files = plan::plan(&desired, &self.manifest, &disk);
         let service_plan =
             services::plan(&records, &self.services, &services::changed_paths(&files));
@@ -456,6 +460,7 @@ fn an_offline_root_gets_its_units_enabled_only() {
     let state_dir = tempfile::tempdir().expect("state dir");
     let disk = apply::observe(
         root.path(),
+        state_dir.path(),
         plan::observed_paths(&desired, &Manifest::default()),
     )
     .unwrap();

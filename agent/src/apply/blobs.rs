@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use ssh_key::sha2::{Digest, Sha256};
 
 use super::error::Fault;
+use super::file::Located;
 use crate::paths::{self, PathError};
 use crate::plan::{hex, is_sha256_hex, sha256_hex};
 
@@ -74,13 +75,14 @@ impl BlobStore {
 
     /// Copies the file at `source` into the store, checking that it still hashes to `sha256`
     /// (it was hashed a moment ago; an edit in between must not go unnoticed).
-    pub(crate) fn put_copy_of(&mut self, sha256: &str, source: &Path) -> Result<(), Fault> {
+    pub(crate) fn put_copy_of(&mut self, sha256: &str, located: &Located) -> Result<(), Fault> {
         let path = self.path(sha256)?;
         if path.is_file() {
             return Ok(());
         }
+        let source = &located.real;
         self.write_blob(&path, |file, temp| {
-            let mut input = File::open(source).map_err(|e| PathError::new("open", source, e))?;
+            let mut input = located.open_read()?;
             let mut hasher = Sha256::new();
             let mut buf = vec![0; 64 * 1024];
             loop {
@@ -96,7 +98,7 @@ impl BlobStore {
             }
             if hex(&hasher.finalize()) != sha256 {
                 return Err(Fault::ChangedWhileSaving {
-                    path: source.to_owned(),
+                    path: source.clone(),
                 });
             }
             Ok(())

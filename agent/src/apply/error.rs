@@ -13,6 +13,20 @@ use crate::plan::OtherKind;
 pub enum Fault {
     #[error("refusing to manage {}: not an absolute, normalized path (render should have rejected it; please report this as a bug)", path.display())]
     BadPath { path: PathBuf },
+    #[error("refusing to manage {}: {} is a symbolic link ({}), and Shoal follows no symbolic link under the device root, where whoever owns a directory could point it anywhere; replace the link with a real directory (or stop declaring the path) and run sync again", path.display(), component.display(), real.display())]
+    SymlinkInPath {
+        path: PathBuf,
+        /// The device path of the link.
+        component: PathBuf,
+        real: PathBuf,
+    },
+    #[error("refusing to manage {}: {} is the agent's own state directory {}; a configuration repository may not write the agent's state: declare the file elsewhere", path.display(), component.display(), state_dir.display())]
+    InsideStateDir {
+        path: PathBuf,
+        /// The device path at which the walk reached the state directory.
+        component: PathBuf,
+        state_dir: PathBuf,
+    },
     #[error("{} is a directory, but generation {to} declares a file at {}; remove the directory (or stop declaring the file) and run sync again", real.display(), path.display())]
     DirectoryInTheWay {
         path: PathBuf,
@@ -167,6 +181,40 @@ impl Fault {
                 Fault::classify(err, &path, 0)
             }
             fault => fault,
+        }
+    }
+
+    /// Whether the device, not the commit, is at fault: a full or read-only file system, a
+    /// permission or I/O error, a link a local user put in a managed path, a file changed
+    /// under Shoal, damaged state. Such a failure is retried with backoff; only a failure the
+    /// commit causes (a directory where it declares a file, an unknown owner, …) makes the
+    /// commit bad.
+    pub fn is_environmental(&self) -> bool {
+        match self {
+            Fault::NoSpace { .. }
+            | Fault::ReadOnly { .. }
+            | Fault::SymlinkInPath { .. }
+            | Fault::ChangedWhileSaving { .. }
+            | Fault::MissingBlob { .. }
+            | Fault::CorruptBlob { .. }
+            | Fault::CorruptState { .. } => true,
+            // What a local user can plant at a declared path; a directory in the way is more
+            // likely a mistake in the commit (a file declared where a `.d` directory is).
+            Fault::NotAFile { kind, .. } => {
+                matches!(kind, OtherKind::HardLinked | OtherKind::Symlink)
+            }
+            Fault::Io(err) => matches!(
+                err.source.raw_os_error(),
+                Some(
+                    libc::EACCES
+                        | libc::EPERM
+                        | libc::EIO
+                        | libc::ENOSPC
+                        | libc::EDQUOT
+                        | libc::EROFS
+                )
+            ),
+            _ => false,
         }
     }
 

@@ -1,5 +1,6 @@
 //! Crash-test hooks: with the `failpoints` feature, `fail_point!("name")` kills the process
-//! (SIGKILL, exactly what `kill -9` does) at the N-th pass named by `SHOAL_FAILPOINT=name:N`.
+//! (SIGKILL, exactly what `kill -9` does) at the N-th pass named by `SHOAL_FAILPOINT=name:N`,
+//! and runs the hooks a test set with [`set_hook`] (to change the disk at that instant).
 //! Without the feature the macro expands to nothing; it must never change behaviour otherwise.
 //!
 //! Why not the `fail` crate: its actions (panic, return, sleep) run inside the process, so
@@ -15,6 +16,7 @@ pub const FAIL_POINTS: &[&str] = &[
     "apply_after_blobs",
     "apply_after_journal",
     "apply_after_mkdir",
+    "apply_after_resolve",
     "apply_after_temp_write",
     "apply_after_rename",
     "apply_after_remove",
@@ -32,10 +34,41 @@ macro_rules! fail_point {
 }
 pub(crate) use fail_point;
 
+/// Runs `hook` (instead of killing the process) every time fail point `name` is passed, in
+/// this process: a test's way to change the disk at an exact instant of a transaction, say to
+/// swap a directory for a symbolic link between resolving a path and writing it.
+#[cfg(feature = "failpoints")]
+pub fn set_hook(name: &'static str, hook: impl Fn() + Send + 'static) {
+    hooks()
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .push((name, Box::new(hook)));
+}
+
+#[cfg(feature = "failpoints")]
+type Hooks = std::sync::Mutex<Vec<(&'static str, Box<dyn Fn() + Send>)>>;
+
+#[cfg(feature = "failpoints")]
+fn hooks() -> &'static Hooks {
+    static HOOKS: std::sync::OnceLock<Hooks> = std::sync::OnceLock::new();
+    HOOKS.get_or_init(Default::default)
+}
+
 #[cfg(feature = "failpoints")]
 pub(crate) fn pass(name: &str) {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
+
+    {
+        let hooks = hooks()
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (point, hook) in hooks.iter() {
+            if *point == name {
+                hook();
+            }
+        }
+    }
 
     static ARMED: OnceLock<Option<(String, u64)>> = OnceLock::new();
     static PASSES: AtomicU64 = AtomicU64::new(0);

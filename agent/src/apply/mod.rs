@@ -40,7 +40,7 @@ use self::blobs::BlobStore;
 use self::failpoint::fail_point;
 use self::preexisting::Preexisting;
 use self::transaction::{Change, Target, Transaction};
-use crate::plan::{sha256_hex, Action, DiskSnapshot, Manifest, Plan};
+use crate::plan::{sha256_hex, Action, DiskEntry, DiskSnapshot, Manifest, Plan};
 use crate::render::DesiredState;
 
 /// What a successful [`apply`] or [`restore`] did. The journal stays until [`journal_done`].
@@ -83,9 +83,12 @@ impl fmt::Display for Recovery {
 }
 
 /// Looks at `paths` (device paths) under `root` without changing anything: what
-/// [`crate::plan::plan`] compares against. Pass [`crate::plan::observed_paths`].
+/// [`crate::plan::plan`] compares against. Pass [`crate::plan::observed_paths`]. Walks each
+/// path like apply does, so a symbolic link in a parent (say one a local user swapped in
+/// since the last sync) is refused here, before anything is planned.
 pub fn observe<P: AsRef<Path>>(
     root: &Path,
+    state_dir: &Path,
     paths: impl IntoIterator<Item = P>,
 ) -> Result<DiskSnapshot, ApplyError> {
     let observe_fault = |fault: Fault| ApplyError::Observe(Box::new(fault));
@@ -93,10 +96,16 @@ pub fn observe<P: AsRef<Path>>(
         accounts: accounts::load(root).map_err(|e| observe_fault(e.into()))?,
         files: BTreeMap::new(),
     };
+    let device = file::DeviceRoot::open(root, state_dir).map_err(observe_fault)?;
     for path in paths {
         let path = path.as_ref();
-        let real = file::real_path(root, path).map_err(observe_fault)?;
-        let entry = file::inspect(&real).map_err(|e| observe_fault(e.into()))?;
+        let entry = match device.locate(path).map_err(observe_fault)? {
+            file::Parent::Found(located) => {
+                located.inspect().map_err(|e| observe_fault(e.into()))?
+            }
+            // A parent that is missing or is a file: nothing is at the path itself.
+            file::Parent::Missing(_) | file::Parent::NotADirectory(_) => DiskEntry::Missing,
+        };
         snapshot.files.insert(path.to_owned(), entry);
     }
     Ok(snapshot)

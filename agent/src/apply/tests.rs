@@ -9,6 +9,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod attacks;
+
 use super::*;
 use crate::plan::{observed_paths, plan, Manifest};
 use crate::render::{DesiredFile, DesiredState};
@@ -31,6 +33,7 @@ enum Node {
         gid: u32,
     },
     Dir,
+    Symlink(PathBuf),
 }
 
 impl Device {
@@ -59,7 +62,12 @@ impl Device {
     }
 
     fn plan(&self, desired: &DesiredState) -> crate::plan::Plan {
-        let disk = observe(&self.root, observed_paths(desired, &self.manifest)).unwrap();
+        let disk = observe(
+            &self.root,
+            &self.state,
+            observed_paths(desired, &self.manifest),
+        )
+        .unwrap();
         plan(desired, &self.manifest, &disk)
     }
 
@@ -93,7 +101,9 @@ fn walk(root: &Path, dir: &Path, tree: &mut BTreeMap<String, Node>) {
         let path = entry.unwrap().path();
         let name = format!("/{}", path.strip_prefix(root).unwrap().display());
         let meta = fs::symlink_metadata(&path).unwrap();
-        if meta.is_dir() {
+        if meta.is_symlink() {
+            tree.insert(name, Node::Symlink(fs::read_link(&path).unwrap()));
+        } else if meta.is_dir() {
             tree.insert(name, Node::Dir);
             walk(root, &path, tree);
         } else {

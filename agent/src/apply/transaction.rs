@@ -11,7 +11,7 @@ use super::accounts;
 use super::blobs::BlobStore;
 use super::error::{ApplyError, Fault};
 use super::failpoint::fail_point;
-use super::file::{self, Ancestor};
+use super::file::{DeviceRoot, Dir, DirId, Located, Parent};
 use super::journal::{Before, Journal, JournalEntry};
 use super::preexisting::Preexisting;
 use super::Applied;
@@ -53,7 +53,6 @@ pub(crate) struct Transaction<'a> {
 /// One path that needs work, in journal order.
 struct Step {
     path: PathBuf,
-    real: PathBuf,
     /// `None`: remove the file.
     after: Option<DiskFile>,
     /// The file written is the one that was there before Shoal took the path over.
@@ -143,6 +142,7 @@ impl Transaction<'_> {
     /// Step 0: decides the steps and the journal; writes only blobs of files about to be
     /// replaced (and of files taken over), which nothing refers to yet.
     fn prepare(&self, store: &mut BlobStore) -> Result<Prepared, Fault> {
+        let device = DeviceRoot::open(self.root, self.state_dir)?;
         let accounts = accounts::load(self.root)?;
         let mut preexisting = Preexisting::load(self.state_dir)?;
         let mut preexisting_changed = false;
@@ -151,9 +151,19 @@ impl Transaction<'_> {
         let mut created = BTreeSet::new();
 
         for change in &self.changes {
+            let mut missing_parent = None;
             let path = &change.path;
-            let real = file::real_path(self.root, path)?;
-            let found = file::inspect(&real)?;
+            let real = device.real(path);
+            let (located, found) = match device.locate(path)? {
+                Parent::Found(located) => {
+                    let found = located.inspect()?;
+                    (Some(located), found)
+                }
+                parent => {
+                    missing_parent = Some(parent);
+                    (None, DiskEntry::Missing)
+                }
+            };
             let (after, restores_preexisting) = match &change.target {
                 Target::File {
                     sha256,
@@ -215,30 +225,32 @@ impl Transaction<'_> {
                 }
             };
             if after.is_some() {
-                match file::missing_parents(self.root, &real) {
-                    Ok(missing) => {
+                match missing_parent.take() {
+                    None => {}
+                    Some(Parent::Missing(missing)) => {
                         for dir in missing {
                             if created.insert(dir.clone()) {
-                                journal.created_dirs.push(device_path(self.root, &dir));
+                                journal.created_dirs.push(dir);
                             }
                         }
                     }
-                    Err(Ancestor::NotADirectory(parent)) => {
+                    // Only a walk that stopped early is kept in `missing_parent`.
+                    Some(Parent::Found(_)) => {}
+                    Some(Parent::NotADirectory(parent)) => {
                         return Err(Fault::ParentNotADirectory {
                             path: path.clone(),
-                            parent,
+                            parent: device.real(&parent),
                             to: self.to,
                         })
                     }
-                    Err(Ancestor::Io(err)) => return Err(err.into()),
                 }
             }
 
             // A takeover: the file there now is the one to restore when Shoal lets go of the
             // path (or nothing, when nothing is there).
             if !change.managed_before && after.is_some() {
-                if let Some(saved) = found_file {
-                    store.put_copy_of(&saved.sha256, &real)?;
+                if let (Some(saved), Some(located)) = (found_file, &located) {
+                    store.put_copy_of(&saved.sha256, located)?;
                 }
                 preexisting_changed |= preexisting.record(path, found_file);
             }
@@ -246,10 +258,10 @@ impl Transaction<'_> {
             if found_file == after.as_ref() {
                 continue;
             }
-            let before = match found_file {
-                None => Before::Absent,
-                Some(saved) => {
-                    store.put_copy_of(&saved.sha256, &real)?;
+            let before = match (found_file, &located) {
+                (None, _) | (_, None) => Before::Absent,
+                (Some(saved), Some(located)) => {
+                    store.put_copy_of(&saved.sha256, located)?;
                     if change.managed_before {
                         Before::Blob(saved.clone())
                     } else {
@@ -263,7 +275,6 @@ impl Transaction<'_> {
             });
             steps.push(Step {
                 path: path.clone(),
-                real,
                 after,
                 restores_preexisting,
             });
@@ -276,38 +287,43 @@ impl Transaction<'_> {
         })
     }
 
-    /// Step 3: the only code that writes managed paths forward.
+    /// Step 3: the only code that writes managed paths forward. Each path is walked again
+    /// from `root` (directories were created since step 0), and everything that writes goes
+    /// through the handle of the directory that walk opened.
     fn execute(&self, store: &BlobStore, prepared: &Prepared) -> Result<(), Fault> {
-        let mut touched_dirs = BTreeSet::new();
+        let device = DeviceRoot::open(self.root, self.state_dir)?;
+        let mut touched = TouchedDirs::default();
         for dir in &prepared.journal.created_dirs {
-            let real = file::real_path(self.root, dir)?;
-            file::create_dir(&real).map_err(|e| Fault::classify(e, dir, self.to))?;
-            touched_dirs.insert(parent(&real).to_owned());
+            let located = device.locate_existing(dir)?;
+            located
+                .create_dir()
+                .map_err(|e| Fault::classify(e, dir, self.to))?;
+            touched.add(located.into_dir())?;
             fail_point!("apply_after_mkdir");
         }
         for step in &prepared.steps {
             let fault = |e| Fault::classify(e, &step.path, self.to);
+            let located = device.locate_existing(&step.path)?;
+            fail_point!("apply_after_resolve");
             match &step.after {
                 Some(want) => {
                     let content = match self.contents.get(&want.sha256) {
                         Some(content) => Cow::Borrowed(*content),
                         None => Cow::Owned(store.read(&want.sha256)?),
                     };
-                    let temp = file::write_temp(&step.real, &content, want).map_err(fault)?;
+                    located.write_temp(&content, want).map_err(fault)?;
                     fail_point!("apply_after_temp_write");
-                    file::rename_into_place(&temp, &step.real).map_err(fault)?;
+                    located.rename_into_place().map_err(fault)?;
                     fail_point!("apply_after_rename");
                 }
                 None => {
-                    file::remove_if_present(&step.real).map_err(fault)?;
+                    located.remove_if_present().map_err(fault)?;
                     fail_point!("apply_after_remove");
                 }
             }
-            touched_dirs.insert(parent(&step.real).to_owned());
+            touched.add(located.into_dir())?;
         }
-        for dir in &touched_dirs {
-            crate::paths::sync_dir(dir)?;
-        }
+        touched.sync()?;
         fail_point!("apply_after_dir_sync");
         Ok(())
     }
@@ -340,16 +356,23 @@ impl Transaction<'_> {
 /// `restore_file`). Returns how many paths it had to put back.
 pub(crate) fn roll_back(root: &Path, state_dir: &Path, journal: &Journal) -> Result<usize, Fault> {
     let store = BlobStore::open(state_dir)?;
+    let device = DeviceRoot::open(root, state_dir)?;
     let mut restored = 0;
-    let mut touched_dirs = BTreeSet::new();
+    let mut touched = TouchedDirs::default();
     for entry in journal.entries.iter().rev() {
-        let real = file::real_path(root, &entry.path)?;
-        file::remove_if_present(&file::temp_path(&real))?;
-        let found = file::inspect(&real)?;
+        let located = match device.locate(&entry.path)? {
+            Parent::Found(located) => located,
+            // The directory is gone (or is no directory): no file of ours is there.
+            _ if entry.before == Before::Absent => continue,
+            _ => device.locate_existing(&entry.path)?,
+        };
+        located.remove_temp()?;
+        let found = located.inspect()?;
         let worked = match (&entry.before, &found) {
             (Before::Absent, DiskEntry::Missing) => false,
             (Before::Absent, DiskEntry::File(_)) => {
-                file::remove_if_present(&real)
+                located
+                    .remove_if_present()
                     .map_err(|e| Fault::classify(e, &entry.path, journal.from))?;
                 true
             }
@@ -362,30 +385,58 @@ pub(crate) fn roll_back(root: &Path, state_dir: &Path, journal: &Journal) -> Res
                 if *found == DiskEntry::File(want.clone()) {
                     false
                 } else {
-                    restore_file(&store, &real, &entry.path, want, journal.from)?;
+                    restore_file(&store, &located, want, journal.from)?;
                     true
                 }
             }
         };
         if worked {
             restored += 1;
-            touched_dirs.insert(parent(&real).to_owned());
+            touched.add(located.into_dir())?;
             fail_point!("recover_after_entry");
         }
     }
     for dir in journal.created_dirs.iter().rev() {
-        let real = file::real_path(root, dir)?;
-        if !file::remove_dir_if_empty(&real)? {
-            tracing::warn!(dir = %real.display(), "left in place by rollback: something else was put in it");
+        let Parent::Found(located) = device.locate(dir)? else {
+            continue;
+        };
+        if !located.remove_dir_if_empty()? {
+            tracing::warn!(dir = %located.real.display(), "left in place by rollback: something else was put in it");
         }
-        touched_dirs.insert(parent(&real).to_owned());
+        touched.add(located.into_dir())?;
     }
-    for dir in &touched_dirs {
-        file::sync_dir_if_present(dir)?;
-    }
+    touched.sync()?;
     fail_point!("recover_before_journal_removal");
     Journal::remove(state_dir)?;
     Ok(restored)
+}
+
+/// The directories a transaction renamed or unlinked in, by identity, to fsync once each at the
+/// end (no intermediate state needs to be durable: recovery undoes it). Bounded, so a
+/// repository spread over thousands of directories cannot exhaust file descriptors: when full,
+/// the batch so far is synced early.
+#[derive(Default)]
+struct TouchedDirs {
+    dirs: BTreeMap<DirId, Dir>,
+}
+
+impl TouchedDirs {
+    const MAX_OPEN: usize = 64;
+
+    fn add(&mut self, dir: Dir) -> Result<(), Fault> {
+        if self.dirs.len() >= Self::MAX_OPEN {
+            self.sync()?;
+        }
+        self.dirs.insert(dir.id()?, dir);
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), Fault> {
+        for dir in std::mem::take(&mut self.dirs).into_values() {
+            dir.sync()?;
+        }
+        Ok(())
+    }
 }
 
 /// Writes a saved file back (atomically when there is room). On a full disk — often full
@@ -394,22 +445,21 @@ pub(crate) fn roll_back(root: &Path, state_dir: &Path, journal: &Journal) -> Res
 /// is repaired by the next recovery.
 fn restore_file(
     store: &BlobStore,
-    real: &Path,
-    path: &Path,
+    located: &Located,
     want: &DiskFile,
     generation: u64,
 ) -> Result<(), Fault> {
     let content = store.read(&want.sha256)?;
-    let fault = |e| Fault::classify(e, path, generation);
-    let temp = match file::write_temp(real, &content, want).map_err(fault) {
-        Ok(temp) => temp,
+    let fault = |e| Fault::classify(e, &located.path, generation);
+    match located.write_temp(&content, want).map_err(fault) {
+        Ok(()) => {}
         Err(full) if full.is_no_space() => {
-            file::remove_if_present(real).map_err(fault)?;
-            file::write_temp(real, &content, want).map_err(fault)?
+            located.remove_if_present().map_err(fault)?;
+            located.write_temp(&content, want).map_err(fault)?;
         }
         Err(other) => return Err(other),
-    };
-    file::rename_into_place(&temp, real).map_err(fault)
+    }
+    located.rename_into_place().map_err(fault)
 }
 
 fn in_the_way(path: &Path, real: PathBuf, kind: OtherKind, to: u64) -> Fault {
@@ -426,13 +476,4 @@ fn in_the_way(path: &Path, real: PathBuf, kind: OtherKind, to: u64) -> Fault {
             to,
         },
     }
-}
-
-/// The device path of `real` (which is under `root`).
-fn device_path(root: &Path, real: &Path) -> PathBuf {
-    Path::new("/").join(real.strip_prefix(root).unwrap_or(real))
-}
-
-fn parent(path: &Path) -> &Path {
-    path.parent().unwrap_or(Path::new("/"))
 }

@@ -53,6 +53,8 @@ pub enum OtherKind {
     Symlink,
     /// A socket, FIFO or device node.
     Special,
+    /// A regular file with more than one hard link (another name for it may be anywhere).
+    HardLinked,
 }
 
 impl fmt::Display for OtherKind {
@@ -61,6 +63,7 @@ impl fmt::Display for OtherKind {
             OtherKind::Directory => "directory",
             OtherKind::Symlink => "symbolic link",
             OtherKind::Special => "special file",
+            OtherKind::HardLinked => "file with more than one hard link",
         })
     }
 }

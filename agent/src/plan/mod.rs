@@ -74,6 +74,8 @@ pub enum Existing {
     Directory,
     Symlink,
     Special,
+    /// A regular file with more than one hard link.
+    HardLinked,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -161,6 +163,7 @@ fn create(path: PathBuf, want: &DesiredFile, disk: &DiskSnapshot) -> Action {
         DiskEntry::Other(OtherKind::Directory) => Some(Existing::Directory),
         DiskEntry::Other(OtherKind::Symlink) => Some(Existing::Symlink),
         DiskEntry::Other(OtherKind::Special) => Some(Existing::Special),
+        DiskEntry::Other(OtherKind::HardLinked) => Some(Existing::HardLinked),
     };
     Action::Create {
         path,
@@ -287,6 +290,9 @@ impl fmt::Display for Action {
                     Some(Existing::Directory) => f.write_str(": a directory is in the way"),
                     Some(Existing::Symlink) => f.write_str(": a symbolic link is in the way"),
                     Some(Existing::Special) => f.write_str(": a special file is in the way"),
+                    Some(Existing::HardLinked) => {
+                        f.write_str(": a file with more than one hard link is in the way")
+                    }
                 }
             }
             Action::Change {

@@ -87,6 +87,11 @@ pub(crate) fn check_unit_name(unit: &str) -> Result<(), String> {
     if unit.contains('/') {
         return Err("must be a unit name like \"telemetry.service\", not a path".into());
     }
+    if unit.starts_with('-') {
+        // `systemctl start -H.service` reads it as an option (-H: another host); the agent
+        // passes names after `--` too, but a name systemctl could misread is refused outright.
+        return Err("must not start with \"-\" (systemctl would read it as an option)".into());
+    }
     if unit.len() > UNIT_NAME_MAX {
         return Err(format!("is longer than {UNIT_NAME_MAX} bytes"));
     }
@@ -267,6 +272,10 @@ mod tests {
             (
                 "telemetry.conf",
                 format!("has the unknown unit type \".conf\"; use one of {all}"),
+            ),
+            (
+                "-H.service",
+                "must not start with \"-\" (systemctl would read it as an option)".to_string(),
             ),
             (
                 "units/telemetry.service",

@@ -1,7 +1,8 @@
 //! The one place that talks to systemd: `systemctl` and `journalctl` run as child processes,
 //! each bounded in time, optionally behind a command prefix (`nsenter -t PID -a` reaches a
 //! systemd in other namespaces). `systemctl start|stop|restart` waits for its job to finish by
-//! default, which is what the health gate needs; D-Bus (zbus) would add an async stack and a
+//! default, which is what the health gate needs; a unit name is always passed after `--` (or
+//! as `--unit=`), so no name can be read as an option; D-Bus (zbus) would add an async stack and a
 //! second way to reach the manager for no gain at the scale of a few units per apply.
 
 use std::ffi::OsString;
@@ -151,11 +152,13 @@ impl Systemd {
             UnitAction::Start | UnitAction::Stop | UnitAction::Restart => self.job_timeout,
         };
         let cmd = match &self.mode {
-            Mode::Live { .. } => self.systemctl(&[action.as_str(), unit]),
+            Mode::Live { .. } => self.systemctl(&[action.as_str(), "--", unit]),
             Mode::Offline { root } => match action {
                 UnitAction::Enable | UnitAction::Disable => {
                     let mut cmd = Command::new("systemctl");
-                    cmd.arg("--root").arg(root).args([action.as_str(), unit]);
+                    cmd.arg("--root")
+                        .arg(root)
+                        .args([action.as_str(), "--", unit]);
                     cmd
                 }
                 UnitAction::Start | UnitAction::Stop | UnitAction::Restart => return Ok(()),
@@ -211,7 +214,7 @@ impl Systemd {
         if !self.is_live() {
             return Ok(());
         }
-        let cmd = self.systemctl(&["reset-failed", unit]);
+        let cmd = self.systemctl(&["reset-failed", "--", unit]);
         self.checked(cmd, QUICK_TIMEOUT).map(drop)
     }
 
@@ -220,7 +223,7 @@ impl Systemd {
         if !self.is_live() {
             return Ok(UnitStatus::default());
         }
-        let cmd = self.systemctl(&["show", "-p", STATUS_PROPERTIES, unit]);
+        let cmd = self.systemctl(&["show", "-p", STATUS_PROPERTIES, "--", unit]);
         let output = self.checked(cmd, QUICK_TIMEOUT)?;
         Ok(UnitStatus::parse(&text(&output.stdout)))
     }
@@ -235,7 +238,8 @@ impl Systemd {
         // ask journald to write out what it has received first. Best effort, like the rest.
         let _ = self.bounded(self.prefixed("journalctl", &["--sync"]), QUICK_TIMEOUT);
         let lines = lines.to_string();
-        let cmd = self.prefixed("journalctl", &["-u", unit, "-n", &lines, "--no-pager"]);
+        let unit = format!("--unit={unit}");
+        let cmd = self.prefixed("journalctl", &[&unit, "-n", &lines, "--no-pager"]);
         let command = describe(&cmd);
         match self.bounded(cmd, QUICK_TIMEOUT) {
             Ok(output) if output.status.success() => text(&output.stdout),

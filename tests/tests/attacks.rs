@@ -1,0 +1,389 @@
+//! The agent under attack by a local unprivileged user, and on a device that cannot take a
+//! write, end to end with real signed repositories and the real `shoal-agent`: a symbolic link
+//! in a parent of a declared path (to outside the root, into the agent's state directory,
+//! swapped in after an apply), a hard link to a file the user does not own, a full and a
+//! read-only file system. Each is refused or failed with the path and cause named, leaves
+//! every file and the agent's state as they were, and — being the device's fault, not the
+//! commit's — the same commit converges once the device is fixed.
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use shoal_e2e::{
+    require_root, require_tools, write_allowed_signers, ConfigRepo, Device, SigningKey,
+};
+
+const MANIFEST: &str = r#"version = 1
+
+[[profile]]
+name = "base"
+match = "*"
+
+  [[profile.file]]
+  path = "/etc/motd"
+  source = "files/motd"
+
+  [[profile.file]]
+  path = "/home/app/.ssh/authorized_keys"
+  source = "files/authorized_keys"
+  mode = "0600"
+"#;
+
+struct Scene {
+    dir: tempfile::TempDir,
+    key: SigningKey,
+    repo: ConfigRepo,
+    device: Device,
+}
+
+impl Scene {
+    fn new() -> Option<Scene> {
+        if !require_tools(&["git", "ssh-keygen"]) {
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = SigningKey::generate(dir.path().join("keys"), "operator");
+        let signers = dir.path().join("allowed_signers");
+        write_allowed_signers(&signers, &[("operator@example", &key)]);
+        let repo = ConfigRepo::init(dir.path().join("work"));
+        let url = dir.path().join("srv/config.git").display().to_string();
+        let device = Device::new(dir.path().join("device"), &url, &signers, "range", "");
+        let scene = Scene {
+            dir,
+            key,
+            repo,
+            device,
+        };
+        std::fs::create_dir_all(scene.root("/home/app")).expect("mkdir /home/app");
+        Some(scene)
+    }
+
+    fn push(&self, manifest: &str, motd: &str) -> String {
+        self.repo.write("shoal.toml", manifest);
+        self.repo.write("files/motd", motd);
+        self.repo
+            .write("files/authorized_keys", "ssh-ed25519 AAAA app\n");
+        let id = self.repo.commit_signed(&self.key, motd);
+        self.repo.publish_to(self.dir.path().join("srv/config.git"));
+        id
+    }
+
+    fn root(&self, path: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("device/root")
+            .join(path.trim_start_matches('/'))
+    }
+
+    /// A directory outside the root holding a file the attacker wants replaced.
+    fn victim(&self) -> PathBuf {
+        let victim = self.dir.path().join("victim/.ssh");
+        std::fs::create_dir_all(&victim).expect("mkdir victim");
+        std::fs::write(victim.join("authorized_keys"), "the victim's key\n").expect("write");
+        victim
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let run = self.device.agent(&["status", "--json"]);
+        run.expect(0, "");
+        serde_json::from_str(&run.stdout).expect("status --json")
+    }
+
+    /// Every file of the agent's state directory but the mirror (a cache) and the status
+    /// file a failed sync writes, with its content: "the state is intact" made checkable.
+    fn state(&self) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut files = Vec::new();
+        walk(
+            &self.device.state_dir(),
+            &self.device.state_dir(),
+            &mut files,
+        );
+        files.retain(|(path, _)| {
+            !path.starts_with("mirror.git")
+                && path != Path::new("last-result.json")
+                && path != Path::new("lock")
+        });
+        files
+    }
+}
+
+fn walk(base: &Path, dir: &Path, files: &mut Vec<(PathBuf, Vec<u8>)>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<_> = entries.map(|e| e.expect("entry").path()).collect();
+    entries.sort();
+    for path in entries {
+        let relative = path.strip_prefix(base).expect("under base").to_owned();
+        if path.is_dir() {
+            walk(base, &path, files);
+        } else {
+            files.push((relative, std::fs::read(&path).unwrap_or_default()));
+        }
+    }
+}
+
+fn assert_victim_intact(victim: &Path) {
+    assert_eq!(
+        std::fs::read_to_string(victim.join("authorized_keys")).expect("victim's file"),
+        "the victim's key\n",
+        "nothing was written through the link"
+    );
+    assert_eq!(std::fs::read_dir(victim).expect("ls").count(), 1);
+}
+
+#[test]
+fn a_symlinked_parent_is_refused_and_the_same_commit_converges_once_it_is_gone() {
+    let Some(s) = Scene::new() else { return };
+    let victim = s.victim();
+    symlink(&victim, s.root("/home/app/.ssh")).expect("the user's link");
+    let commit = s.push(MANIFEST, "hello\n");
+
+    s.device.sync().expect(
+        1,
+        "cannot read the device's current state: refusing to manage \
+             /home/app/.ssh/authorized_keys: /home/app/.ssh is a symbolic link",
+    );
+    assert_victim_intact(&victim);
+    assert!(!s.root("/etc/motd").exists(), "the commit fails as a whole");
+    let status = s.status();
+    assert_eq!(status["generation"], serde_json::Value::Null);
+    assert_eq!(status["last_result"]["status"], "failed");
+
+    // Not a bad commit: once the link is replaced by a real directory, the same commit applies.
+    std::fs::remove_file(s.root("/home/app/.ssh")).expect("rm link");
+    std::fs::create_dir(s.root("/home/app/.ssh")).expect("mkdir");
+    s.device
+        .sync()
+        .expect(0, &format!("commit {commit} signed by operator@example"));
+    assert_eq!(
+        std::fs::read_to_string(s.root("/home/app/.ssh/authorized_keys")).expect("applied"),
+        "ssh-ed25519 AAAA app\n"
+    );
+    assert_victim_intact(&victim);
+}
+
+#[test]
+fn a_link_into_the_state_directory_cannot_write_the_agents_state() {
+    let Some(s) = Scene::new() else { return };
+    s.push(
+        MANIFEST
+            .replace("authorized_keys\"\n  source", "hold\"\n  source")
+            .as_str(),
+        "one\n",
+    );
+    // A first sync creates the state directory; the declared file's parent does not exist yet.
+    std::fs::create_dir_all(s.device.state_dir()).expect("state dir");
+    symlink(s.device.state_dir(), s.root("/home/app/.ssh")).expect("the user's link");
+
+    s.device.sync().expect(
+        1,
+        "refusing to manage /home/app/.ssh/hold: /home/app/.ssh is a symbolic link",
+    );
+    assert!(
+        !s.device.state_dir().join("hold").exists(),
+        "no hold was written"
+    );
+    assert_eq!(s.status()["hold"], serde_json::Value::Null);
+}
+
+#[test]
+fn a_link_swapped_in_after_an_apply_stops_drift_correction_and_rollback() {
+    let Some(s) = Scene::new() else { return };
+    s.push(MANIFEST, "one\n");
+    s.device.sync().expect(0, "applied generation 1");
+    s.push(MANIFEST, "two\n");
+    s.device.sync().expect(0, "applied generation 2");
+    let victim = s.victim();
+    let state = s.state();
+
+    // The owner of /home/app moves the managed directory away and links another in.
+    std::fs::rename(s.root("/home/app/.ssh"), s.root("/home/app/moved")).expect("mv");
+    symlink(&victim, s.root("/home/app/.ssh")).expect("the user's link");
+    s.device
+        .sync()
+        .expect(1, "cannot read the device's current state")
+        .expect(1, "/home/app/.ssh is a symbolic link");
+    s.device
+        .agent(&["rollback"])
+        .expect(1, "/home/app/.ssh is a symbolic link");
+    assert_victim_intact(&victim);
+    assert_eq!(s.state(), state, "the agent's state is as it was");
+    assert_eq!(
+        std::fs::read_to_string(s.root("/etc/motd")).expect("motd"),
+        "two\n",
+        "no file moved"
+    );
+}
+
+#[test]
+fn a_hard_link_to_a_file_the_user_does_not_own_is_not_replaced_or_saved() {
+    let Some(s) = Scene::new() else { return };
+    let secret = s.root("/etc/shadow");
+    std::fs::create_dir_all(secret.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&secret, "root:secret\n").expect("write");
+    std::fs::create_dir_all(s.root("/home/app/.ssh")).expect("mkdir");
+    std::fs::hard_link(&secret, s.root("/home/app/.ssh/authorized_keys")).expect("ln");
+    let commit = s.push(MANIFEST, "hello\n");
+
+    s.device
+        .sync()
+        .expect(1, &format!("applying commit {commit} failed"))
+        .expect(1, "authorized_keys is a file with more than one hard link");
+    assert_eq!(
+        std::fs::read_to_string(&secret).expect("secret"),
+        "root:secret\n"
+    );
+    let blobs = s.device.state_dir().join("blobs");
+    let saved = std::fs::read_dir(&blobs)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .any(|e| std::fs::read(e.path()).ok().as_deref() == Some(&b"root:secret\n"[..]))
+        })
+        .unwrap_or(false);
+    assert!(!saved, "the linked file was not copied into the blob store");
+}
+
+/// A mount the test made, unmounted when dropped (also when the test fails).
+struct Mount(PathBuf);
+
+impl Mount {
+    fn new(args: &[&str], target: &Path) -> Mount {
+        let status = Command::new("mount")
+            .args(args)
+            .arg(target)
+            .status()
+            .expect("mount");
+        assert!(status.success(), "mount {args:?} {}", target.display());
+        Mount(target.to_owned())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_or_read_only_file_system_fails_the_sync_without_marking_the_commit_bad() {
+    if !require_root("mounting a small tmpfs and a read-only bind mount") {
+        return;
+    }
+    let Some(s) = Scene::new() else { return };
+    s.push(MANIFEST, "one\n");
+    s.device.sync().expect(0, "applied generation 1");
+
+    // /srv/data is a 64 KiB tmpfs, already full; the next commit declares a file there.
+    let data = s.root("/srv/data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    let full = Mount::new(&["-t", "tmpfs", "-o", "size=64k", "tmpfs"], &data);
+    let _ = std::fs::write(data.join("filler"), vec![0u8; 128 * 1024]);
+    let manifest = format!(
+        "{MANIFEST}\n  [[profile.file]]\n  path = \"/srv/data/app.conf\"\n  source = \"files/motd\"\n"
+    );
+    let commit = s.push(&manifest, "two\n");
+    s.device
+        .sync()
+        .expect(
+            1,
+            &format!("applying commit {commit} failed because of the device"),
+        )
+        .expect(
+            1,
+            "no space left on device while writing /srv/data/app.conf",
+        );
+    assert_eq!(
+        std::fs::read_to_string(s.root("/etc/motd")).expect("motd"),
+        "one\n"
+    );
+    assert_eq!(s.status()["last_result"]["status"], "failed");
+    assert_eq!(s.status()["generation"], 1);
+
+    // Read-only instead of full: the same commit, the same verdict.
+    drop(full);
+    std::fs::remove_dir_all(&data).expect("rm");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    let read_only = Mount::new(&["--bind", data.to_str().expect("utf-8")], &data);
+    Mount::remount_read_only(&data);
+    s.device
+        .sync()
+        .expect(
+            1,
+            &format!("applying commit {commit} failed because of the device"),
+        )
+        .expect(1, "is on a read-only filesystem");
+    assert_eq!(
+        std::fs::read_to_string(s.root("/etc/motd")).expect("motd"),
+        "one\n"
+    );
+
+    // Fixed: the same commit is not "recorded as bad"; it applies.
+    drop(read_only);
+    s.device
+        .sync()
+        .expect(0, &format!("commit {commit} signed by operator@example"));
+    assert_eq!(
+        std::fs::read_to_string(s.root("/etc/motd")).expect("motd"),
+        "two\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("app.conf")).expect("app.conf"),
+        "two\n"
+    );
+}
+
+impl Mount {
+    /// Only our own bind mount is remounted read-only, never the file system beneath it.
+    fn remount_read_only(target: &Path) {
+        let status = Command::new("mount")
+            .args(["-o", "remount,ro,bind"])
+            .arg(target)
+            .status()
+            .expect("mount");
+        assert!(status.success());
+    }
+}
+
+#[test]
+fn a_unit_name_systemctl_would_read_as_an_option_is_refused_at_render() {
+    let Some(s) = Scene::new() else { return };
+    let manifest = format!(
+        "{MANIFEST}\n  [[profile.service]]\n  unit = \"-H.service\"\n  source = \"files/motd\"\n"
+    );
+    let commit = s.push(&manifest, "hello\n");
+    s.device
+        .sync()
+        .expect(1, &format!("commit {commit} cannot be rendered"))
+        .expect(
+            1,
+            "must not start with \"-\" (systemctl would read it as an option)",
+        );
+    assert!(!s.root("/etc/motd").exists(), "nothing was applied");
+}
+
+#[test]
+fn a_commit_git_cannot_parse_is_refused_not_retried_as_a_network_failure() {
+    let Some(s) = Scene::new() else { return };
+    s.push(MANIFEST, "one\n");
+    s.device.sync().expect(0, "applied generation 1");
+    let state = s.state();
+    let bad = s.repo.commit_malformed();
+    s.repo.publish_to(s.dir.path().join("srv/config.git"));
+
+    let run = s.device.sync();
+    run.expect(1, &format!("refusing commit {bad}"));
+    assert!(
+        !run.stderr.contains("cannot reach"),
+        "not a network failure:\n{}",
+        run.stderr
+    );
+    assert_eq!(s.status()["last_result"]["status"], "refused");
+    assert_eq!(s.state(), state, "the agent's state is as it was");
+    assert_eq!(
+        std::fs::read_to_string(s.root("/etc/motd")).expect("motd"),
+        "one\n"
+    );
+}
