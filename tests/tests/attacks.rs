@@ -363,27 +363,3 @@ fn a_unit_name_systemctl_would_read_as_an_option_is_refused_at_render() {
         );
     assert!(!s.root("/etc/motd").exists(), "nothing was applied");
 }
-
-#[test]
-fn a_commit_git_cannot_parse_is_refused_not_retried_as_a_network_failure() {
-    let Some(s) = Scene::new() else { return };
-    s.push(MANIFEST, "one\n");
-    s.device.sync().expect(0, "applied generation 1");
-    let state = s.state();
-    let bad = s.repo.commit_malformed();
-    s.repo.publish_to(s.dir.path().join("srv/config.git"));
-
-    let run = s.device.sync();
-    run.expect(1, &format!("refusing commit {bad}"));
-    assert!(
-        !run.stderr.contains("cannot reach"),
-        "not a network failure:\n{}",
-        run.stderr
-    );
-    assert_eq!(s.status()["last_result"]["status"], "refused");
-    assert_eq!(s.state(), state, "the agent's state is as it was");
-    assert_eq!(
-        std::fs::read_to_string(s.root("/etc/motd")).expect("motd"),
-        "one\n"
-    );
-}
