@@ -4,8 +4,10 @@
 //! reads, and the agent's memory does not carry a database's caches between syncs:
 //! `applied-commit` (the anti-rollback watermark), `current-generation`, `hold`,
 //! `last-result.json`, `report-sequence`, `generations/N.json` (each generation's manifest),
-//! `bad/<commit>` (why a commit was recorded as bad) and `outbox/<sequence>.json` (sealed
-//! reports waiting for the collector's acknowledgement).
+//! `bad/<commit>` (why a commit was recorded as bad), `outbox/<sequence>.json` (sealed
+//! reports waiting for the collector's acknowledgement) and `services-journal.json` (the service
+//! plan a sync is carrying out, present only between its first `systemctl` call and the commit
+//! point or the undo).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -16,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::paths::{self, PathError};
 use crate::plan::Manifest;
-use crate::services::ServiceRecord;
+use crate::services::{PlanRecord, ServicePlan, ServiceRecord};
 
 const WATERMARK_FILE: &str = "applied-commit";
 const CURRENT_FILE: &str = "current-generation";
@@ -32,6 +34,8 @@ const BAD_DIR: &str = "bad";
 const OUTBOX_DIR: &str = "outbox";
 const MIRROR_DIR: &str = "mirror.git";
 const LOCK_FILE: &str = "lock";
+const SERVICES_JOURNAL_FILE: &str = "services-journal.json";
+const SERVICES_JOURNAL_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -62,6 +66,23 @@ pub struct Generation {
     /// generations recorded before services were managed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub services: BTreeMap<String, ServiceRecord>,
+}
+
+/// The service plan of an apply from generation `from` to `to`, kept while it runs so that
+/// recovery after a crash can take the units back with the files (see `sync::recover`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServicesJournal {
+    pub version: u32,
+    pub from: u64,
+    pub to: u64,
+    pub plan: PlanRecord,
+}
+
+impl ServicesJournal {
+    pub fn plan(&self) -> ServicePlan {
+        self.plan.clone().into()
+    }
 }
 
 /// What the last sync did, for `status` and reports.
@@ -377,6 +398,53 @@ impl State {
         self.dir
             .join(GENERATIONS_DIR)
             .join(format!("{number}.json"))
+    }
+
+    /// Records, durably, that `plan` (from generation `from` to `to`) is about to run: written
+    /// after apply wrote the files and before the first `systemctl` call.
+    pub fn begin_services(&self, from: u64, to: u64, plan: &ServicePlan) -> Result<(), StateError> {
+        let journal = ServicesJournal {
+            version: SERVICES_JOURNAL_VERSION,
+            from,
+            to,
+            plan: plan.into(),
+        };
+        let json = serde_json::to_vec_pretty(&journal).map_err(|e| StateError::Corrupt {
+            what: "services journal".into(),
+            message: e.to_string(),
+        })?;
+        paths::write_atomic(&self.dir.join(SERVICES_JOURNAL_FILE), &json)?;
+        Ok(())
+    }
+
+    /// The service plan that was running when the agent stopped, if one was. Unreadable is an
+    /// error: guessing which units to take back could stop the wrong ones.
+    pub fn pending_services(&self) -> Result<Option<ServicesJournal>, StateError> {
+        let path = self.dir.join(SERVICES_JOURNAL_FILE);
+        let Some(text) = paths::read_optional(&path)? else {
+            return Ok(None);
+        };
+        let corrupt = |message: String| StateError::Corrupt {
+            what: path.display().to_string(),
+            message,
+        };
+        let journal: ServicesJournal =
+            serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+        if journal.version != SERVICES_JOURNAL_VERSION {
+            return Err(corrupt(format!(
+                "version {} is not {SERVICES_JOURNAL_VERSION}",
+                journal.version
+            )));
+        }
+        Ok(Some(journal))
+    }
+
+    /// The service plan has finished (its generation recorded) or been undone.
+    pub fn end_services(&self) -> Result<(), StateError> {
+        if remove_if_present(&self.dir.join(SERVICES_JOURNAL_FILE))? {
+            paths::sync_dir(&self.dir)?;
+        }
+        Ok(())
     }
 
     fn read_number(&self, file: &str) -> Result<Option<u64>, StateError> {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use gix::ObjectId;
 use shoal_proto::Timings;
 
+use crate::apply::failpoint::fail_point;
 use crate::apply::{self, ApplyError, Recovery};
 use crate::config::AgentConfig;
 use crate::fetch::{FetchError, Mirror};
@@ -304,6 +305,17 @@ fn sync_unheld(
     // Services run between the writes and the commit point, so a failed health gate can still
     // undo the files exactly like a crash would.
     let systemd = Systemd::for_root(&config.root);
+    if !service_plan.is_empty() {
+        // Before the first systemctl call: a crash from here on is taken back by `recover`,
+        // units included (the apply journal alone would only bring the files back).
+        if let Err(e) = state.begin_services(from, to, &service_plan) {
+            if let Err(undo) = apply::undo(&config.root, &config.state_dir) {
+                tracing::error!(error = %undo, "could not undo the apply; the next start retries");
+            }
+            return Err(e.into());
+        }
+        fail_point!("services_after_journal");
+    }
     let started = timed(&mut timings.health_ms, || {
         start_services(&service_plan, &systemd, config.apply.health_timeout)
     });
@@ -324,10 +336,12 @@ fn sync_unheld(
                 "restoring the files failed: {e} (the journal is kept; the next start retries)"
             ));
         }
+        fail_point!("services_after_undo");
         if let Err(e) = services::revert(&service_plan, &systemd) {
             problems.push(e.to_string());
         }
         state.mark_bad(&commit.to_string(), &reason)?;
+        state.end_services()?;
         return Err(SyncError::Unhealthy {
             commit,
             unit,
@@ -345,7 +359,9 @@ fn sync_unheld(
         manifest: Manifest::from_desired(&desired),
         services: service_records,
     })?;
+    fail_point!("services_before_journal_end");
     apply::journal_done(&config.state_dir).map_err(|e| SyncError::Recover(Box::new(e)))?;
+    state.end_services()?;
     state.record_watermark(commit)?;
     prune(config, state)?;
     tracing::info!(generation = to, signer = %verified.signer().principal, "applied");
@@ -387,13 +403,34 @@ fn rollback_problems(problems: &[String]) -> String {
     text
 }
 
-/// Resolves an apply interrupted by a crash, so the device is exactly at one generation.
+/// Resolves an apply interrupted by a crash, so the device is exactly at one generation: its
+/// files (`apply::recover`, from the apply journal), then its units. A services journal whose
+/// generation was not recorded means the crash came between the first `systemctl` call and the
+/// commit point (while units were restarted or gated, or undone after a failed gate): the files
+/// are back at the previous generation by now, so the plan is reverted like after a failed
+/// gate — reload, units it started stopped, stopped ones started, restarted ones restarted on
+/// the old files. The commit is not marked bad: the next sync applies and gates it again.
 pub fn recover(config: &AgentConfig, state: &State) -> Result<Option<Recovery>, SyncError> {
     let current = state.current_number()?;
     let recovery = apply::recover(&config.root, &config.state_dir, |n| current == Some(n))
         .map_err(|e| SyncError::Recover(Box::new(e)))?;
     if let Some(r) = &recovery {
         tracing::warn!(%r, "recovered an interrupted apply");
+    }
+    if let Some(pending) = state.pending_services()? {
+        if current != Some(pending.to) {
+            tracing::warn!(
+                from = pending.from,
+                to = pending.to,
+                "the services of an interrupted apply are taken back to the previous generation"
+            );
+            let systemd = Systemd::for_root(&config.root);
+            if let Err(e) = services::revert(&pending.plan(), &systemd) {
+                // The same as after a failed gate: reported, not fatal; the files are right.
+                tracing::error!(error = %e, "putting the services back after a crash was incomplete");
+            }
+        }
+        state.end_services()?;
     }
     Ok(recovery)
 }

@@ -24,6 +24,41 @@ pub fn collector_bin() -> PathBuf {
         .clone()
 }
 
+/// `shoal-agent` built with the `failpoints` feature (`SHOAL_FAILPOINT=name:N` kills it at that
+/// step), for crash tests of a whole sync. It is built in a target directory of its own beside
+/// the tests' (`<target>/failpoints`): building it in the shared one would swap the binary every
+/// other test runs. The first call compiles the agent's dependencies once more.
+pub fn agent_bin_with_failpoints() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let target = profile_dir()
+                .parent()
+                .expect("the profile directory is inside the target directory")
+                .join("failpoints");
+            let mut build =
+                Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+            build
+                .args(["build", "--quiet", "--manifest-path"])
+                .arg(workspace_root().join("Cargo.toml"))
+                .args([
+                    "-p",
+                    "shoal-agent",
+                    "--bin",
+                    "shoal-agent",
+                    "--features",
+                    "failpoints",
+                ])
+                .arg("--target-dir")
+                .arg(&target);
+            run(&mut build);
+            let binary = target.join("debug/shoal-agent");
+            assert!(binary.is_file(), "{} was not built", binary.display());
+            binary
+        })
+        .clone()
+}
+
 /// `<target>/<profile>/<bin>`, next to this test's own `deps/` directory, after one
 /// `cargo build` of `package` in the same profile. Cargo does not build other packages' binaries
 /// for our tests, and a binary merely found on disk may predate the source under test; a no-op

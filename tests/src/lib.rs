@@ -10,14 +10,16 @@ mod collector;
 mod command;
 mod device;
 mod git_daemon;
+mod guest;
 mod http_server;
 mod network;
 mod repo;
 mod requirements;
+mod sandbox;
 mod signing;
 mod systemd;
 
-pub use binaries::{agent_bin, collector_bin};
+pub use binaries::{agent_bin, agent_bin_with_failpoints, collector_bin};
 pub use collector::{Collector, CollectorSpec};
 pub use command::{
     describe, failure_report, git_command, isolate_git, output, output_with_stdin, run, run_bytes,
@@ -25,9 +27,11 @@ pub use command::{
 };
 pub use device::{Device, Run};
 pub use git_daemon::GitDaemon;
+pub use guest::{GuestDevice, GUEST_DIR};
 pub use http_server::{HttpsGitServer, TestCa};
 pub use network::{Hub, HUB_IP};
 pub use repo::{copy_tree, ConfigRepo, MOTD_MANIFEST};
 pub use requirements::{e2e_required, require_root, require_tool, require_tools};
+pub use sandbox::Sandbox;
 pub use signing::{write_allowed_signers, SigningKey};
 pub use systemd::{long_running_unit, SystemdHost};

@@ -4,9 +4,8 @@
 //! previous generation, and is not retried until a newer commit arrives.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 
-use shoal_e2e::{require_tools, write_allowed_signers, ConfigRepo, Device, SigningKey};
+use shoal_e2e::Sandbox;
 
 const MANIFEST: &str = r#"version = 1
 
@@ -29,64 +28,21 @@ match = { labels = { role = "gateway" } }
   mode = "0600"
 "#;
 
-struct Fleet {
-    dir: tempfile::TempDir,
-    key: SigningKey,
-    repo: ConfigRepo,
-    device: Device,
-}
-
-impl Fleet {
-    fn new() -> Option<Self> {
-        if !require_tools(&["git", "ssh-keygen"]) {
-            return None;
-        }
-        let dir = tempfile::tempdir().expect("tempdir");
-        let key = SigningKey::generate(dir.path().join("keys"), "operator");
-        let signers = dir.path().join("allowed_signers");
-        write_allowed_signers(&signers, &[("operator@example", &key)]);
-        let repo = ConfigRepo::init(dir.path().join("work"));
-        let url = dir.path().join("srv/config.git").display().to_string();
-        let device = Device::new(dir.path().join("device"), &url, &signers, "range", "");
-        Some(Fleet {
-            dir,
-            key,
-            repo,
-            device,
-        })
-    }
-
-    fn push(&self, motd: &str, message: &str) -> String {
-        self.repo.write("shoal.toml", MANIFEST);
-        self.repo.write("files/motd", motd);
-        self.repo.write("files/gw.conf", "gateway=yes\n");
-        let id = self.repo.commit_signed(&self.key, message);
-        self.repo.publish_to(self.dir.path().join("srv/config.git"));
-        id
-    }
-
-    fn root(&self, path: &str) -> PathBuf {
-        self.dir
-            .path()
-            .join("device/root")
-            .join(path.trim_start_matches('/'))
-    }
-
-    fn read(&self, path: &str) -> String {
-        std::fs::read_to_string(self.root(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
-    }
-
-    fn status(&self) -> serde_json::Value {
-        let run = self.device.agent(&["status", "--json"]);
-        run.expect(0, "");
-        serde_json::from_str(&run.stdout).expect("status --json")
-    }
+fn push(f: &Sandbox, motd: &str, message: &str) -> String {
+    f.push(
+        &[
+            ("shoal.toml", MANIFEST),
+            ("files/motd", motd),
+            ("files/gw.conf", "gateway=yes\n"),
+        ],
+        message,
+    )
 }
 
 #[test]
 fn files_converge_drift_is_corrected_and_rollback_resume_round_trips_offline() {
-    let Some(f) = Fleet::new() else { return };
-    let first = f.push("hello {{ device.id }}\n", "first");
+    let Some(f) = Sandbox::new() else { return };
+    let first = push(&f, "hello {{ device.id }}\n", "first");
     f.device.sync().expect(0, "applied generation 1");
     assert_eq!(f.read("/etc/motd"), "hello dev-1\n");
     assert_eq!(f.read("/etc/gw/gw.conf"), "gateway=yes\n");
@@ -97,7 +53,7 @@ fn files_converge_drift_is_corrected_and_rollback_resume_round_trips_offline() {
     assert_eq!(mode & 0o7777, 0o600);
 
     // A dry run shows the change and writes nothing.
-    let second = f.push("welcome to {{ device.id }}\n", "second");
+    let second = push(&f, "welcome to {{ device.id }}\n", "second");
     let dry = f.device.agent(&["sync", "--dry-run"]);
     dry.expect(0, "change /etc/motd: content");
     assert_eq!(f.read("/etc/motd"), "hello dev-1\n");
@@ -140,8 +96,8 @@ fn files_converge_drift_is_corrected_and_rollback_resume_round_trips_offline() {
 
 #[test]
 fn a_commit_that_cannot_apply_is_rolled_back_recorded_bad_and_not_retried() {
-    let Some(f) = Fleet::new() else { return };
-    f.push("hello\n", "good");
+    let Some(f) = Sandbox::new() else { return };
+    push(&f, "hello\n", "good");
     f.device.sync().expect(0, "applied generation 1");
 
     // The next commit declares a file where the device has a directory.
@@ -152,7 +108,7 @@ fn a_commit_that_cannot_apply_is_rolled_back_recorded_bad_and_not_retried() {
     );
     f.repo.write("files/motd", "changed\n");
     let bad = f.repo.commit_signed(&f.key, "blocked");
-    f.repo.publish_to(f.dir.path().join("srv/config.git"));
+    f.publish();
 
     f.device
         .sync()
@@ -170,7 +126,7 @@ fn a_commit_that_cannot_apply_is_rolled_back_recorded_bad_and_not_retried() {
         .expect(1, &format!("commit {bad} is recorded as bad"));
 
     // A newer commit is tried again.
-    let fixed = f.push("fixed\n", "fixed");
+    let fixed = push(&f, "fixed\n", "fixed");
     f.device
         .sync()
         .expect(0, &format!("commit {fixed} signed by operator@example"));
@@ -179,10 +135,10 @@ fn a_commit_that_cannot_apply_is_rolled_back_recorded_bad_and_not_retried() {
 
 #[test]
 fn a_commit_that_does_not_render_is_refused_with_the_file_and_variable() {
-    let Some(f) = Fleet::new() else { return };
-    f.push("hello\n", "good");
+    let Some(f) = Sandbox::new() else { return };
+    push(&f, "hello\n", "good");
     f.device.sync().expect(0, "applied generation 1");
-    let bad = f.push("hello {{ device.hostname }}\n", "bad template");
+    let bad = push(&f, "hello {{ device.hostname }}\n", "bad template");
     f.device
         .sync()
         .expect(1, &format!("commit {bad} cannot be rendered"))

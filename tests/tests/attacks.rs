@@ -10,9 +10,7 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use shoal_e2e::{
-    require_root, require_tools, write_allowed_signers, ConfigRepo, Device, SigningKey,
-};
+use shoal_e2e::{require_root, Sandbox};
 
 const MANIFEST: &str = r#"version = 1
 
@@ -30,82 +28,44 @@ match = "*"
   mode = "0600"
 "#;
 
-struct Scene {
-    dir: tempfile::TempDir,
-    key: SigningKey,
-    repo: ConfigRepo,
-    device: Device,
+/// The repository's files: `MANIFEST` (or `manifest`) with `motd` and the app's key.
+fn push(s: &Sandbox, manifest: &str, motd: &str) -> String {
+    s.push(
+        &[
+            ("shoal.toml", manifest),
+            ("files/motd", motd),
+            ("files/authorized_keys", "ssh-ed25519 AAAA app\n"),
+        ],
+        motd,
+    )
 }
 
-impl Scene {
-    fn new() -> Option<Scene> {
-        if !require_tools(&["git", "ssh-keygen"]) {
-            return None;
-        }
-        let dir = tempfile::tempdir().expect("tempdir");
-        let key = SigningKey::generate(dir.path().join("keys"), "operator");
-        let signers = dir.path().join("allowed_signers");
-        write_allowed_signers(&signers, &[("operator@example", &key)]);
-        let repo = ConfigRepo::init(dir.path().join("work"));
-        let url = dir.path().join("srv/config.git").display().to_string();
-        let device = Device::new(dir.path().join("device"), &url, &signers, "range", "");
-        let scene = Scene {
-            dir,
-            key,
-            repo,
-            device,
-        };
-        std::fs::create_dir_all(scene.root("/home/app")).expect("mkdir /home/app");
-        Some(scene)
-    }
+/// A sandbox device with `/home/app`, the unprivileged user's home.
+fn scene() -> Option<Sandbox> {
+    let s = Sandbox::new()?;
+    std::fs::create_dir_all(s.root("/home/app")).expect("mkdir /home/app");
+    Some(s)
+}
 
-    fn push(&self, manifest: &str, motd: &str) -> String {
-        self.repo.write("shoal.toml", manifest);
-        self.repo.write("files/motd", motd);
-        self.repo
-            .write("files/authorized_keys", "ssh-ed25519 AAAA app\n");
-        let id = self.repo.commit_signed(&self.key, motd);
-        self.repo.publish_to(self.dir.path().join("srv/config.git"));
-        id
-    }
+/// A directory outside the root holding a file the attacker wants replaced.
+fn victim(s: &Sandbox) -> PathBuf {
+    let victim = s.dir.path().join("victim/.ssh");
+    std::fs::create_dir_all(&victim).expect("mkdir victim");
+    std::fs::write(victim.join("authorized_keys"), "the victim's key\n").expect("write");
+    victim
+}
 
-    fn root(&self, path: &str) -> PathBuf {
-        self.dir
-            .path()
-            .join("device/root")
-            .join(path.trim_start_matches('/'))
-    }
-
-    /// A directory outside the root holding a file the attacker wants replaced.
-    fn victim(&self) -> PathBuf {
-        let victim = self.dir.path().join("victim/.ssh");
-        std::fs::create_dir_all(&victim).expect("mkdir victim");
-        std::fs::write(victim.join("authorized_keys"), "the victim's key\n").expect("write");
-        victim
-    }
-
-    fn status(&self) -> serde_json::Value {
-        let run = self.device.agent(&["status", "--json"]);
-        run.expect(0, "");
-        serde_json::from_str(&run.stdout).expect("status --json")
-    }
-
-    /// Every file of the agent's state directory but the mirror (a cache) and the status
-    /// file a failed sync writes, with its content: "the state is intact" made checkable.
-    fn state(&self) -> Vec<(PathBuf, Vec<u8>)> {
-        let mut files = Vec::new();
-        walk(
-            &self.device.state_dir(),
-            &self.device.state_dir(),
-            &mut files,
-        );
-        files.retain(|(path, _)| {
-            !path.starts_with("mirror.git")
-                && path != Path::new("last-result.json")
-                && path != Path::new("lock")
-        });
-        files
-    }
+/// Every file of the agent's state directory but the mirror (a cache) and the status file a
+/// failed sync writes, with its content: "the state is intact" made checkable.
+fn agent_state(s: &Sandbox) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    walk(&s.device.state_dir(), &s.device.state_dir(), &mut files);
+    files.retain(|(path, _)| {
+        !path.starts_with("mirror.git")
+            && path != Path::new("last-result.json")
+            && path != Path::new("lock")
+    });
+    files
 }
 
 fn walk(base: &Path, dir: &Path, files: &mut Vec<(PathBuf, Vec<u8>)>) {
@@ -135,10 +95,10 @@ fn assert_victim_intact(victim: &Path) {
 
 #[test]
 fn a_symlinked_parent_is_refused_and_the_same_commit_converges_once_it_is_gone() {
-    let Some(s) = Scene::new() else { return };
-    let victim = s.victim();
+    let Some(s) = scene() else { return };
+    let victim = victim(&s);
     symlink(&victim, s.root("/home/app/.ssh")).expect("the user's link");
-    let commit = s.push(MANIFEST, "hello\n");
+    let commit = push(&s, MANIFEST, "hello\n");
 
     s.device.sync().expect(
         1,
@@ -166,8 +126,9 @@ fn a_symlinked_parent_is_refused_and_the_same_commit_converges_once_it_is_gone()
 
 #[test]
 fn a_link_into_the_state_directory_cannot_write_the_agents_state() {
-    let Some(s) = Scene::new() else { return };
-    s.push(
+    let Some(s) = scene() else { return };
+    push(
+        &s,
         MANIFEST
             .replace("authorized_keys\"\n  source", "hold\"\n  source")
             .as_str(),
@@ -190,13 +151,13 @@ fn a_link_into_the_state_directory_cannot_write_the_agents_state() {
 
 #[test]
 fn a_link_swapped_in_after_an_apply_stops_drift_correction_and_rollback() {
-    let Some(s) = Scene::new() else { return };
-    s.push(MANIFEST, "one\n");
+    let Some(s) = scene() else { return };
+    push(&s, MANIFEST, "one\n");
     s.device.sync().expect(0, "applied generation 1");
-    s.push(MANIFEST, "two\n");
+    push(&s, MANIFEST, "two\n");
     s.device.sync().expect(0, "applied generation 2");
-    let victim = s.victim();
-    let state = s.state();
+    let victim = victim(&s);
+    let state = agent_state(&s);
 
     // The owner of /home/app moves the managed directory away and links another in.
     std::fs::rename(s.root("/home/app/.ssh"), s.root("/home/app/moved")).expect("mv");
@@ -209,7 +170,7 @@ fn a_link_swapped_in_after_an_apply_stops_drift_correction_and_rollback() {
         .agent(&["rollback"])
         .expect(1, "/home/app/.ssh is a symbolic link");
     assert_victim_intact(&victim);
-    assert_eq!(s.state(), state, "the agent's state is as it was");
+    assert_eq!(agent_state(&s), state, "the agent's state is as it was");
     assert_eq!(
         std::fs::read_to_string(s.root("/etc/motd")).expect("motd"),
         "two\n",
@@ -219,13 +180,13 @@ fn a_link_swapped_in_after_an_apply_stops_drift_correction_and_rollback() {
 
 #[test]
 fn a_hard_link_to_a_file_the_user_does_not_own_is_not_replaced_or_saved() {
-    let Some(s) = Scene::new() else { return };
+    let Some(s) = scene() else { return };
     let secret = s.root("/etc/shadow");
     std::fs::create_dir_all(secret.parent().expect("parent")).expect("mkdir");
     std::fs::write(&secret, "root:secret\n").expect("write");
     std::fs::create_dir_all(s.root("/home/app/.ssh")).expect("mkdir");
     std::fs::hard_link(&secret, s.root("/home/app/.ssh/authorized_keys")).expect("ln");
-    let commit = s.push(MANIFEST, "hello\n");
+    let commit = push(&s, MANIFEST, "hello\n");
 
     s.device
         .sync()
@@ -272,8 +233,8 @@ fn a_full_or_read_only_file_system_fails_the_sync_without_marking_the_commit_bad
     if !require_root("mounting a small tmpfs and a read-only bind mount") {
         return;
     }
-    let Some(s) = Scene::new() else { return };
-    s.push(MANIFEST, "one\n");
+    let Some(s) = scene() else { return };
+    push(&s, MANIFEST, "one\n");
     s.device.sync().expect(0, "applied generation 1");
 
     // /srv/data is a 64 KiB tmpfs, already full; the next commit declares a file there.
@@ -284,7 +245,7 @@ fn a_full_or_read_only_file_system_fails_the_sync_without_marking_the_commit_bad
     let manifest = format!(
         "{MANIFEST}\n  [[profile.file]]\n  path = \"/srv/data/app.conf\"\n  source = \"files/motd\"\n"
     );
-    let commit = s.push(&manifest, "two\n");
+    let commit = push(&s, &manifest, "two\n");
     s.device
         .sync()
         .expect(
@@ -349,11 +310,11 @@ impl Mount {
 
 #[test]
 fn a_unit_name_systemctl_would_read_as_an_option_is_refused_at_render() {
-    let Some(s) = Scene::new() else { return };
+    let Some(s) = scene() else { return };
     let manifest = format!(
         "{MANIFEST}\n  [[profile.service]]\n  unit = \"-H.service\"\n  source = \"files/motd\"\n"
     );
-    let commit = s.push(&manifest, "hello\n");
+    let commit = push(&s, &manifest, "hello\n");
     s.device
         .sync()
         .expect(1, &format!("commit {commit} cannot be rendered"))

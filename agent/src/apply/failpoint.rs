@@ -26,6 +26,19 @@ pub const FAIL_POINTS: &[&str] = &[
     "recover_before_journal_removal",
 ];
 
+/// Every fail point between apply and the commit point of a sync with services (`services`,
+/// `sync`), in the order a sync passes them; crash-tested against a real systemd by
+/// `tests/tests/services_crash.rs`.
+pub const SERVICE_FAIL_POINTS: &[&str] = &[
+    "services_after_journal",
+    "services_after_reload",
+    "services_after_action",
+    "services_health_gate",
+    "services_after_undo",
+    "services_revert_after_action",
+    "services_before_journal_end",
+];
+
 macro_rules! fail_point {
     ($name:literal) => {
         #[cfg(feature = "failpoints")]

@@ -7,6 +7,7 @@ use std::fmt;
 use super::error::ServiceError;
 use super::plan::{ServiceAction, ServicePlan, UnitAction};
 use super::systemd::Systemd;
+use crate::apply::failpoint::fail_point;
 
 /// What [`execute`] or [`revert`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -51,6 +52,7 @@ pub fn execute(plan: &ServicePlan, systemd: &Systemd) -> Result<Executed, Servic
     if plan.daemon_reload {
         systemd.daemon_reload()?;
         executed.daemon_reloaded = systemd.is_live();
+        fail_point!("services_after_reload");
     }
     for action in &plan.actions {
         tracing::info!(unit = %action.unit, action = %action.action, "service");
@@ -61,6 +63,7 @@ pub fn execute(plan: &ServicePlan, systemd: &Systemd) -> Result<Executed, Servic
             }
             Err(e) => return Err(e),
         }
+        fail_point!("services_after_action");
     }
     forget_gone_units(plan, systemd);
     Ok(executed)
@@ -89,6 +92,7 @@ pub fn revert(plan: &ServicePlan, systemd: &Systemd) -> Result<Executed, RevertF
             }
             Err(e) => errors.push(e),
         }
+        fail_point!("services_revert_after_action");
     }
     forget_gone_units(&reverse, systemd);
     if errors.is_empty() {

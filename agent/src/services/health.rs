@@ -83,6 +83,8 @@ pub fn health(
     };
 
     let began = Instant::now();
+    // While the units are being gated (started, inside their grace window).
+    crate::apply::failpoint::fail_point!("services_health_gate");
     let mut watches: Vec<Watch> = units.iter().map(|u| Watch::new(u)).collect();
     while watches.iter().any(|w| !w.settled) {
         let now = Instant::now();

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 pub use error::{ServiceError, UnitFileConflict};
 pub use execute::{execute, revert, Executed, RevertFailed};
 pub use health::{health, HealthFailure, Healthy, Unhealthy};
-pub use plan::{plan, Reason, ServiceAction, ServicePlan, Transition, UnitAction};
+pub use plan::{plan, PlanRecord, Reason, ServiceAction, ServicePlan, Transition, UnitAction};
 pub use systemd::{ProbeResult, Systemd, UnitStatus};
 
 use crate::render::{DesiredFile, DesiredState, ServiceState};

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{ServiceRecord, UNIT_DIR};
 use crate::render::ServiceState;
@@ -24,7 +24,7 @@ pub struct ServicePlan {
     pub transitions: BTreeMap<String, Transition>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceAction {
     pub unit: String,
     pub action: UnitAction,
@@ -35,7 +35,7 @@ pub struct ServiceAction {
 /// One `systemctl` verb. The order of the variants is the order of execution: units going away
 /// release what they hold before new ones start, and restarts come last so a unit restarted
 /// because of a changed file sees every other change already made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UnitAction {
     Stop,
@@ -80,7 +80,7 @@ impl fmt::Display for UnitAction {
 }
 
 /// Why an action is in the plan.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "reason", rename_all = "snake_case")]
 pub enum Reason {
     /// The unit is declared for the first time.
@@ -96,10 +96,40 @@ pub enum Reason {
 }
 
 /// A unit's record in the previous generation (`None`: not declared) and in the new one.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transition {
     pub before: Option<ServiceRecord>,
     pub after: Option<ServiceRecord>,
+}
+
+/// A [`ServicePlan`] as it is kept on disk while it runs (the state module's services journal):
+/// everything, the transitions included, which `--json` output leaves out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanRecord {
+    pub daemon_reload: bool,
+    pub actions: Vec<ServiceAction>,
+    pub transitions: BTreeMap<String, Transition>,
+}
+
+impl From<&ServicePlan> for PlanRecord {
+    fn from(plan: &ServicePlan) -> Self {
+        PlanRecord {
+            daemon_reload: plan.daemon_reload,
+            actions: plan.actions.clone(),
+            transitions: plan.transitions.clone(),
+        }
+    }
+}
+
+impl From<PlanRecord> for ServicePlan {
+    fn from(record: PlanRecord) -> Self {
+        ServicePlan {
+            daemon_reload: record.daemon_reload,
+            actions: record.actions,
+            transitions: record.transitions,
+        }
+    }
 }
 
 impl ServicePlan {

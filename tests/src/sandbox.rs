@@ -1,0 +1,75 @@
+//! `Sandbox`: the smallest whole setup most end-to-end tests need — an operator's signing key, a
+//! config repository, the bare repository a device pulls from (a local path), and one device with
+//! a sandbox root trusting that key with `verify = "range"`.
+
+use std::path::PathBuf;
+
+use crate::device::Device;
+use crate::repo::ConfigRepo;
+use crate::requirements::require_tools;
+use crate::signing::{write_allowed_signers, SigningKey};
+
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+    pub key: SigningKey,
+    pub repo: ConfigRepo,
+    pub device: Device,
+}
+
+impl Sandbox {
+    /// `None` (after a `SKIPPED` line) without git and ssh-keygen; a panic under `SHOAL_E2E=1`.
+    pub fn new() -> Option<Sandbox> {
+        if !require_tools(&["git", "ssh-keygen"]) {
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = SigningKey::generate(dir.path().join("keys"), "operator");
+        let signers = dir.path().join("allowed_signers");
+        write_allowed_signers(&signers, &[("operator@example", &key)]);
+        let repo = ConfigRepo::init(dir.path().join("work"));
+        let url = dir.path().join("srv/config.git").display().to_string();
+        let device = Device::new(dir.path().join("device"), &url, &signers, "range", "");
+        Some(Sandbox {
+            dir,
+            key,
+            repo,
+            device,
+        })
+    }
+
+    /// Writes `files` (repository path, content), commits them signed by the operator, and
+    /// publishes the repository where the device pulls from; returns the commit id.
+    pub fn push(&self, files: &[(&str, &str)], message: &str) -> String {
+        for (path, content) in files {
+            self.repo.write(path, content);
+        }
+        let id = self.repo.commit_signed(&self.key, message);
+        self.publish();
+        id
+    }
+
+    /// Publishes the repository as it is (after a commit made by hand, say a malformed one).
+    pub fn publish(&self) {
+        self.repo.publish_to(self.dir.path().join("srv/config.git"));
+    }
+
+    /// Where device path `path` is on the host.
+    pub fn root(&self, path: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("device/root")
+            .join(path.trim_start_matches('/'))
+    }
+
+    /// A device file's content.
+    pub fn read(&self, path: &str) -> String {
+        std::fs::read_to_string(self.root(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// `shoal-agent status --json`.
+    pub fn status(&self) -> serde_json::Value {
+        let run = self.device.agent(&["status", "--json"]);
+        run.expect(0, "");
+        serde_json::from_str(&run.stdout).expect("status --json")
+    }
+}
