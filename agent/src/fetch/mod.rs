@@ -1,7 +1,9 @@
 //! Fetch: keeps a bare mirror of the configuration repository in `state_dir` up to date with
 //! the tracked ref. The only module that talks to the network for git. It decides nothing about
 //! trust: what it brings in is unverified until `verify` says otherwise, and it never touches
-//! the device's managed files.
+//! the device's managed files. The mirror is a cache: what a fetch brings is on disk before
+//! the mirror's ref names it (`durable`), and a mirror found damaged (`inspect`) is rebuilt from
+//! scratch within the same fetch.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -9,9 +11,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gix::remote::Direction;
+use gix::ObjectId;
 
 use crate::config::SourceConfig;
-use crate::paths;
+use crate::paths::{self, PathError};
+
+mod durable;
+mod inspect;
+
+pub use inspect::Damage;
 
 /// Where the fetched (not yet verified) tip of the tracked ref is kept in the mirror.
 pub const FETCHED_REF: &str = "refs/shoal/fetched";
@@ -30,6 +38,28 @@ pub enum FetchError {
     RefNotFound { url: String, reference: String },
     #[error("cannot use the CA file {}: {message}", path.display())]
     CaFile { path: PathBuf, message: String },
+    #[error("the local mirror {} is damaged ({damage}) and could not be set aside to rebuild it: {source}; check the state directory's permissions and disk", path.display())]
+    SetAside {
+        path: PathBuf,
+        damage: Box<Damage>,
+        #[source]
+        source: PathError,
+    },
+    #[error("the local mirror {} was damaged ({first}), was rebuilt from {url}, and is damaged again: {again}; check the disk, and that the server's repository is complete (git fsck)", path.display())]
+    StillDamaged {
+        path: PathBuf,
+        url: String,
+        first: Box<Damage>,
+        again: Box<Damage>,
+    },
+    #[error(
+        "cannot record the fetched tip {tip} durably in the local mirror: {source}; check the disk"
+    )]
+    Record {
+        tip: ObjectId,
+        #[source]
+        source: PathError,
+    },
 }
 
 /// The outcome of one fetch.
@@ -40,32 +70,48 @@ pub struct Fetched {
     /// Whether objects were downloaded; `false` means the ref advertisement was all it cost.
     pub received_pack: bool,
     pub elapsed: Duration,
+    /// Why the mirror was found damaged and rebuilt from scratch during this fetch, if it was.
+    /// The fetch still succeeded; the caller reports the healing.
+    pub healed: Option<String>,
 }
 
-/// The agent's private bare clone of the configuration repository.
+/// The agent's private bare clone of the configuration repository. A cache: it may be deleted
+/// at any time, and it is rebuilt from scratch when found damaged.
 pub struct Mirror {
+    dir: PathBuf,
     repo: gix::Repository,
+    /// `refs/shoal/fetched` as found (and checked readable) when the mirror was opened.
+    recorded: Option<ObjectId>,
+}
+
+/// Why an attempt on the mirror stopped.
+enum Failure {
+    /// The mirror is damaged: set it aside and build a new one.
+    Damaged(Damage),
+    Fatal(FetchError),
+}
+
+impl From<Damage> for Failure {
+    fn from(damage: Damage) -> Self {
+        Failure::Damaged(damage)
+    }
 }
 
 impl Mirror {
-    /// Opens the mirror at `dir`, creating an empty bare repository on first use.
-    pub fn open_or_init(dir: &Path) -> Result<Self, FetchError> {
-        let failed = |message: String| FetchError::Mirror {
-            path: dir.to_owned(),
-            message,
-        };
-        if !dir.join("HEAD").exists() {
-            paths::create_dir_all(dir).map_err(|e| failed(e.to_string()))?;
-            gix::init_bare(dir).map_err(|e| failed(error_chain(&e)))?;
-        }
-        // Isolated: a device's behaviour must not depend on whatever git config or GIT_*
-        // environment happens to exist on it.
-        // Protocol v1: its ref advertisement is the reply to the first request, so a sync with
-        // nothing new costs exactly one round trip (v2 needs a second one for ls-refs). Config
-        // repos have few refs, so v1 advertising all of them costs little.
-        let options = gix::open::Options::isolated().config_overrides(["protocol.version=1"]);
-        let repo = gix::open_opts(dir, options).map_err(|e| failed(error_chain(&e)))?;
-        Ok(Mirror { repo })
+    /// Opens the mirror at `dir` as it is, for reading (`status`): `None` when there is none
+    /// or it cannot be opened. Never creates, checks or repairs anything.
+    pub fn open_existing(dir: &Path) -> Option<Self> {
+        let repo = open_isolated(dir).ok()?;
+        let recorded = repo
+            .try_find_reference(FETCHED_REF)
+            .ok()
+            .flatten()
+            .and_then(|r| r.try_id().map(|id| id.detach()));
+        Some(Mirror {
+            dir: dir.to_owned(),
+            repo,
+            recorded,
+        })
     }
 
     pub fn repo(&self) -> &gix::Repository {
@@ -74,21 +120,23 @@ impl Mirror {
 
     /// The tip recorded by the last successful fetch, if any.
     pub fn fetched_tip(&self) -> Option<gix::ObjectId> {
-        self.repo
-            .try_find_reference(FETCHED_REF)
-            .ok()
-            .flatten()
-            .and_then(|r| r.try_id().map(|id| id.detach()))
+        self.recorded
     }
 
-    /// Brings the mirror up to date with `source.reference`, retrying transient failures
-    /// with exponential backoff. With nothing new on the remote this is one ref
-    /// advertisement and no object transfer.
+    /// Opens the mirror at `dir` (making it on first use) and brings it up to date with
+    /// `source.reference`, retrying transient network failures with exponential backoff. With
+    /// nothing new on the remote this is one ref advertisement, no object transfer and no write.
+    ///
+    /// `applied` is the device's watermark: the history from the fetched tip down to it is what
+    /// `verify` will read, so it must be readable here. A damaged mirror (see [`Damage`]) is
+    /// logged, set aside, and built again from scratch once in the same call; the outcome's
+    /// `healed` says why. Nothing outside the mirror (the watermark, generations) is touched.
     pub fn fetch(
-        &self,
+        dir: &Path,
         source: &SourceConfig,
+        applied: Option<ObjectId>,
         interrupt: &AtomicBool,
-    ) -> Result<Fetched, FetchError> {
+    ) -> Result<(Mirror, Fetched), FetchError> {
         // reqwest is built without a compiled-in crypto provider (its default would pull
         // aws-lc); make ring the process default so plain http:// clients build too.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -97,18 +145,97 @@ impl Mirror {
             None if is_https(&source.url) => Some(client_tls_config(None)?),
             None => None,
         };
+        let mut healed: Option<Damage> = None;
+        loop {
+            let attempt = Mirror::open_checked(dir, applied).and_then(|mirror| {
+                let fetched = mirror.fetch_retrying(source, &tls, applied, interrupt)?;
+                Ok((mirror, fetched))
+            });
+            let damage = match attempt {
+                Ok((mirror, mut fetched)) => {
+                    fetched.healed = healed.map(|d| d.to_string());
+                    return Ok((mirror, fetched));
+                }
+                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Damaged(damage)) => damage,
+            };
+            if let Some(first) = healed {
+                return Err(FetchError::StillDamaged {
+                    path: dir.to_owned(),
+                    url: source.url.clone(),
+                    first: Box::new(first),
+                    again: Box::new(damage),
+                });
+            }
+            tracing::warn!(
+                mirror = %dir.display(),
+                %damage,
+                "the local mirror is damaged; rebuilding it from the config repository"
+            );
+            durable::set_aside(dir).map_err(|source| FetchError::SetAside {
+                path: dir.to_owned(),
+                damage: Box::new(damage.clone()),
+                source,
+            })?;
+            healed = Some(damage);
+        }
+    }
+
+    /// Opens the mirror at `dir`, making an empty bare repository if there is none, and checks
+    /// what later steps will read: HEAD, the recorded ref, the packs, the recorded tip's commit,
+    /// tree and history down to `applied`. Reads only (unless it creates the mirror).
+    fn open_checked(dir: &Path, applied: Option<ObjectId>) -> Result<Self, Failure> {
+        if let Err(e) = durable::remove_leftover(dir) {
+            // Only disk space is at stake; the mirror itself is not.
+            tracing::warn!(error = %e, "cannot remove a mirror set aside earlier");
+        }
+        let failed = |message: String| {
+            Failure::Fatal(FetchError::Mirror {
+                path: dir.to_owned(),
+                message,
+            })
+        };
+        // Only a missing directory means "first use". A directory without HEAD is a mirror
+        // whose creation (or something after it) was cut short: damage, rebuilt like any other.
+        if !dir.exists() {
+            paths::create_dir_all(dir).map_err(|e| failed(e.to_string()))?;
+            gix::init_bare(dir).map_err(|e| failed(error_chain(&e)))?;
+        }
+        let repo = open_isolated(dir).map_err(|e| Damage::Open {
+            path: dir.to_owned(),
+            message: error_chain(&e),
+        })?;
+        let recorded = inspect::repository(&repo, dir)?;
+        if let Some(tip) = recorded {
+            inspect::tip(&repo, tip, applied)?;
+        }
+        Ok(Mirror {
+            dir: dir.to_owned(),
+            repo,
+            recorded,
+        })
+    }
+
+    fn fetch_retrying(
+        &self,
+        source: &SourceConfig,
+        tls: &Option<Arc<rustls::ClientConfig>>,
+        applied: Option<ObjectId>,
+        interrupt: &AtomicBool,
+    ) -> Result<Fetched, Failure> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.fetch_once(source, tls.clone(), interrupt) {
+            match self.fetch_once(source, tls.clone(), applied, interrupt) {
                 Ok(fetched) => return Ok(fetched),
-                Err(Attempt::Fatal(e)) => return Err(e),
+                Err(Attempt::Fatal(e)) => return Err(Failure::Fatal(e)),
+                Err(Attempt::Damaged(damage)) => return Err(Failure::Damaged(damage)),
                 Err(Attempt::Transient(message)) if attempt > source.retries => {
-                    return Err(FetchError::Unreachable {
+                    return Err(Failure::Fatal(FetchError::Unreachable {
                         url: source.url.clone(),
                         attempts: attempt,
                         message,
-                    })
+                    }))
                 }
                 Err(Attempt::Transient(message)) => {
                     let backoff = Duration::from_millis(500) * 2u32.saturating_pow(attempt - 1);
@@ -123,11 +250,14 @@ impl Mirror {
         &self,
         source: &SourceConfig,
         tls: Option<Arc<rustls::ClientConfig>>,
+        applied: Option<ObjectId>,
         interrupt: &AtomicBool,
     ) -> Result<Fetched, Attempt> {
         let started = Instant::now();
         let transient = |e: gix::Error| Attempt::Transient(error_chain(&e));
-        let refspec = format!("+{}:{}", source.reference, FETCHED_REF);
+        // No destination: gix writes the objects and no ref. The ref is moved below, by us,
+        // once the objects are on disk (see the crash order there).
+        let refspec = format!("+{}", source.reference);
         let remote = self
             .repo
             .remote_at(source.url.as_str())
@@ -138,6 +268,8 @@ impl Mirror {
                     message: format!("invalid URL: {}", error_chain(&e)),
                 })
             })?
+            // Tags are not used, and fetching them would write refs gix does not sync.
+            .with_fetch_tags(gix::remote::fetch::Tags::None)
             .with_refspecs([refspec.as_str()], Direction::Fetch)
             .map_err(|e| Attempt::Transient(error_chain(&e)))?;
         let mut connection = remote.connect(Direction::Fetch).map_err(transient)?;
@@ -148,36 +280,77 @@ impl Mirror {
         let prepare = connection
             .prepare_fetch(gix::progress::Discard, Default::default())
             .map_err(transient)?;
-        let Some(mapping) = prepare.ref_map().mappings.first() else {
-            return Err(Attempt::Fatal(FetchError::RefNotFound {
-                url: source.url.clone(),
-                reference: source.reference.clone(),
-            }));
-        };
-        // Nothing new: stop after the ref advertisement. Going on to `receive` would take (and
-        // drop) a ref lock in the mirror, and a no-op sync must not write to disk.
-        let advertised = mapping.remote.as_id().map(|id| id.to_owned());
-        if let Some(tip) = advertised.filter(|id| Some(*id) == self.fetched_tip()) {
-            return Ok(Fetched {
-                tip,
-                received_pack: false,
-                elapsed: started.elapsed(),
-            });
-        }
-        let outcome = prepare
-            .receive(gix::progress::Discard, interrupt)
-            .map_err(transient)?;
-        let received_pack = matches!(outcome.status, gix::remote::fetch::Status::Change { .. });
-        let tip = self.fetched_tip().ok_or_else(|| {
+        let not_found = || {
             Attempt::Fatal(FetchError::RefNotFound {
                 url: source.url.clone(),
                 reference: source.reference.clone(),
             })
-        })?;
+        };
+        let tip = prepare
+            .ref_map()
+            .mappings
+            .first()
+            .ok_or_else(not_found)?
+            .remote
+            .as_id()
+            .map(|id| id.to_owned())
+            .ok_or_else(not_found)?;
+        // Nothing new: stop after the ref advertisement. The recorded tip and its history were
+        // checked readable when the mirror was opened, so this is safe to hand to `verify`, and
+        // going on to `receive` would take (and drop) a ref lock: a no-op sync writes nothing.
+        if Some(tip) == self.recorded {
+            return Ok(Fetched {
+                tip,
+                received_pack: false,
+                elapsed: started.elapsed(),
+                healed: None,
+            });
+        }
+        let outcome = match prepare.receive(gix::progress::Discard, interrupt) {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                // Negotiation walks the local history: a fetch can also fail on a mirror whose
+                // older objects are gone. Tell that apart from a network failure.
+                if let Some(recorded) = self.recorded {
+                    inspect::history(&self.repo, recorded).map_err(Attempt::Damaged)?;
+                }
+                return Err(transient(e));
+            }
+        };
+        let (received_pack, keep) = match outcome.status {
+            gix::remote::fetch::Status::Change {
+                write_pack_bundle, ..
+            } => (true, write_pack_bundle.keep_path),
+            _ => (false, None),
+        };
+
+        // Crash order: objects durable → ref moved durably → `.keep` removed.
+        // 1. The new tip and the history `verify` will walk must read back (a pack the server
+        //    sent incomplete, or a damaged older pack the new history leans on, is damage: the
+        //    ref does not move to it).
+        // 2. syncfs before the ref moves: gix renamed the pack and its index into place without
+        //    fsync; a ref that reaches the disk first can outlive them after a power cut and
+        //    point into an empty pack (issue 19). Done even when no pack came now: the objects
+        //    may have arrived in an earlier fetch cut short before its own sync.
+        // 3. The ref: temp, fsync, rename, fsync its directories. A crash before this leaves
+        //    the old ref and unreferenced (harmless) objects; the next fetch does it again.
+        // 4. The `.keep` gix wrote to protect the pack until a ref names it (gix removes it only
+        //    when it wrote a ref itself). A crash before this leaves a `.keep`: harmless.
+        inspect::tip(&self.repo, tip, applied).map_err(Attempt::Damaged)?;
+        durable::sync_file_system(&self.dir)
+            .map_err(|source| Attempt::Fatal(FetchError::Record { tip, source }))?;
+        durable::record_tip(&self.dir, tip)
+            .map_err(|source| Attempt::Fatal(FetchError::Record { tip, source }))?;
+        if let Some(keep) = keep {
+            if let Err(e) = std::fs::remove_file(&keep) {
+                tracing::warn!(path = %keep.display(), error = %e, "cannot remove the pack's .keep file");
+            }
+        }
         Ok(Fetched {
             tip,
             received_pack,
             elapsed: started.elapsed(),
+            healed: None,
         })
     }
 
@@ -217,7 +390,18 @@ impl Mirror {
 
 enum Attempt {
     Transient(String),
+    Damaged(Damage),
     Fatal(FetchError),
+}
+
+/// Isolated: a device's behaviour must not depend on whatever git config or GIT_* environment
+/// happens to exist on it.
+/// Protocol v1: its ref advertisement is the reply to the first request, so a sync with
+/// nothing new costs exactly one round trip (v2 needs a second one for ls-refs). Config repos
+/// have few refs, so v1 advertising all of them costs little.
+fn open_isolated(dir: &Path) -> Result<gix::Repository, gix::Error> {
+    let options = gix::open::Options::isolated().config_overrides(["protocol.version=1"]);
+    gix::open_opts(dir, options)
 }
 
 fn is_https(url: &str) -> bool {
