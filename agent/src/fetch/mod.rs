@@ -295,9 +295,10 @@ impl Mirror {
             .as_id()
             .map(|id| id.to_owned())
             .ok_or_else(not_found)?;
-        // Nothing new: stop after the ref advertisement. The recorded tip and its history were
-        // checked readable when the mirror was opened, so this is safe to hand to `verify`, and
-        // going on to `receive` would take (and drop) a ref lock: a no-op sync writes nothing.
+        // Nothing new: stop after the ref advertisement (one round trip, no write). The recorded
+        // tip, its tree and its history down to `applied` were read back when the mirror was
+        // opened, so a tip whose objects a power cut took is not handed to `verify` as is: it
+        // was found there, and the mirror rebuilt, before this point.
         if Some(tip) == self.recorded {
             return Ok(Fetched {
                 tip,
@@ -333,7 +334,8 @@ impl Mirror {
         //    point into an empty pack (issue 19). Done even when no pack came now: the objects
         //    may have arrived in an earlier fetch cut short before its own sync.
         // 3. The ref: temp, fsync, rename, fsync its directories. A crash before this leaves
-        //    the old ref and unreferenced (harmless) objects; the next fetch does it again.
+        //    the old ref and objects no ref names: the next fetch asks for them again (and if a
+        //    power cut emptied their pack, the next open finds it damaged and rebuilds).
         // 4. The `.keep` gix wrote to protect the pack until a ref names it (gix removes it only
         //    when it wrote a ref itself). A crash before this leaves a `.keep`: harmless.
         inspect::tip(&self.repo, tip, applied).map_err(Attempt::Damaged)?;
