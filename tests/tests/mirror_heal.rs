@@ -344,3 +344,14 @@ fn an_empty_head_heals() {
         )]
     });
 }
+
+#[test]
+fn a_broken_config_heals() {
+    heals("broken config", |s| {
+        std::fs::write(s.mirror().join("config"), b"[core\n\tbare = \x00\n").expect("write config");
+        vec![format!(
+            "the repository {} cannot be opened (broken HEAD or config?)",
+            s.mirror().display()
+        )]
+    });
+}
