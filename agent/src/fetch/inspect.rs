@@ -170,7 +170,8 @@ pub fn tip(
     applied: Option<ObjectId>,
 ) -> Result<usize, Damage> {
     let Some(commit) = read_commit(repo, tip, "the fetched tip commit")? else {
-        // Not a commit: nothing here to heal; `verify` refuses it by name.
+        // Not a commit, or a malformed one, as the server sent it: nothing here to heal;
+        // `verify` refuses it by name.
         return Ok(0);
     };
     tree(repo, commit.tree, tip)?;
@@ -185,7 +186,8 @@ struct CommitLinks {
     parents: Vec<ObjectId>,
 }
 
-/// `None` when the object exists but is not a commit.
+/// The commit's links, or `None` when there is nothing to follow: the object is not a commit,
+/// or does not parse as one, but its bytes are exactly what its id names (see [`as_sent`]).
 fn read_commit(
     repo: &gix::Repository,
     id: ObjectId,
@@ -194,19 +196,44 @@ fn read_commit(
     let damaged = |message: String| Damage::Object { id, what, message };
     let object = repo.find_object(id).map_err(|e| damaged(error_chain(&e)))?;
     if object.kind != gix::object::Kind::Commit {
-        return Ok(None);
+        return as_sent(repo, id, object.kind, &object.data, what).map(|()| None);
     }
-    let commit =
-        gix::objs::CommitRef::from_bytes(&object.data, repo.object_hash()).map_err(|e| {
-            damaged(format!(
-                "it does not parse as a commit: {}",
-                error_chain(&e)
-            ))
-        })?;
-    Ok(Some(CommitLinks {
-        tree: commit.tree(),
-        parents: commit.parents().collect(),
-    }))
+    let links = gix::objs::CommitRef::from_bytes(&object.data, repo.object_hash())
+        .ok()
+        .map(|commit| CommitLinks {
+            tree: commit.tree(),
+            parents: commit.parents().collect(),
+        });
+    match links {
+        Some(links) => Ok(Some(links)),
+        None => as_sent(repo, id, object.kind, &object.data, what).map(|()| None),
+    }
+}
+
+/// An object that reads but is not what the caller expected (another kind, or bytes that do
+/// not parse) is damage only if its bytes do not hash to its id. If they do, it is exactly what
+/// the server sent (a malformed commit a hostile server crafted, say): rebuilding the mirror
+/// would fetch it again, so it is left for `verify` to refuse, or `render` to reject, by name.
+fn as_sent(
+    repo: &gix::Repository,
+    id: ObjectId,
+    kind: gix::object::Kind,
+    data: &[u8],
+    what: &'static str,
+) -> Result<(), Damage> {
+    match gix::objs::compute_hash(repo.object_hash(), kind, data) {
+        Ok(hash) if hash == id => Ok(()),
+        Ok(hash) => Err(Damage::Object {
+            id,
+            what,
+            message: format!("its content hashes to {hash}, not to its id"),
+        }),
+        Err(e) => Err(Damage::Object {
+            id,
+            what,
+            message: format!("cannot hash its content: {}", error_chain(&e)),
+        }),
+    }
 }
 
 /// Reads every commit from `tip` (whose parents are given) down through its history,
@@ -230,11 +257,11 @@ fn walk(
         } else {
             "a commit in the history of the tip"
         };
-        let commit = read_commit(repo, id, what)?.ok_or_else(|| Damage::Object {
-            id,
-            what,
-            message: "it is a parent of a commit but not a commit itself".into(),
-        })?;
+        // A parent the server sent as something other than a readable commit ends this branch
+        // of the walk; `verify` refuses the history that leans on it.
+        let Some(commit) = read_commit(repo, id, what)? else {
+            continue;
+        };
         read += 1;
         if Some(id) == stop {
             // `verify`'s merge-base may look one step below the applied commit.
@@ -272,11 +299,20 @@ fn tree(repo: &gix::Repository, root: ObjectId, commit: ObjectId) -> Result<(), 
             message: format!("{message} (in the tree of commit {commit})"),
         };
         let object = repo.find_object(id).map_err(|e| damaged(error_chain(&e)))?;
-        if object.kind != gix::object::Kind::Tree {
-            return Err(damaged(format!("it is a {}, not a tree", object.kind)));
-        }
-        let decoded = gix::objs::TreeRef::from_bytes(&object.data, repo.object_hash())
-            .map_err(|e| damaged(format!("it does not parse: {}", error_chain(&e))))?;
+        let decoded = match gix::objs::TreeRef::from_bytes(&object.data, repo.object_hash()) {
+            Ok(tree) if object.kind == gix::object::Kind::Tree => tree,
+            // Not a tree as sent: `render` rejects the commit; only a mismatch is damage.
+            _ => {
+                as_sent(
+                    repo,
+                    id,
+                    object.kind,
+                    &object.data,
+                    "a tree of the fetched tip",
+                )?;
+                continue;
+            }
+        };
         for entry in decoded.entries {
             let oid = entry.oid.to_owned();
             if entry.mode.is_tree() {
