@@ -355,3 +355,44 @@ fn a_broken_config_heals() {
         )]
     });
 }
+
+/// Not damage: a commit the server itself serves malformed (an author line with no email or
+/// time, which git's parser rejects) reads back exactly as its id names it, so rebuilding the
+/// mirror would only fetch it again. It is refused by `verify`, every sync, without a rebuild.
+#[test]
+fn a_malformed_commit_from_the_server_is_refused_not_healed() {
+    let Some(s) = Scenario::new() else { return };
+    let watermark = s.watermark();
+    let motd = s.motd();
+    let tree = s.repo.git(&["rev-parse", "HEAD^{tree}"]);
+    let raw = format!(
+        "tree {tree}\nparent {}\nauthor no-email-no-time\ncommitter x\n\nmalformed\n",
+        s.tip
+    );
+    let bad = run_bytes(
+        git_command().arg("-C").arg(s.repo.path()).args([
+            "hash-object",
+            "--literally",
+            "-t",
+            "commit",
+            "-w",
+            "--stdin",
+        ]),
+        raw.as_bytes(),
+    );
+    let bad = String::from_utf8_lossy(&bad).trim().to_owned();
+    s.repo.git(&["update-ref", "HEAD", &bad, &s.tip]);
+    s.repo.publish_to(s.dir.path().join("srv/config.git"));
+
+    for attempt in ["first", "second"] {
+        let run = s.device.sync();
+        run.expect(1, &format!("refusing commit {bad}"));
+        assert!(
+            !run.stderr.contains("damaged") && !run.stderr.contains("cannot reach"),
+            "{attempt} sync: neither damage nor a network failure:\n{}",
+            run.stderr
+        );
+        assert_eq!(s.watermark(), watermark);
+        assert_eq!(s.motd(), motd);
+    }
+}
