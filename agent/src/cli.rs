@@ -285,9 +285,7 @@ fn status_command(config_path: &Path, json: bool) -> Result<(), CliError> {
     let watermark = state.applied_commit().map_err(failed)?;
     let pending = apply::pending(&config.state_dir).map_err(failed)?;
     let queued = state.queued_reports().map_err(failed)?.len();
-    let fetched = Mirror::open_or_init(&state.mirror_dir())
-        .ok()
-        .and_then(|m| m.fetched_tip());
+    let fetched = Mirror::open_existing(&state.mirror_dir()).and_then(|m| m.fetched_tip());
     if json {
         let value = json!({
             "device_id": config.device_id,

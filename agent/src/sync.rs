@@ -186,9 +186,8 @@ fn sync_unheld(
 ) -> Result<SyncOutcome, SyncError> {
     let policy = TrustPolicy::load(&config.trust)?;
     let watermark = state.applied_commit()?;
-    let mirror = Mirror::open_or_init(&state.mirror_dir())?;
-    let fetched = timed(&mut timings.fetch_ms, || {
-        mirror.fetch(&config.source, interrupt)
+    let (mirror, fetched) = timed(&mut timings.fetch_ms, || {
+        Mirror::fetch(&state.mirror_dir(), &config.source, watermark, interrupt)
     })?;
     span.record("commit", tracing::field::display(fetched.tip));
 

@@ -1,0 +1,463 @@
+//! Fetch: keeps a bare mirror of the configuration repository in `state_dir` up to date with
+//! the tracked ref. The only module that talks to the network for git. It decides nothing about
+//! trust: what it brings in is unverified until `verify` says otherwise, and it never touches
+//! the device's managed files. The mirror is a cache: what a fetch brings is on disk before
+//! the mirror's ref names it (`durable`), and a mirror found damaged (`inspect`) is rebuilt from
+//! scratch within the same fetch.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gix::remote::Direction;
+use gix::ObjectId;
+
+use crate::config::SourceConfig;
+use crate::paths::{self, PathError};
+
+mod durable;
+mod inspect;
+
+pub use inspect::Damage;
+
+/// Where the fetched (not yet verified) tip of the tracked ref is kept in the mirror.
+pub const FETCHED_REF: &str = "refs/shoal/fetched";
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("cannot open the local mirror {}: {message}; it will be rebuilt if you delete it", path.display())]
+    Mirror { path: PathBuf, message: String },
+    #[error("cannot reach the config repository {url} after {attempts} attempt(s): {message}; check the network, the URL and the server")]
+    Unreachable {
+        url: String,
+        attempts: u32,
+        message: String,
+    },
+    #[error("the config repository {url} has no ref {reference}; check [source] ref in the agent config and that the branch was pushed")]
+    RefNotFound { url: String, reference: String },
+    #[error("cannot use the CA file {}: {message}", path.display())]
+    CaFile { path: PathBuf, message: String },
+    #[error("the local mirror {} is damaged ({damage}) and could not be set aside to rebuild it: {source}; check the state directory's permissions and disk", path.display())]
+    SetAside {
+        path: PathBuf,
+        damage: Box<Damage>,
+        #[source]
+        source: PathError,
+    },
+    #[error("the local mirror {} was damaged ({first}), was rebuilt from {url}, and is damaged again: {again}; check the disk, and that the server's repository is complete (git fsck)", path.display())]
+    StillDamaged {
+        path: PathBuf,
+        url: String,
+        first: Box<Damage>,
+        again: Box<Damage>,
+    },
+    #[error(
+        "cannot record the fetched tip {tip} durably in the local mirror: {source}; check the disk"
+    )]
+    Record {
+        tip: ObjectId,
+        #[source]
+        source: PathError,
+    },
+}
+
+/// The outcome of one fetch.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// The commit the remote's ref points at (now present in the mirror with its history).
+    pub tip: gix::ObjectId,
+    /// Whether objects were downloaded; `false` means the ref advertisement was all it cost.
+    pub received_pack: bool,
+    pub elapsed: Duration,
+    /// Why the mirror was found damaged and rebuilt from scratch during this fetch, if it was.
+    /// The fetch still succeeded; the caller reports the healing.
+    pub healed: Option<String>,
+}
+
+/// The agent's private bare clone of the configuration repository. A cache: it may be deleted
+/// at any time, and it is rebuilt from scratch when found damaged.
+pub struct Mirror {
+    dir: PathBuf,
+    repo: gix::Repository,
+    /// `refs/shoal/fetched` as found (and checked readable) when the mirror was opened.
+    recorded: Option<ObjectId>,
+}
+
+/// Why an attempt on the mirror stopped.
+enum Failure {
+    /// The mirror is damaged: set it aside and build a new one.
+    Damaged(Damage),
+    Fatal(FetchError),
+}
+
+impl From<Damage> for Failure {
+    fn from(damage: Damage) -> Self {
+        Failure::Damaged(damage)
+    }
+}
+
+impl Mirror {
+    /// Opens the mirror at `dir` as it is, for reading (`status`): `None` when there is none
+    /// or it cannot be opened. Never creates, checks or repairs anything.
+    pub fn open_existing(dir: &Path) -> Option<Self> {
+        let repo = open_isolated(dir).ok()?;
+        let recorded = repo
+            .try_find_reference(FETCHED_REF)
+            .ok()
+            .flatten()
+            .and_then(|r| r.try_id().map(|id| id.detach()));
+        Some(Mirror {
+            dir: dir.to_owned(),
+            repo,
+            recorded,
+        })
+    }
+
+    pub fn repo(&self) -> &gix::Repository {
+        &self.repo
+    }
+
+    /// The tip recorded by the last successful fetch, if any.
+    pub fn fetched_tip(&self) -> Option<gix::ObjectId> {
+        self.recorded
+    }
+
+    /// Opens the mirror at `dir` (making it on first use) and brings it up to date with
+    /// `source.reference`, retrying transient network failures with exponential backoff. With
+    /// nothing new on the remote this is one ref advertisement, no object transfer and no write.
+    ///
+    /// `applied` is the device's watermark: the history from the fetched tip down to it is what
+    /// `verify` will read, so it must be readable here. A damaged mirror (see [`Damage`]) is
+    /// logged, set aside, and built again from scratch once in the same call; the outcome's
+    /// `healed` says why. Nothing outside the mirror (the watermark, generations) is touched.
+    pub fn fetch(
+        dir: &Path,
+        source: &SourceConfig,
+        applied: Option<ObjectId>,
+        interrupt: &AtomicBool,
+    ) -> Result<(Mirror, Fetched), FetchError> {
+        // reqwest is built without a compiled-in crypto provider (its default would pull
+        // aws-lc); make ring the process default so plain http:// clients build too.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let tls = match source.ca_file.as_deref() {
+            Some(path) => Some(client_tls_config(Some(path))?),
+            None if is_https(&source.url) => Some(client_tls_config(None)?),
+            None => None,
+        };
+        let mut healed: Option<Damage> = None;
+        loop {
+            let attempt = Mirror::open_checked(dir, applied).and_then(|mirror| {
+                let fetched = mirror.fetch_retrying(source, &tls, applied, interrupt)?;
+                Ok((mirror, fetched))
+            });
+            let damage = match attempt {
+                Ok((mirror, mut fetched)) => {
+                    fetched.healed = healed.map(|d| d.to_string());
+                    return Ok((mirror, fetched));
+                }
+                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Damaged(damage)) => damage,
+            };
+            if let Some(first) = healed {
+                return Err(FetchError::StillDamaged {
+                    path: dir.to_owned(),
+                    url: source.url.clone(),
+                    first: Box::new(first),
+                    again: Box::new(damage),
+                });
+            }
+            tracing::warn!(
+                mirror = %dir.display(),
+                %damage,
+                "the local mirror is damaged; rebuilding it from the config repository"
+            );
+            durable::set_aside(dir).map_err(|source| FetchError::SetAside {
+                path: dir.to_owned(),
+                damage: Box::new(damage.clone()),
+                source,
+            })?;
+            healed = Some(damage);
+        }
+    }
+
+    /// Opens the mirror at `dir`, making an empty bare repository if there is none, and checks
+    /// what later steps will read: HEAD, the recorded ref, the packs, the recorded tip's commit,
+    /// tree and history down to `applied`. Reads only (unless it creates the mirror).
+    fn open_checked(dir: &Path, applied: Option<ObjectId>) -> Result<Self, Failure> {
+        if let Err(e) = durable::remove_leftover(dir) {
+            // Only disk space is at stake; the mirror itself is not.
+            tracing::warn!(error = %e, "cannot remove a mirror set aside earlier");
+        }
+        let failed = |message: String| {
+            Failure::Fatal(FetchError::Mirror {
+                path: dir.to_owned(),
+                message,
+            })
+        };
+        // Only a missing directory means "first use". A directory without HEAD is a mirror
+        // whose creation (or something after it) was cut short: damage, rebuilt like any other.
+        if !dir.exists() {
+            paths::create_dir_all(dir).map_err(|e| failed(e.to_string()))?;
+            gix::init_bare(dir).map_err(|e| failed(error_chain(&e)))?;
+        }
+        let repo = open_isolated(dir).map_err(|e| Damage::Open {
+            path: dir.to_owned(),
+            message: error_chain(&e),
+        })?;
+        let recorded = inspect::repository(&repo, dir)?;
+        if let Some(tip) = recorded {
+            inspect::tip(&repo, tip, applied)?;
+        }
+        Ok(Mirror {
+            dir: dir.to_owned(),
+            repo,
+            recorded,
+        })
+    }
+
+    fn fetch_retrying(
+        &self,
+        source: &SourceConfig,
+        tls: &Option<Arc<rustls::ClientConfig>>,
+        applied: Option<ObjectId>,
+        interrupt: &AtomicBool,
+    ) -> Result<Fetched, Failure> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.fetch_once(source, tls.clone(), applied, interrupt) {
+                Ok(fetched) => return Ok(fetched),
+                Err(Attempt::Fatal(e)) => return Err(Failure::Fatal(e)),
+                Err(Attempt::Damaged(damage)) => return Err(Failure::Damaged(damage)),
+                Err(Attempt::Transient(message)) if attempt > source.retries => {
+                    return Err(Failure::Fatal(FetchError::Unreachable {
+                        url: source.url.clone(),
+                        attempts: attempt,
+                        message,
+                    }))
+                }
+                Err(Attempt::Transient(message)) => {
+                    let backoff = Duration::from_millis(500) * 2u32.saturating_pow(attempt - 1);
+                    tracing::warn!(attempt, %message, ?backoff, "fetch failed, retrying");
+                    std::thread::sleep(backoff.min(Duration::from_secs(30)));
+                }
+            }
+        }
+    }
+
+    fn fetch_once(
+        &self,
+        source: &SourceConfig,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        applied: Option<ObjectId>,
+        interrupt: &AtomicBool,
+    ) -> Result<Fetched, Attempt> {
+        let started = Instant::now();
+        let transient = |e: gix::Error| Attempt::Transient(error_chain(&e));
+        // No destination: gix writes the objects and no ref. The ref is moved below, by us,
+        // once the objects are on disk (see the crash order there).
+        let refspec = format!("+{}", source.reference);
+        let remote = self
+            .repo
+            .remote_at(source.url.as_str())
+            .map_err(|e| {
+                Attempt::Fatal(FetchError::Unreachable {
+                    url: source.url.clone(),
+                    attempts: 1,
+                    message: format!("invalid URL: {}", error_chain(&e)),
+                })
+            })?
+            // Tags are not used, and fetching them would write refs gix does not sync.
+            .with_fetch_tags(gix::remote::fetch::Tags::None)
+            .with_refspecs([refspec.as_str()], Direction::Fetch)
+            .map_err(|e| Attempt::Transient(error_chain(&e)))?;
+        let mut connection = remote.connect(Direction::Fetch).map_err(transient)?;
+        if let Some(tls) = tls {
+            let options = self.http_options(&source.url, tls, source.timeout);
+            connection.set_transport_options(options);
+        }
+        let prepare = connection
+            .prepare_fetch(gix::progress::Discard, Default::default())
+            .map_err(transient)?;
+        let not_found = || {
+            Attempt::Fatal(FetchError::RefNotFound {
+                url: source.url.clone(),
+                reference: source.reference.clone(),
+            })
+        };
+        let tip = prepare
+            .ref_map()
+            .mappings
+            .first()
+            .ok_or_else(not_found)?
+            .remote
+            .as_id()
+            .map(|id| id.to_owned())
+            .ok_or_else(not_found)?;
+        // Nothing new: stop after the ref advertisement (one round trip, no write). The recorded
+        // tip, its tree and its history down to `applied` were read back when the mirror was
+        // opened, so a tip whose objects a power cut took is not handed to `verify` as is: it
+        // was found there, and the mirror rebuilt, before this point.
+        if Some(tip) == self.recorded {
+            return Ok(Fetched {
+                tip,
+                received_pack: false,
+                elapsed: started.elapsed(),
+                healed: None,
+            });
+        }
+        let outcome = match prepare.receive(gix::progress::Discard, interrupt) {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                // Negotiation walks the local history: a fetch can also fail on a mirror whose
+                // older objects are gone. Tell that apart from a network failure.
+                if let Some(recorded) = self.recorded {
+                    inspect::history(&self.repo, recorded).map_err(Attempt::Damaged)?;
+                }
+                return Err(transient(e));
+            }
+        };
+        let (received_pack, keep) = match outcome.status {
+            gix::remote::fetch::Status::Change {
+                write_pack_bundle, ..
+            } => (true, write_pack_bundle.keep_path),
+            _ => (false, None),
+        };
+
+        // Crash order: objects durable → ref moved durably → `.keep` removed.
+        // 1. The new tip and the history `verify` will walk must read back (a pack the server
+        //    sent incomplete, or a damaged older pack the new history leans on, is damage: the
+        //    ref does not move to it).
+        // 2. syncfs before the ref moves: gix renamed the pack and its index into place without
+        //    fsync; a ref that reaches the disk first can outlive them after a power cut and
+        //    point into an empty pack (issue 19). Done even when no pack came now: the objects
+        //    may have arrived in an earlier fetch cut short before its own sync.
+        // 3. The ref: temp, fsync, rename, fsync its directories. A crash before this leaves
+        //    the old ref and objects no ref names: the next fetch asks for them again (and if a
+        //    power cut emptied their pack, the next open finds it damaged and rebuilds).
+        // 4. The `.keep` gix wrote to protect the pack until a ref names it (gix removes it only
+        //    when it wrote a ref itself). A crash before this leaves a `.keep`: harmless.
+        inspect::tip(&self.repo, tip, applied).map_err(Attempt::Damaged)?;
+        durable::sync_file_system(&self.dir)
+            .map_err(|source| Attempt::Fatal(FetchError::Record { tip, source }))?;
+        durable::record_tip(&self.dir, tip)
+            .map_err(|source| Attempt::Fatal(FetchError::Record { tip, source }))?;
+        if let Some(keep) = keep {
+            if let Err(e) = std::fs::remove_file(&keep) {
+                tracing::warn!(path = %keep.display(), error = %e, "cannot remove the pack's .keep file");
+            }
+        }
+        Ok(Fetched {
+            tip,
+            received_pack,
+            elapsed: started.elapsed(),
+            healed: None,
+        })
+    }
+
+    /// gix's HTTP options for `url`, with our rustls (ring) configuration and deadlines
+    /// handed to its reqwest backend.
+    fn http_options(
+        &self,
+        url: &str,
+        tls: Arc<rustls::ClientConfig>,
+        timeout: Duration,
+    ) -> Box<dyn std::any::Any> {
+        use gix::protocol::transport::client::blocking_io::http;
+        let mut options = self
+            .repo
+            .transport_options(url, None)
+            .ok()
+            .flatten()
+            .and_then(|o| o.downcast::<http::Options>().ok())
+            .map(|o| *o)
+            .unwrap_or_default();
+        options.connect_timeout = Some(timeout);
+        // Abort a transfer that stalls below 1 byte/s for `timeout`, like git's lowSpeed*.
+        options.low_speed_limit_bytes_per_second = 1;
+        options.low_speed_time_seconds = timeout.as_secs().max(1);
+        let backend = http::reqwest::Options {
+            configure_client: Some(Box::new(move |builder| {
+                Ok(builder
+                    .tls_backend_preconfigured((*tls).clone())
+                    .connect_timeout(timeout))
+            })),
+            configure_request: None,
+        };
+        options.backend = Some(Arc::new(Mutex::new(backend)));
+        Box::new(options)
+    }
+}
+
+enum Attempt {
+    Transient(String),
+    Damaged(Damage),
+    Fatal(FetchError),
+}
+
+/// Isolated: a device's behaviour must not depend on whatever git config or GIT_* environment
+/// happens to exist on it.
+/// Protocol v1: its ref advertisement is the reply to the first request, so a sync with
+/// nothing new costs exactly one round trip (v2 needs a second one for ls-refs). Config repos
+/// have few refs, so v1 advertising all of them costs little.
+fn open_isolated(dir: &Path) -> Result<gix::Repository, gix::Error> {
+    let options = gix::open::Options::isolated().config_overrides(["protocol.version=1"]);
+    gix::open_opts(dir, options)
+}
+
+fn is_https(url: &str) -> bool {
+    url.get(..8)
+        .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+}
+
+/// A rustls client config on the `ring` provider, trusting either the CA certificates in
+/// `ca_file` (a pinned private CA) or the system's root store.
+pub fn client_tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, FetchError> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let failed = |message: String| FetchError::CaFile {
+                path: path.to_owned(),
+                message,
+            };
+            let pem = paths::read(path).map_err(|e| failed(e.to_string()))?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| failed(format!("not a PEM certificate file: {e}")))?;
+                roots.add(cert).map_err(|e| failed(e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(failed("contains no certificate".into()));
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(native.certs);
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| FetchError::CaFile {
+            path: ca_file.unwrap_or(Path::new("<system roots>")).to_owned(),
+            message: e.to_string(),
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Renders an error and its sources as one line, skipping repeated messages.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
+}
