@@ -5,6 +5,7 @@
 pub mod api;
 pub mod auth;
 pub mod ingest;
+pub mod keys;
 pub mod metrics;
 pub mod page;
 pub mod serve;
