@@ -364,7 +364,7 @@ async fn put_device_key(
         Ok(change) => change_key(&app, id, change).await,
         Err(e) => {
             app.metrics.key_change("rekey", "refused");
-            tracing::info!(device = %id, action = "rekey", reason = e.reason_code(), error = %e, "admin: key change refused");
+            tracing::info!(device = ?id, action = "rekey", reason = e.reason_code(), error = %e, "admin: key change refused");
             Err(e)
         }
     }
@@ -404,7 +404,7 @@ async fn change_key(
         }
         Err(KeyChangeError::Refused(r)) => {
             app.metrics.key_change(action, "refused");
-            tracing::info!(device = %device_id, action, reason = r.reason_code(), error = %r, "admin: key change refused");
+            tracing::info!(device = ?device_id, action, reason = r.reason_code(), error = %r, "admin: key change refused");
             Err(r.into())
         }
         Err(KeyChangeError::Store(e)) => {
