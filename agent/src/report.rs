@@ -2,8 +2,9 @@
 //! device's ed25519 identity key. Reports that carry news (a new status, generation or commit)
 //! go to a persistent outbox first and are delivered in order until the collector acks them, so
 //! nothing is lost across reboots or collector outages; unchanged state is sent as a heartbeat
-//! that costs no disk write. Reads the device state; writes only the identity key and, through
-//! `state`, the outbox.
+//! that costs no disk write. The enrollment token is read and sent only until the collector has
+//! accepted this device's key (see [`Reporter`] for the rule). Reads the device state; writes only
+//! the identity key and, through `state`, the outbox and the enrollment record.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -16,7 +17,7 @@ use shoal_proto::{KeyId, Report, ResourceError, SignedEnvelope, Status};
 use crate::config::{AgentConfig, CollectorConfig};
 use crate::fetch;
 use crate::paths::{self, PathError};
-use crate::state::{unix_now, State, StateError};
+use crate::state::{unix_now, Enrolled, State, StateError};
 
 const IDENTITY_FILE: &str = "identity.key";
 const ENROLL_HEADER: &str = "X-Shoal-Enroll";
@@ -35,12 +36,14 @@ pub enum ReportError {
     Seal(String),
     #[error("cannot set up the HTTPS client for the collector: {0}")]
     Client(String),
-    #[error("cannot read the enrollment token {}: {source}", path.display())]
+    #[error("cannot read the enrollment token {}: {source}; the collector does not know this device's key yet, so it needs the token (or pre-register the key: `shoal-collector register`)", path.display())]
     Token {
         path: PathBuf,
         #[source]
         source: PathError,
     },
+    #[error("the enrollment token file {} is empty; put the collector's enrollment token in it", path.display())]
+    EmptyToken { path: PathBuf },
 }
 
 /// The device's identity: an ed25519 key kept in `state_dir/identity.key` (mode 0600).
@@ -123,13 +126,40 @@ pub struct Delivery {
 
 /// Builds, queues and delivers reports for one device. Create it and use it off the async
 /// runtime (its HTTP client is reqwest's blocking one).
+///
+/// The enrollment token (`[collector] enroll_token_file`, header `X-Shoal-Enroll`) is sent only
+/// while the device is not enrolled: `state_dir/enrolled` does not name both the configured
+/// collector URL and this device's key. The first 2xx answer to a report records it there
+/// (fsynced, atomic); from then on the token file is not even read, so it may be deleted. If the
+/// collector answers 403 `unknown_key` (the key is not pinned any more: an operator unpinned the
+/// device), the record is removed and the same report is sent again at once with the token. No
+/// other answer brings the token back: `key_mismatch` means the device is pinned to another key,
+/// which no token can change (only an operator's re-key or unpin).
 pub struct Reporter {
     identity: Identity,
     client: reqwest::blocking::Client,
     collector: CollectorConfig,
-    token: Option<String>,
+    /// Whether the collector has accepted this key (read from `enrolled` once per round).
+    enrolled: bool,
     sequences: std::ops::Range<u64>,
     last_sent: Option<Fingerprint>,
+}
+
+/// A collector's answer to one report.
+struct Answer {
+    status: reqwest::StatusCode,
+    body: String,
+    /// Why the enrollment token that should have gone with the report could not be read (the
+    /// report went without it: a pre-registered key needs none).
+    token_error: Option<String>,
+}
+
+impl Answer {
+    /// The `reason_code` of a refusal's JSON body.
+    fn reason_code(&self) -> Option<String> {
+        let v: serde_json::Value = serde_json::from_str(&self.body).ok()?;
+        v.get("reason_code")?.as_str().map(str::to_owned)
+    }
 }
 
 /// What makes a report news: anything but the sequence and the time.
@@ -151,32 +181,70 @@ impl Reporter {
             .timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| ReportError::Client(fetch::error_chain(&e)))?;
-        let token = match &collector.enroll_token_file {
-            Some(path) => Some(
-                paths::read_to_string(path)
-                    .map_err(|source| ReportError::Token {
-                        path: path.clone(),
-                        source,
-                    })?
-                    .trim()
-                    .to_owned(),
-            ),
-            None => None,
-        };
         Ok(Some(Reporter {
             identity,
             client,
             collector,
-            token,
+            enrolled: false,
             sequences: 0..0,
             last_sent: None,
         }))
+    }
+
+    /// What `enrolled` must say for this device to be enrolled at the configured collector.
+    fn enrollment(&self) -> Enrolled {
+        Enrolled {
+            collector: self.collector.url.clone(),
+            key_id: self.identity.key_id().to_string(),
+        }
+    }
+
+    /// Reads the enrollment record. An unreadable or corrupt one counts as "not enrolled": the
+    /// worst that does is send the token once more.
+    fn load_enrolled(&mut self, state: &State) {
+        self.enrolled = match state.enrolled() {
+            Ok(record) => record.as_ref() == Some(&self.enrollment()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the enrollment record; sending the enrollment token");
+                false
+            }
+        };
+    }
+
+    /// Records (or forgets) that the collector accepts this key. A failed write is only logged:
+    /// the report went through, and the token keeps being sent until a write succeeds.
+    fn set_enrolled(&mut self, state: &State, enrolled: bool) {
+        let record = enrolled.then(|| self.enrollment());
+        match state.record_enrolled(record.as_ref()) {
+            Ok(()) => self.enrolled = enrolled,
+            Err(e) => {
+                tracing::warn!(error = %e, enrolled, "cannot update the enrollment record");
+                self.enrolled = false;
+            }
+        }
+    }
+
+    /// The enrollment token, read now (only a device that is not enrolled gets here).
+    fn token(&self) -> Result<Option<String>, ReportError> {
+        let Some(path) = &self.collector.enroll_token_file else {
+            return Ok(None);
+        };
+        let text = paths::read_to_string(path).map_err(|source| ReportError::Token {
+            path: path.clone(),
+            source,
+        })?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(ReportError::EmptyToken { path: path.clone() });
+        }
+        Ok(Some(token.to_owned()))
     }
 
     /// Reports the device's current state: queued if it is news, else sent as a heartbeat
     /// when nothing older is waiting. Then delivers the queue, oldest first.
     pub fn report(&mut self, config: &AgentConfig) -> Result<Delivery, ReportError> {
         let state = State::open(&config.state_dir)?;
+        self.load_enrolled(&state);
         let sequence = next_sequence(&mut self.sequences, &state)?;
         let report = build(config, &state, sequence)?;
         let fingerprint = Fingerprint(
@@ -194,7 +262,7 @@ impl Reporter {
         }
         let mut delivery = self.deliver_queue(&state)?;
         if !news && delivery.error.is_none() && delivery.queued == 0 {
-            match self.post(&envelope) {
+            match self.post(&state, &envelope) {
                 Ok(()) => delivery.delivered += 1,
                 Err(e) => delivery.error = Some(e),
             }
@@ -205,11 +273,11 @@ impl Reporter {
         Ok(delivery)
     }
 
-    fn deliver_queue(&self, state: &State) -> Result<Delivery, ReportError> {
+    fn deliver_queue(&mut self, state: &State) -> Result<Delivery, ReportError> {
         let mut delivery = Delivery::default();
         let queue = state.queued_reports()?;
         for (i, (sequence, envelope)) in queue.iter().enumerate() {
-            match self.post(envelope) {
+            match self.post(state, envelope) {
                 Ok(()) => {
                     state.ack_report(*sequence)?;
                     delivery.delivered += 1;
@@ -224,18 +292,65 @@ impl Reporter {
         Ok(delivery)
     }
 
-    /// Posts one envelope. Ok means the collector has it (accepted now, or already had this
-    /// or a newer sequence: 409); a 400/413 means the report itself is unacceptable and
-    /// retrying cannot help, so it is dropped with an error in the log.
-    fn post(&self, envelope: &[u8]) -> Result<(), String> {
+    /// Posts one envelope, with the enrollment token only while not enrolled (the rule is on
+    /// [`Reporter`]). Ok means the collector has it (accepted now, or already had this or a newer
+    /// sequence: 409); a 400/413 means the report itself is unacceptable and retrying cannot
+    /// help, so it is dropped with an error in the log.
+    fn post(&mut self, state: &State, envelope: &[u8]) -> Result<(), String> {
+        let with_token = !self.enrolled && self.collector.enroll_token_file.is_some();
+        let mut answer = self.send(envelope, with_token)?;
+        if answer.status == reqwest::StatusCode::FORBIDDEN
+            && answer.reason_code().as_deref() == Some("unknown_key")
+        {
+            // The collector does not have this key pinned (any more): whatever `enrolled` said
+            // is out of date. With a token, enroll again now rather than a sync later.
+            if self.enrolled {
+                self.set_enrolled(state, false);
+            }
+            if !with_token && self.collector.enroll_token_file.is_some() {
+                tracing::warn!(
+                    collector = %self.collector.url,
+                    "the collector does not know this device's key (unpinned?); enrolling again with the token"
+                );
+                answer = self.send(envelope, true)?;
+            }
+        }
+        let status = answer.status;
+        if status.is_success() && !self.enrolled {
+            self.set_enrolled(state, true);
+        }
+        let url = &self.collector.url;
+        match status.as_u16() {
+            200..=299 | 409 => Ok(()),
+            400 | 413 => {
+                tracing::error!(%status, body = %answer.body, "the collector rejected a report as malformed; dropping it");
+                Ok(())
+            }
+            _ => Err(match &answer.token_error {
+                None => format!("the collector {url} answered {status}: {}", answer.body.trim()),
+                Some(e) => format!(
+                    "the collector {url} answered {status}: {}; and the report went without its enrollment token: {e}",
+                    answer.body.trim()
+                ),
+            }),
+        }
+    }
+
+    /// One POST of `envelope`, with the enrollment token (read now) if `with_token`.
+    fn send(&self, envelope: &[u8], with_token: bool) -> Result<Answer, String> {
         let url = format!("{}/api/v1/reports", self.collector.url);
         let mut request = self
             .client
             .post(&url)
             .header("content-type", "application/json")
             .body(envelope.to_vec());
-        if let Some(token) = &self.token {
-            request = request.header(ENROLL_HEADER, token);
+        let mut token_error = None;
+        if with_token {
+            match self.token() {
+                Ok(Some(token)) => request = request.header(ENROLL_HEADER, token),
+                Ok(None) => {}
+                Err(e) => token_error = Some(e.to_string()),
+            }
         }
         let response = request.send().map_err(|e| {
             format!(
@@ -245,17 +360,11 @@ impl Reporter {
         })?;
         let status = response.status();
         let body = response.text().unwrap_or_default();
-        match status.as_u16() {
-            200..=299 | 409 => Ok(()),
-            400 | 413 => {
-                tracing::error!(%status, %body, "the collector rejected a report as malformed; dropping it");
-                Ok(())
-            }
-            _ => Err(format!(
-                "the collector {url} answered {status}: {}",
-                body.trim()
-            )),
-        }
+        Ok(Answer {
+            status,
+            body,
+            token_error,
+        })
     }
 }
 
@@ -310,6 +419,127 @@ fn build(config: &AgentConfig, state: &State, sequence: u64) -> Result<Report, R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::BufRead as _;
+    use std::sync::{Arc, Mutex};
+
+    /// A stand-in collector for the agent's side of the enrollment rule: answers each report
+    /// with the next scripted (status, body) and records whether it carried `X-Shoal-Enroll`.
+    /// (End to end against the real collector: tests/tests/report.rs.)
+    fn scripted_collector(script: Vec<(u16, &'static str)>) -> (String, Arc<Mutex<Vec<bool>>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for (status, body) in script {
+                let (stream, _) = listener.accept().unwrap();
+                let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                let (mut token, mut length) = (false, 0usize);
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    let line = line.trim_end().to_ascii_lowercase();
+                    if line.is_empty() {
+                        break;
+                    }
+                    token |= line.starts_with("x-shoal-enroll:");
+                    if let Some(n) = line.strip_prefix("content-length:") {
+                        length = n.trim().parse().unwrap();
+                    }
+                }
+                let mut request_body = vec![0; length];
+                reader.read_exact(&mut request_body).unwrap();
+                log.lock().unwrap().push(token);
+                let mut out = stream;
+                write!(
+                    out,
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .unwrap();
+            }
+        });
+        (url, seen)
+    }
+
+    fn config(dir: &Path, url: &str) -> AgentConfig {
+        let text = format!(
+            "device_id = \"gw-1\"\nstate_dir = \"state\"\n[source]\nurl = \"x\"\nref = \"refs/heads/main\"\n[collector]\nurl = \"{url}\"\nenroll_token_file = \"token\"\n"
+        );
+        AgentConfig::parse(&text, &dir.join("agent.toml")).unwrap()
+    }
+
+    const UNKNOWN_KEY: &str = r#"{"error":"key is not registered","reason_code":"unknown_key"}"#;
+    const KEY_MISMATCH: &str = r#"{"error":"pinned to another key","reason_code":"key_mismatch"}"#;
+    const OK: &str = r#"{"device_id":"gw-1","sequence":1,"enrolled":false}"#;
+
+    #[test]
+    fn the_token_goes_only_until_the_key_is_accepted_and_again_after_unknown_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "enroll-0123456789abcdef\n").unwrap();
+        let (url, seen) = scripted_collector(vec![
+            (200, OK),           // first report, with the token: enrolled
+            (200, OK),           // heartbeat without it
+            (403, UNKNOWN_KEY),  // heartbeat: the operator unpinned the device...
+            (200, OK),           // ...so the same report again, with the token
+            (200, OK),           // heartbeat without it
+            (403, KEY_MISMATCH), // pinned to another key: no token can help
+        ]);
+        let config = config(dir.path(), &url);
+        let mut reporter = Reporter::new(&config).unwrap().unwrap();
+        let record = || State::open(&config.state_dir).unwrap().enrolled().unwrap();
+
+        assert_eq!(reporter.report(&config).unwrap().error, None);
+        let enrolled = record().expect("enrolled after the first 2xx");
+        assert_eq!(enrolled.collector, url);
+        assert_eq!(enrolled.key_id, reporter.identity.key_id().to_string());
+
+        // Enrolled: the token file is not read any more.
+        std::fs::remove_file(&token).unwrap();
+        assert_eq!(reporter.report(&config).unwrap().error, None);
+
+        std::fs::write(&token, "enroll-0123456789abcdef\n").unwrap();
+        let delivery = reporter.report(&config).unwrap();
+        assert_eq!(delivery.error, None);
+        assert_eq!(delivery.delivered, 1);
+        assert!(record().is_some(), "enrolled again");
+        // A new reporter (the next `sync`) reads the record: no token.
+        let mut next = Reporter::new(&config).unwrap().unwrap();
+        next.last_sent = reporter.last_sent.clone();
+        assert_eq!(next.report(&config).unwrap().error, None);
+
+        let error = next.report(&config).unwrap().error.unwrap();
+        assert!(error.contains("403"), "{error}");
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [true, false, false, true, false, false]
+        );
+    }
+
+    #[test]
+    fn an_unreadable_token_is_named_when_the_collector_needs_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, seen) = scripted_collector(vec![(403, UNKNOWN_KEY)]);
+        let config = config(dir.path(), &url);
+        let mut reporter = Reporter::new(&config).unwrap().unwrap();
+        let error = reporter.report(&config).unwrap().error.unwrap();
+        assert!(error.contains("unknown_key"), "{error}");
+        assert!(
+            error.contains(&format!(
+                "cannot read the enrollment token {}",
+                dir.path().join("token").display()
+            )),
+            "{error}"
+        );
+        assert!(State::open(&config.state_dir)
+            .unwrap()
+            .enrolled()
+            .unwrap()
+            .is_none());
+        // It went once, without a token (a pre-registered key would have been accepted).
+        assert_eq!(*seen.lock().unwrap(), [false]);
+    }
 
     #[test]
     fn a_reporter_overtaken_by_another_process_takes_a_fresh_block() {

@@ -5,9 +5,10 @@
 //! `applied-commit` (the anti-rollback watermark), `current-generation`, `hold`,
 //! `last-result.json`, `report-sequence`, `generations/N.json` (each generation's manifest),
 //! `bad/<commit>` (why a commit was recorded as bad), `outbox/<sequence>.json` (sealed
-//! reports waiting for the collector's acknowledgement) and `services-journal.json` (the service
-//! plan a sync is carrying out, present only between its first `systemctl` call and the commit
-//! point or the undo).
+//! reports waiting for the collector's acknowledgement), `enrolled` (the collector and device
+//! key that collector has accepted reports from, so the enrollment token is no longer needed)
+//! and `services-journal.json` (the service plan a sync is carrying out, present only between
+//! its first `systemctl` call and the commit point or the undo).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -25,6 +26,7 @@ const CURRENT_FILE: &str = "current-generation";
 const HOLD_FILE: &str = "hold";
 const LAST_RESULT_FILE: &str = "last-result.json";
 const SEQUENCE_FILE: &str = "report-sequence";
+const ENROLLED_FILE: &str = "enrolled";
 /// Report sequence numbers are reserved this many at a time, so most reports cost no write.
 const SEQUENCE_BLOCK: u64 = 1000;
 /// The outbox keeps at most this many reports; older ones are superseded by newer ones.
@@ -97,6 +99,14 @@ pub struct SyncResult {
     /// written before timings were recorded).
     #[serde(default)]
     pub timings: shoal_proto::Timings,
+}
+
+/// The collector (its configured URL) and device key (`ed25519:...`) that collector acknowledged
+/// a report from: the device is enrolled there with that key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enrolled {
+    pub collector: String,
+    pub key_id: String,
 }
 
 /// The agent's state directory, locked for this process (or, from [`State::open_to_read`],
@@ -362,6 +372,40 @@ impl State {
         }
         if excess > 0 {
             paths::sync_dir(&dir)?;
+        }
+        Ok(())
+    }
+
+    /// Where this device is enrolled (`enrolled`), if anywhere. Reads only.
+    pub fn enrolled(&self) -> Result<Option<Enrolled>, StateError> {
+        let path = self.dir.join(ENROLLED_FILE);
+        let Some(text) = paths::read_optional(&path)? else {
+            return Ok(None);
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| StateError::Corrupt {
+                what: path.display().to_string(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Records where this device is enrolled (durable on return), or forgets it (`None`).
+    pub fn record_enrolled(&self, enrolled: Option<&Enrolled>) -> Result<(), StateError> {
+        let path = self.dir.join(ENROLLED_FILE);
+        match enrolled {
+            Some(e) => {
+                let json = serde_json::to_vec(e).map_err(|e| StateError::Corrupt {
+                    what: "the enrollment record".into(),
+                    message: e.to_string(),
+                })?;
+                paths::write_atomic(&path, &json)?;
+            }
+            None => {
+                if remove_if_present(&path)? {
+                    paths::sync_dir(&self.dir)?;
+                }
+            }
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
-//! The HTTP API: routes, request parsing, the bearer-token gate on reads, and the one error type
-//! (`ApiError`) that turns every failure into a status code and a JSON `{error, reason_code}`.
-//! Handlers decide nothing themselves: `ingest` decides, `store` records, `tally` counts.
+//! The HTTP API: routes, request parsing, the bearer-token gates on reads and on the admin
+//! endpoints, and the one error type (`ApiError`) that turns every failure into a status code and
+//! a JSON `{error, reason_code}`. Handlers decide nothing themselves: `ingest` and `keys` decide,
+//! `store` records (through the one writer), `tally` counts.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,14 +11,17 @@ use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use http_body_util::BodyExt as _;
-use serde::Serialize;
-use shoal_proto::{Report, Status, MAX_ENVELOPE_BYTES};
+use serde::{Deserialize, Serialize};
+use shoal_proto::{KeyId, Report, Status, MAX_ENVELOPE_BYTES};
 
 use crate::ingest::{self, Enrollment, Rejection};
-use crate::store::{Accepted, DeviceRecord, HistoryEntry, IngestError, StoreError};
+use crate::keys::{KeyChange, KeyRefusal};
+use crate::store::{
+    Accepted, DeviceRecord, HistoryEntry, IngestError, KeyChangeError, KeyChanged, StoreError,
+};
 use crate::AppState;
 
 /// Header carrying an enrollment token on a device's first report.
@@ -28,6 +32,8 @@ pub const DEFAULT_LIMIT: usize = 1000;
 pub const MAX_LIMIT: usize = 10_000;
 /// Rows on the HTML page.
 pub const PAGE_ROWS: usize = 500;
+/// Largest body of an admin request (`{"key": "ed25519:..."}` is about 60 bytes).
+pub const MAX_ADMIN_BODY: usize = 4096;
 
 /// Every way a request can fail. Report rejections are 4xx; only a failing store gives a 5xx.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +42,18 @@ pub enum ApiError {
     Rejected(#[from] Rejection),
     #[error("missing or wrong bearer token: send `Authorization: Bearer TOKEN` with a token from the collector's --token-file")]
     Unauthorized,
+    #[error("missing admin token: send `Authorization: Bearer TOKEN` with a token from the collector's --admin-token-file")]
+    AdminUnauthorized,
+    #[error("the bearer token is not an admin token: admin endpoints take only tokens from the collector's --admin-token-file (read tokens do not grant admin)")]
+    AdminForbidden,
+    #[error("admin endpoints are off: start the collector with --admin-token-file to unpin or re-key devices while it runs (or stop it and use `shoal-collector register`)")]
+    AdminDisabled,
+    #[error("bad request: {reason}")]
+    BadRequest { reason: String },
+    #[error("bad key: {reason}; give `ed25519:BASE64` or the `ssh-ed25519 AAAA...` line that `shoal-agent keygen` prints")]
+    BadKey { reason: String },
+    #[error(transparent)]
+    KeyRefused(#[from] KeyRefusal),
     #[error("{what} not found")]
     NotFound { what: String },
     #[error("bad query: {reason}")]
@@ -69,7 +87,11 @@ impl ApiError {
                 | Rejection::KeyMismatch { .. } => StatusCode::FORBIDDEN,
                 Rejection::ReplayedSequence { .. } => StatusCode::CONFLICT,
             },
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::AdminUnauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::AdminForbidden | ApiError::AdminDisabled => StatusCode::FORBIDDEN,
+            ApiError::BadRequest { .. } | ApiError::BadKey { .. } => StatusCode::BAD_REQUEST,
+            ApiError::KeyRefused(KeyRefusal::UnknownDevice { .. }) => StatusCode::NOT_FOUND,
+            ApiError::KeyRefused(KeyRefusal::KeyInUse { .. }) => StatusCode::CONFLICT,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::BadQuery { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -79,7 +101,12 @@ impl ApiError {
     pub fn reason_code(&self) -> &'static str {
         match self {
             ApiError::Rejected(r) => r.reason_code(),
-            ApiError::Unauthorized => "unauthorized",
+            ApiError::Unauthorized | ApiError::AdminUnauthorized => "unauthorized",
+            ApiError::AdminForbidden => "forbidden",
+            ApiError::AdminDisabled => "admin_disabled",
+            ApiError::BadRequest { .. } => "bad_request",
+            ApiError::BadKey { .. } => "bad_key",
+            ApiError::KeyRefused(r) => r.reason_code(),
             ApiError::NotFound { .. } => "not_found",
             ApiError::BadQuery { .. } => "bad_query",
             ApiError::Unavailable { .. } => "store_unavailable",
@@ -118,7 +145,7 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if matches!(self, ApiError::Unauthorized) {
+        if matches!(self, ApiError::Unauthorized | ApiError::AdminUnauthorized) {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -140,10 +167,17 @@ pub fn app(state: Arc<AppState>) -> Router {
             state.clone(),
             require_bearer,
         ));
+    let admin = Router::new()
+        .route(
+            "/api/v1/devices/{id}/key",
+            put(put_device_key).delete(delete_device_key),
+        )
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .route("/api/v1/reports", post(post_report))
         .route("/healthz", get(healthz))
         .merge(reads)
+        .merge(admin)
         .fallback(|| async {
             ApiError::NotFound {
                 what: "route".to_owned(),
@@ -158,15 +192,48 @@ async fn require_bearer(
     next: Next,
 ) -> Result<Response, ApiError> {
     if let Some(tokens) = &app.config.read_tokens {
-        let ok = request
+        let bearer = request
             .headers()
             .get(header::AUTHORIZATION)
-            .and_then(|v| crate::auth::bearer(v.as_bytes()))
-            .is_some_and(|t| tokens.accepts(t));
+            .and_then(|v| crate::auth::bearer(v.as_bytes()));
+        // An admin token may read too: whoever may re-key devices may see them.
+        let admin = app.config.admin_tokens.as_ref();
+        let ok = bearer.is_some_and(|t| tokens.accepts(t) || admin.is_some_and(|a| a.accepts(t)));
         if !ok {
             app.metrics.unauthorized();
             return Err(ApiError::Unauthorized);
         }
+    }
+    Ok(next.run(request).await)
+}
+
+/// The admin gate: only a token from `--admin-token-file`; none configured means no admin at all
+/// (the endpoints write, so unlike reads they are never open).
+async fn require_admin(
+    State(app): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let bearer = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| crate::auth::bearer(v.as_bytes()));
+    let refusal = match (&app.config.admin_tokens, bearer) {
+        (None, _) => Some(ApiError::AdminDisabled),
+        (Some(_), None) => Some(ApiError::AdminUnauthorized),
+        (Some(tokens), Some(t)) if !tokens.accepts(t) => Some(ApiError::AdminForbidden),
+        (Some(_), Some(_)) => None,
+    };
+    if let Some(e) = refusal {
+        app.metrics.admin_unauthorized();
+        // Never the token itself: only that one was refused, where and why.
+        tracing::warn!(
+            method = %request.method(),
+            path = %request.uri().path(),
+            reason = e.reason_code(),
+            "admin request refused"
+        );
+        return Err(e);
     }
     Ok(next.run(request).await)
 }
@@ -190,7 +257,12 @@ async fn post_report(
     match &result {
         Ok(a) => {
             app.metrics.accepted(a.enrolled);
-            tracing::debug!(device = %a.device_id, sequence = a.sequence, enrolled = a.enrolled, "report accepted");
+            if a.enrolled {
+                // Worth an operator's eye: a new key speaks for this device from now on.
+                tracing::info!(device = %a.device_id, key = %a.key_id, sequence = a.sequence, "device enrolled with a token; key pinned");
+            } else {
+                tracing::debug!(device = %a.device_id, sequence = a.sequence, "report accepted");
+            }
         }
         Err(ApiError::Rejected(r)) => {
             app.metrics.rejected(r);
@@ -212,6 +284,9 @@ async fn receive(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Acce
         .into());
     }
     let bytes = read_limited(body, MAX_ENVELOPE_BYTES).await?;
+    if headers.contains_key(ENROLL_HEADER) {
+        app.metrics.enroll_token_presented();
+    }
     let enrollment = match headers.get(ENROLL_HEADER) {
         None => Enrollment::Absent,
         Some(v) => match &app.config.enroll_tokens {
@@ -248,6 +323,95 @@ async fn read_limited(mut body: Body, limit: usize) -> Result<Vec<u8>, ApiError>
         }
     }
     Ok(buf)
+}
+
+/// The body of `PUT /api/v1/devices/{id}/key`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyBody {
+    /// `ed25519:BASE64`, or an OpenSSH `ssh-ed25519 AAAA... [comment]` line.
+    key: String,
+}
+
+/// `PUT /api/v1/devices/{id}/key`: pins `{"key": ...}` to the device, replacing its key.
+async fn put_device_key(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Json<KeyChanged>, ApiError> {
+    let parsed: Result<KeyChange, ApiError> = async {
+        let bytes = read_limited(body, MAX_ADMIN_BODY)
+            .await
+            .map_err(|e| match e {
+                ApiError::Rejected(Rejection::OversizedBody { limit }) => ApiError::BadRequest {
+                    reason: format!("body is over {limit} bytes"),
+                },
+                ApiError::Rejected(r) => ApiError::BadRequest {
+                    reason: r.to_string(),
+                },
+                other => other,
+            })?;
+        let body: KeyBody = serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest {
+            reason: format!("body is not {{\"key\": \"ed25519:...\"}}: {e}"),
+        })?;
+        let key = KeyId::parse(&body.key).map_err(|e| ApiError::BadKey {
+            reason: e.to_string(),
+        })?;
+        Ok(KeyChange::Pin(key))
+    }
+    .await;
+    match parsed {
+        Ok(change) => change_key(&app, id, change).await,
+        Err(e) => {
+            app.metrics.key_change("rekey", "refused");
+            tracing::info!(device = ?id, action = "rekey", reason = e.reason_code(), error = %e, "admin: key change refused");
+            Err(e)
+        }
+    }
+}
+
+/// `DELETE /api/v1/devices/{id}/key`: unpins the device's key; its next report with a valid
+/// enrollment token pins a key again.
+async fn delete_device_key(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<KeyChanged>, ApiError> {
+    change_key(&app, id, KeyChange::Unpin).await
+}
+
+/// Hands the change to the writer (so it is ordered with reports and atomic), then counts and
+/// logs what happened.
+async fn change_key(
+    app: &AppState,
+    device_id: String,
+    change: KeyChange,
+) -> Result<Json<KeyChanged>, ApiError> {
+    let action = change.action();
+    match app.writer.change_key(device_id.clone(), change).await {
+        Ok(done) => {
+            let result = if done.changed { "changed" } else { "unchanged" };
+            app.metrics.key_change(action, result);
+            tracing::info!(
+                action,
+                result,
+                device = %done.device_id,
+                previous_key = done.previous_key_id.as_deref().unwrap_or("none"),
+                key = done.key_id.as_deref().unwrap_or("none"),
+                "admin: device key {}",
+                if done.key_id.is_some() { "pinned" } else { "unpinned" }
+            );
+            Ok(Json(done))
+        }
+        Err(KeyChangeError::Refused(r)) => {
+            app.metrics.key_change(action, "refused");
+            tracing::info!(device = ?device_id, action, reason = r.reason_code(), error = %r, "admin: key change refused");
+            Err(r.into())
+        }
+        Err(KeyChangeError::Store(e)) => {
+            app.metrics.store_error();
+            Err(e.into())
+        }
+    }
 }
 
 /// Filters of `GET /api/v1/devices` and `/`.
@@ -333,18 +497,23 @@ impl DeviceFilter {
 pub struct DeviceView {
     #[serde(flatten)]
     pub report: Report,
+    /// The key that signed the latest report.
     pub key_id: String,
+    /// The key the device is pinned to now (`None`: unpinned, it may enroll again with a token).
+    /// Differs from `key_id` after a re-key until the device reports with its new key.
+    pub pinned_key_id: Option<String>,
     pub first_seen: u64,
     pub last_seen: u64,
     pub stale: bool,
 }
 
 impl DeviceView {
-    fn new(r: DeviceRecord, now: u64, stale_after: u64) -> DeviceView {
+    fn new(r: DeviceRecord, pinned: Option<String>, now: u64, stale_after: u64) -> DeviceView {
         DeviceView {
             stale: now.saturating_sub(r.last_seen) > stale_after,
             report: r.report,
             key_id: r.key_id,
+            pinned_key_id: pinned,
             first_seen: r.first_seen,
             last_seen: r.last_seen,
         }
@@ -396,17 +565,25 @@ async fn list_devices(
     let filter = DeviceFilter::parse(query.as_deref())?;
     let now = app.config.clock.now();
     let stale_after = app.config.stale_after;
-    let (devices, more) = blocking(move || select(&app, &filter, now)).await?;
-    let next_after = if more {
-        devices.last().map(|(id, _)| id.clone())
-    } else {
-        None
-    };
-    let list = DeviceList {
-        devices: devices
+    let (devices, next_after) = blocking(move || {
+        let (devices, more) = select(&app, &filter, now)?;
+        let next_after = if more {
+            devices.last().map(|(id, _)| id.clone())
+        } else {
+            None
+        };
+        let views = devices
             .into_iter()
-            .map(|(_, r)| DeviceView::new(r, now, stale_after))
-            .collect(),
+            .map(|(id, r)| {
+                let pinned = app.store.pinned_key(&id)?;
+                Ok(DeviceView::new(r, pinned, now, stale_after))
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        Ok((views, next_after))
+    })
+    .await?;
+    let list = DeviceList {
+        devices,
         next_after,
     };
     Ok(Json(serde_json::to_value(list).map_err(|e| {
@@ -424,7 +601,13 @@ async fn one_device(
     let record = app.store.device(&id)?.ok_or_else(|| ApiError::NotFound {
         what: format!("device {id:?}"),
     })?;
-    Ok(Json(DeviceView::new(record, now, app.config.stale_after)))
+    let pinned = app.store.pinned_key(&id)?;
+    Ok(Json(DeviceView::new(
+        record,
+        pinned,
+        now,
+        app.config.stale_after,
+    )))
 }
 
 #[derive(Serialize)]

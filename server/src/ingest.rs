@@ -136,6 +136,9 @@ pub struct Current {
     pub key_owner: Option<String>,
     /// The device's latest accepted state.
     pub record: Option<DeviceRecord>,
+    /// The last sequence accepted from the report's key for this device before that key lost its
+    /// pin (unpin or re-key), if it ever did. Read only when the latest record is from another key.
+    pub retired_sequence: Option<u64>,
 }
 
 /// What to write for an accepted report.
@@ -165,7 +168,7 @@ pub fn decide(
         Some(pinned) => {
             return Err(Rejection::KeyMismatch {
                 detail: format!(
-                    "device {device_id} is pinned to key {pinned}, the report is signed by {key_id}"
+                    "device {device_id} is pinned to key {pinned}, the report is signed by {key_id}; if the device's key really changed, an operator re-keys it (PUT /api/v1/devices/{device_id}/key) or unpins it (DELETE) so it can enroll again"
                 ),
             })
         }
@@ -186,17 +189,26 @@ pub fn decide(
             }
         }
     };
-    let (first_seen, slot) = match &current.record {
-        Some(old) => {
-            if report.sequence <= old.report.sequence {
-                return Err(Rejection::ReplayedSequence {
-                    device_id,
-                    sequence: report.sequence,
-                    last: old.report.sequence,
-                });
-            }
-            (old.first_seen, old.history_next)
+    // Sequences are per key: a device that comes back with a new key (re-imaged, so its counter
+    // restarted) is not refused as a replay of its old key's reports. Those cannot be replayed
+    // anyway: the old key is no longer pinned, and if it is pinned again, its retired sequence
+    // is its floor.
+    let same_key_last = current
+        .record
+        .as_ref()
+        .filter(|old| old.key_id == key_id)
+        .map(|old| old.report.sequence);
+    if let Some(last) = same_key_last.max(current.retired_sequence) {
+        if report.sequence <= last {
+            return Err(Rejection::ReplayedSequence {
+                device_id,
+                sequence: report.sequence,
+                last,
+            });
         }
+    }
+    let (first_seen, slot) = match &current.record {
+        Some(old) => (old.first_seen, old.history_next),
         None => (now, 0),
     };
     let evict = slot.checked_sub(HISTORY_LIMIT);
@@ -283,6 +295,7 @@ mod tests {
             pinned_key: Some(v.key_id.to_string()),
             key_owner: Some("gw-1".into()),
             record: Some(record_for(&v, HISTORY_LIMIT + 3)),
+            retired_sequence: None,
         };
         let r = decide(current(), v.clone(), Enrollment::Absent, 10).unwrap_err();
         assert_eq!(
@@ -299,6 +312,35 @@ mod tests {
         assert_eq!(d.history.0, HISTORY_LIMIT + 3);
         assert_eq!(d.evict, Some(3));
         assert_eq!(d.record.history_next, HISTORY_LIMIT + 4);
+    }
+
+    #[test]
+    fn a_new_key_starts_its_own_sequence_and_a_retired_key_keeps_its_floor() {
+        // gw-1 reported up to sequence 500 with key 1, then was re-keyed to key 2, whose
+        // device restarted its counter.
+        let old = verified(1, "gw-1", 500);
+        let new = verified(2, "gw-1", 1);
+        let current = || Current {
+            pinned_key: Some(new.key_id.to_string()),
+            key_owner: Some("gw-1".into()),
+            record: Some(record_for(&old, 500)),
+            retired_sequence: None,
+        };
+        let d = decide(current(), new.clone(), Enrollment::Absent, 10).unwrap();
+        assert_eq!(d.record.key_id, new.key_id.to_string());
+        assert_eq!(d.record.first_seen, 5, "the device's history goes on");
+        assert_eq!(d.history.0, 500);
+
+        // Key 1 pinned again later: its old reports are still replays.
+        let again = || Current {
+            pinned_key: Some(old.key_id.to_string()),
+            key_owner: Some("gw-1".into()),
+            record: Some(record_for(&new, 501)),
+            retired_sequence: Some(500),
+        };
+        let r = decide(again(), verified(1, "gw-1", 500), Enrollment::Absent, 10);
+        assert_eq!(r.unwrap_err().reason_code(), "replayed_sequence");
+        decide(again(), verified(1, "gw-1", 501), Enrollment::Absent, 10).unwrap();
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod auth;
 pub mod ingest;
+pub mod keys;
 pub mod metrics;
 pub mod page;
 pub mod serve;
@@ -52,6 +53,9 @@ pub struct Config {
     pub read_tokens: Option<Tokens>,
     /// Tokens that let an unknown key enroll; `None`: only pre-registered keys are accepted.
     pub enroll_tokens: Option<Tokens>,
+    /// Bearer tokens of the admin endpoints (unpin, re-key); they also pass the read gate.
+    /// `None`: the admin endpoints are off.
+    pub admin_tokens: Option<Tokens>,
     /// Seconds without a report after which a device counts as stale.
     pub stale_after: u64,
     pub clock: Clock,
@@ -62,6 +66,7 @@ impl Default for Config {
         Config {
             read_tokens: None,
             enroll_tokens: None,
+            admin_tokens: None,
             stale_after: DEFAULT_STALE_AFTER_SECS,
             clock: Clock::System,
         }

@@ -1,5 +1,5 @@
-//! `shoal-collector`: the CLI over the collector library. `serve` runs the HTTP service; `register`
-//! pre-registers a device key offline. Turns errors into messages and exit codes (0 ok, 1 failed,
+//! `shoal-collector`: the CLI over the collector library. `serve` runs the HTTP service (its admin
+//! endpoints unpin and re-key devices while it runs); `register` pre-registers a device key offline. Turns errors into messages and exit codes (0 ok, 1 failed,
 //! 2 bad usage or configuration).
 
 use std::net::SocketAddr;
@@ -46,11 +46,16 @@ enum Command {
         /// File of enrollment tokens (one per line) that let an unknown device key pin itself.
         #[arg(long)]
         enroll_token_file: Option<PathBuf>,
+        /// File of admin bearer tokens (one per line) for unpinning and re-keying devices
+        /// (`DELETE`/`PUT /api/v1/devices/{id}/key`); without it those endpoints are off.
+        #[arg(long)]
+        admin_token_file: Option<PathBuf>,
         /// Seconds without a report after which a device counts as stale.
         #[arg(long, default_value_t = DEFAULT_STALE_AFTER_SECS)]
         stale_after: u64,
     },
-    /// Pre-register a device's public key (run while the collector is stopped: sled locks the store).
+    /// Pre-register a device's public key (run while the collector is stopped: sled locks the store;
+    /// a running collector re-keys and unpins devices through its admin API instead).
     Register {
         #[arg(long)]
         data: PathBuf,
@@ -81,6 +86,7 @@ fn main() -> ExitCode {
             tls_key,
             token_file,
             enroll_token_file,
+            admin_token_file,
             stale_after,
         } => serve_cmd(ServeArgs {
             listen,
@@ -88,6 +94,7 @@ fn main() -> ExitCode {
             tls: tls_cert.zip(tls_key),
             token_file,
             enroll_token_file,
+            admin_token_file,
             stale_after,
         }),
         Command::Register {
@@ -122,6 +129,7 @@ struct ServeArgs {
     tls: Option<(PathBuf, PathBuf)>,
     token_file: Option<PathBuf>,
     enroll_token_file: Option<PathBuf>,
+    admin_token_file: Option<PathBuf>,
     stale_after: u64,
 }
 
@@ -138,6 +146,12 @@ fn serve_cmd(args: ServeArgs) -> Result<(), Failure> {
         .map(Tokens::load)
         .transpose()
         .map_err(|e| Failure::Usage(e.into()))?;
+    let admin_tokens = args
+        .admin_token_file
+        .as_deref()
+        .map(Tokens::load)
+        .transpose()
+        .map_err(|e| Failure::Usage(e.into()))?;
     let tls = args
         .tls
         .as_ref()
@@ -149,6 +163,9 @@ fn serve_cmd(args: ServeArgs) -> Result<(), Failure> {
     }
     if enroll_tokens.is_none() {
         tracing::info!("no --enroll-token-file: only pre-registered device keys are accepted");
+    }
+    if admin_tokens.is_none() {
+        tracing::info!("no --admin-token-file: devices cannot be unpinned or re-keyed while the collector runs");
     }
     let store = Store::open(&args.data)
         .with_context(|| format!("opening the store in {}", args.data.display()))
@@ -174,6 +191,7 @@ fn serve_cmd(args: ServeArgs) -> Result<(), Failure> {
             Config {
                 read_tokens,
                 enroll_tokens,
+                admin_tokens,
                 stale_after: args.stale_after,
                 clock: Clock::System,
             },
@@ -196,7 +214,7 @@ fn register_cmd(data: &std::path::Path, device_id: &str, key: &str) -> Result<()
     let store = Store::open(data)
         .with_context(|| {
             format!(
-                "opening the store in {} (stop the collector first: the store allows one process)",
+                "opening the store in {} (stop the collector first: the store allows one process; to re-key or unpin a device while it runs, use its admin API, PUT or DELETE /api/v1/devices/ID/key)",
                 data.display()
             )
         })

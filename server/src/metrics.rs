@@ -1,4 +1,5 @@
-//! Process counters (reports accepted, rejected by reason, refused reads, store errors) and their
+//! Process counters (reports accepted, rejected by reason, reports carrying an enrollment token,
+//! refused reads, operators' key changes, refused admin requests, store errors) and their
 //! Prometheus text rendering together with the fleet gauges. Counters reset when the process
 //! restarts, as Prometheus expects; fleet gauges come from the persisted tally.
 
@@ -8,12 +9,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::ingest::Rejection;
 use crate::tally::Summary;
 
+/// The `action` label of `shoal_admin_key_changes_total` (`keys::KeyChange::action`).
+const ADMIN_ACTIONS: [&str; 2] = ["unpin", "rekey"];
+/// Its `result` label: the pin changed, it was already so, or the request was refused (4xx).
+pub const ADMIN_RESULTS: [&str; 3] = ["changed", "unchanged", "refused"];
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     accepted: AtomicU64,
     enrolled: AtomicU64,
     rejected: [AtomicU64; Rejection::REASON_CODES.len()],
+    with_enroll_token: AtomicU64,
     unauthorized: AtomicU64,
+    admin_unauthorized: AtomicU64,
+    key_changes: [[AtomicU64; ADMIN_RESULTS.len()]; ADMIN_ACTIONS.len()],
     store_errors: AtomicU64,
 }
 
@@ -34,6 +43,30 @@ impl Metrics {
 
     pub fn unauthorized(&self) {
         self.unauthorized.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A report arrived with an `X-Shoal-Enroll` header (whatever became of it).
+    pub fn enroll_token_presented(&self) {
+        self.with_enroll_token.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reports that carried an `X-Shoal-Enroll` header since the process started.
+    pub fn enroll_token_presented_count(&self) -> u64 {
+        self.with_enroll_token.load(Ordering::Relaxed)
+    }
+
+    /// An admin request without an admin token (missing, wrong, or admin endpoints off).
+    pub fn admin_unauthorized(&self) {
+        self.admin_unauthorized.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An operator's key change: `action` is `KeyChange::action`, `result` one of [`ADMIN_RESULTS`].
+    pub fn key_change(&self, action: &str, result: &str) {
+        let action = ADMIN_ACTIONS.iter().position(|a| *a == action);
+        let result = ADMIN_RESULTS.iter().position(|r| *r == result);
+        if let (Some(a), Some(r)) = (action, result) {
+            self.key_changes[a][r].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub fn store_error(&self) {
@@ -86,10 +119,40 @@ impl Metrics {
             &rejected,
         );
         family(
+            "shoal_reports_with_enroll_token_total",
+            "counter",
+            "Reports that carried an X-Shoal-Enroll header (agents stop sending it once enrolled).",
+            &one(&self.with_enroll_token),
+        );
+        family(
             "shoal_read_unauthorized_total",
             "counter",
             "Read requests refused for a missing or wrong bearer token.",
             &one(&self.unauthorized),
+        );
+        let key_changes: Vec<_> = ADMIN_ACTIONS
+            .iter()
+            .zip(&self.key_changes)
+            .flat_map(|(action, results)| {
+                ADMIN_RESULTS.iter().zip(results).map(move |(result, v)| {
+                    (
+                        format!("{{action=\"{action}\",result=\"{result}\"}}"),
+                        v.load(Ordering::Relaxed),
+                    )
+                })
+            })
+            .collect();
+        family(
+            "shoal_admin_key_changes_total",
+            "counter",
+            "Operators' key changes (unpin, rekey) by result: changed, unchanged, refused.",
+            &key_changes,
+        );
+        family(
+            "shoal_admin_unauthorized_total",
+            "counter",
+            "Admin requests refused for a missing or wrong admin token, or with admin endpoints off.",
+            &one(&self.admin_unauthorized),
         );
         family(
             "shoal_store_errors_total",

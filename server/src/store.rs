@@ -1,6 +1,7 @@
 //! The collector's embedded store: the only module that opens sled. Keeps each device's latest
 //! state, its bounded history, key pins and the fleet counters, and applies every accepted report
-//! as one atomic batch, so a report is either fully recorded or not at all.
+//! and every operator key change queued with them as one atomic batch, so each is either fully
+//! recorded or not at all.
 //!
 //! Layout (one sled tree, so a single `apply_batch` is atomic across all of it):
 //!
@@ -11,6 +12,7 @@
 //! | `seen/{id}` | last_seen, u64 BE (rebuilds the last-seen index at startup without decoding records) |
 //! | `pin/{id}` | key id pinned to the device |
 //! | `key/{key id}` | device id the key is pinned to |
+//! | `retired/{id}/{key id}` | last sequence accepted from a key the device was unpinned or re-keyed from, u64 BE |
 //! | `count/status/{status}`, `count/commit/{hex}`, `count/no-commit` | u64 BE |
 //! | `meta/schema` | `1` |
 //!
@@ -24,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use shoal_proto::{KeyId, Report, Status};
 
 use crate::ingest::{self, Current, Enrollment, Rejection, Verified};
+use crate::keys::{self, KeyChange, KeyRefusal, PinState};
 use crate::tally::{Counter, Delta, Entry, Summary, Tally};
 
 const SCHEMA: &[u8] = b"1";
@@ -57,6 +60,62 @@ pub struct Accepted {
     pub sequence: u64,
     /// True when this report pinned the key (first contact with an enrollment token).
     pub enrolled: bool,
+    /// The key that signed it (for the log; not part of the answer).
+    #[serde(skip)]
+    pub key_id: String,
+}
+
+/// What an operator's key change did (the answer of `DELETE`/`PUT /api/v1/devices/{id}/key`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyChanged {
+    pub device_id: String,
+    /// The key pinned now (`None`: unpinned; the next report with an enrollment token pins one).
+    pub key_id: Option<String>,
+    pub previous_key_id: Option<String>,
+    /// False when the device was already in the asked-for state: nothing was written.
+    pub changed: bool,
+}
+
+/// One write for the writer thread: a verified report, or an operator's key change.
+// Reports are nearly every write: boxing them to shrink the rare key change would cost an
+// allocation per report on the ingest path.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Write {
+    Report {
+        verified: Verified,
+        enrollment: Enrollment,
+        now: u64,
+    },
+    Key {
+        device_id: String,
+        change: KeyChange,
+    },
+}
+
+/// The result of one `Write`, of the same kind.
+#[derive(Debug)]
+pub enum Outcome {
+    Report(Result<Accepted, IngestError>),
+    Key(Result<KeyChanged, KeyChangeError>),
+}
+
+impl Outcome {
+    pub fn is_ok(&self) -> bool {
+        match self {
+            Outcome::Report(r) => r.is_ok(),
+            Outcome::Key(r) => r.is_ok(),
+        }
+    }
+
+    /// Turns a success into `error()`: the batch it was in was not (durably) written.
+    pub fn fail_if_ok(&mut self, error: impl FnOnce() -> StoreError) {
+        match self {
+            Outcome::Report(r @ Ok(_)) => *r = Err(IngestError::Store(error())),
+            Outcome::Key(r @ Ok(_)) => *r = Err(KeyChangeError::Store(error())),
+            _ => {}
+        }
+    }
 }
 
 /// Result of a pre-registration.
@@ -101,15 +160,27 @@ pub enum IngestError {
     Store(#[from] StoreError),
 }
 
-/// Writes of one `ingest_batch` not yet applied, and what they change, so that later reports in
-/// the same batch see earlier ones.
+/// Why an operator's key change was not recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyChangeError {
+    #[error(transparent)]
+    Refused(#[from] KeyRefusal),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Writes of one `write_batch` not yet applied, and what they change, so that later writes in
+/// the same batch see earlier ones. `None` in `pins`/`owners`: removed in this batch.
 #[derive(Default)]
 struct Staged {
     batch: sled::Batch,
+    /// Whether `batch` holds anything (sled's `Batch` cannot tell).
+    dirty: bool,
     delta: Delta,
     records: HashMap<String, DeviceRecord>,
-    pins: HashMap<String, String>,
-    owners: HashMap<String, String>,
+    pins: HashMap<String, Option<String>>,
+    owners: HashMap<String, Option<String>>,
+    retired: HashMap<Vec<u8>, u64>,
 }
 
 /// The collector's store. Reads may run concurrently; writes are serialized by `writer`, which is
@@ -132,6 +203,9 @@ fn pin_key(id: &str) -> Vec<u8> {
 }
 fn key_owner_key(key_id: &str) -> Vec<u8> {
     [b"key/", key_id.as_bytes()].concat()
+}
+fn retired_key(id: &str, key_id: &str) -> Vec<u8> {
+    [b"retired/", id.as_bytes(), b"/", key_id.as_bytes()].concat()
 }
 fn history_prefix(id: &str) -> Vec<u8> {
     [b"history/", id.as_bytes(), b"/"].concat()
@@ -332,7 +406,7 @@ impl Store {
         }
     }
 
-    /// Checks one verified report and records it if accepted (see `ingest_batch`).
+    /// Checks one verified report and records it if accepted (see `write_batch`).
     pub fn ingest(
         &self,
         verified: Verified,
@@ -344,21 +418,68 @@ impl Store {
             .unwrap_or_else(|| unreachable!("one result per report"))
     }
 
-    /// Checks each verified report against its device's pinned key and last sequence (as left by
-    /// the reports before it, in this batch or earlier) and records every accepted one — latest
-    /// state, history, pin, counters — in ONE atomic sled batch: all of them or none. Returns one
-    /// result per report, in order. Not yet durable: `flush` before acknowledging.
+    /// `write_batch` of reports only.
     pub fn ingest_batch(
         &self,
         reports: Vec<(Verified, Enrollment, u64)>,
     ) -> Vec<Result<Accepted, IngestError>> {
+        let writes = reports
+            .into_iter()
+            .map(|(verified, enrollment, now)| Write::Report {
+                verified,
+                enrollment,
+                now,
+            })
+            .collect();
+        self.write_batch(writes)
+            .into_iter()
+            .map(|outcome| match outcome {
+                Outcome::Report(r) => r,
+                // write_batch answers each write with an outcome of its own kind.
+                Outcome::Key(_) => unreachable!("a key outcome for a report"),
+            })
+            .collect()
+    }
+
+    /// Applies one operator key change (see `write_batch`). Not yet durable: `flush`.
+    pub fn change_key(
+        &self,
+        device_id: &str,
+        change: KeyChange,
+    ) -> Result<KeyChanged, KeyChangeError> {
+        let write = Write::Key {
+            device_id: device_id.to_owned(),
+            change,
+        };
+        match self.write_batch(vec![write]).pop() {
+            Some(Outcome::Key(r)) => r,
+            // write_batch answers each write with an outcome of its own kind.
+            _ => unreachable!("one key outcome for one key change"),
+        }
+    }
+
+    /// Checks each write against the store as left by the writes before it (in this batch or
+    /// earlier): a report against its device's pinned key and last sequence, a key change against
+    /// the device's pin. Records every accepted one — latest state, history, pins, counters — in
+    /// ONE atomic sled batch: all of them or none. Returns one outcome per write, in order. Not
+    /// yet durable: `flush` before acknowledging.
+    pub fn write_batch(&self, writes: Vec<Write>) -> Vec<Outcome> {
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let mut staged = Staged::default();
-        let mut results: Vec<Result<Accepted, IngestError>> = reports
+        let mut results: Vec<Outcome> = writes
             .into_iter()
-            .map(|(verified, enrollment, now)| self.stage(verified, enrollment, now, &mut staged))
+            .map(|write| match write {
+                Write::Report {
+                    verified,
+                    enrollment,
+                    now,
+                } => Outcome::Report(self.stage(verified, enrollment, now, &mut staged)),
+                Write::Key { device_id, change } => {
+                    Outcome::Key(self.stage_key(&device_id, &change, &mut staged))
+                }
+            })
             .collect();
-        if staged.delta.is_empty() {
+        if !staged.dirty {
             return results;
         }
         let counters = self
@@ -381,18 +502,46 @@ impl Store {
             }
             Err(e) => {
                 let reason = e.to_string();
-                for r in results.iter_mut().filter(|r| r.is_ok()) {
-                    *r = Err(IngestError::Store(StoreError::Write {
+                for r in &mut results {
+                    r.fail_if_ok(|| StoreError::Write {
                         path: self.path.clone(),
                         reason: reason.clone(),
-                    }));
+                    });
                 }
             }
         }
         results
     }
 
-    /// Decides one report against the store as modified by the reports staged before it, and
+    /// The key pinned to `device_id` as staged, else as stored.
+    fn staged_pin(&self, device_id: &str, staged: &Staged) -> Result<Option<String>, StoreError> {
+        match staged.pins.get(device_id) {
+            Some(k) => Ok(k.clone()),
+            None => self.get_string(&pin_key(device_id)),
+        }
+    }
+
+    /// The device `key_id` is pinned to as staged, else as stored.
+    fn staged_owner(&self, key_id: &str, staged: &Staged) -> Result<Option<String>, StoreError> {
+        match staged.owners.get(key_id) {
+            Some(d) => Ok(d.clone()),
+            None => self.get_string(&key_owner_key(key_id)),
+        }
+    }
+
+    /// The device's latest state as staged, else as stored.
+    fn staged_record(
+        &self,
+        device_id: &str,
+        staged: &Staged,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        match staged.records.get(device_id) {
+            Some(r) => Ok(Some(r.clone())),
+            None => self.get_json(&device_key(device_id)),
+        }
+    }
+
+    /// Decides one report against the store as modified by the writes staged before it, and
     /// stages its writes.
     fn stage(
         &self,
@@ -403,22 +552,24 @@ impl Store {
     ) -> Result<Accepted, IngestError> {
         let device_id = verified.report.device_id.clone();
         let key_id = verified.key_id.to_string();
-        let record = match staged.records.get(&device_id) {
-            Some(r) => Some(r.clone()),
-            None => self.get_json(&device_key(&device_id))?,
-        };
-        let pinned_key = match staged.pins.get(&device_id) {
-            Some(k) => Some(k.clone()),
-            None => self.get_string(&pin_key(&device_id))?,
-        };
+        let record = self.staged_record(&device_id, staged)?;
+        let pinned_key = self.staged_pin(&device_id, staged)?;
         let key_owner = if pinned_key.as_deref() == Some(key_id.as_str()) {
             // Pins are written in pairs: the device's pinned key is owned by the device.
             Some(device_id.clone())
         } else {
-            match staged.owners.get(&key_id) {
-                Some(d) => Some(d.clone()),
-                None => self.get_string(&key_owner_key(&key_id))?,
+            self.staged_owner(&key_id, staged)?
+        };
+        // Only a report from another key than the device's latest pays this read.
+        let retired_sequence = match &record {
+            Some(r) if r.key_id != key_id => {
+                let key = retired_key(&device_id, &key_id);
+                match staged.retired.get(&key) {
+                    Some(n) => Some(*n),
+                    None => self.get_u64(&key)?,
+                }
             }
+            _ => None,
         };
         let old = record
             .as_ref()
@@ -427,6 +578,7 @@ impl Store {
             pinned_key,
             key_owner,
             record,
+            retired_sequence,
         };
         let decision = ingest::decide(current, verified, enrollment, now)?;
 
@@ -436,6 +588,7 @@ impl Store {
         let (slot, history) = &decision.history;
         let record_json = encode(device_key(&device_id), serde_json::to_vec(&decision.record))?;
         let history_json = encode(history_key(&device_id, *slot), serde_json::to_vec(history))?;
+        staged.dirty = true;
         let batch = &mut staged.batch;
         batch.insert(device_key(&device_id), record_json);
         batch.insert(history_key(&device_id, *slot), history_json);
@@ -449,8 +602,10 @@ impl Store {
         if decision.enroll {
             batch.insert(pin_key(&device_id), key_id.as_bytes());
             batch.insert(key_owner_key(&key_id), device_id.as_bytes());
-            staged.pins.insert(device_id.clone(), key_id.clone());
-            staged.owners.insert(key_id, device_id.clone());
+            staged.pins.insert(device_id.clone(), Some(key_id.clone()));
+            staged
+                .owners
+                .insert(key_id.clone(), Some(device_id.clone()));
         }
         let old_entry = old.as_ref().map(|(status, commit, last_seen)| Entry {
             status: *status,
@@ -462,9 +617,77 @@ impl Store {
             device_id: device_id.clone(),
             sequence: decision.record.report.sequence,
             enrolled: decision.enroll,
+            key_id,
         };
         staged.records.insert(device_id, decision.record);
         Ok(accepted)
+    }
+
+    /// Decides one operator key change against the store as modified by the writes staged before
+    /// it, and stages its writes: the old pin pair (`pin/{id}`, `key/{key}`) removed, the new
+    /// pair written, the old key's last sequence kept as its floor. The device's record, history
+    /// and the counters are not touched.
+    fn stage_key(
+        &self,
+        device_id: &str,
+        change: &KeyChange,
+        staged: &mut Staged,
+    ) -> Result<KeyChanged, KeyChangeError> {
+        let record = self.staged_record(device_id, staged)?;
+        let pinned_key = self.staged_pin(device_id, staged)?;
+        let key_owner = match change {
+            KeyChange::Pin(key) => self.staged_owner(key.as_str(), staged)?,
+            KeyChange::Unpin => None,
+        };
+        let state = PinState {
+            pinned_key,
+            key_owner,
+            last_report: record.map(|r| (r.key_id, r.report.sequence)),
+        };
+        let decision = keys::decide(device_id, state, change)?;
+        let answer = KeyChanged {
+            device_id: device_id.to_owned(),
+            key_id: decision.pinned.clone(),
+            previous_key_id: decision.previous.clone(),
+            changed: decision.changed(),
+        };
+        if !decision.changed() {
+            return Ok(answer);
+        }
+        staged.dirty = true;
+        let batch = &mut staged.batch;
+        if let Some(previous) = &decision.previous {
+            batch.remove(key_owner_key(previous));
+            staged.owners.insert(previous.clone(), None);
+        }
+        match &decision.pinned {
+            Some(key_id) => {
+                batch.insert(pin_key(device_id), key_id.as_bytes());
+                batch.insert(key_owner_key(key_id), device_id.as_bytes());
+                staged
+                    .owners
+                    .insert(key_id.clone(), Some(device_id.to_owned()));
+            }
+            None => batch.remove(pin_key(device_id)),
+        }
+        staged
+            .pins
+            .insert(device_id.to_owned(), decision.pinned.clone());
+        if let Some((key_id, sequence)) = &decision.retire {
+            let key = retired_key(device_id, key_id);
+            batch.insert(key.clone(), &sequence.to_be_bytes());
+            staged.retired.insert(key, *sequence);
+        }
+        Ok(answer)
+    }
+
+    fn get_u64(&self, key: &[u8]) -> Result<Option<u64>, StoreError> {
+        match self.db.get(key).map_err(|e| self.sled_err(e))? {
+            None => Ok(None),
+            Some(v) => u64_value(&v)
+                .map(Some)
+                .ok_or_else(|| self.corrupt(key, "not 8 bytes")),
+        }
     }
 
     /// One device's latest state.
@@ -506,6 +729,11 @@ impl Store {
     /// The key pinned to a device (pre-registered or enrolled).
     pub fn pinned_key(&self, id: &str) -> Result<Option<String>, StoreError> {
         self.get_string(&pin_key(id))
+    }
+
+    /// The device a key is pinned to.
+    pub fn key_owner(&self, key_id: &str) -> Result<Option<String>, StoreError> {
+        self.get_string(&key_owner_key(key_id))
     }
 
     /// Fleet counts from the in-memory tally: no scan.

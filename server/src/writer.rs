@@ -1,29 +1,38 @@
-//! The ingest writer: one thread takes verified reports from every request, records a whole queue
-//! of them in one atomic store batch, makes it durable with one flush, and only then answers each
-//! request. Under load, N concurrent reports cost one batch and one fsync instead of N.
+//! The ingest writer: one thread takes verified reports from every request, and operators' key
+//! changes, records a whole queue of them in one atomic store batch (in the order they arrived),
+//! makes it durable with one flush, and only then answers each request. Under load, N concurrent
+//! reports cost one batch and one fsync instead of N; a key change never races a report.
 
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::ingest::{Enrollment, Verified};
-use crate::store::{Accepted, IngestError, Store, StoreError};
+use crate::keys::KeyChange;
+use crate::store::{
+    Accepted, IngestError, KeyChangeError, KeyChanged, Outcome, Store, StoreError, Write,
+};
 
-/// Most reports recorded in one batch (bounds the latency one batch adds to the next).
+/// Most writes recorded in one batch (bounds the latency one batch adds to the next).
 pub const MAX_BATCH: usize = 1024;
 /// Requests waiting for the writer beyond this wait in their handler (backpressure).
 const QUEUE: usize = 8192;
 
 struct Job {
-    verified: Verified,
-    enrollment: Enrollment,
-    now: u64,
-    reply: oneshot::Sender<Result<Accepted, IngestError>>,
+    write: Write,
+    reply: oneshot::Sender<Outcome>,
 }
 
 /// Handle to the writer thread; the thread ends when the last handle drops.
 pub struct Writer {
     tx: mpsc::Sender<Job>,
+}
+
+fn stopped() -> StoreError {
+    StoreError::Write {
+        path: "(writer)".into(),
+        reason: "the ingest writer has stopped".into(),
+    }
 }
 
 impl Writer {
@@ -47,6 +56,13 @@ impl Writer {
         Ok(Writer { tx })
     }
 
+    /// Queues one write; returns its outcome once it is durable (or refused, or the store failed).
+    async fn send(&self, write: Write) -> Option<Outcome> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(Job { write, reply }).await.ok()?;
+        answer.await.ok()
+    }
+
     /// Records a verified report; returns once it is durable (or refused, or the store failed).
     pub async fn submit(
         &self,
@@ -54,42 +70,45 @@ impl Writer {
         enrollment: Enrollment,
         now: u64,
     ) -> Result<Accepted, IngestError> {
-        let (reply, answer) = oneshot::channel();
-        let stopped = || {
-            IngestError::Store(StoreError::Write {
-                path: "(writer)".into(),
-                reason: "the ingest writer has stopped".into(),
-            })
+        let write = Write::Report {
+            verified,
+            enrollment,
+            now,
         };
-        self.tx
-            .send(Job {
-                verified,
-                enrollment,
-                now,
-                reply,
-            })
-            .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        match self.send(write).await {
+            Some(Outcome::Report(r)) => r,
+            _ => Err(IngestError::Store(stopped())),
+        }
+    }
+
+    /// Applies an operator's key change to `device_id`, in order with the reports queued before
+    /// it; returns once it is durable (or refused, or the store failed).
+    pub async fn change_key(
+        &self,
+        device_id: String,
+        change: KeyChange,
+    ) -> Result<KeyChanged, KeyChangeError> {
+        match self.send(Write::Key { device_id, change }).await {
+            Some(Outcome::Key(r)) => r,
+            _ => Err(KeyChangeError::Store(stopped())),
+        }
     }
 }
 
 fn write(store: &Store, jobs: Vec<Job>) {
-    let (reports, replies): (Vec<_>, Vec<_>) = jobs
-        .into_iter()
-        .map(|j| ((j.verified, j.enrollment, j.now), j.reply))
-        .unzip();
-    let mut results = store.ingest_batch(reports);
-    // Durable before any 200: the agent forgets a report once it is acknowledged.
-    if results.iter().any(Result::is_ok) {
+    let (writes, replies): (Vec<_>, Vec<_>) = jobs.into_iter().map(|j| (j.write, j.reply)).unzip();
+    let mut results = store.write_batch(writes);
+    // Durable before any 200: the agent forgets a report once it is acknowledged, and an
+    // operator takes a 200 to mean the key change is in force.
+    if results.iter().any(Outcome::is_ok) {
         if let Err(e) = store.flush() {
             let reason = e.to_string();
             tracing::error!(error = %reason, "flushing the store failed; answering 503");
-            for r in results.iter_mut().filter(|r| r.is_ok()) {
-                *r = Err(IngestError::Store(StoreError::Write {
+            for r in &mut results {
+                r.fail_if_ok(|| StoreError::Write {
                     path: "(flush)".into(),
                     reason: reason.clone(),
-                }));
+                });
             }
         }
     }

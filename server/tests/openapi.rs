@@ -1,6 +1,6 @@
 //! docs/openapi.yaml against the running collector: every documented path and method exists and
-//! answers with a documented status (with and without the bearer token), and every reason code the
-//! collector can send is documented.
+//! answers with a documented status (with and without the bearer token, with the wrong token on
+//! admin endpoints), and every reason code the collector can send is documented.
 
 mod common;
 
@@ -54,6 +54,8 @@ fn the_document_lists_the_api() {
             "get /api/v1/devices",
             "get /api/v1/devices/{id}",
             "get /api/v1/devices/{id}/history",
+            "put /api/v1/devices/{id}/key",
+            "delete /api/v1/devices/{id}/key",
             "get /api/v1/summary",
             "get /metrics",
             "get /healthz",
@@ -69,6 +71,11 @@ fn the_document_lists_the_api() {
         "not_found",
         "bad_query",
         "store_unavailable",
+        "forbidden",
+        "admin_disabled",
+        "bad_request",
+        "bad_key",
+        "key_in_use",
     ]) {
         assert!(text.contains(code), "reason code {code} is not documented");
     }
@@ -82,8 +89,15 @@ async fn every_documented_operation_answers_a_documented_status() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path(), config_with_tokens()).await;
     let authed = server.client();
+    let admin = server.admin();
     let anonymous = Client::new(server.addr);
     let mut gw = Device::new("gw-1", 1);
+    let mut other = Device::new("gw-2", 2);
+    let resp = authed
+        .post_report(other.next(Status::Converged, None), Some(ENROLL_TOKEN))
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let new_key = Device::new("gw-1", 3).key_id();
 
     for (path, method, codes) in documented() {
         let concrete = path.replace("{id}", "gw-1");
@@ -129,6 +143,42 @@ async fn every_documented_operation_answers_a_documented_status() {
                     assert_eq!(resp.status, 404);
                     check(&resp, "unknown device");
                 }
+            }
+            "put" => {
+                let resp = admin.put_key("gw-1", new_key.as_str()).await;
+                assert_eq!(resp.status, 200, "{method} {path}: {}", resp.text());
+                check(&resp, "admin token");
+                check(
+                    &anonymous.put_key("gw-1", new_key.as_str()).await,
+                    "no token",
+                );
+                check(
+                    &authed.put_key("gw-1", new_key.as_str()).await,
+                    "read token",
+                );
+                check(&admin.put_key("gw-1", "ed25519:AAAA").await, "bad key");
+                check(
+                    &admin
+                        .request(Method::PUT, &concrete, &[], Bytes::from_static(b"[]"))
+                        .await,
+                    "junk body",
+                );
+                check(
+                    &admin.put_key("gw-1", other.key_id().as_str()).await,
+                    "key of another device",
+                );
+                check(
+                    &admin.put_key("no-such-device", new_key.as_str()).await,
+                    "unknown device",
+                );
+            }
+            "delete" => {
+                let resp = admin.delete_key("gw-1").await;
+                assert_eq!(resp.status, 200, "{method} {path}: {}", resp.text());
+                check(&resp, "admin token");
+                check(&anonymous.delete_key("gw-1").await, "no token");
+                check(&authed.delete_key("gw-1").await, "read token");
+                check(&admin.delete_key("no-such-device").await, "unknown device");
             }
             other => panic!("method {other} is documented but not exercised"),
         }

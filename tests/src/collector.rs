@@ -35,6 +35,11 @@ pub struct Collector {
 impl Collector {
     /// Starts it and waits for its `listening on URL` line.
     pub fn start(spec: &CollectorSpec<'_>) -> Collector {
+        Collector::start_with_args(spec, &[])
+    }
+
+    /// `start` with more `serve` flags (e.g. `--admin-token-file F`).
+    pub fn start_with_args(spec: &CollectorSpec<'_>, extra: &[&str]) -> Collector {
         let bin = collector_bin();
         let mut cmd = match spec.hub {
             Some(hub) => hub.command(&bin),
@@ -43,7 +48,8 @@ impl Collector {
         cmd.args(["serve", "--listen", &spec.listen, "--data"])
             .arg(&spec.data)
             .arg("--enroll-token-file")
-            .arg(&spec.enroll_token_file);
+            .arg(&spec.enroll_token_file)
+            .args(extra);
         if let Some(ca) = spec.tls {
             cmd.arg("--tls-cert")
                 .arg(ca.cert_chain_path())
@@ -115,6 +121,57 @@ impl Collector {
         }
         serde_json::from_slice(&out.stdout)
             .map_err(|e| format!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// `METHOD path` with an optional bearer token and JSON body: the HTTP status and the body,
+    /// whatever the status (admin calls, /metrics).
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, String) {
+        let mut cmd = match &self.netns {
+            Some(netns) => command_in_netns(netns, "curl"),
+            None => Command::new("curl"),
+        };
+        cmd.args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-X",
+            method,
+            "-w",
+            "\n%{http_code}",
+        ]);
+        if let Some(ca) = &self.ca_pem {
+            cmd.arg("--cacert").arg(ca);
+        }
+        if let Some(token) = bearer {
+            cmd.arg("-H").arg(format!("Authorization: Bearer {token}"));
+        }
+        if let Some(body) = body {
+            cmd.args([
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                body,
+            ]);
+        }
+        let out = cmd
+            .arg(format!("{}{path}", self.url))
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run curl: {e}"));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
+        let status = status.trim().parse().unwrap_or_else(|_| {
+            panic!(
+                "{method} {path}: no HTTP status from curl: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (status, body.to_owned())
     }
 
     /// SIGKILL: no graceful flush; whatever the collector acknowledged must survive it.

@@ -1,6 +1,7 @@
 //! Reports end to end: the real agent enrolls with a token and reports to the real collector
 //! over HTTP; with the collector down, reports wait in the outbox across agent runs and arrive,
-//! each once, when it is back.
+//! each once, when it is back. The enrollment token goes only until the collector accepts the key;
+//! an operator unpins and re-keys the device while the collector runs.
 
 use shoal_e2e::{
     require_tools, write_allowed_signers, Collector, CollectorSpec, ConfigRepo, Device, SigningKey,
@@ -20,7 +21,7 @@ fn reports_enroll_survive_a_collector_outage_and_arrive_once() {
     repo.publish_to(&bare);
 
     let enroll = dir.path().join("enroll-token");
-    std::fs::write(&enroll, "enroll-token-0123456789abcdef\n").expect("token");
+    std::fs::write(&enroll, format!("{ENROLL_TOKEN}\n")).expect("token");
     let data = dir.path().join("collector-data");
     let mut spec = CollectorSpec {
         data,
@@ -100,4 +101,168 @@ fn reports_enroll_survive_a_collector_outage_and_arrive_once() {
     assert_eq!(status["queued_reports"], 0, "{status}");
     let summary = collector.get("/api/v1/summary");
     assert_eq!(summary["total"], 1, "{summary}");
+}
+
+const ENROLL_TOKEN: &str = "enroll-token-0123456789abcdef";
+const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
+
+/// One sample of the collector's /metrics.
+fn sample(collector: &Collector, name: &str) -> u64 {
+    let (status, text) = collector.call("GET", "/metrics", None, None);
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+/// An admin call; panics unless it answers 200.
+fn admin(collector: &Collector, method: &str, path: &str, body: Option<&str>) -> String {
+    let (status, text) = collector.call(method, path, Some(ADMIN_TOKEN), body);
+    assert_eq!(status, 200, "{method} {path}: {text}");
+    text
+}
+
+#[test]
+fn the_token_goes_only_until_the_key_is_pinned_and_operators_unpin_and_rekey_while_it_runs() {
+    if !require_tools(&["git", "ssh-keygen", "curl"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = SigningKey::generate(dir.path().join("keys"), "operator");
+    let signers = dir.path().join("allowed_signers");
+    write_allowed_signers(&signers, &[("operator@example", &key)]);
+    let (repo, _) = ConfigRepo::init_motd(dir.path().join("work"), &key, "one");
+    let bare = dir.path().join("srv/config.git");
+    repo.publish_to(&bare);
+
+    let tokens = dir.path().join("enroll-tokens");
+    std::fs::write(&tokens, format!("{ENROLL_TOKEN}\n")).expect("tokens");
+    let admin_tokens = dir.path().join("admin-tokens");
+    std::fs::write(&admin_tokens, format!("{ADMIN_TOKEN}\n")).expect("admin tokens");
+    let spec = CollectorSpec {
+        data: dir.path().join("collector-data"),
+        enroll_token_file: tokens,
+        listen: "127.0.0.1:0".into(),
+        tls: None,
+        hub: None,
+    };
+    let collector = Collector::start_with_args(
+        &spec,
+        &["--admin-token-file", admin_tokens.to_str().expect("utf-8")],
+    );
+    // A device whose config names its enrollment token file.
+    let new_device = |name: &str| {
+        let device = Device::new(
+            dir.path().join(name),
+            &bare.display().to_string(),
+            &signers,
+            "range",
+            "",
+        );
+        let token = dir.path().join(name).join("enroll-token");
+        std::fs::write(&token, format!("{ENROLL_TOKEN}\n")).expect("token");
+        let config = std::fs::read_to_string(device.config_path()).expect("read");
+        let config = format!(
+            "{config}\n[collector]\nurl = \"{}\"\nenroll_token_file = \"{}\"\n",
+            collector.url(),
+            token.display()
+        );
+        std::fs::write(device.config_path(), config).expect("write");
+        (device, token)
+    };
+    let (device, token) = new_device("device");
+    let run = device.agent(&["keygen"]);
+    run.assert_ok();
+    let key_id = run.stdout.trim().to_owned();
+    let pinned = || collector.get("/api/v1/devices/dev-1")["pinned_key_id"].clone();
+
+    // First contact: the report carries the token and pins the key; the device records it.
+    device.sync().expect(0, "delivered to the collector");
+    assert_eq!(
+        sample(&collector, "shoal_reports_with_enroll_token_total"),
+        1
+    );
+    assert_eq!(sample(&collector, "shoal_enrollments_total"), 1);
+    assert_eq!(pinned(), key_id.as_str());
+    let enrolled = device.state_dir().join("enrolled");
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&enrolled).expect("enrolled")).expect("json");
+    assert_eq!(record["key_id"], key_id.as_str(), "{record}");
+    assert_eq!(record["collector"], collector.url(), "{record}");
+
+    // Enrolled: the token file may go; reports keep arriving and none carries the token.
+    std::fs::remove_file(&token).expect("remove the token");
+    for _ in 0..2 {
+        device.sync().expect(0, "delivered to the collector");
+    }
+    assert_eq!(
+        sample(&collector, "shoal_reports_with_enroll_token_total"),
+        1
+    );
+    assert_eq!(sample(&collector, "shoal_reports_accepted_total"), 3);
+
+    // A leaked token does not let another key take the enrolled device id.
+    let (impostor, _) = new_device("impostor");
+    impostor.sync().expect(0, "key_mismatch");
+    assert_eq!(pinned(), key_id.as_str());
+    assert_eq!(
+        sample(&collector, "shoal_reports_with_enroll_token_total"),
+        2
+    );
+
+    // The operator unpins the device while the collector runs. Without its token file the
+    // device cannot pin itself again, and says why.
+    let answer = admin(&collector, "DELETE", "/api/v1/devices/dev-1/key", None);
+    assert!(answer.contains(r#""changed":true"#), "{answer}");
+    let run = device.sync();
+    run.expect(0, "unknown_key");
+    run.expect(0, "cannot read the enrollment token");
+    assert!(!enrolled.exists(), "the stale record is gone");
+    assert_eq!(pinned(), serde_json::Value::Null);
+    // With the token back, the next report pins the key again.
+    std::fs::write(&token, format!("{ENROLL_TOKEN}\n")).expect("token");
+    device.sync().expect(0, "delivered to the collector");
+    assert_eq!(pinned(), key_id.as_str());
+    assert_eq!(sample(&collector, "shoal_enrollments_total"), 2);
+    assert_eq!(
+        sample(&collector, "shoal_reports_with_enroll_token_total"),
+        3
+    );
+    assert!(enrolled.exists());
+
+    // Re-keyed to another key: the device's reports are refused with the reason, and a token
+    // is no way around it (the agent does not even send it).
+    let replacement = SigningKey::generate(dir.path().join("keys"), "replacement");
+    let body = serde_json::json!({ "key": replacement.public_line() }).to_string();
+    admin(&collector, "PUT", "/api/v1/devices/dev-1/key", Some(&body));
+    let run = device.sync();
+    run.expect(0, "key_mismatch");
+    run.expect(0, &format!("signed by {key_id}"));
+    assert_eq!(
+        sample(&collector, "shoal_reports_with_enroll_token_total"),
+        3
+    );
+    // Bad admin input and a missing admin token change nothing.
+    let (status, text) = collector.call(
+        "PUT",
+        "/api/v1/devices/dev-1/key",
+        Some(ADMIN_TOKEN),
+        Some(r#"{"key":"ed25519:nope"}"#),
+    );
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("bad_key"), "{text}");
+    let (status, text) = collector.call("DELETE", "/api/v1/devices/dev-1/key", None, None);
+    assert_eq!(status, 401, "{text}");
+    assert_ne!(pinned(), key_id.as_str());
+    assert_ne!(pinned(), serde_json::Value::Null);
+
+    // Back to the device's own key: delivered again, still without the token.
+    let body = serde_json::json!({ "key": key_id }).to_string();
+    admin(&collector, "PUT", "/api/v1/devices/dev-1/key", Some(&body));
+    device.sync().expect(0, "delivered to the collector");
+    assert_eq!(
+        sample(&collector, "shoal_reports_with_enroll_token_total"),
+        3
+    );
+    assert_eq!(pinned(), key_id.as_str());
 }

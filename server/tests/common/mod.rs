@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 pub const ENROLL_TOKEN: &str = "enroll-0123456789abcdef";
 pub const READ_TOKEN: &str = "read-0123456789abcdef";
+pub const ADMIN_TOKEN: &str = "admin-0123456789abcdef";
 
 /// A simulated device: an identity key and a sequence counter.
 pub struct Device {
@@ -120,6 +121,29 @@ impl Client {
         self.request(Method::GET, path, &[], Bytes::new()).await
     }
 
+    /// `PUT /api/v1/devices/{id}/key` with `{"key": KEY}`.
+    pub async fn put_key(&self, device_id: &str, key: &str) -> Resp {
+        let body = serde_json::json!({ "key": key }).to_string();
+        self.request(
+            Method::PUT,
+            &format!("/api/v1/devices/{device_id}/key"),
+            &[],
+            Bytes::from(body),
+        )
+        .await
+    }
+
+    /// `DELETE /api/v1/devices/{id}/key`.
+    pub async fn delete_key(&self, device_id: &str) -> Resp {
+        self.request(
+            Method::DELETE,
+            &format!("/api/v1/devices/{device_id}/key"),
+            &[],
+            Bytes::new(),
+        )
+        .await
+    }
+
     pub async fn post_report(&self, body: Vec<u8>, enroll: Option<&str>) -> Resp {
         let headers: Vec<(&str, &str)> =
             enroll.map(|t| ("x-shoal-enroll", t)).into_iter().collect();
@@ -215,11 +239,12 @@ where
     })
 }
 
-/// Config with both token kinds set.
+/// Config with every token kind set (read, enroll, admin).
 pub fn config_with_tokens() -> Config {
     Config {
         read_tokens: Some(shoal_collector::auth::Tokens::new([READ_TOKEN])),
         enroll_tokens: Some(shoal_collector::auth::Tokens::new([ENROLL_TOKEN])),
+        admin_tokens: Some(shoal_collector::auth::Tokens::new([ADMIN_TOKEN])),
         ..Config::default()
     }
 }
@@ -242,7 +267,19 @@ impl TestServer {
         config: Config,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> TestServer {
-        let store = Store::open(data).unwrap();
+        // A server stopped just before may still be letting go of the store (its writer thread
+        // ends after the last handle drops): wait for sled's lock for a little while.
+        let mut tries = 0;
+        let store = loop {
+            match Store::open(data) {
+                Ok(store) => break store,
+                Err(_) if tries < 100 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("opening the store in {}: {e}", data.display()),
+            }
+        };
         let state = AppState::new(store, config).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -267,6 +304,14 @@ impl TestServer {
     pub fn client(&self) -> Client {
         Client {
             bearer: Some(READ_TOKEN.to_owned()),
+            ..Client::new(self.addr)
+        }
+    }
+
+    /// A client for this server with the admin token set.
+    pub fn admin(&self) -> Client {
+        Client {
+            bearer: Some(ADMIN_TOKEN.to_owned()),
             ..Client::new(self.addr)
         }
     }
