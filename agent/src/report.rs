@@ -368,6 +368,26 @@ impl Reporter {
     }
 }
 
+/// Queues a signed report of the device's state as `state` records it now, without sending it:
+/// for news in the middle of a sync (a mirror found damaged and rebuilt), which the sync's own
+/// result then follows in the outbox; whoever reports after the sync (the daemon, the CLI)
+/// delivers both, in order. Reserves a sequence block of its own, so a reporter that held an
+/// older block takes a fresh one. Nothing when no collector is configured.
+pub fn queue_now(config: &AgentConfig, state: &State) -> Result<(), ReportError> {
+    if config.collector.is_none() {
+        return Ok(());
+    }
+    let (identity, _) = Identity::load_or_create(&config.state_dir)?;
+    let mut block = 0..0;
+    let sequence = next_sequence(&mut block, state)?;
+    let report = build(config, state, sequence)?;
+    let envelope = SignedEnvelope::seal(&identity.key, &report)
+        .map_err(|e| ReportError::Seal(e.to_string()))?
+        .to_json();
+    state.enqueue_report(sequence, &envelope)?;
+    Ok(())
+}
+
 /// The next sequence number from this reporter's block, reserving a new block when it is used
 /// up or when another process (a CLI `sync` or `rollback` beside the daemon) reserved one after
 /// it: sending from the older block would look like a replay to the collector, which keeps

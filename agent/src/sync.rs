@@ -190,6 +190,21 @@ fn sync_unheld(
         Mirror::fetch(&state.mirror_dir(), &config.source, watermark, interrupt)
     })?;
     span.record("commit", tracing::field::display(fetched.tip));
+    if let Some(damage) = &fetched.healed {
+        // The sync goes on with the rebuilt mirror, but a damaged mirror says something about
+        // the device's disk: the fleet sees a `failed` report with the reason, then the result.
+        let message = format!(
+            "the local mirror {} was damaged ({damage}); it was rebuilt from the server",
+            state.mirror_dir().display()
+        );
+        tracing::warn!(%message, "mirror healed");
+        if !dry_run {
+            record(state, "failed", None, Some(message), Timings::default())?;
+            if let Err(e) = crate::report::queue_now(config, state) {
+                tracing::warn!(error = %e, "could not queue the report of the damaged mirror");
+            }
+        }
+    }
 
     let verified = timed(&mut timings.verify_ms, || {
         verify::verify_update(mirror.repo(), &policy, watermark, fetched.tip)

@@ -364,24 +364,7 @@ fn a_malformed_commit_from_the_server_is_refused_not_healed() {
     let Some(s) = Scenario::new() else { return };
     let watermark = s.watermark();
     let motd = s.motd();
-    let tree = s.repo.git(&["rev-parse", "HEAD^{tree}"]);
-    let raw = format!(
-        "tree {tree}\nparent {}\nauthor no-email-no-time\ncommitter x\n\nmalformed\n",
-        s.tip
-    );
-    let bad = run_bytes(
-        git_command().arg("-C").arg(s.repo.path()).args([
-            "hash-object",
-            "--literally",
-            "-t",
-            "commit",
-            "-w",
-            "--stdin",
-        ]),
-        raw.as_bytes(),
-    );
-    let bad = String::from_utf8_lossy(&bad).trim().to_owned();
-    s.repo.git(&["update-ref", "HEAD", &bad, &s.tip]);
+    let bad = s.repo.commit_malformed();
     s.repo.publish_to(s.dir.path().join("srv/config.git"));
 
     for attempt in ["first", "second"] {

@@ -4,7 +4,8 @@
 //! an operator unpins and re-keys the device while the collector runs.
 
 use shoal_e2e::{
-    require_tools, write_allowed_signers, Collector, CollectorSpec, ConfigRepo, Device, SigningKey,
+    require_tools, write_allowed_signers, Collector, CollectorSpec, ConfigRepo, Device, Sandbox,
+    SigningKey, MOTD_MANIFEST,
 };
 
 #[test]
@@ -265,4 +266,74 @@ fn the_token_goes_only_until_the_key_is_pinned_and_operators_unpin_and_rekey_whi
         3
     );
     assert_eq!(pinned(), key_id.as_str());
+}
+
+#[test]
+fn a_mirror_rebuilt_after_damage_is_reported_failed_with_the_reason_then_converged() {
+    let Some(s) = Sandbox::new() else { return };
+    if !require_tools(&["curl"]) {
+        return;
+    }
+    let enroll = s.dir.path().join("enroll-token");
+    std::fs::write(&enroll, format!("{ENROLL_TOKEN}\n")).expect("token");
+    let collector = Collector::start(&CollectorSpec {
+        data: s.dir.path().join("collector-data"),
+        enroll_token_file: enroll.clone(),
+        listen: "127.0.0.1:0".into(),
+        tls: None,
+        hub: None,
+    });
+    let config = std::fs::read_to_string(s.device.config_path()).expect("read");
+    let with_collector = format!(
+        "{config}\n[collector]\nurl = \"{}\"\nenroll_token_file = \"{}\"\n",
+        collector.url(),
+        enroll.display()
+    );
+    std::fs::write(s.device.config_path(), with_collector).expect("write");
+    s.push(&[("shoal.toml", MOTD_MANIFEST), ("motd", "one\n")], "one");
+    s.device.sync().expect(0, "report: 1 delivered");
+
+    // A power cut left every pack of the mirror empty (the case of issue 19).
+    let packs = s.device.state_dir().join("mirror.git/objects/pack");
+    for pack in std::fs::read_dir(&packs).expect("packs") {
+        let pack = pack.expect("entry").path();
+        if pack.extension().is_some_and(|e| e == "pack" || e == "idx") {
+            std::fs::File::create(&pack).expect("truncate");
+        }
+    }
+    let second = s.push(&[("motd", "two\n")], "two");
+    s.device.sync().expect(0, "2 delivered");
+    assert_eq!(s.read("/etc/motd"), "two\n");
+
+    let history = collector.get("/api/v1/devices/dev-1/history");
+    let text = history.to_string();
+    let reports: Vec<&serde_json::Value> = history["history"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no history array: {text}"))
+        .iter()
+        .map(|entry| &entry["report"])
+        .collect();
+    let failed = reports
+        .iter()
+        .position(|r| r["status"] == "failed")
+        .unwrap_or_else(|| panic!("no failed report: {text}"));
+    assert!(
+        reports[failed].to_string().contains("was damaged")
+            && reports[failed]
+                .to_string()
+                .contains("it was rebuilt from the server"),
+        "the failed report says why: {text}"
+    );
+    let converged = reports
+        .iter()
+        .position(|r| r["status"] == "converged" && r["commit"] == second.as_str())
+        .unwrap_or_else(|| panic!("no converged report at {second}: {text}"));
+    assert!(
+        reports[failed]["sequence"].as_u64() < reports[converged]["sequence"].as_u64(),
+        "failed, then converged: {text}"
+    );
+    assert_eq!(
+        collector.get("/api/v1/devices/dev-1")["status"],
+        "converged"
+    );
 }
