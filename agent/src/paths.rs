@@ -46,8 +46,33 @@ pub fn read_optional(path: &Path) -> Result<Option<String>, PathError> {
     }
 }
 
+/// Creates `path` and any missing parents, durably: each directory created is made durable in
+/// its parent (fsync of the parent) before the next one is created inside it. Without that, a
+/// power cut can lose a new directory's entry (`generations/`, say) while a file written later in
+/// an older directory (`current-generation`) survives and points into the lost one.
 pub fn create_dir_all(path: &Path) -> Result<(), PathError> {
-    fs::create_dir_all(path).map_err(|e| PathError::new("create directory", path, e))
+    if path.is_dir() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    let mut next = Some(path);
+    while let Some(dir) = next {
+        // Stop at anything that exists: a file there makes the create below fail, naming it.
+        if dir.as_os_str().is_empty() || fs::symlink_metadata(dir).is_ok() {
+            break;
+        }
+        missing.push(dir);
+        next = dir.parent();
+    }
+    for dir in missing.into_iter().rev() {
+        match fs::create_dir(dir) {
+            Ok(()) => sync_dir(parent_dir(dir))?,
+            // Another process made it meanwhile: it is its job to make it durable.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+            Err(e) => return Err(PathError::new("create directory", dir, e)),
+        }
+    }
+    Ok(())
 }
 
 /// Writes `contents` to `path` so that after a crash at any instant the path holds either the
@@ -121,6 +146,19 @@ mod tests {
         assert_eq!(read_to_string(&target).unwrap(), "two");
         let entries: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(entries.len(), 1, "only the target remains");
+    }
+
+    #[test]
+    fn create_dir_all_makes_every_missing_parent_and_accepts_an_existing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("state/generations/x");
+        create_dir_all(&deep).unwrap();
+        assert!(deep.is_dir());
+        create_dir_all(&deep).unwrap();
+        let file = dir.path().join("file");
+        fs::write(&file, "").unwrap();
+        let err = create_dir_all(&file.join("below")).unwrap_err();
+        assert_eq!(err.path, file.join("below"));
     }
 
     #[test]
