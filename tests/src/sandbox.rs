@@ -1,10 +1,12 @@
 //! `Sandbox`: the smallest whole setup most end-to-end tests need — an operator's signing key, a
 //! config repository, the bare repository a device pulls from (a local path), and one device with
-//! a sandbox root trusting that key with `verify = "range"`.
+//! a sandbox root trusting that key with `verify = "range"`; the repository is read from its path,
+//! or served by a real `git daemon` ([`Sandbox::over_git_daemon`]).
 
 use std::path::PathBuf;
 
 use crate::device::Device;
+use crate::git_daemon::GitDaemon;
 use crate::repo::ConfigRepo;
 use crate::requirements::require_tools;
 use crate::signing::{write_allowed_signers, SigningKey};
@@ -14,11 +16,22 @@ pub struct Sandbox {
     pub key: SigningKey,
     pub repo: ConfigRepo,
     pub device: Device,
+    /// The server, when the device pulls over `git://`.
+    pub daemon: Option<GitDaemon>,
 }
 
 impl Sandbox {
     /// `None` (after a `SKIPPED` line) without git and ssh-keygen; a panic under `SHOAL_E2E=1`.
     pub fn new() -> Option<Sandbox> {
+        Sandbox::build(false)
+    }
+
+    /// Like [`Sandbox::new`], the device pulling from a `git daemon` serving the repository.
+    pub fn over_git_daemon() -> Option<Sandbox> {
+        Sandbox::build(true)
+    }
+
+    fn build(daemon: bool) -> Option<Sandbox> {
         if !require_tools(&["git", "ssh-keygen"]) {
             return None;
         }
@@ -27,13 +40,20 @@ impl Sandbox {
         let signers = dir.path().join("allowed_signers");
         write_allowed_signers(&signers, &[("operator@example", &key)]);
         let repo = ConfigRepo::init(dir.path().join("work"));
-        let url = dir.path().join("srv/config.git").display().to_string();
+        let srv = dir.path().join("srv");
+        std::fs::create_dir_all(&srv).expect("mkdir srv");
+        let daemon = daemon.then(|| GitDaemon::start(&srv));
+        let url = match &daemon {
+            Some(daemon) => daemon.url("config.git"),
+            None => srv.join("config.git").display().to_string(),
+        };
         let device = Device::new(dir.path().join("device"), &url, &signers, "range", "");
         Some(Sandbox {
             dir,
             key,
             repo,
             device,
+            daemon,
         })
     }
 

@@ -6,10 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use shoal_e2e::{
-    agent_bin, output, require_tools, write_allowed_signers, ConfigRepo, Device, GitDaemon,
-    SigningKey,
-};
+use shoal_e2e::{agent_bin, output, require_tools, Device, Sandbox, MOTD_MANIFEST};
 
 /// The syscalls of one `shoal-agent sync` of `device`, one per line, in order.
 fn traced_sync(device: &Device, trace: &Path) -> Vec<String> {
@@ -54,32 +51,22 @@ fn is_rename(line: &str) -> bool {
 
 #[test]
 fn objects_are_synced_before_the_fetched_ref_moves_and_a_noop_sync_syncs_nothing() {
-    if !require_tools(&["git", "ssh-keygen", "strace"]) {
+    if !require_tools(&["strace"]) {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let operator = SigningKey::generate(dir.path().join("keys"), "operator");
-    let signers = dir.path().join("allowed_signers");
-    write_allowed_signers(&signers, &[("operator@example", &operator)]);
-    let (repo, _) = ConfigRepo::init_motd(dir.path().join("work"), &operator, "one");
-    repo.publish_to(dir.path().join("srv/config.git"));
-    let daemon = GitDaemon::start(dir.path().join("srv"));
-    let device = Device::new(
-        dir.path().join("device"),
-        &daemon.url("config.git"),
-        &signers,
-        "range",
-        "",
-    );
+    let Some(s) = Sandbox::over_git_daemon() else {
+        return;
+    };
+    let device = &s.device;
+    s.push(&[("shoal.toml", MOTD_MANIFEST), ("motd", "one\n")], "one");
     device.sync().assert_ok();
-    repo.write("motd", "two\n");
-    let tip = repo.commit_signed(&operator, "two");
-    repo.publish_to(dir.path().join("srv/config.git"));
+    let tip = s.push(&[("motd", "two\n")], "two");
+    let dir = &s.dir;
 
     let mirror = device.state_dir().join("mirror.git");
     let mirror = mirror.display().to_string();
     let fetched_ref = format!("{mirror}/refs/shoal/fetched");
-    let lines = traced_sync(&device, &dir.path().join("update.trace"));
+    let lines = traced_sync(device, &dir.path().join("update.trace"));
     assert_eq!(device.applied().as_deref(), Some(tip.as_str()));
 
     let pack = position(&lines, "rename of the pack into place", |l| {
@@ -132,7 +119,7 @@ fn objects_are_synced_before_the_fetched_ref_moves_and_a_noop_sync_syncs_nothing
     );
 
     // Nothing new: no sync, no rename, no fsync anywhere in the mirror.
-    let lines = traced_sync(&device, &dir.path().join("noop.trace"));
+    let lines = traced_sync(device, &dir.path().join("noop.trace"));
     let writes: Vec<&String> = lines
         .iter()
         .filter(|l| {
@@ -143,5 +130,4 @@ fn objects_are_synced_before_the_fetched_ref_moves_and_a_noop_sync_syncs_nothing
         writes.is_empty(),
         "a no-op sync wrote to the mirror: {writes:#?}"
     );
-    drop(daemon);
 }

@@ -9,50 +9,31 @@ use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use shoal_e2e::{
-    git_command, require_tools, run, run_bytes, write_allowed_signers, ConfigRepo, Device,
-    GitDaemon, SigningKey, MOTD_MANIFEST,
-};
+use shoal_e2e::{git_command, run, run_bytes, Sandbox, MOTD_MANIFEST};
 
 /// An operator's signed repo served by `git daemon`, and a device that applied two commits of
 /// it (so its mirror holds two packs, the tip in the newer one, as after a fetch of an update).
 struct Scenario {
-    dir: tempfile::TempDir,
-    operator: SigningKey,
-    repo: ConfigRepo,
-    device: Device,
+    sandbox: Sandbox,
     tip: String,
-    _daemon: GitDaemon,
+}
+
+impl std::ops::Deref for Scenario {
+    type Target = Sandbox;
+    fn deref(&self) -> &Sandbox {
+        &self.sandbox
+    }
 }
 
 impl Scenario {
     fn new() -> Option<Self> {
-        if !require_tools(&["git", "ssh-keygen"]) {
-            return None;
-        }
-        let dir = tempfile::tempdir().expect("tempdir");
-        let operator = SigningKey::generate(dir.path().join("keys"), "operator");
-        let allowed_signers = dir.path().join("allowed_signers");
-        write_allowed_signers(&allowed_signers, &[("operator@example", &operator)]);
-        let (repo, _) = ConfigRepo::init_motd(dir.path().join("work"), &operator, "one");
-        repo.publish_to(dir.path().join("srv/config.git"));
-        let daemon = GitDaemon::start(dir.path().join("srv"));
-        let device = Device::new(
-            dir.path().join("device"),
-            &daemon.url("config.git"),
-            &allowed_signers,
-            "range",
-            "",
-        );
-        device.sync().assert_ok();
+        let sandbox = Sandbox::over_git_daemon()?;
         let mut scenario = Scenario {
-            dir,
-            operator,
-            repo,
-            device,
+            sandbox,
             tip: String::new(),
-            _daemon: daemon,
         };
+        scenario.push_motd("one");
+        scenario.device.sync().assert_ok();
         scenario.tip = scenario.push_motd("two");
         scenario.device.sync().assert_ok();
         assert_eq!(scenario.device.applied(), Some(scenario.tip.clone()));
@@ -62,11 +43,8 @@ impl Scenario {
 
     /// Commits `motd` as the file's new content, signed, and publishes it; returns the commit.
     fn push_motd(&self, motd: &str) -> String {
-        self.repo.write("shoal.toml", MOTD_MANIFEST);
-        self.repo.write("motd", format!("{motd}\n"));
-        let id = self.repo.commit_signed(&self.operator, motd);
-        self.repo.publish_to(self.dir.path().join("srv/config.git"));
-        id
+        let content = format!("{motd}\n");
+        self.push(&[("shoal.toml", MOTD_MANIFEST), ("motd", &content)], motd)
     }
 
     fn mirror(&self) -> PathBuf {
@@ -365,7 +343,7 @@ fn a_malformed_commit_from_the_server_is_refused_not_healed() {
     let watermark = s.watermark();
     let motd = s.motd();
     let bad = s.repo.commit_malformed();
-    s.repo.publish_to(s.dir.path().join("srv/config.git"));
+    s.publish();
 
     for attempt in ["first", "second"] {
         let run = s.device.sync();
