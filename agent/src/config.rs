@@ -11,6 +11,14 @@ use crate::paths::{self, PathError};
 
 pub const DEFAULT_PATH: &str = "/etc/shoal/agent.toml";
 
+/// `[source] max_fetch` when unset: far above what a configuration repository's update needs,
+/// small enough that an unsigned push cannot fill the device's disk or link.
+pub const DEFAULT_MAX_FETCH: ByteSize = ByteSize(64 * ByteSize::MIB);
+/// `[source] max_object` when unset: the agent's peak RSS while indexing a pack is about three
+/// times the largest object (a delta's base, its instructions and its result), and the sync
+/// budget is 48 MiB (docs/SECURITY.md, docs/BENCHMARKS.md).
+pub const DEFAULT_MAX_OBJECT: ByteSize = ByteSize(8 * ByteSize::MIB);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read the agent config: {0}; pass --config PATH or create {DEFAULT_PATH}")]
@@ -51,6 +59,95 @@ pub struct SourceConfig {
     pub timeout: Duration,
     /// Extra attempts after a transient network failure, with exponential backoff.
     pub retries: u32,
+    /// The most one fetch may receive from the server before the signature can be checked.
+    pub max_fetch: ByteSize,
+    /// The largest single object (a file, once inflated) a fetch may bring.
+    pub max_object: ByteSize,
+}
+
+/// A number of bytes, written in the config as `"64MiB"`, `"512KiB"`, `"1GiB"`, `"100B"` or a
+/// plain integer, and shown the same way (`64 MiB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub const KIB: u64 = 1024;
+    pub const MIB: u64 = 1024 * 1024;
+    pub const GIB: u64 = 1024 * 1024 * 1024;
+
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for ByteSize {
+    /// Exact when the size is a whole number of a unit (`64 MiB`), else one decimal (`64.1 MiB`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0;
+        for (unit, name) in [(Self::GIB, "GiB"), (Self::MIB, "MiB"), (Self::KIB, "KiB")] {
+            if n >= unit {
+                return if n.is_multiple_of(unit) {
+                    write!(f, "{} {name}", n / unit)
+                } else {
+                    write!(f, "{:.1} {name}", n as f64 / unit as f64)
+                };
+            }
+        }
+        write!(f, "{n} bytes")
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a size such as \"64MiB\", \"512KiB\" or a number of bytes")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(n))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<ByteSize, E> {
+                u64::try_from(n)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("invalid size {n}: must not be negative")))
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<ByteSize, E> {
+                parse_size(text).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// Parses `"64MiB"`, `"64 MiB"`, `"512KiB"`, `"100B"` or `"1048576"` (bytes). Decimal units
+/// (`MB`) are refused rather than guessed at: `64MB` is 64,000,000 bytes to some and 64 MiB to
+/// others.
+pub fn parse_size(text: &str) -> Result<ByteSize, String> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let value: u64 = number.parse().map_err(|_| {
+        format!("invalid size {text:?}: expected a number and a unit, like \"64MiB\"")
+    })?;
+    let unit_bytes = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => ByteSize::KIB,
+        "MiB" => ByteSize::MIB,
+        "GiB" => ByteSize::GIB,
+        _ => {
+            return Err(format!(
+                "invalid size {text:?}: unit must be one of B, KiB, MiB, GiB"
+            ))
+        }
+    };
+    value
+        .checked_mul(unit_bytes)
+        .map(ByteSize)
+        .ok_or_else(|| format!("invalid size {text:?}: too large"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -110,6 +207,8 @@ struct RawSource {
     ca_file: Option<PathBuf>,
     timeout: Option<HumanDuration>,
     retries: Option<u32>,
+    max_fetch: Option<ByteSize>,
+    max_object: Option<ByteSize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -222,6 +321,14 @@ impl AgentConfig {
         if interval.is_zero() {
             return Err(invalid("source.interval", "must be greater than zero"));
         }
+        let max_fetch = raw.source.max_fetch.unwrap_or(DEFAULT_MAX_FETCH);
+        if max_fetch.bytes() == 0 {
+            return Err(invalid("source.max_fetch", "must be greater than zero"));
+        }
+        let max_object = raw.source.max_object.unwrap_or(DEFAULT_MAX_OBJECT);
+        if max_object.bytes() == 0 {
+            return Err(invalid("source.max_object", "must be greater than zero"));
+        }
         let keep_generations = raw.apply.keep_generations.unwrap_or(10);
         if keep_generations == 0 {
             return Err(invalid(
@@ -243,6 +350,8 @@ impl AgentConfig {
                 ca_file: raw.source.ca_file.map(resolve),
                 timeout: raw.source.timeout.map_or(Duration::from_secs(60), |d| d.0),
                 retries: raw.source.retries.unwrap_or(3),
+                max_fetch,
+                max_object,
             },
             trust: TrustConfig {
                 allowed_signers: resolve(
@@ -392,6 +501,64 @@ keep_generations = 10
             "cannot read the agent config: could not read /nonexistent/agent.toml: No such file or \
              directory (os error 2); pass --config PATH or create /etc/shoal/agent.toml"
         );
+    }
+
+    #[test]
+    fn fetch_bounds_default_and_parse_as_sizes() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.source.max_fetch, ByteSize(64 << 20));
+        assert_eq!(c.source.max_object, ByteSize(8 << 20));
+        let c = parse(&format!(
+            "{MINIMAL}max_fetch = \"512KiB\"\nmax_object = 300000\n"
+        ))
+        .unwrap();
+        assert_eq!(c.source.max_fetch, ByteSize(512 * 1024));
+        assert_eq!(c.source.max_object, ByteSize(300_000));
+        let cases = [
+            (
+                "max_fetch = \"64MB\"",
+                "unit must be one of B, KiB, MiB, GiB",
+            ),
+            ("max_fetch = \"MiB\"", "expected a number and a unit"),
+            ("max_fetch = -1", "must not be negative"),
+            (
+                "max_fetch = 0",
+                "`source.max_fetch` must be greater than zero",
+            ),
+            (
+                "max_object = \"0KiB\"",
+                "`source.max_object` must be greater than zero",
+            ),
+            ("max_fetch = \"99999999999GiB\"", "too large"),
+            ("max_fetch = 1.5", "a size such as"),
+        ];
+        for (line, expected) in cases {
+            let message = parse(&format!("{MINIMAL}{line}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(message.starts_with("/etc/shoal/agent.toml"), "{message}");
+            assert!(
+                message.contains(expected),
+                "{message:?} should contain {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn sizes_read_back_the_way_they_are_written() {
+        for (text, bytes, shown) in [
+            ("64MiB", 64 << 20, "64 MiB"),
+            ("64 MiB", 64 << 20, "64 MiB"),
+            ("512KiB", 512 << 10, "512 KiB"),
+            ("1GiB", 1 << 30, "1 GiB"),
+            ("100B", 100, "100 bytes"),
+            ("67108913", 67_108_913, "64.0 MiB"),
+            ("1536KiB", 1536 << 10, "1.5 MiB"),
+        ] {
+            let size = parse_size(text).unwrap();
+            assert_eq!(size, ByteSize(bytes), "{text}");
+            assert_eq!(size.to_string(), shown, "{text}");
+        }
     }
 
     #[test]
