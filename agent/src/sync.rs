@@ -84,6 +84,7 @@ impl SyncError {
     pub fn status(&self) -> &'static str {
         match self {
             SyncError::Verify(_) => "refused",
+            SyncError::Fetch(e) if e.is_refusal() => "refused",
             SyncError::Apply { .. } | SyncError::Unhealthy { .. } => "rolled_back",
             _ => "failed",
         }

@@ -1,7 +1,8 @@
 //! Fetch: keeps a bare mirror of the configuration repository in `state_dir` up to date with
 //! the tracked ref. The only module that talks to the network for git. It decides nothing about
 //! trust: what it brings in is unverified until `verify` says otherwise, and it never touches
-//! the device's managed files. The mirror is a cache: what a fetch brings is on disk before
+//! the device's managed files. What one fetch may receive before that verdict is bounded
+//! (`bound`: `max_fetch` bytes, no object over `max_object`). The mirror is a cache: what a fetch brings is on disk before
 //! the mirror's ref names it (`durable`), and a mirror found damaged (`inspect`) is rebuilt from
 //! scratch within the same fetch.
 
@@ -10,15 +11,18 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use gix::protocol::transport::client::blocking_io::{connect, Transport};
 use gix::remote::Direction;
 use gix::ObjectId;
 
 use crate::config::SourceConfig;
 use crate::paths::{self, PathError};
 
+mod bound;
 mod durable;
 mod inspect;
 
+pub use bound::Exceeded;
 pub use inspect::Damage;
 
 /// Where the fetched (not yet verified) tip of the tracked ref is kept in the mirror.
@@ -52,6 +56,8 @@ pub enum FetchError {
         first: Box<Damage>,
         again: Box<Damage>,
     },
+    #[error("{reason}; the fetch from {url} was stopped, nothing it sent is kept and the device is unchanged; {}", reason.advice())]
+    Refused { url: String, reason: Exceeded },
     #[error(
         "cannot record the fetched tip {tip} durably in the local mirror: {source}; check the disk"
     )]
@@ -60,6 +66,14 @@ pub enum FetchError {
         #[source]
         source: PathError,
     },
+}
+
+impl FetchError {
+    /// Whether the server sent what the agent refuses to take before the signature can be
+    /// checked (a refusal of the push, not a failure to be retried).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, FetchError::Refused { .. })
+    }
 }
 
 /// The outcome of one fetch.
@@ -272,14 +286,28 @@ impl Mirror {
             .with_fetch_tags(gix::remote::fetch::Tags::None)
             .with_refspecs([refspec.as_str()], Direction::Fetch)
             .map_err(|e| Attempt::Transient(error_chain(&e)))?;
-        let mut connection = remote.connect(Direction::Fetch).map_err(transient)?;
+        let meter = bound::Meter::new(bound::Limits {
+            max_fetch: source.max_fetch,
+            max_object: source.max_object,
+        });
+        // Past a bound a read fails and gix gives up; the reason is the meter's, not gix's error.
+        let refused = |meter: &bound::Meter| {
+            meter.verdict().map(|reason| {
+                Attempt::Fatal(FetchError::Refused {
+                    url: source.url.clone(),
+                    reason,
+                })
+            })
+        };
+        let transport = self.connect(&remote, &meter).map_err(transient)?;
+        let mut connection = remote.to_connection_with_transport(transport);
         if let Some(tls) = tls {
             let options = self.http_options(&source.url, tls, source.timeout);
             connection.set_transport_options(options);
         }
         let prepare = connection
             .prepare_fetch(gix::progress::Discard, Default::default())
-            .map_err(transient)?;
+            .map_err(|e| refused(&meter).unwrap_or_else(|| transient(e)))?;
         let not_found = || {
             Attempt::Fatal(FetchError::RefNotFound {
                 url: source.url.clone(),
@@ -307,7 +335,12 @@ impl Mirror {
                 healed: None,
             });
         }
-        let outcome = match prepare.receive(gix::progress::Discard, interrupt) {
+        let received = prepare.receive(gix::progress::Discard, interrupt);
+        if let Some(refusal) = refused(&meter) {
+            tracing::warn!(received = meter.received(), "fetch stopped at its bound");
+            return Err(refusal);
+        }
+        let outcome = match received {
             Ok(outcome) => outcome,
             Err(e) => {
                 // Negotiation walks the local history: a fetch can also fail on a mirror whose
@@ -356,6 +389,32 @@ impl Mirror {
         })
     }
 
+    /// A transport to the remote's URL, as `gix::Remote::connect` makes it, wrapped so that what
+    /// it receives is counted against the fetch's bounds (`bound`).
+    fn connect(
+        &self,
+        remote: &gix::Remote<'_>,
+        meter: &bound::Meter,
+    ) -> Result<bound::Metered<Box<dyn Transport + Send>>, gix::Error> {
+        let (url, version) = remote.sanitized_url_and_version(Direction::Fetch)?;
+        let ssh = if url.scheme == gix::url::Scheme::Ssh {
+            self.repo.ssh_connect_options()?
+        } else {
+            Default::default()
+        };
+        let options = connect::Options {
+            version,
+            ssh,
+            ..Default::default()
+        };
+        let transport = connect::connect(url, options)?;
+        Ok(bound::Metered::new(
+            transport,
+            meter.clone(),
+            self.repo.object_hash(),
+        ))
+    }
+
     /// gix's HTTP options for `url`, with our rustls (ring) configuration and deadlines
     /// handed to its reqwest backend.
     fn http_options(
@@ -402,7 +461,10 @@ enum Attempt {
 /// nothing new costs exactly one round trip (v2 needs a second one for ls-refs). Config repos
 /// have few refs, so v1 advertising all of them costs little.
 fn open_isolated(dir: &Path) -> Result<gix::Repository, gix::Error> {
-    let options = gix::open::Options::isolated().config_overrides(["protocol.version=1"]);
+    // One thread to index a pack: each thread inflates its own objects, so the peak memory of a
+    // fetch would grow with the device's cores (docs/SECURITY.md, "Fetch").
+    let options =
+        gix::open::Options::isolated().config_overrides(["protocol.version=1", "pack.threads=1"]);
     gix::open_opts(dir, options)
 }
 
