@@ -187,7 +187,7 @@ fn sync_unheld(
 ) -> Result<SyncOutcome, SyncError> {
     let policy = TrustPolicy::load(&config.trust)?;
     let watermark = state.applied_commit()?;
-    let (mirror, fetched) = timed(&mut timings.fetch_ms, || {
+    let (mut mirror, fetched) = timed(&mut timings.fetch_ms, || {
         Mirror::fetch(&state.mirror_dir(), &config.source, watermark, interrupt)
     })?;
     span.record("commit", tracing::field::display(fetched.tip));
@@ -210,7 +210,18 @@ fn sync_unheld(
     let verified = timed(&mut timings.verify_ms, || {
         verify::verify_update(mirror.repo(), &policy, watermark, fetched.tip)
     })
-    .inspect_err(|e| tracing::warn!(error = %e, "refused"))?;
+    .inspect_err(|e| tracing::warn!(error = %e, "refused"));
+    // The mirror's ref moves only to an accepted tip; a refused one's objects are not kept.
+    let verified = match verified {
+        Ok(verified) => {
+            mirror.accept(&fetched)?;
+            verified
+        }
+        Err(e) => {
+            mirror.discard();
+            return Err(e.into());
+        }
+    };
     let commit = verified.commit();
     let current = state.current()?;
     let at_tip = current

@@ -1,6 +1,8 @@
 //! The mirror's durable writes, in crash order: what a fetch brought is on disk before
-//! `refs/shoal/fetched` moves to it, and a damaged mirror is set aside whole before a new one is
-//! built in its place. Writes nothing outside the mirror and its `.damaged` sibling.
+//! `refs/shoal/fetched` moves to it, a pack stays marked unaccepted (its `.keep`) until `verify`
+//! accepts the tip and is removed whole when it does not, and a damaged mirror is set aside whole
+//! before a new one is built in its place. Writes nothing outside the mirror and its `.damaged`
+//! sibling.
 //!
 //! gix 0.90 syncs nothing itself: a pack and its index are written to temp files and renamed
 //! into place (gix-pack `bundle/write/mod.rs`, `persist` at lines 342 and 348; gix-tempfile
@@ -67,6 +69,95 @@ pub fn record_tip(mirror: &Path, tip: ObjectId) -> Result<(), PathError> {
     paths::sync_dir(&refs_dir)
 }
 
+/// The mirror's pack directory.
+fn pack_dir(mirror: &Path) -> PathBuf {
+    mirror.join("objects").join("pack")
+}
+
+/// The `.keep` files in the pack directory: one per pack a fetch wrote that `verify` has not
+/// accepted yet (gix writes it before the pack and its index are renamed into place, and never
+/// removes it here: it removes it only when it writes a ref itself). An empty list when the
+/// directory does not exist yet.
+fn keep_files(pack_dir: &Path) -> Result<Vec<PathBuf>, PathError> {
+    let entries = match std::fs::read_dir(pack_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(PathError::new("list", pack_dir, e)),
+    };
+    let mut keeps = Vec::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|e| PathError::new("list", pack_dir, e))?
+            .path();
+        let is_keep = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("pack-") && n.ends_with(".keep"));
+        if is_keep {
+            keeps.push(path);
+        }
+    }
+    Ok(keeps)
+}
+
+fn remove_if_present(path: &Path) -> Result<(), PathError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(PathError::new("remove", path, e)),
+    }
+}
+
+/// Removes every pack no accepted tip needs: each pack still marked by its `.keep` (the index
+/// first, then the pack, the `.keep` last, so a crash half-way leaves the mark and the next call
+/// finishes), and the temp files of a transfer that was killed (gix's `.tmp*` in the pack
+/// directory). Returns the packs removed.
+///
+/// Called when the mirror is opened (what a crash between a fetch and `verify`'s verdict left)
+/// and when `verify` refuses a tip or a fetch is stopped. Safe because only the agent holding
+/// the state directory's lock fetches, and an accepted pack has lost its `.keep` before the ref
+/// names it ([`release_packs`]). Writes nothing when there is nothing to remove.
+pub fn remove_unaccepted(mirror: &Path) -> Result<Vec<PathBuf>, PathError> {
+    let dir = pack_dir(mirror);
+    let keeps = keep_files(&dir)?;
+    for keep in &keeps {
+        remove_if_present(&keep.with_extension("idx"))?;
+        remove_if_present(&keep.with_extension("pack"))?;
+        remove_if_present(keep)?;
+    }
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for entry in entries.flatten() {
+            let is_temp = entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(".tmp"));
+            if is_temp {
+                remove_if_present(&entry.path())?;
+            }
+        }
+    }
+    Ok(keeps
+        .into_iter()
+        .map(|keep| keep.with_extension("pack"))
+        .collect())
+}
+
+/// Marks every pack the fetch wrote as accepted: removes the `.keep` files and fsyncs the pack
+/// directory, so that no crash can bring a `.keep` back once the ref names the pack (the next
+/// open would take the pack for an unaccepted one and remove it). Call after
+/// [`sync_file_system`] and before [`record_tip`]. Returns whether there was anything to do.
+pub fn release_packs(mirror: &Path) -> Result<bool, PathError> {
+    let dir = pack_dir(mirror);
+    let keeps = keep_files(&dir)?;
+    for keep in &keeps {
+        remove_if_present(keep)?;
+    }
+    if !keeps.is_empty() {
+        paths::sync_dir(&dir)?;
+    }
+    Ok(!keeps.is_empty())
+}
+
 /// Where a damaged mirror is moved before it is deleted.
 pub fn aside_path(mirror: &Path) -> PathBuf {
     let mut name = mirror
@@ -126,6 +217,53 @@ mod tests {
         let repo = gix::open(&mirror).unwrap();
         let found = repo.find_reference(FETCHED_REF).unwrap();
         assert_eq!(found.id().detach(), id);
+    }
+
+    #[test]
+    fn unaccepted_packs_and_temp_files_go_accepted_packs_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let mirror = dir.path().join("mirror.git");
+        let packs = mirror.join("objects/pack");
+        // Nothing to do on a mirror without a pack directory.
+        assert!(remove_unaccepted(&mirror).unwrap().is_empty());
+        assert!(!release_packs(&mirror).unwrap());
+        std::fs::create_dir_all(&packs).unwrap();
+        for name in [
+            "pack-a.pack",
+            "pack-a.idx",
+            "pack-b.pack",
+            "pack-b.idx",
+            "pack-b.keep",
+        ] {
+            std::fs::write(packs.join(name), b"x").unwrap();
+        }
+        // A fetch killed before gix renamed its pack: a `.keep` alone, and temp files.
+        std::fs::write(packs.join("pack-c.keep"), b"").unwrap();
+        std::fs::write(packs.join(".tmpAbC123"), b"partial").unwrap();
+        let mut removed = remove_unaccepted(&mirror).unwrap();
+        removed.sort();
+        assert_eq!(
+            removed,
+            [packs.join("pack-b.pack"), packs.join("pack-c.pack")]
+        );
+        let mut left: Vec<String> = std::fs::read_dir(&packs)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["pack-a.idx", "pack-a.pack"]);
+
+        std::fs::write(packs.join("pack-d.pack"), b"x").unwrap();
+        std::fs::write(packs.join("pack-d.idx"), b"x").unwrap();
+        std::fs::write(packs.join("pack-d.keep"), b"").unwrap();
+        assert!(release_packs(&mirror).unwrap());
+        assert!(!packs.join("pack-d.keep").exists());
+        assert!(packs.join("pack-d.pack").exists());
+        assert!(
+            remove_unaccepted(&mirror).unwrap().is_empty(),
+            "an accepted pack stays"
+        );
+        assert!(!release_packs(&mirror).unwrap());
     }
 
     #[test]

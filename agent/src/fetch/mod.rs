@@ -2,9 +2,10 @@
 //! the tracked ref. The only module that talks to the network for git. It decides nothing about
 //! trust: what it brings in is unverified until `verify` says otherwise, and it never touches
 //! the device's managed files. What one fetch may receive before that verdict is bounded
-//! (`bound`: `max_fetch` bytes, no object over `max_object`). The mirror is a cache: what a fetch brings is on disk before
-//! the mirror's ref names it (`durable`), and a mirror found damaged (`inspect`) is rebuilt from
-//! scratch within the same fetch.
+//! (`bound`: `max_fetch` bytes, no object over `max_object`). The mirror's ref moves only to a
+//! tip `verify` accepted ([`Mirror::accept`], after the objects are on disk: `durable`); what a
+//! refused tip brought is removed ([`Mirror::discard`]). The mirror is a cache: one found
+//! damaged (`inspect`) is rebuilt from scratch within the same fetch.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -76,7 +77,8 @@ impl FetchError {
     }
 }
 
-/// The outcome of one fetch.
+/// The outcome of one fetch: a tip not yet verified. `refs/shoal/fetched` has not moved; the
+/// caller settles it with [`Mirror::accept`] or [`Mirror::discard`].
 #[derive(Debug, Clone)]
 pub struct Fetched {
     /// The commit the remote's ref points at (now present in the mirror with its history).
@@ -132,14 +134,17 @@ impl Mirror {
         &self.repo
     }
 
-    /// The tip recorded by the last successful fetch, if any.
+    /// The tip of the last fetch `verify` accepted, if any.
     pub fn fetched_tip(&self) -> Option<gix::ObjectId> {
         self.recorded
     }
 
-    /// Opens the mirror at `dir` (making it on first use) and brings it up to date with
-    /// `source.reference`, retrying transient network failures with exponential backoff. With
-    /// nothing new on the remote this is one ref advertisement, no object transfer and no write.
+    /// Opens the mirror at `dir` (making it on first use) and fetches the tip of
+    /// `source.reference` into it, retrying transient network failures with exponential backoff.
+    /// With nothing new on the remote this is one ref advertisement, no object transfer and no
+    /// write. The tip is not recorded yet: [`Mirror::accept`] it once `verify` has, or
+    /// [`Mirror::discard`] what it brought. A fetch past its bounds (`max_fetch`, `max_object`)
+    /// is stopped, not retried, and keeps nothing ([`FetchError::Refused`]).
     ///
     /// `applied` is the device's watermark: the history from the fetched tip down to it is what
     /// `verify` will read, so it must be readable here. A damaged mirror (see [`Damage`]) is
@@ -215,6 +220,15 @@ impl Mirror {
             paths::create_dir_all(dir).map_err(|e| failed(e.to_string()))?;
             gix::init_bare(dir).map_err(|e| failed(error_chain(&e)))?;
         }
+        // What a crash between a fetch and `verify`'s verdict left: a pack no accepted tip names.
+        // Removed before the damage checks, so that it is neither taken for damage nor kept.
+        match durable::remove_unaccepted(dir) {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(packs = ?removed, "removed packs of a tip that was never accepted");
+            }
+            Ok(_) => {}
+            Err(e) => return Err(failed(e.to_string())),
+        }
         let repo = open_isolated(dir).map_err(|e| Damage::Open {
             path: dir.to_owned(),
             message: error_chain(&e),
@@ -269,8 +283,8 @@ impl Mirror {
     ) -> Result<Fetched, Attempt> {
         let started = Instant::now();
         let transient = |e: gix::Error| Attempt::Transient(error_chain(&e));
-        // No destination: gix writes the objects and no ref. The ref is moved below, by us,
-        // once the objects are on disk (see the crash order there).
+        // No destination: gix writes the objects and no ref. The ref moves in `accept`, once
+        // `verify` has accepted the tip and the objects are on disk.
         let refspec = format!("+{}", source.reference);
         let remote = self
             .repo
@@ -337,6 +351,9 @@ impl Mirror {
         }
         let received = prepare.receive(gix::progress::Discard, interrupt);
         if let Some(refusal) = refused(&meter) {
+            // gix drops its temp files when it fails; but the bytes past a bound may come after
+            // the pack's checksum, once the pack is in place.
+            self.discard();
             tracing::warn!(received = meter.received(), "fetch stopped at its bound");
             return Err(refusal);
         }
@@ -351,42 +368,62 @@ impl Mirror {
                 return Err(transient(e));
             }
         };
-        let (received_pack, keep) = match outcome.status {
-            gix::remote::fetch::Status::Change {
-                write_pack_bundle, ..
-            } => (true, write_pack_bundle.keep_path),
-            _ => (false, None),
-        };
-
-        // Crash order: objects durable → ref moved durably → `.keep` removed.
-        // 1. The new tip and the history `verify` will walk must read back (a pack the server
-        //    sent incomplete, or a damaged older pack the new history leans on, is damage: the
-        //    ref does not move to it).
-        // 2. syncfs before the ref moves: gix renamed the pack and its index into place without
-        //    fsync; a ref that reaches the disk first can outlive them after a power cut and
-        //    point into an empty pack (issue 19). Done even when no pack came now: the objects
-        //    may have arrived in an earlier fetch cut short before its own sync.
-        // 3. The ref: temp, fsync, rename, fsync its directories. A crash before this leaves
-        //    the old ref and objects no ref names: the next fetch asks for them again (and if a
-        //    power cut emptied their pack, the next open finds it damaged and rebuilds).
-        // 4. The `.keep` gix wrote to protect the pack until a ref names it (gix removes it only
-        //    when it wrote a ref itself). A crash before this leaves a `.keep`: harmless.
+        let received_pack = matches!(outcome.status, gix::remote::fetch::Status::Change { .. });
+        // The new tip and the history `verify` will walk must read back: a pack the server sent
+        // incomplete, or a damaged older pack the new history leans on, is damage.
         inspect::tip(&self.repo, tip, applied).map_err(Attempt::Damaged)?;
-        durable::sync_file_system(&self.dir)
-            .map_err(|source| Attempt::Fatal(FetchError::Record { tip, source }))?;
-        durable::record_tip(&self.dir, tip)
-            .map_err(|source| Attempt::Fatal(FetchError::Record { tip, source }))?;
-        if let Some(keep) = keep {
-            if let Err(e) = std::fs::remove_file(&keep) {
-                tracing::warn!(path = %keep.display(), error = %e, "cannot remove the pack's .keep file");
-            }
-        }
         Ok(Fetched {
             tip,
             received_pack,
             elapsed: started.elapsed(),
             healed: None,
         })
+    }
+
+    /// Makes `fetched.tip` the mirror's recorded tip, once `verify` has accepted it. With
+    /// nothing new (the tip is the one recorded) this writes nothing.
+    ///
+    /// Crash order: objects durable → packs marked accepted durably → ref moved durably.
+    /// 1. syncfs: gix renamed the pack and its index into place without fsync; a ref that
+    ///    reaches the disk first can outlive them after a power cut and point into an empty pack
+    ///    (issue 19). Done even when no pack came now: the objects may have arrived in an
+    ///    earlier fetch cut short before its own sync.
+    /// 2. The packs' `.keep` files removed and the pack directory fsynced: a `.keep` is what
+    ///    marks a pack as not accepted (the next open removes such a pack), so it must be gone
+    ///    for good before the ref names the pack. A crash here leaves accepted objects without a
+    ///    ref: the next fetch asks for them again, and the server's identical pack lands on the
+    ///    same name.
+    /// 3. The ref: temp, fsync, rename, fsync its directories. A crash before this leaves the
+    ///    old ref: the next fetch fetches and verifies the tip again.
+    pub fn accept(&mut self, fetched: &Fetched) -> Result<(), FetchError> {
+        let tip = fetched.tip;
+        if Some(tip) == self.recorded && !fetched.received_pack {
+            return Ok(());
+        }
+        let record = |source| FetchError::Record { tip, source };
+        durable::sync_file_system(&self.dir).map_err(record)?;
+        durable::release_packs(&self.dir).map_err(record)?;
+        if Some(tip) != self.recorded {
+            durable::record_tip(&self.dir, tip).map_err(record)?;
+            self.recorded = Some(tip);
+        }
+        Ok(())
+    }
+
+    /// Removes what the last fetch brought for a tip `verify` refused (or a fetch stopped at
+    /// its bound): every pack not yet accepted. `refs/shoal/fetched` stays at the last accepted
+    /// tip, so the mirror does not grow with every refused push. Failing here is logged, not
+    /// fatal: the refusal is what the sync reports, and the next open removes what is left.
+    pub fn discard(&self) {
+        match durable::remove_unaccepted(&self.dir) {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(packs = ?removed, "removed what the refused fetch brought");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot remove what the refused fetch brought; the next sync retries");
+            }
+        }
     }
 
     /// A transport to the remote's URL, as `gix::Remote::connect` makes it, wrapped so that what
