@@ -6,25 +6,27 @@
 //! Where the bytes flow (gix 0.90): every transport is a `Box<dyn Transport>`; the ref
 //! advertisement is read from the reader `Transport::handshake` returns, and each negotiation
 //! round's reply and the pack from the reader of `Transport::request` (gix-transport
-//! `client/blocking_io/traits.rs:40` and `:54`). [`Metered`] wraps the transport and hands gix
+//! `client/blocking_io/traits.rs:40` and `:51`). [`Metered`] wraps the transport and hands gix
 //! counting readers instead: the byte count covers the ref advertisement, the negotiation
 //! replies, the pack and the server's progress messages (the 4-byte packet-line headers aside).
 //! Past the cap a read fails, gix gives up the fetch, and the verdict stays in the [`Meter`].
 //!
 //! Why the transport and not gix's `receive` progress tree (the "read pack" counter of
-//! gix-pack `bundle/write/mod.rs:79`) or its interrupt flag: the progress tree sees only the pack,
+//! gix-pack `bundle/write/mod.rs:76`) or its interrupt flag: the progress tree sees only the pack,
 //! not the advertisement before it; an interrupt flag is polled between reads, so the cut comes
 //! late and looks like a user's interrupt; a read that fails is the earliest point, and it
 //! depends on no progress id or naming inside gix.
 //!
 //! The byte cap alone does not bound memory: gix holds each pack entry's compressed bytes whole
-//! while it reads the pack (gix-pack `data/input/bytes_to_entries.rs:95-113`), and inflates each
-//! object whole to hash it when it builds the index (`cache/delta/traverse/resolve.rs:626`), a
+//! while it reads the pack (gix-pack `data/input/bytes_to_entries.rs:100-113`), and inflates each
+//! object whole to hash it when it builds the index (`cache/delta/traverse/resolve.rs:627`), a
 //! delta's base, instructions and result at once. A 256 MiB blob of zeros is 256 KiB on the wire.
 //! So [`PackGauge`] follows the pack as it streams by (the entry headers and each entry's zlib
 //! stream, inflated into a small scratch buffer and thrown away) and stops it at the first object
 //! declared larger than `max_object`, a delta whose result would be, or an entry whose compressed
-//! bytes run past what such an object could take.
+//! bytes run past what such an object could take. What neither bound changes: gix maps the whole
+//! received pack to index it (`bundle/write/mod.rs:396`), so a complete pack counts in RSS up to
+//! its size in clean file pages (docs/SECURITY.md, "Fetch").
 
 use std::any::Any;
 use std::borrow::Cow;
