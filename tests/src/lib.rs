@@ -18,6 +18,7 @@ mod requirements;
 mod sandbox;
 mod signing;
 mod systemd;
+mod vm;
 
 pub use binaries::{agent_bin, agent_bin_with_failpoints, collector_bin};
 pub use collector::{Collector, CollectorSpec};
@@ -35,3 +36,6 @@ pub use requirements::{e2e_required, require_root, require_tool, require_tools};
 pub use sandbox::Sandbox;
 pub use signing::{write_allowed_signers, SigningKey};
 pub use systemd::{long_running_unit, SystemdHost};
+pub use vm::{
+    static_agent_bin, Accel, Guest, Line, Listing, Vm, DISK_MOUNT, HOST_FROM_GUEST, MARK,
+};
