@@ -15,8 +15,9 @@
 //! The guest's `/init` (busybox sh) mounts the disk at `/mnt/disk` and then reads one command per
 //! line from the console: `net-up`, `net-down`, `sync` (the agent under `strace`, which only
 //! observes: it prints the agent's `connect`, `syncfs`, `rename*` and `unlink*` calls on the
-//! console, so the harness sees where a sync is), `list` (hashes and modes of every file under
-//! `/mnt/disk/root`, the state directory's entries), `status` (`shoal-agent status --json`),
+//! console, so the harness sees where a sync is; what the agent said is printed after it as
+//! `SHOAL-VM agent: …` lines), `list` (hashes and modes of every file under `/mnt/disk/root`, the
+//! state directory's entries), `status` (`shoal-agent status --json`, and its stderr),
 //! `halt` (unmount, power off). Each command ends with a `SHOAL-VM done <command>` line.
 
 use std::collections::BTreeMap;
@@ -97,7 +98,9 @@ while read -r cmd; do
       echo "@MARK@ fs-errors $(dmesg | grep -c 'EXT4-fs error')"
       cd / ;;
     status)
-      echo "@MARK@ json $(shoal-agent --config @DISK@/agent.toml status --json | tr -d '\n')" ;;
+      shoal-agent --config @DISK@/agent.toml status --json > /tmp/status.out 2> /tmp/status.err
+      echo "@MARK@ json $(tr -d '\n' < /tmp/status.out)"
+      cut -c1-400 /tmp/status.err | sed 's/^/@MARK@ agent: /' ;;
     halt)
       cd /
       umount @DISK@ && echo "@MARK@ unmounted"

@@ -124,8 +124,7 @@ impl Step {
         match self {
             Step::Fetch | Step::Pack => "fetch",
             Step::Verify => "verify",
-            Step::Apply => "apply: blobs",
-            Step::Files => "apply: files",
+            Step::Apply | Step::Files => "apply",
             Step::Commit | Step::Finish | Step::Done | Step::End => "commit",
         }
     }
@@ -385,13 +384,20 @@ fn list(guest: &mut Guest) -> Listing {
     Listing::parse(&guest.run("list", COMMAND_TIMEOUT))
 }
 
-fn status(guest: &mut Guest) -> serde_json::Value {
+/// `shoal-agent status --json` in the guest; what it said on stderr when it printed no JSON.
+fn status(guest: &mut Guest) -> Result<serde_json::Value, String> {
     let lines = guest.run("status", COMMAND_TIMEOUT);
     let json = lines
         .iter()
         .find_map(|l| l.text.strip_prefix(&format!("{MARK} json ")))
-        .unwrap_or_else(|| panic!("no status line:\n{}", guest.tail(20)));
-    serde_json::from_str(json).unwrap_or_else(|e| panic!("status is not JSON ({e}): {json}"))
+        .unwrap_or_default();
+    serde_json::from_str(json).map_err(|e| {
+        let said: Vec<&str> = lines
+            .iter()
+            .filter_map(|l| l.text.strip_prefix(&format!("{MARK} agent: ")))
+            .collect();
+        format!("`shoal-agent status --json` printed no status ({e}); it said: {said:?}")
+    })
 }
 
 /// Which of `commits` the listing is exactly at: the same files, modes and contents, nothing else.
@@ -647,11 +653,16 @@ fn power_cuts_leave_one_generation_and_the_next_sync_converges() {
         let raw = describe_raw(&raw, &previous, &current);
         let offline = sync(&mut guest, current.files.len());
         let recovered = list(&mut guest);
-        let state = status(&mut guest);
         let context = format!(
             "trial {number} (seed {seed}): cut in {hit} ({aimed} aimed, +{} ms), last call {last_call}",
             delay.as_millis()
         );
+        let state = status(&mut guest).unwrap_or_else(|why| {
+            panic!(
+                "{context}: after recovery: {why}; the offline sync said: {:?}",
+                offline.agent
+            )
+        });
         let Some(at) = at_commit(&recovered, &[&previous, &current]) else {
             panic!(
                 "{context}: after recovery the device is at no single generation; against the new commit:{}\nagainst the old:{}\nagent: {:?}",
@@ -683,7 +694,8 @@ fn power_cuts_leave_one_generation_and_the_next_sync_converges() {
             guest.tail(40)
         );
         let converged = list(&mut guest);
-        let state = status(&mut guest);
+        let state =
+            status(&mut guest).unwrap_or_else(|why| panic!("{context}: after the sync: {why}"));
         assert!(
             at_commit(&converged, &[&current]).is_some(),
             "{context}: the sync after the cut did not converge:{}",
@@ -796,10 +808,15 @@ fn power_cuts_leave_one_generation_and_the_next_sync_converges() {
         *per_group.entry(t.hit.group()).or_default() += 1;
     }
     let summary: Vec<String> = per_step.iter().map(|(s, n)| format!("{s} {n}")).collect();
+    let groups: Vec<String> = ["fetch", "verify", "apply", "commit"]
+        .iter()
+        .map(|g| format!("{g} {}", per_group.get(g).copied().unwrap_or(0)))
+        .collect();
     say(&format!(
-        "power_cut: {} trials ({}), {} syncs ended before their instant, {:?}, {:.0} s in all",
+        "power_cut: {} trials ({}; by step of a sync: {}), {} syncs ended before their instant, {:?}, {:.0} s in all",
         done.len(),
         summary.join(", "),
+        groups.join(", "),
         done.last().map_or(0, |t| t.misses),
         accel,
         started.elapsed().as_secs_f64()
