@@ -88,7 +88,7 @@ say "syncing again: nothing new, one ref advertisement, no download, no disk wri
 say "a new signed commit, then sync"
 echo "Maintenance window: Sundays 02:00 UTC on {{ device.id }}." > "$Q/config-repo/files/motd"
 git -C "$Q/config-repo" -c user.name=Operator -c user.email=operator@example \
-  -c gpg.format=ssh -c user.signingkey="$Q/keys/operator.pub" commit -q -S -am "Announce maintenance"
+  -c gpg.format=ssh -c user.signingkey="$Q/keys/operator.pub" commit -q -S --allow-empty -am "Announce maintenance"
 "$AGENT" --config "$Q/agent.toml" sync
 echo "--- $Q/root/etc/motd:"; cat "$Q/root/etc/motd"
 
