@@ -303,7 +303,15 @@ impl State {
     }
 
     pub fn last_result(&self) -> Result<Option<SyncResult>, StateError> {
-        let path = self.dir.join(LAST_RESULT_FILE);
+        self.read_json(LAST_RESULT_FILE)
+    }
+
+    /// The JSON record `file`, if there is one; one that does not parse is an error naming it.
+    fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        file: &str,
+    ) -> Result<Option<T>, StateError> {
+        let path = self.dir.join(file);
         let Some(text) = paths::read_optional(&path)? else {
             return Ok(None);
         };
@@ -378,16 +386,7 @@ impl State {
 
     /// Where this device is enrolled (`enrolled`), if anywhere. Reads only.
     pub fn enrolled(&self) -> Result<Option<Enrolled>, StateError> {
-        let path = self.dir.join(ENROLLED_FILE);
-        let Some(text) = paths::read_optional(&path)? else {
-            return Ok(None);
-        };
-        serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| StateError::Corrupt {
-                what: path.display().to_string(),
-                message: e.to_string(),
-            })
+        self.read_json(ENROLLED_FILE)
     }
 
     /// Records where this device is enrolled (durable on return), or forgets it (`None`).
@@ -464,21 +463,17 @@ impl State {
     /// The service plan that was running when the agent stopped, if one was. Unreadable is an
     /// error: guessing which units to take back could stop the wrong ones.
     pub fn pending_services(&self) -> Result<Option<ServicesJournal>, StateError> {
-        let path = self.dir.join(SERVICES_JOURNAL_FILE);
-        let Some(text) = paths::read_optional(&path)? else {
+        let Some(journal) = self.read_json::<ServicesJournal>(SERVICES_JOURNAL_FILE)? else {
             return Ok(None);
         };
-        let corrupt = |message: String| StateError::Corrupt {
-            what: path.display().to_string(),
-            message,
-        };
-        let journal: ServicesJournal =
-            serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
         if journal.version != SERVICES_JOURNAL_VERSION {
-            return Err(corrupt(format!(
-                "version {} is not {SERVICES_JOURNAL_VERSION}",
-                journal.version
-            )));
+            return Err(StateError::Corrupt {
+                what: self.dir.join(SERVICES_JOURNAL_FILE).display().to_string(),
+                message: format!(
+                    "version {} is not {SERVICES_JOURNAL_VERSION}",
+                    journal.version
+                ),
+            });
         }
         Ok(Some(journal))
     }
