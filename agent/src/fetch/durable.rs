@@ -43,12 +43,12 @@ pub fn sync_file_system(mirror: &Path) -> Result<(), PathError> {
 
 /// Points `refs/shoal/fetched` at `tip` as a loose ref, atomically and durably: the new content
 /// goes to a temp file in the mirror's root (not under `refs/`, where a leftover would be read as
-/// a ref), is fsynced, renamed over the ref, and the ref's directories are fsynced. Call only
+/// a ref), is fsynced, renamed over the ref, and the ref's directory is fsynced. Call only
 /// after [`sync_file_system`]: the ref must never reach the disk before the objects it names.
 pub fn record_tip(mirror: &Path, tip: ObjectId) -> Result<(), PathError> {
     let target = mirror.join(FETCHED_REF);
-    let refs_dir = mirror.join("refs");
     let ref_dir = paths_parent(&target);
+    // A `refs/shoal` this creates is made durable in `refs/` here, before the ref is written.
     paths::create_dir_all(&ref_dir)?;
     let tmp = mirror.join("shoal-fetched.tmp");
     let written = (|| {
@@ -64,9 +64,7 @@ pub fn record_tip(mirror: &Path, tip: ObjectId) -> Result<(), PathError> {
         let _ = std::fs::remove_file(&tmp);
     }
     written?;
-    // `refs/shoal` may have just been created: its entry in `refs/` must be durable too.
-    paths::sync_dir(&ref_dir)?;
-    paths::sync_dir(&refs_dir)
+    paths::sync_dir(&ref_dir)
 }
 
 /// The mirror's pack directory.
