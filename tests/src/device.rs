@@ -81,6 +81,17 @@ verify = "{verify}"
         Device { dir }
     }
 
+    /// Adds a `[collector]` table to the device's config: reports go to `url`, first contact
+    /// with the enrollment token in `enroll_token_file`.
+    pub fn report_to(&self, url: &str, enroll_token_file: &Path) {
+        let config = std::fs::read_to_string(self.config_path()).expect("read agent.toml");
+        let config = format!(
+            "{config}\n[collector]\nurl = \"{url}\"\nenroll_token_file = \"{}\"\n",
+            enroll_token_file.display()
+        );
+        std::fs::write(self.config_path(), config).expect("write agent.toml");
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.join("agent.toml")
     }

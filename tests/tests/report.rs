@@ -40,13 +40,7 @@ fn reports_enroll_survive_a_collector_outage_and_arrive_once() {
         "range",
         extra,
     );
-    let config = std::fs::read_to_string(device.config_path()).expect("read");
-    let with_collector = format!(
-        "{config}\n[collector]\nurl = \"{}\"\nenroll_token_file = \"{}\"\n",
-        collector.url(),
-        enroll.display()
-    );
-    std::fs::write(device.config_path(), with_collector).expect("write");
+    device.report_to(collector.url(), &enroll);
 
     device.sync().expect(0, "report: 1 delivered");
     let seen = collector.get("/api/v1/devices/dev-1");
@@ -162,13 +156,7 @@ fn the_token_goes_only_until_the_key_is_pinned_and_operators_unpin_and_rekey_whi
         );
         let token = dir.path().join(name).join("enroll-token");
         std::fs::write(&token, format!("{ENROLL_TOKEN}\n")).expect("token");
-        let config = std::fs::read_to_string(device.config_path()).expect("read");
-        let config = format!(
-            "{config}\n[collector]\nurl = \"{}\"\nenroll_token_file = \"{}\"\n",
-            collector.url(),
-            token.display()
-        );
-        std::fs::write(device.config_path(), config).expect("write");
+        device.report_to(collector.url(), &token);
         (device, token)
     };
     let (device, token) = new_device("device");
@@ -283,13 +271,7 @@ fn a_mirror_rebuilt_after_damage_is_reported_failed_with_the_reason_then_converg
         tls: None,
         hub: None,
     });
-    let config = std::fs::read_to_string(s.device.config_path()).expect("read");
-    let with_collector = format!(
-        "{config}\n[collector]\nurl = \"{}\"\nenroll_token_file = \"{}\"\n",
-        collector.url(),
-        enroll.display()
-    );
-    std::fs::write(s.device.config_path(), with_collector).expect("write");
+    s.device.report_to(collector.url(), &enroll);
     s.push(&[("shoal.toml", MOTD_MANIFEST), ("motd", "one\n")], "one");
     s.device.sync().expect(0, "report: 1 delivered");
 
