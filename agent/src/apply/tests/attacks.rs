@@ -202,3 +202,35 @@ fn a_hard_link_at_a_declared_path_is_neither_replaced_nor_saved() {
         "the linked file was not copied into the blob store"
     );
 }
+
+#[test]
+fn recovery_does_not_follow_a_link_swapped_in_after_a_crash() {
+    let device = Device::new();
+    let victim = victim(&device);
+    let gen1 = authorized_keys();
+    let plan = device.plan(&gen1);
+    // The apply finished but generation 1 was never recorded (a crash): recovery must undo it.
+    apply(&plan, &gen1, &device.root, &device.state, 0, 1).unwrap();
+    fs::rename(device.real("/home/app/.ssh"), device.real("/home/app/old")).unwrap();
+    symlink(&victim, device.real("/home/app/.ssh")).unwrap();
+    let before = device.snapshot();
+
+    let err = recover(&device.root, &device.state, |_| false).unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "refusing to manage /home/app/.ssh/authorized_keys: /home/app/.ssh is a symbolic link"
+        ),
+        "{err}"
+    );
+    assert!(matches!(err, ApplyError::RecoveryFailed { .. }), "{err}");
+    assert!(
+        pending(&device.state).unwrap().is_some(),
+        "the journal is kept for a retry"
+    );
+    assert_eq!(device.snapshot(), before, "nothing under the root changed");
+    assert_eq!(
+        fs::read_to_string(victim.join("authorized_keys")).unwrap(),
+        "the victim's key\n",
+        "nothing was removed through the link"
+    );
+}
