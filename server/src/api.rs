@@ -19,9 +19,8 @@ use shoal_proto::{KeyId, Report, Status, MAX_ENVELOPE_BYTES};
 
 use crate::ingest::{self, Enrollment, Rejection};
 use crate::keys::{KeyChange, KeyRefusal};
-use crate::store::{
-    Accepted, DeviceRecord, HistoryEntry, IngestError, KeyChangeError, KeyChanged, StoreError,
-};
+use crate::record::{DeviceRecord, HistoryEntry};
+use crate::store::{Accepted, IngestError, KeyChangeError, KeyChanged, StoreError};
 use crate::AppState;
 
 /// Header carrying an enrollment token on a device's first report.
@@ -613,7 +612,7 @@ async fn one_device(
 #[derive(Serialize)]
 struct History {
     device_id: String,
-    /// Newest first, at most `ingest::HISTORY_LIMIT` entries.
+    /// Newest first, at most `record::HISTORY_LIMIT` entries.
     history: Vec<HistoryEntry>,
 }
 

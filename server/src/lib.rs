@@ -8,6 +8,7 @@ pub mod ingest;
 pub mod keys;
 pub mod metrics;
 pub mod page;
+pub mod record;
 pub mod serve;
 pub mod store;
 pub mod tally;

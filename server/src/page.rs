@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::store::DeviceRecord;
+use crate::record::DeviceRecord;
 use crate::tally::Summary;
 
 fn esc(s: &str) -> String {
