@@ -3,9 +3,10 @@
 //! and every operator key change queued with them as one atomic batch, so each is either fully
 //! recorded or not at all.
 //!
-//! Dependencies run one way: `store` calls the pure deciders (`ingest::decide`, `keys::decide`)
-//! and `tally`, and persists the `record` types; none of them knows the store. The batch's input
-//! and output (`Write`, `Outcome`) are defined here, and `writer` feeds them from its thread.
+//! Dependencies run one way: `store` reads the state the pure deciders of `shoal-fleet` need
+//! (`ingest::decide`, `keys::decide`), calls them, persists the `record` types they return and the
+//! `tally` counters they move; that crate cannot know the store. The batch's input and output
+//! (`Write`, `Outcome`) are defined here, and `writer` feeds them from its thread.
 //!
 //! Layout (one sled tree, so a single `apply_batch` is atomic across all of it):
 //!
@@ -29,12 +30,12 @@ use std::sync::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use shoal_proto::{KeyId, Report, Status};
 
-use crate::ingest::{self, Current, Enrollment, Rejection, Verified};
-use crate::keys::{self, KeyChange, KeyRefusal, PinState};
-use crate::tally::{Counter, Delta, Entry, Summary, Tally};
+use shoal_fleet::ingest::{self, Current, Enrollment, Rejection, Verified};
+use shoal_fleet::keys::{self, KeyChange, KeyRefusal, PinState};
+use shoal_fleet::tally::{Counter, Delta, Entry, Summary, Tally};
 
-/// The records this store keeps (defined in `record`, so decisions build them without the store).
-pub use crate::record::{DeviceRecord, HistoryEntry};
+/// The records this store keeps (defined in `shoal_fleet::record`: the deciders build them).
+pub use shoal_fleet::record::{DeviceRecord, HistoryEntry};
 
 const SCHEMA: &[u8] = b"1";
 

@@ -1,5 +1,5 @@
-//! Tidy: every Rust file of the collector, loadgen and proto crates starts with a `//!` line saying
-//! what it promises (STYLE.md, item 9).
+//! Tidy: every Rust file of the collector, fleet, loadgen and proto crates starts with a `//!` line
+//! saying what it promises (STYLE.md, item 9).
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +21,8 @@ fn every_rust_file_starts_with_a_promise() {
     for dir in [
         "src",
         "tests",
+        "../fleet/src",
+        "../fleet/tests",
         "../loadgen/src",
         "../proto/src",
         "../proto/tests",

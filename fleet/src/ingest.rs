@@ -2,8 +2,8 @@
 //! enrollment, key pinning and sequence rules against the device's current state. Pure decisions:
 //! no I/O; the store supplies the current state and applies the decision atomically.
 //!
-//! Dependencies run one way: `ingest` knows `record` (what an accepted report becomes) and
-//! nothing of `store`; `store` calls `decide` and records its `Decision`.
+//! Dependencies run one way: `ingest` knows `record` (what an accepted report becomes) and no
+//! store; the collector's store calls `decide` and records its `Decision`.
 
 use shoal_proto::{EnvelopeError, KeyId, Report, SignedEnvelope, MAX_ENVELOPE_BYTES};
 

@@ -1,6 +1,6 @@
 //! What the collector keeps about a device: its latest accepted state (`DeviceRecord`) and one
-//! entry of its history (`HistoryEntry`). Plain data: `ingest::decide` builds them without the
-//! store, `store` persists them, `api` and `page` show them.
+//! entry of its history (`HistoryEntry`). Plain data: `ingest::decide` builds them, the
+//! collector's store persists them, its API and fleet page show them.
 
 use serde::{Deserialize, Serialize};
 use shoal_proto::Report;
