@@ -20,6 +20,7 @@ mod http_server;
 mod network;
 mod sandbox;
 mod systemd;
+mod transcript;
 mod vm;
 
 pub use binaries::{agent_bin, agent_bin_with_failpoints, collector_bin};
@@ -37,6 +38,7 @@ pub use shoal_testkit::{
     MOTD_MANIFEST,
 };
 pub use systemd::{long_running_unit, SystemdHost};
+pub use transcript::Transcript;
 pub use vm::{
     static_agent_bin, Accel, Guest, Line, Listing, Vm, DISK_MOUNT, HOST_FROM_GUEST, MARK,
 };
