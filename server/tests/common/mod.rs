@@ -5,7 +5,7 @@
 #![allow(dead_code)] // each test file uses a different part of the harness
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
