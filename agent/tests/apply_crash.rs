@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 use std::env;
 use std::fs;
-use std::io::Write as _;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -19,6 +18,7 @@ use shoal_agent::apply::{apply, journal_done, observe, recover, Recovery};
 use shoal_agent::paths;
 use shoal_agent::plan::{observed_paths, plan, Manifest};
 use shoal_agent::render::{DesiredFile, DesiredState};
+use shoal_testkit::{is_root, require_root, Mount};
 
 /// Set in the re-executed child: `SCENARIO:ACTION:RUN_DIR`.
 const CHILD_ENV: &str = "SHOAL_APPLY_CRASH_CHILD";
@@ -610,7 +610,7 @@ fn kill_9_during_recovery_is_repaired_by_the_next_recovery() {
 
 #[test]
 fn recovery_on_a_full_disk_still_restores_the_previous_generation() {
-    if !privileged("recovery_on_a_full_disk_still_restores_the_previous_generation") {
+    if !require_root("mounting a small tmpfs") {
         return;
     }
     let mut fixture = Fixture::new("full", |root| {
@@ -681,11 +681,7 @@ fn recovery_on_a_full_disk_still_restores_the_previous_generation() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Helpers shared with the privileged scenario.
-
-fn is_root() -> bool {
-    my_ids().0 == 0
-}
+// Who the files belong to.
 
 fn my_ids() -> (u32, u32) {
     let status = fs::read_to_string("/proc/self/status").unwrap();
@@ -698,45 +694,4 @@ fn my_ids() -> (u32, u32) {
             .unwrap()
     };
     (field("Uid:"), field("Gid:"))
-}
-
-/// Tests that need root mount things: without root they skip loudly, unless SHOAL_E2E=1
-/// (CI) says a skip would hide a missing guarantee.
-fn privileged(test: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    if env::var("SHOAL_E2E").as_deref() == Ok("1") {
-        panic!("{test} needs root to mount a tmpfs, and SHOAL_E2E=1 forbids skipping it");
-    }
-    // Straight to stderr, not eprintln!: libtest would swallow that for a passing test.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test}: needs root to mount a tmpfs (run as root; SHOAL_E2E=1 makes this a failure)"
-    );
-    false
-}
-
-/// A tmpfs the test mounted; unmounted when dropped, also when the test fails.
-struct Mount(PathBuf);
-
-impl Mount {
-    fn tmpfs(dir: &Path, size: &str) -> Mount {
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .unwrap();
-        assert!(status.success(), "mount tmpfs on {} failed", dir.display());
-        Mount(dir.to_owned())
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let unmounted = Command::new("umount").arg(&self.0).status();
-        if !matches!(unmounted, Ok(s) if s.success()) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
 }

@@ -645,10 +645,10 @@ async fn the_real_binary_rekeys_while_running_and_the_change_survives_kill_9() {
         "--admin-token-file",
         admin.to_str().unwrap(),
     ];
-    let server = Binary::start(&data, &args, &tmp.path().join("log1"));
+    let server = start_binary(&data, &args, &tmp.path().join("log1"));
     let client = Client {
         bearer: Some(ADMIN_TOKEN.to_owned()),
-        ..Client::new(server.addr)
+        ..Client::new(server.addr())
     };
     let mut gw = Device::new("gw-1", 1);
     let mut new = Device::new("gw-1", 2);
@@ -671,10 +671,10 @@ async fn the_real_binary_rekeys_while_running_and_the_change_survives_kill_9() {
         "{log}"
     );
 
-    let server = Binary::start(&data, &args, &tmp.path().join("log2"));
+    let server = start_binary(&data, &args, &tmp.path().join("log2"));
     let client = Client {
         bearer: Some(ADMIN_TOKEN.to_owned()),
-        ..Client::new(server.addr)
+        ..Client::new(server.addr())
     };
     let device = client.get("/api/v1/devices/gw-1").await.json();
     assert_eq!(device["pinned_key_id"], new.key_id().as_str(), "{device}");
@@ -687,7 +687,7 @@ async fn the_real_binary_rekeys_while_running_and_the_change_survives_kill_9() {
         .await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     // Without a token: 401, and the pin stays.
-    Client::new(server.addr)
+    Client::new(server.addr())
         .delete_key("gw-1")
         .await
         .assert_rejected(401, "unauthorized", "--admin-token-file");

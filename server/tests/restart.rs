@@ -49,10 +49,10 @@ async fn restart_keeps_everything_and_still_rejects_old_sequences() {
     let out = register(&data, "gw-pre", "rsa:AAAA");
     assert_eq!(out.status.code(), Some(2), "bad key is bad usage");
 
-    let server = Binary::start(&data, &args, &tmp.path().join("log1"));
+    let server = start_binary(&data, &args, &tmp.path().join("log1"));
     let client = Client {
         bearer: Some(READ_TOKEN.to_owned()),
-        ..Client::new(server.addr)
+        ..Client::new(server.addr())
     };
     let resp = client
         .post_report(gw.next(Status::Applying, None), Some(ENROLL_TOKEN))
@@ -85,10 +85,10 @@ async fn restart_keeps_everything_and_still_rejects_old_sequences() {
     let status = server.terminate();
     assert!(status.success(), "SIGTERM exit: {status:?}");
 
-    let server = Binary::start(&data, &args, &tmp.path().join("log2"));
+    let server = start_binary(&data, &args, &tmp.path().join("log2"));
     let client = Client {
         bearer: Some(READ_TOKEN.to_owned()),
-        ..Client::new(server.addr)
+        ..Client::new(server.addr())
     };
     assert_eq!(
         without_now(client.get("/api/v1/summary").await.json()),
@@ -163,19 +163,19 @@ fn bad_configuration_exits_2_and_names_the_file() {
 async fn sigterm_does_not_wait_forever_for_a_stalled_client() {
     use tokio::io::AsyncWriteExt as _;
     let tmp = tempfile::tempdir().unwrap();
-    let mut server = Binary::start(&tmp.path().join("data"), &[], &tmp.path().join("log"));
+    let server = start_binary(&tmp.path().join("data"), &[], &tmp.path().join("log"));
     // A request whose body never arrives: the handler waits for it.
-    let mut stalled = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut stalled = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
     stalled
         .write_all(b"POST /api/v1/reports HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"ver")
         .await
         .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let started = std::time::Instant::now();
-    let pid = server.child.id() as libc::pid_t;
+    let pid = server.pid() as libc::pid_t;
     // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let status = tokio::task::spawn_blocking(move || server.child.wait().unwrap())
+    let status = tokio::task::spawn_blocking(move || server.wait())
         .await
         .unwrap();
     let took = started.elapsed();
@@ -234,13 +234,13 @@ async fn kill_9_mid_stream_loses_no_acknowledged_report_and_counts_none_twice() 
         REPORTS as usize
     }
 
-    let server = Binary::start(&data, &args, &tmp.path().join("log1"));
+    let server = start_binary(&data, &args, &tmp.path().join("log1"));
     let acked = Arc::new(AtomicUsize::new(0));
     let tasks: Vec<_> = outboxes
         .iter()
         .map(|(_, bodies)| {
             tokio::spawn(deliver(
-                Client::new(server.addr),
+                Client::new(server.addr()),
                 bodies.clone(),
                 0,
                 acked.clone(),
@@ -263,8 +263,8 @@ async fn kill_9_mid_stream_loses_no_acknowledged_report_and_counts_none_twice() 
         "the kill came too late to interrupt anything: {delivered:?}"
     );
 
-    let server = Binary::start(&data, &args, &tmp.path().join("log2"));
-    let client = Client::new(server.addr);
+    let server = start_binary(&data, &args, &tmp.path().join("log2"));
+    let client = Client::new(server.addr());
     for ((id, _), done) in outboxes.iter().zip(&delivered) {
         if *done == 0 {
             continue;

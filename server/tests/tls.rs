@@ -38,7 +38,7 @@ async fn tls_serves_trusting_clients_only() {
     let enroll = tmp.path().join("enroll");
     std::fs::write(&enroll, format!("{ENROLL_TOKEN}\n")).unwrap();
 
-    let server = Binary::start(
+    let server = start_binary(
         &tmp.path().join("data"),
         &[
             "--tls-cert",
@@ -53,7 +53,7 @@ async fn tls_serves_trusting_clients_only() {
     let trusted = CertificateDer::from_pem_file(&cert_file).unwrap();
     let client = Client {
         tls: Some(client_config(&[trusted])),
-        ..Client::new(server.addr)
+        ..Client::new(server.addr())
     };
     let mut gw = Device::new("gw-tls", 5);
     let resp = client
@@ -65,12 +65,12 @@ async fn tls_serves_trusting_clients_only() {
 
     // A client that does not trust the certificate fails the handshake.
     let untrusting = tokio_rustls::TlsConnector::from(client_config(&[]));
-    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     assert!(untrusting.connect(name, tcp).await.is_err());
 
     // Plain HTTP to the TLS port gets no HTTP answer.
-    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
     tcp.write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
         .await
         .unwrap();

@@ -1,41 +1,44 @@
-//! Test harness: builders for signed repositories and real git servers, used by `tests/tests/*.rs`.
+//! Test harness: real git servers, devices, systemd, VMs and networks, used by `tests/tests/*.rs`.
 //!
-//! Everything here drives real programs (`git`, `ssh-keygen`, `git http-backend`, `git daemon`, the
-//! workspace's own binaries) and panics with the failing command and its output, because a harness
-//! that hides a failure makes every test built on it lie. A test starts with
-//! `if !require_tools(&["git", "ssh-keygen"]) { return; }`, which skips loudly, or fails under `SHOAL_E2E=1`.
+//! It builds on `shoal-testkit` (signing keys, signed repositories, root and mount helpers, the
+//! collector launcher: what the agent's and the server's tests use too) and re-exports it, so an
+//! end-to-end test imports everything from `shoal_e2e`. Everything here drives real programs
+//! (`git http-backend`, `git daemon`, systemd, qemu, the workspace's own binaries) and panics with
+//! the failing command and its output, because a harness that hides a failure makes every test
+//! built on it lie. A test starts with `if !require_tools(&["git", "ssh-keygen"]) { return; }`,
+//! which skips loudly, or fails under `SHOAL_E2E=1`.
+
+// The kit's modules, under the paths this crate's own modules use (`crate::command::run`).
+use shoal_testkit::{command, repo, requirements, signing};
 
 mod binaries;
 mod collector;
-mod command;
 mod device;
 mod git_daemon;
 mod guest;
 mod http_server;
 mod network;
-mod repo;
-mod requirements;
 mod sandbox;
-mod signing;
 mod systemd;
+mod transcript;
 mod vm;
 
 pub use binaries::{agent_bin, agent_bin_with_failpoints, collector_bin};
-pub use collector::{Collector, CollectorSpec};
-pub use command::{
-    describe, failure_report, git_command, isolate_git, output, output_with_stdin, run, run_bytes,
-    GIT_USER_EMAIL, GIT_USER_NAME,
-};
+pub use collector::CollectorSpec;
 pub use device::{Device, Run};
 pub use git_daemon::GitDaemon;
 pub use guest::{GuestDevice, GUEST_DIR};
 pub use http_server::{HttpsGitServer, TestCa};
 pub use network::{Hub, HUB_IP};
-pub use repo::{copy_tree, ConfigRepo, MOTD_MANIFEST};
-pub use requirements::{e2e_required, require_root, require_tool, require_tools};
 pub use sandbox::Sandbox;
-pub use signing::{write_allowed_signers, SigningKey};
+pub use shoal_testkit::{
+    copy_tree, describe, e2e_required, failure_report, git_command, is_root, isolate_git, output,
+    output_with_stdin, require_root, require_tool, require_tools, run, run_bytes,
+    write_allowed_signers, Collector, ConfigRepo, Mount, SigningKey, GIT_USER_EMAIL, GIT_USER_NAME,
+    MOTD_MANIFEST,
+};
 pub use systemd::{long_running_unit, SystemdHost};
+pub use transcript::Transcript;
 pub use vm::{
     static_agent_bin, Accel, Guest, Line, Listing, Vm, DISK_MOUNT, HOST_FROM_GUEST, MARK,
 };

@@ -9,12 +9,13 @@
 
 use std::ffi::OsStr;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use crate::command::{die_with_parent, failure_report, output};
 use crate::requirements::cannot_run;
 use crate::SystemdHost;
+use shoal_testkit::collector::command_in_netns;
 
 /// The hub's own address on its bridge; hosts get `10.99.0.(10 + n)`.
 pub const HUB_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
@@ -140,16 +141,6 @@ impl Drop for Hub {
         let _ = self.holder.kill();
         let _ = self.holder.wait();
     }
-}
-
-/// `program`, to be run inside the network namespace at `netns` (`nsenter --net`), for a
-/// holder of the path that no longer has the [`Hub`] at hand.
-pub(crate) fn command_in_netns(netns: &Path, program: impl AsRef<OsStr>) -> Command {
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net={}", netns.display()))
-        .arg("--")
-        .arg(program);
-    cmd
 }
 
 fn link_name(n: u8) -> String {

@@ -8,9 +8,8 @@
 
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use shoal_e2e::{require_root, Sandbox};
+use shoal_e2e::{require_root, Mount, Sandbox};
 
 const MANIFEST: &str = r#"version = 1
 
@@ -207,27 +206,6 @@ fn a_hard_link_to_a_file_the_user_does_not_own_is_not_replaced_or_saved() {
     assert!(!saved, "the linked file was not copied into the blob store");
 }
 
-/// A mount the test made, unmounted when dropped (also when the test fails).
-struct Mount(PathBuf);
-
-impl Mount {
-    fn new(args: &[&str], target: &Path) -> Mount {
-        let status = Command::new("mount")
-            .args(args)
-            .arg(target)
-            .status()
-            .expect("mount");
-        assert!(status.success(), "mount {args:?} {}", target.display());
-        Mount(target.to_owned())
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn a_full_or_read_only_file_system_fails_the_sync_without_marking_the_commit_bad() {
     if !require_root("mounting a small tmpfs and a read-only bind mount") {
@@ -240,7 +218,7 @@ fn a_full_or_read_only_file_system_fails_the_sync_without_marking_the_commit_bad
     // /srv/data is a 64 KiB tmpfs, already full; the next commit declares a file there.
     let data = s.root("/srv/data");
     std::fs::create_dir_all(&data).expect("mkdir");
-    let full = Mount::new(&["-t", "tmpfs", "-o", "size=64k", "tmpfs"], &data);
+    let full = Mount::tmpfs(&data, "64k");
     let _ = std::fs::write(data.join("filler"), vec![0u8; 128 * 1024]);
     let manifest = format!(
         "{MANIFEST}\n  [[profile.file]]\n  path = \"/srv/data/app.conf\"\n  source = \"files/motd\"\n"
@@ -267,8 +245,7 @@ fn a_full_or_read_only_file_system_fails_the_sync_without_marking_the_commit_bad
     drop(full);
     std::fs::remove_dir_all(&data).expect("rm");
     std::fs::create_dir_all(&data).expect("mkdir");
-    let read_only = Mount::new(&["--bind", data.to_str().expect("utf-8")], &data);
-    Mount::remount_read_only(&data);
+    let read_only = Mount::read_only(&data);
     s.device
         .sync()
         .expect(
@@ -294,18 +271,6 @@ fn a_full_or_read_only_file_system_fails_the_sync_without_marking_the_commit_bad
         std::fs::read_to_string(data.join("app.conf")).expect("app.conf"),
         "two\n"
     );
-}
-
-impl Mount {
-    /// Only our own bind mount is remounted read-only, never the file system beneath it.
-    fn remount_read_only(target: &Path) {
-        let status = Command::new("mount")
-            .args(["-o", "remount,ro,bind"])
-            .arg(target)
-            .status()
-            .expect("mount");
-        assert!(status.success());
-    }
 }
 
 #[test]

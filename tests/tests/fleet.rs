@@ -222,7 +222,7 @@ impl Fleet {
             hub: Some(&self.hub),
         };
         std::fs::write(&spec.enroll_token_file, format!("{ENROLL_TOKEN}\n")).expect("tokens");
-        let collector = Collector::start(&spec);
+        let collector = spec.start();
         // Restarted later on the same address, as a real collector behind a fixed URL.
         self.collector_listen = collector.listen();
         self.collector = Some(collector);

@@ -336,27 +336,3 @@ fn workspace_binaries_are_built_and_found() {
     let collector = collector_bin();
     assert!(collector.is_file(), "{}", collector.display());
 }
-
-#[test]
-fn every_e2e_source_file_says_what_it_promises() {
-    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut unexplained = Vec::new();
-    let mut pending = vec![crate_dir.join("src"), crate_dir.join("tests")];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(&dir).expect("readable source directory") {
-            let path = entry.expect("readable directory entry").path();
-            if path.is_dir() {
-                pending.push(path);
-            } else if path.extension().is_some_and(|ext| ext == "rs") {
-                let text = std::fs::read_to_string(&path).expect("readable source file");
-                if !text.starts_with("//! ") {
-                    unexplained.push(path);
-                }
-            }
-        }
-    }
-    assert!(
-        unexplained.is_empty(),
-        "files without a leading `//!` promise: {unexplained:?}"
-    );
-}

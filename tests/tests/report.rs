@@ -31,7 +31,7 @@ fn reports_enroll_survive_a_collector_outage_and_arrive_once() {
         tls: None,
         hub: None,
     };
-    let collector = Collector::start(&spec);
+    let collector = spec.start();
     let extra = "";
     let device = Device::new(
         dir.path().join("device"),
@@ -68,7 +68,7 @@ fn reports_enroll_survive_a_collector_outage_and_arrive_once() {
     );
 
     // Back on the same address and store: the queue drains, nothing is counted twice.
-    let collector = Collector::start(&spec);
+    let collector = spec.start();
     device.sync().expect(0, "delivered");
     let seen = collector.get("/api/v1/devices/dev-1");
     assert_eq!(seen["commit"], second.as_str(), "{seen}");
@@ -141,10 +141,8 @@ fn the_token_goes_only_until_the_key_is_pinned_and_operators_unpin_and_rekey_whi
         tls: None,
         hub: None,
     };
-    let collector = Collector::start_with_args(
-        &spec,
-        &["--admin-token-file", admin_tokens.to_str().expect("utf-8")],
-    );
+    let collector =
+        spec.start_with_args(&["--admin-token-file", admin_tokens.to_str().expect("utf-8")]);
     // A device whose config names its enrollment token file.
     let new_device = |name: &str| {
         let device = Device::new(
@@ -264,13 +262,14 @@ fn a_mirror_rebuilt_after_damage_is_reported_failed_with_the_reason_then_converg
     }
     let enroll = s.dir.path().join("enroll-token");
     std::fs::write(&enroll, format!("{ENROLL_TOKEN}\n")).expect("token");
-    let collector = Collector::start(&CollectorSpec {
+    let collector = CollectorSpec {
         data: s.dir.path().join("collector-data"),
         enroll_token_file: enroll.clone(),
         listen: "127.0.0.1:0".into(),
         tls: None,
         hub: None,
-    });
+    }
+    .start();
     s.device.report_to(collector.url(), &enroll);
     s.push(&[("shoal.toml", MOTD_MANIFEST), ("motd", "one\n")], "one");
     s.device.sync().expect(0, "report: 1 delivered");

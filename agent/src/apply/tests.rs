@@ -4,16 +4,15 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write as _;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 mod attacks;
 
 use super::*;
 use crate::plan::{observed_paths, plan, Manifest};
 use crate::render::{DesiredFile, DesiredState};
+use shoal_testkit::{is_root, require_root, Mount};
 
 /// A sandbox device: a root prefix and a state directory, driven like the agent drives them.
 struct Device {
@@ -118,15 +117,6 @@ fn walk(root: &Path, dir: &Path, tree: &mut BTreeMap<String, Node>) {
     }
 }
 
-fn is_root() -> bool {
-    let status = fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        == Some("0")
-}
-
 /// The owner every test file gets: `root` when we are root, else our own ids (numerically).
 fn me() -> (String, String) {
     if is_root() {
@@ -155,64 +145,6 @@ fn desired(files: Vec<(&str, DesiredFile)>) -> DesiredState {
             .map(|(path, file)| (PathBuf::from(path), file))
             .collect(),
         ..Default::default()
-    }
-}
-
-/// Tests that need root mount things: without root they skip loudly, unless SHOAL_E2E=1
-/// (CI) says a skip would hide a missing guarantee.
-fn privileged(test: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    if std::env::var("SHOAL_E2E").as_deref() == Ok("1") {
-        panic!("{test} needs root to mount filesystems, and SHOAL_E2E=1 forbids skipping it");
-    }
-    // Straight to stderr, not eprintln!: libtest would swallow that for a passing test.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test}: needs root to mount filesystems (run as root; SHOAL_E2E=1 makes this a failure)"
-    );
-    false
-}
-
-/// A mount the test made; unmounted when dropped, also when the test fails.
-struct Mount(PathBuf);
-
-impl Mount {
-    fn tmpfs(dir: &Path, size: &str) -> Mount {
-        run(
-            "mount",
-            &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"],
-            dir,
-        );
-        Mount(dir.to_owned())
-    }
-
-    fn read_only(dir: &Path) -> Mount {
-        run("mount", &["--bind"], dir);
-        let mount = Mount(dir.to_owned());
-        // Only our own bind mount is remounted read-only, never the filesystem beneath it.
-        run("mount", &["-o", "remount,ro,bind"], dir);
-        mount
-    }
-}
-
-fn run(program: &str, args: &[&str], dir: &Path) {
-    let mut command = Command::new(program);
-    command.args(args).arg(dir);
-    if args == ["--bind"] {
-        command.arg(dir);
-    }
-    let status = command.status().unwrap();
-    assert!(status.success(), "{command:?} failed: {status}");
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let unmounted = Command::new("umount").arg(&self.0).status();
-        if !matches!(unmounted, Ok(s) if s.success()) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
     }
 }
 
@@ -501,7 +433,7 @@ fn an_unknown_owner_changes_nothing() {
 
 #[test]
 fn a_read_only_target_rolls_back_to_the_previous_generation() {
-    if !privileged("a_read_only_target_rolls_back_to_the_previous_generation") {
+    if !require_root("mounting a read-only bind mount") {
         return;
     }
     let mut device = Device::new();
@@ -539,7 +471,7 @@ fn a_read_only_target_rolls_back_to_the_previous_generation() {
 
 #[test]
 fn a_full_disk_rolls_back_to_the_previous_generation() {
-    if !privileged("a_full_disk_rolls_back_to_the_previous_generation") {
+    if !require_root("mounting a small tmpfs") {
         return;
     }
     let mut device = Device::new();

@@ -1,9 +1,9 @@
 //! Render scenarios: a repository (in memory, or a real git repo built with the `git` CLI) and
 //! a device go in; the desired state, or an operator-facing error quoted in full, comes out.
 
+use shoal_testkit::ConfigRepo;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use super::*;
@@ -830,49 +830,20 @@ fn a_missing_or_unusable_manifest_is_reported() {
 
 // ---- real git repositories, read through `GitTree` (and their work trees through `DirTree`)
 
-/// A git repository made with the `git` CLI, isolated from the host's git config; the symlinks
-/// point outside the repository, as an attacker's commit would.
+/// A git repository made with the real `git` (the kit's `ConfigRepo`, isolated from the host's
+/// git config); the symlinks point outside the repository, as an attacker's commit would.
 fn git_repo(files: &[(&str, &str)], symlinks: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
+    let repo = ConfigRepo::init(dir.path());
     for (path, content) in files {
-        let path = dir.path().join(path);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, content).unwrap();
+        repo.write(path, content);
     }
     for (path, target) in symlinks {
         let path = dir.path().join(path);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::os::unix::fs::symlink(target, path).unwrap();
     }
-    let git = |args: &[&str]| {
-        let output = Command::new("git")
-            .args([
-                "-c",
-                "user.name=Shoal Test",
-                "-c",
-                "user.email=test@shoal.invalid",
-            ])
-            .args([
-                "-c",
-                "commit.gpgsign=false",
-                "-c",
-                "init.defaultBranch=main",
-            ])
-            .args(args)
-            .current_dir(dir.path())
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .output()
-            .expect("the git CLI is installed");
-        assert!(
-            output.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    };
-    git(&["init", "-q"]);
-    git(&["add", "-A"]);
-    git(&["commit", "-q", "-m", "config"]);
+    repo.commit_unsigned("config");
     dir
 }
 

@@ -443,39 +443,19 @@ mod tests {
     //! asserts that `git verify-commit`, given the same allowed_signers file, agrees with us.
 
     use super::*;
+    use shoal_testkit::{isolate_git, output_with_stdin, run_bytes, ConfigRepo, SigningKey};
     use std::fs;
-    use std::io::Write;
     use std::path::{Path, PathBuf};
-    use std::process::{Command, Output, Stdio};
+    use std::process::{Command, Output};
 
     /// Author and committer time of every fixture commit: 2023-11-14T22:13:20Z.
     const COMMIT_TIME: i64 = 1_700_000_000;
 
-    struct Key {
-        private: PathBuf,
-        public: PathBuf,
-    }
-
-    impl Key {
-        /// `ssh-ed25519 AAAA…`, as an allowed_signers line wants it.
-        fn public_line(&self) -> String {
-            fs::read_to_string(&self.public).unwrap().trim().to_owned()
-        }
-
-        fn fingerprint(&self) -> String {
-            let out = Command::new("ssh-keygen")
-                .arg("-lf")
-                .arg(&self.public)
-                .output()
-                .unwrap();
-            let text = String::from_utf8(out.stdout).unwrap();
-            text.split(' ').nth(1).unwrap().to_owned()
-        }
-    }
-
-    /// A scratch repository (`<tmp>/repo`) with keys and policy files beside it (`<tmp>/…`).
+    /// A scratch repository (`<tmp>/repo`, the kit's `ConfigRepo`) with keys (the kit's
+    /// `SigningKey`, made by `ssh-keygen`) and policy files beside it (`<tmp>/…`).
     struct Fixture {
         dir: tempfile::TempDir,
+        repo: ConfigRepo,
     }
 
     impl Fixture {
@@ -484,63 +464,46 @@ mod tests {
         }
 
         fn with_object_format(format: &str) -> Fixture {
-            let fixture = Fixture {
-                dir: tempfile::tempdir().unwrap(),
-            };
-            fs::create_dir(fixture.repo()).unwrap();
-            fixture.git(&["init", "-q", &format!("--object-format={format}")]);
-            fixture
+            let dir = tempfile::tempdir().unwrap();
+            let repo = ConfigRepo::init_with(
+                dir.path().join("repo"),
+                &[&format!("--object-format={format}")],
+            );
+            Fixture { dir, repo }
         }
 
         fn repo(&self) -> PathBuf {
-            self.dir.path().join("repo")
+            self.repo.path().to_owned()
         }
 
         fn path(&self, name: &str) -> PathBuf {
             self.dir.path().join(name)
         }
 
-        /// Runs a real tool in the repository with a hermetic environment.
-        fn run(&self, program: &str, args: &[&str], stdin: &[u8]) -> Output {
+        /// Runs a real tool in the repository, isolated like every git the kit runs, at the
+        /// fixture's commit time and with a keyring of the fixture's own.
+        fn command(&self, program: &str, args: &[&str]) -> Command {
             let date = format!("@{COMMIT_TIME} +0000");
-            let mut child = Command::new(program)
+            let mut cmd = Command::new(program);
+            isolate_git(&mut cmd)
                 .args(args)
                 .current_dir(self.repo())
-                .env("GIT_CONFIG_GLOBAL", "/dev/null")
-                .env("GIT_CONFIG_NOSYSTEM", "1")
-                .env("GIT_AUTHOR_NAME", "Shoal Test")
-                .env("GIT_AUTHOR_EMAIL", "test@example.com")
-                .env("GIT_COMMITTER_NAME", "Shoal Test")
-                .env("GIT_COMMITTER_EMAIL", "test@example.com")
                 .env("GIT_AUTHOR_DATE", &date)
                 .env("GIT_COMMITTER_DATE", &date)
                 .env("GIT_EDITOR", "true")
                 .env("GNUPGHOME", self.path("gnupg"))
-                // git hands ssh-keygen the committer time in local time; our windows are UTC.
-                .env("TZ", "UTC")
-                .env("LC_ALL", "C")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-            let mut input = child.stdin.take().unwrap();
-            if !stdin.is_empty() {
-                input.write_all(stdin).unwrap();
-            }
-            drop(input);
-            child.wait_with_output().unwrap()
+                .env("LC_ALL", "C");
+            cmd
+        }
+
+        /// [`Fixture::command`] run to the end, whatever its exit status.
+        fn run(&self, program: &str, args: &[&str], stdin: &[u8]) -> Output {
+            output_with_stdin(&mut self.command(program, args), stdin)
         }
 
         /// Like [`Fixture::run`], asserting success; returns stdout.
         fn ok(&self, program: &str, args: &[&str], stdin: &[u8]) -> Vec<u8> {
-            let out = self.run(program, args, stdin);
-            assert!(
-                out.status.success(),
-                "{program} {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            out.stdout
+            run_bytes(&mut self.command(program, args), stdin)
         }
 
         fn git(&self, args: &[&str]) -> Vec<u8> {
@@ -548,29 +511,19 @@ mod tests {
         }
 
         /// git with `key` as the SSH signing key.
-        fn git_signing(&self, key: &Key, args: &[&str]) -> Vec<u8> {
-            let signing_key = format!("user.signingkey={}", key.public.display());
-            let mut all = vec!["-c", "gpg.format=ssh", "-c", &signing_key];
+        fn git_signing(&self, key: &SigningKey, args: &[&str]) -> Vec<u8> {
+            let config = key.git_signing_config();
+            let mut all: Vec<&str> = config.iter().map(String::as_str).collect();
             all.extend_from_slice(args);
             self.git(&all)
         }
 
-        fn key(&self, name: &str, key_type: &str) -> Key {
-            let private = self.path(name);
-            let path = private.to_str().unwrap();
-            self.ok(
-                "ssh-keygen",
-                &["-t", key_type, "-N", "", "-q", "-C", name, "-f", path],
-                b"",
-            );
-            Key {
-                public: self.path(&format!("{name}.pub")),
-                private,
-            }
+        fn key(&self, name: &str, key_type: &str) -> SigningKey {
+            SigningKey::generate_typed(self.dir.path(), name, key_type)
         }
 
         /// A new commit on HEAD, signed by `key` if given; returns the raw object.
-        fn commit(&self, message: &str, key: Option<&Key>) -> Vec<u8> {
+        fn commit(&self, message: &str, key: Option<&SigningKey>) -> Vec<u8> {
             let args = ["commit", "-q", "--allow-empty", "-m", message];
             match key {
                 Some(key) => self.git_signing(key, &[&args[..], &["-S"]].concat()),
@@ -580,14 +533,12 @@ mod tests {
         }
 
         fn head(&self) -> Vec<u8> {
-            self.git(&["cat-file", "commit", "HEAD"])
+            self.repo.raw_commit("HEAD")
         }
 
         /// `ssh-keygen -Y sign` over `data`: the armored signature.
-        fn sign(&self, key: &Key, namespace: &str, options: &[&str], data: &[u8]) -> String {
-            let private = key.private.to_str().unwrap();
-            let args = [&["-Y", "sign", "-n", namespace, "-f", private], options].concat();
-            String::from_utf8(self.ok("ssh-keygen", &args, data)).unwrap()
+        fn sign(&self, key: &SigningKey, namespace: &str, options: &[&str], data: &[u8]) -> String {
+            key.sign(namespace, options, data)
         }
 
         /// Our verdict on `raw` under the allowed_signers `policy`, after asserting that

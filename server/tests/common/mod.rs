@@ -1,12 +1,12 @@
 //! Test harness: simulated devices that sign reports, a real HTTP(S) client (hyper over tokio,
-//! rustls on ring), the collector run in-process on 127.0.0.1:0, and the real binary.
+//! rustls on ring), the collector run in-process on 127.0.0.1:0, and the real binary (started by
+//! `shoal-testkit`'s launcher).
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
-use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -17,6 +17,7 @@ use hyper_util::rt::TokioIo;
 use shoal_collector::store::Store;
 use shoal_collector::{app, serve, AppState, Config};
 use shoal_proto::{KeyId, Report, SignedEnvelope, Status};
+use shoal_testkit::{Collector, CollectorSpec};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub const ENROLL_TOKEN: &str = "enroll-0123456789abcdef";
@@ -328,80 +329,16 @@ impl TestServer {
     }
 }
 
-/// The `shoal-collector` binary, started with `serve` and stopped with SIGTERM.
-pub struct Binary {
-    pub child: Child,
-    pub addr: SocketAddr,
-    pub stderr: PathBuf,
-}
-
+/// This crate's `shoal-collector` binary.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_shoal-collector")
 }
 
-impl Binary {
-    /// Starts `shoal-collector serve --listen 127.0.0.1:0 --data DIR ARGS...` and waits for its
-    /// "listening on" line.
-    pub fn start(data: &Path, args: &[&str], log: &Path) -> Binary {
-        let stderr = std::fs::File::create(log).unwrap();
-        let mut child = Command::new(bin())
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(data)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .rsplit("://")
-            .next()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| {
-                panic!(
-                    "no address in {line:?}; log: {}",
-                    std::fs::read_to_string(log).unwrap_or_default()
-                )
-            });
-        Binary {
-            child,
-            addr,
-            stderr: log.to_path_buf(),
-        }
-    }
-
-    /// SIGTERM, then wait; returns the exit status.
-    pub fn terminate(self) -> std::process::ExitStatus {
-        self.signal(libc::SIGTERM)
-    }
-
-    /// Sends `signal` to the child (ours, by pid), then waits for it.
-    pub fn signal(mut self, signal: libc::c_int) -> std::process::ExitStatus {
-        let pid = self.child.id() as libc::pid_t;
-        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
-        let rc = unsafe { libc::kill(pid, signal) };
-        assert_eq!(rc, 0, "kill -{signal} {pid}");
-        self.child.wait().unwrap()
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        // A test that failed midway: do not leave the child running (only our own child, by pid).
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// Starts `shoal-collector serve --listen 127.0.0.1:0 --data DIR ARGS...` with the kit's
+/// launcher (the one the end-to-end tests use), its log in `log`, and waits for its
+/// "listening on" line.
+pub fn start_binary(data: &Path, args: &[&str], log: &Path) -> Collector {
+    Collector::start(&CollectorSpec::new(bin(), data).args(args).log(log))
 }
 
 /// Runs `shoal-collector register`.

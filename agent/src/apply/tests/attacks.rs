@@ -141,18 +141,11 @@ fn the_state_directory_is_refused_by_identity_not_by_name() {
     );
 
     // Under another name: a bind mount of the state directory (needs root to mount).
-    if !privileged("the_state_directory_is_refused_by_identity_not_by_name") {
+    if !require_root("bind-mounting the state directory under another name") {
         return;
     }
     fs::create_dir_all(device.real("/srv/elsewhere")).unwrap();
-    let status = Command::new("mount")
-        .arg("--bind")
-        .arg(&device.state)
-        .arg(device.real("/srv/elsewhere"))
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let _mount = Mount(device.real("/srv/elsewhere"));
+    let _mount = Mount::bind(&device.state, &device.real("/srv/elsewhere"));
     let renamed = desired(vec![("/srv/elsewhere/hold", file("1\n", 0o644))]);
     let err = observe(&device.root, &device.state, renamed.files.keys()).unwrap_err();
     assert!(

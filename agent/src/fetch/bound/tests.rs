@@ -1,8 +1,7 @@
 //! The pack gauge against packs made by the real `git pack-objects` and packs built here by hand
 //! (a lying header, a delta that would build a huge object, a zlib stream padded without end).
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use shoal_testkit::ConfigRepo;
 
 use super::*;
 
@@ -16,55 +15,28 @@ fn limits(max_object: u64) -> Limits {
     }
 }
 
-/// A git repository in a temp dir, isolated from the host's git config.
-struct Repo(tempfile::TempDir);
+/// A git repository in a temp dir (the kit's `ConfigRepo`, isolated from the host's git config).
+struct Repo {
+    _dir: tempfile::TempDir,
+    repo: ConfigRepo,
+}
 
 impl Repo {
     fn new() -> Self {
-        let repo = Repo(tempfile::tempdir().unwrap());
-        repo.git(&["init", "-q"], b"");
-        repo
+        let dir = tempfile::tempdir().unwrap();
+        let repo = ConfigRepo::init(dir.path());
+        Repo { _dir: dir, repo }
     }
 
     fn git(&self, args: &[&str], stdin: &[u8]) -> Vec<u8> {
-        let mut child = Command::new("git")
-            .args([
-                "-c",
-                "user.name=Shoal Test",
-                "-c",
-                "user.email=test@shoal.invalid",
-            ])
-            .args([
-                "-c",
-                "commit.gpgsign=false",
-                "-c",
-                "init.defaultBranch=main",
-            ])
-            .args(args)
-            .current_dir(self.0.path())
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the git CLI is installed");
-        child.stdin.take().unwrap().write_all(stdin).unwrap();
-        let output = child.wait_with_output().unwrap();
-        assert!(
-            output.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        output.stdout
+        self.repo.git_bytes(args, stdin)
     }
 
     fn commit(&self, files: &[(&str, Vec<u8>)]) {
         for (path, content) in files {
-            std::fs::write(self.0.path().join(path), content).unwrap();
+            self.repo.write(path, content);
         }
-        self.git(&["add", "-A"], b"");
-        self.git(&["commit", "-q", "-m", "change"], b"");
+        self.repo.commit_unsigned("change");
     }
 
     /// The whole history as one pack, as `git-upload-pack` would send it.
@@ -118,7 +90,7 @@ fn a_pack_git_makes_is_followed_to_its_end_however_it_is_cut() {
     }
     for offset_deltas in [false, true] {
         let pack = repo.pack(offset_deltas);
-        std::fs::write(repo.0.path().join("all.pack"), &pack).unwrap();
+        std::fs::write(repo.repo.path().join("all.pack"), &pack).unwrap();
         repo.git(&["index-pack", "all.pack"], b"");
         let listing = repo.git(&["verify-pack", "-v", "all.idx"], b"");
         assert!(

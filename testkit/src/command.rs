@@ -1,4 +1,4 @@
-//! Runs external programs for the tests: every failure panics naming the command, its exit status and its output.
+//! Runs external programs for the tests (and `git` isolated from the host's configuration): every failure panics naming the command, its exit status and its output.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -41,6 +41,9 @@ pub fn isolate_git(cmd: &mut Command) -> &mut Command {
         .env("GIT_CONFIG_COUNT", "1")
         .env("GIT_CONFIG_KEY_0", "init.defaultBranch")
         .env("GIT_CONFIG_VALUE_0", "main")
+        // git hands ssh-keygen the committer time in local time, and allowed_signers validity
+        // windows are UTC: a host time zone would shift every verdict near a window's edge.
+        .env("TZ", "UTC")
 }
 
 /// Where git keeps its helper programs (`git-http-backend`, `git-daemon`). Servers run these
@@ -124,7 +127,7 @@ pub fn describe(cmd: &Command) -> String {
 
 /// Makes the child get SIGKILL when the thread that spawns it ends (a panic=abort, a timeout
 /// kill of the test): the test's namespaces and guests never outlive it.
-pub(crate) fn die_with_parent(cmd: &mut Command) -> &mut Command {
+pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of ours.
     unsafe {

@@ -1,4 +1,4 @@
-//! Decides whether an end-to-end test may skip for a missing tool: never under `SHOAL_E2E=1`, loudly otherwise.
+//! Decides whether a test may skip for a missing tool or privilege: never under `SHOAL_E2E=1`, loudly otherwise.
 
 use std::path::Path;
 
@@ -17,9 +17,9 @@ pub fn require_tool(name: &str) -> bool {
     if e2e_required() {
         panic!("SHOAL_E2E=1 but {why}: install it (see shared TESTING.md)");
     }
-    eprintln!(
-        "SKIPPED: {why}; this end-to-end test did not run (set SHOAL_E2E=1 to make this a failure)"
-    );
+    skipped(&format!(
+        "SKIPPED: {why}; this test did not run (set SHOAL_E2E=1 to make this a failure)"
+    ));
     false
 }
 
@@ -32,17 +32,24 @@ pub fn require_tools(names: &[&str]) -> bool {
 
 /// The `None` of a harness part this machine cannot provide (`what`, e.g. "a test systemd cannot
 /// boot here"), after a loud `SKIPPED` line; under [`e2e_required`] a panic with `why` instead.
-pub(crate) fn cannot_run<T>(what: &str, why: &str) -> Option<T> {
+pub fn cannot_run<T>(what: &str, why: &str) -> Option<T> {
     if e2e_required() {
         panic!("SHOAL_E2E=1 but {what}: {why}");
     }
-    eprintln!(
-        "SKIPPED: {what} ({why}); this end-to-end test did not run (set SHOAL_E2E=1 to make this a failure)"
-    );
+    skipped(&format!(
+        "SKIPPED: {what} ({why}); this test did not run (set SHOAL_E2E=1 to make this a failure)"
+    ));
     None
 }
 
-pub(crate) fn on_path(name: &str) -> bool {
+/// Straight to the process's stderr, not `eprintln!`: libtest captures that, and would swallow
+/// the line for a test that "passed" by skipping.
+fn skipped(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+pub fn on_path(name: &str) -> bool {
     let Some(path) = std::env::var_os("PATH") else {
         return false;
     };
@@ -55,11 +62,16 @@ fn is_executable(path: &Path) -> bool {
         .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
 }
 
+/// Whether this process runs as root (effective uid 0).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// Whether this process is root, which `what` needs (mounting a tmpfs, owning files as another
 /// user); if not, a loud `SKIPPED` line and `false`, or a panic under [`e2e_required`].
 pub fn require_root(what: &str) -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    if is_root() {
         return true;
     }
     cannot_run::<()>(what, "it needs root").is_some()

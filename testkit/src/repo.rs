@@ -20,9 +20,14 @@ pub const MOTD_MANIFEST: &str = "version = 1\n[[profile]]\nname = \"base\"\nmatc
 impl ConfigRepo {
     /// Creates `dir` if needed and runs `git init` in it.
     pub fn init(dir: impl AsRef<Path>) -> Self {
+        ConfigRepo::init_with(dir, &[])
+    }
+
+    /// [`init`](Self::init) with more `git init` options (`--object-format=sha256`).
+    pub fn init_with(dir: impl AsRef<Path>, options: &[&str]) -> Self {
         let dir = dir.as_ref().to_path_buf();
         create_dir_all(&dir);
-        run(git_command().arg("init").arg("-q").arg(&dir));
+        run(git_command().args(["init", "-q"]).args(options).arg(&dir));
         ConfigRepo { dir }
     }
 
@@ -83,7 +88,7 @@ impl ConfigRepo {
     /// rewritten commit and returns its id. Its tree is the one that was signed.
     pub fn commit_tampered(&self, key: &SigningKey, message: &str) -> String {
         let signed = self.commit_signed(key, message);
-        let raw = run_bytes(self.git_cmd().args(["cat-file", "commit", &signed]), &[]);
+        let raw = self.raw_commit(&signed);
         let tampered = tamper_message(&raw);
         let rewritten = run_bytes(
             self.git_cmd()
@@ -154,6 +159,17 @@ impl ConfigRepo {
     /// Runs `git args…` in this repository; returns stdout without the final newline.
     pub fn git(&self, args: &[&str]) -> String {
         run(self.git_cmd().args(args))
+    }
+
+    /// Runs `git args…` in this repository with `stdin` as its input; returns stdout as it is
+    /// (a raw object, a pack).
+    pub fn git_bytes(&self, args: &[&str], stdin: &[u8]) -> Vec<u8> {
+        run_bytes(self.git_cmd().args(args), stdin)
+    }
+
+    /// The raw commit object `rev` (`git cat-file commit`), byte for byte.
+    pub fn raw_commit(&self, rev: &str) -> Vec<u8> {
+        self.git_bytes(&["cat-file", "commit", rev], &[])
     }
 
     /// Whether the reference verifier, `git verify-commit` trusting `allowed_signers`, accepts `rev`.

@@ -1,0 +1,309 @@
+//! Snapshots of what the real `shoal-agent` tells an operator: `render`, `verify`, `sync
+//! --dry-run`, `sync`, `status`, `history` (human and `--json`) and the text of every refusal.
+//! The snapshots live in `tests/tests/snapshots/`; a change of wording fails here until the new
+//! text is reviewed (`cargo insta review`, or `INSTA_UPDATE=always` and read the diff).
+
+use std::path::Path;
+
+use shoal_e2e::{Device, Run, Sandbox, SigningKey, Transcript};
+
+const MANIFEST: &str = r#"version = 1
+
+[[profile]]
+name = "base"
+match = "*"
+
+  [[profile.file]]
+  path = "/etc/motd"
+  source = "files/motd"
+  template = true
+
+[[profile]]
+name = "gateways"
+match = { labels = { role = "gateway" } }
+
+  [[profile.file]]
+  path = "/etc/gw/gw.conf"
+  source = "files/gw.conf"
+  mode = "0600"
+"#;
+
+/// Values no name covers: times, durations, fingerprints and keys made fresh by each run.
+fn check(snapshot: &str, transcript: &Transcript) {
+    let mut settings = insta::Settings::clone_current();
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_omit_expression(true);
+    for (pattern, name) in [
+        (
+            r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)",
+            "[TIME]",
+        ),
+        (r"\b1\d{9}\b", "[UNIX_TIME]"),
+        (r#""(\w+_ms)": \d+"#, "\"$1\": [MS]"),
+        (r"\b\d+(\.\d+)?\s?(ns|µs|us|ms|s)\b", "[DURATION]"),
+        (r"SHA256:[A-Za-z0-9+/]{43}", "SHA256:[FINGERPRINT]"),
+        (r"ssh-ed25519 AAAA[A-Za-z0-9+/=]+", "ssh-ed25519 [KEY]"),
+        (r"127\.0\.0\.1:\d+", "127.0.0.1:[PORT]"),
+        (r"\b[0-9a-f]{40}\b", "[UNNAMED_COMMIT]"),
+    ] {
+        settings.add_filter(pattern, name);
+    }
+    settings.bind(|| insta::assert_snapshot!(snapshot, transcript.text()));
+}
+
+/// A sandbox with the operator's first commit (`[first]`) published and named.
+fn scene() -> Option<(Sandbox, Transcript, String)> {
+    let s = Sandbox::new()?;
+    let mut t = Transcript::new();
+    t.name(s.dir.path().display().to_string(), "SANDBOX");
+    let first = push(&s, "hello {{ device.id }}\n", "first");
+    t.name(&first, "first");
+    Some((s, t, first))
+}
+
+fn push(s: &Sandbox, motd: &str, message: &str) -> String {
+    s.push(
+        &[
+            ("shoal.toml", MANIFEST),
+            ("files/motd", motd),
+            ("files/gw.conf", "gateway=yes\n"),
+        ],
+        message,
+    )
+}
+
+/// Runs `shoal-agent ARGS` on the sandbox's device and records it.
+fn agent(s: &Sandbox, t: &mut Transcript, args: &[&str]) -> Run {
+    let run = s.device.agent(args);
+    t.record(args, &run);
+    run
+}
+
+#[test]
+fn render_shows_each_file_a_device_gets() {
+    let Some((s, mut t, _)) = scene() else { return };
+    let repo = s.repo.path().display().to_string();
+    for json in [false, true] {
+        let mut args = vec![
+            "render",
+            &repo,
+            "--device-id",
+            "gw-1",
+            "--label",
+            "role=gateway",
+        ];
+        if json {
+            args.push("--json");
+        }
+        agent(&s, &mut t, &args);
+    }
+    check("render", &t);
+}
+
+#[test]
+fn verify_names_the_signer() {
+    let Some((s, mut t, _)) = scene() else { return };
+    let repo = s.repo.path().display().to_string();
+    let signers = s.dir.path().join("allowed_signers").display().to_string();
+    agent(
+        &s,
+        &mut t,
+        &["verify", &repo, "--allowed-signers", &signers],
+    );
+    agent(
+        &s,
+        &mut t,
+        &["verify", &repo, "--allowed-signers", &signers, "--json"],
+    );
+    check("verify", &t);
+}
+
+#[test]
+fn sync_dry_run_then_sync_then_status_and_history() {
+    let Some((s, mut t, _)) = scene() else { return };
+    agent(&s, &mut t, &["sync", "--dry-run"]);
+    agent(&s, &mut t, &["sync", "--dry-run", "--json"]);
+    check("sync_dry_run_first", &t);
+
+    let mut t = Transcript::new();
+    t.name(s.dir.path().display().to_string(), "SANDBOX");
+    t.name(s.repo.head(), "first");
+    agent(&s, &mut t, &["sync"]).assert_ok();
+    let second = push(&s, "welcome to {{ device.id }}\n", "second");
+    t.name(&second, "second");
+    agent(&s, &mut t, &["sync", "--dry-run"]);
+    agent(&s, &mut t, &["sync", "--dry-run", "--json"]);
+    agent(&s, &mut t, &["sync"]).assert_ok();
+    agent(&s, &mut t, &["sync"]).assert_ok();
+    check("sync", &t);
+
+    let mut t = Transcript::new();
+    t.name(s.dir.path().display().to_string(), "SANDBOX");
+    t.name(&second, "second");
+    agent(&s, &mut t, &["status"]);
+    agent(&s, &mut t, &["status", "--json"]);
+    check("status", &t);
+
+    let mut t = Transcript::new();
+    t.name(s.dir.path().display().to_string(), "SANDBOX");
+    t.name(s.repo.git(&["rev-parse", "HEAD~1"]), "first");
+    t.name(&second, "second");
+    agent(&s, &mut t, &["history"]);
+    agent(&s, &mut t, &["history", "--json"]);
+    check("history", &t);
+}
+
+/// The device at `[first]`, then `make` publishes a tip it must refuse; the transcript of the
+/// refusal, the tip named `[refused]`.
+fn refusal(snapshot: &str, make: impl FnOnce(&Sandbox, &mut Transcript) -> String) {
+    let Some((s, mut t, _)) = scene() else { return };
+    s.device.sync().assert_ok();
+    let refused = make(&s, &mut t);
+    t.name(&refused, "refused");
+    s.publish();
+    let run = agent(&s, &mut t, &["sync"]);
+    assert_ne!(run.code, 0, "{snapshot}: the tip was accepted");
+    check(snapshot, &t);
+}
+
+#[test]
+fn refusal_unsigned_commit() {
+    refusal("refusal_unsigned", |s, _| {
+        s.repo.write("files/motd", "unsigned\n");
+        s.repo.commit_unsigned("unsigned")
+    });
+}
+
+#[test]
+fn refusal_untrusted_signer() {
+    refusal("refusal_untrusted_signer", |s, _| {
+        let stranger = SigningKey::generate(s.dir.path().join("keys"), "stranger");
+        s.repo.write("files/motd", "by a stranger\n");
+        s.repo.commit_signed(&stranger, "by a stranger")
+    });
+}
+
+#[test]
+fn refusal_tampered_commit() {
+    refusal("refusal_tampered", |s, _| {
+        s.repo.write("files/motd", "tampered\n");
+        s.repo.commit_tampered(&s.key, "tampered")
+    });
+}
+
+#[test]
+fn refusal_older_than_the_applied_commit() {
+    let Some((s, mut t, first)) = scene() else {
+        return;
+    };
+    let second = push(&s, "second\n", "second");
+    t.name(&second, "second");
+    s.device.sync().assert_ok();
+    s.repo.reset_hard(&first);
+    s.publish();
+    agent(&s, &mut t, &["sync"]);
+    check("refusal_older", &t);
+}
+
+#[test]
+fn refusal_diverged_tip() {
+    let Some((s, mut t, first)) = scene() else {
+        return;
+    };
+    let second = push(&s, "second\n", "second");
+    t.name(&second, "second");
+    s.device.sync().assert_ok();
+    s.repo.reset_hard(&first);
+    let rewritten = push(&s, "rewritten\n", "rewritten");
+    t.name(&rewritten, "rewritten");
+    agent(&s, &mut t, &["sync"]);
+    check("refusal_diverged", &t);
+}
+
+#[test]
+fn refusal_malformed_manifest() {
+    refusal("refusal_malformed_manifest", |s, _| {
+        s.repo.write(
+            "shoal.toml",
+            "version = 1\n[[profile]]\nname = \"base\"\nmatch = \n",
+        );
+        s.repo.commit_signed(&s.key, "malformed")
+    });
+}
+
+#[test]
+fn refusal_source_escaping_the_repository() {
+    refusal("refusal_source_escapes", |s, _| {
+        s.repo.remove("files/motd");
+        std::os::unix::fs::symlink("/etc/passwd", s.repo.path().join("files/motd"))
+            .expect("the attacker's link");
+        s.repo.commit_signed(&s.key, "escape")
+    });
+}
+
+#[test]
+fn refusal_symbolic_link_in_a_managed_parent() {
+    refusal("refusal_symlinked_parent", |s, _| {
+        let outside = s.dir.path().join("outside");
+        std::fs::create_dir_all(&outside).expect("mkdir outside");
+        std::fs::remove_dir_all(s.root("/etc/gw")).expect("rm /etc/gw");
+        std::os::unix::fs::symlink(&outside, s.root("/etc/gw")).expect("the user's link");
+        push(s, "hello again {{ device.id }}\n", "after the link")
+    });
+}
+
+#[test]
+fn refusal_bad_commit_on_retry() {
+    let Some((s, mut t, _)) = scene() else { return };
+    s.device.sync().assert_ok();
+    std::fs::create_dir_all(s.root("/etc/blocked")).expect("mkdir");
+    s.repo.write(
+        "shoal.toml",
+        format!("{MANIFEST}\n  [[profile.file]]\n  path = \"/etc/blocked\"\n  source = \"files/motd\"\n"),
+    );
+    let bad = s.repo.commit_signed(&s.key, "blocked");
+    t.name(&bad, "bad");
+    s.publish();
+    agent(&s, &mut t, &["sync"]);
+    agent(&s, &mut t, &["sync"]);
+    check("refusal_bad_commit_retry", &t);
+}
+
+#[test]
+fn refusal_bad_agent_config() {
+    let Some((s, mut t, _)) = scene() else { return };
+    let config = std::fs::read_to_string(s.device.config_path()).expect("read agent.toml");
+    std::fs::write(
+        s.device.config_path(),
+        config.replace("verify = \"range\"", "verify = \"sometimes\""),
+    )
+    .expect("write agent.toml");
+    agent(&s, &mut t, &["sync"]);
+    std::fs::write(s.device.config_path(), format!("{config}\nsurprise = 1\n"))
+        .expect("write agent.toml");
+    agent(&s, &mut t, &["status"]);
+    check("refusal_bad_agent_config", &t);
+}
+
+#[test]
+fn refusal_locked_state_directory() {
+    let Some((s, mut t, _)) = scene() else { return };
+    s.device.sync().assert_ok();
+    let lock = lock_state(&s.device);
+    agent(&s, &mut t, &["sync"]);
+    drop(lock);
+    check("refusal_locked_state_dir", &t);
+}
+
+/// Holds the state directory's lock as another agent would (flock on `state/lock`).
+fn lock_state(device: &Device) -> std::fs::File {
+    let path = device.state_dir().join("lock");
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", Path::new(&path).display()));
+    file.try_lock().expect("nobody else holds the lock");
+    file
+}
