@@ -15,9 +15,10 @@ use ed25519_dalek::SigningKey;
 use shoal_proto::{KeyId, Report, ResourceError, SignedEnvelope, Status};
 
 use crate::config::{AgentConfig, CollectorConfig};
-use crate::fetch;
+use crate::errors::error_chain;
 use crate::paths::{self, PathError};
 use crate::state::{unix_now, Enrolled, State, StateError};
+use crate::tls;
 
 const IDENTITY_FILE: &str = "identity.key";
 const ENROLL_HEADER: &str = "X-Shoal-Enroll";
@@ -173,14 +174,14 @@ impl Reporter {
             return Ok(None);
         };
         let (identity, _) = Identity::load_or_create(&config.state_dir)?;
-        let tls = fetch::client_tls_config(collector.ca_file.as_deref())
+        let tls = tls::client_config(collector.ca_file.as_deref())
             .map_err(|e| ReportError::Client(e.to_string()))?;
         let client = reqwest::blocking::Client::builder()
             .tls_backend_preconfigured((*tls).clone())
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(30))
             .build()
-            .map_err(|e| ReportError::Client(fetch::error_chain(&e)))?;
+            .map_err(|e| ReportError::Client(error_chain(&e)))?;
         Ok(Some(Reporter {
             identity,
             client,
@@ -352,12 +353,9 @@ impl Reporter {
                 Err(e) => token_error = Some(e.to_string()),
             }
         }
-        let response = request.send().map_err(|e| {
-            format!(
-                "cannot reach the collector {url}: {}",
-                fetch::error_chain(&e)
-            )
-        })?;
+        let response = request
+            .send()
+            .map_err(|e| format!("cannot reach the collector {url}: {}", error_chain(&e)))?;
         let status = response.status();
         let body = response.text().unwrap_or_default();
         Ok(Answer {

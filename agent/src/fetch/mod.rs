@@ -17,7 +17,9 @@ use gix::remote::Direction;
 use gix::ObjectId;
 
 use crate::config::SourceConfig;
+use crate::errors::error_chain;
 use crate::paths::{self, PathError};
+use crate::tls::{self, TlsError};
 
 mod bound;
 mod durable;
@@ -41,8 +43,8 @@ pub enum FetchError {
     },
     #[error("the config repository {url} has no ref {reference}; check [source] ref in the agent config and that the branch was pushed")]
     RefNotFound { url: String, reference: String },
-    #[error("cannot use the CA file {}: {message}", path.display())]
-    CaFile { path: PathBuf, message: String },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("the local mirror {} is damaged ({damage}) and could not be set aside to rebuild it: {source}; check the state directory's permissions and disk", path.display())]
     SetAside {
         path: PathBuf,
@@ -160,8 +162,8 @@ impl Mirror {
         // aws-lc); make ring the process default so plain http:// clients build too.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let tls = match source.ca_file.as_deref() {
-            Some(path) => Some(client_tls_config(Some(path))?),
-            None if is_https(&source.url) => Some(client_tls_config(None)?),
+            Some(path) => Some(tls::client_config(Some(path))?),
+            None if is_https(&source.url) => Some(tls::client_config(None)?),
             None => None,
         };
         let mut healed: Option<Damage> = None;
@@ -508,55 +510,4 @@ fn open_isolated(dir: &Path) -> Result<gix::Repository, gix::Error> {
 fn is_https(url: &str) -> bool {
     url.get(..8)
         .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
-}
-
-/// A rustls client config on the `ring` provider, trusting either the CA certificates in
-/// `ca_file` (a pinned private CA) or the system's root store.
-pub fn client_tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, FetchError> {
-    use rustls::pki_types::{pem::PemObject, CertificateDer};
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let failed = |message: String| FetchError::CaFile {
-                path: path.to_owned(),
-                message,
-            };
-            let pem = paths::read(path).map_err(|e| failed(e.to_string()))?;
-            for cert in CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| failed(format!("not a PEM certificate file: {e}")))?;
-                roots.add(cert).map_err(|e| failed(e.to_string()))?;
-            }
-            if roots.is_empty() {
-                return Err(failed("contains no certificate".into()));
-            }
-        }
-        None => {
-            let native = rustls_native_certs::load_native_certs();
-            roots.add_parsable_certificates(native.certs);
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| FetchError::CaFile {
-            path: ca_file.unwrap_or(Path::new("<system roots>")).to_owned(),
-            message: e.to_string(),
-        })?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
-}
-
-/// Renders an error and its sources as one line, skipping repeated messages.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = Some(error);
-    while let Some(e) = next {
-        let text = e.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        next = e.source();
-    }
-    parts.join(": ")
 }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use gix::object::tree::EntryKind;
 
 use super::rules::check_repo_path;
-use crate::fetch::error_chain;
+use crate::errors::error_chain;
 
 /// Read access to the files of one configuration tree. `path` is relative to the repository
 /// root, `/`-separated.

@@ -9,7 +9,7 @@ use gix::ObjectId;
 use super::allowed_signers::{AllowedSigners, SignersError};
 use super::sshsig::{self, SignatureError, Signer};
 use crate::config::{TrustConfig, VerifyMode};
-use crate::fetch::error_chain;
+use crate::errors::error_chain;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
