@@ -19,6 +19,7 @@ use gix::ObjectId;
 use crate::config::SourceConfig;
 use crate::errors::error_chain;
 use crate::paths::{self, PathError};
+use crate::state::MirrorDir;
 use crate::tls::{self, TlsError};
 
 mod bound;
@@ -141,7 +142,7 @@ impl Mirror {
         self.recorded
     }
 
-    /// Opens the mirror at `dir` (making it on first use) and fetches the tip of
+    /// Opens the mirror (making it on first use) and fetches the tip of
     /// `source.reference` into it, retrying transient network failures with exponential backoff.
     /// With nothing new on the remote this is one ref advertisement, no object transfer and no
     /// write. The tip is not recorded yet: [`Mirror::accept`] it once `verify` has, or
@@ -153,11 +154,12 @@ impl Mirror {
     /// logged, set aside, and built again from scratch once in the same call; the outcome's
     /// `healed` says why. Nothing outside the mirror (the watermark, generations) is touched.
     pub fn fetch(
-        dir: &Path,
+        mirror: &MirrorDir<'_>,
         source: &SourceConfig,
         applied: Option<ObjectId>,
         interrupt: &AtomicBool,
     ) -> Result<(Mirror, Fetched), FetchError> {
+        let dir = mirror.path();
         // reqwest is built without a compiled-in crypto provider (its default would pull
         // aws-lc); make ring the process default so plain http:// clients build too.
         let _ = rustls::crypto::ring::default_provider().install_default();
