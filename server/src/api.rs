@@ -1,7 +1,7 @@
 //! The HTTP API: routes, request parsing, the bearer-token gates on reads and on the admin
 //! endpoints, and the one error type (`ApiError`) that turns every failure into a status code and
-//! a JSON `{error, reason_code}`. Handlers decide nothing themselves: `ingest` and `keys` decide,
-//! `store` records (through the one writer), `tally` counts.
+//! a JSON `{error, reason_code}`. Handlers decide nothing themselves: `shoal_fleet`'s `ingest` and
+//! `keys` decide and its `tally` counts; `store` records (through the one writer).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,11 +17,12 @@ use http_body_util::BodyExt as _;
 use serde::{Deserialize, Serialize};
 use shoal_proto::{KeyId, Report, Status, MAX_ENVELOPE_BYTES};
 
-use crate::ingest::{self, Enrollment, Rejection};
-use crate::keys::{KeyChange, KeyRefusal};
-use crate::store::{
-    Accepted, DeviceRecord, HistoryEntry, IngestError, KeyChangeError, KeyChanged, StoreError,
-};
+use shoal_fleet::ingest::{self, Enrollment, Rejection};
+use shoal_fleet::keys::{KeyChange, KeyRefusal};
+use shoal_fleet::record::{DeviceRecord, HistoryEntry};
+use shoal_fleet::tally::Summary;
+
+use crate::store::{Accepted, IngestError, KeyChangeError, KeyChanged, StoreError};
 use crate::AppState;
 
 /// Header carrying an enrollment token on a device's first report.
@@ -613,7 +614,7 @@ async fn one_device(
 #[derive(Serialize)]
 struct History {
     device_id: String,
-    /// Newest first, at most `ingest::HISTORY_LIMIT` entries.
+    /// Newest first, at most `record::HISTORY_LIMIT` entries.
     history: Vec<HistoryEntry>,
 }
 
@@ -636,7 +637,7 @@ async fn device_history(
 async fn summary(
     State(app): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
-) -> Result<Json<crate::tally::Summary>, ApiError> {
+) -> Result<Json<Summary>, ApiError> {
     let mut stale_after = app.config.stale_after;
     for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match k.as_ref() {

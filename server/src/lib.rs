@@ -4,14 +4,16 @@
 
 pub mod api;
 pub mod auth;
-pub mod ingest;
-pub mod keys;
 pub mod metrics;
 pub mod page;
 pub mod serve;
 pub mod store;
-pub mod tally;
 pub mod writer;
+
+// The decisions and the tally live in the pure crate `shoal-fleet`; the store's and the API's
+// signatures take and return its types, so the library's users (its tests, shoal-loadgen) reach
+// them here too, without a dependency of their own.
+pub use shoal_fleet::{ingest, keys, record, tally};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -6,8 +6,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::ingest::Rejection;
-use crate::tally::Summary;
+use shoal_fleet::ingest::Rejection;
+use shoal_fleet::tally::Summary;
 
 /// The `action` label of `shoal_admin_key_changes_total` (`keys::KeyChange::action`).
 const ADMIN_ACTIONS: [&str; 2] = ["unpin", "rekey"];

@@ -3,8 +3,8 @@
 
 use std::fmt::Write as _;
 
-use crate::store::DeviceRecord;
-use crate::tally::Summary;
+use shoal_fleet::record::DeviceRecord;
+use shoal_fleet::tally::Summary;
 
 fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -141,7 +141,7 @@ mod tests {
             history_next: 1,
             report,
         };
-        let summary = crate::tally::Tally::default().summary(1000, 180);
+        let summary = shoal_fleet::tally::Tally::default().summary(1000, 180);
         let html = render(&summary, &[("gw-1".into(), rec)], false, "");
         assert!(!html.contains("<script>"));
         assert!(html.contains("&lt;script&gt;"));

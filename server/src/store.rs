@@ -3,6 +3,11 @@
 //! and every operator key change queued with them as one atomic batch, so each is either fully
 //! recorded or not at all.
 //!
+//! Dependencies run one way: `store` reads the state the pure deciders of `shoal-fleet` need
+//! (`ingest::decide`, `keys::decide`), calls them, persists the `record` types they return and the
+//! `tally` counters they move; that crate cannot know the store. The batch's input and output
+//! (`Write`, `Outcome`) are defined here, and `writer` feeds them from its thread.
+//!
 //! Layout (one sled tree, so a single `apply_batch` is atomic across all of it):
 //!
 //! | key | value |
@@ -25,33 +30,14 @@ use std::sync::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use shoal_proto::{KeyId, Report, Status};
 
-use crate::ingest::{self, Current, Enrollment, Rejection, Verified};
-use crate::keys::{self, KeyChange, KeyRefusal, PinState};
-use crate::tally::{Counter, Delta, Entry, Summary, Tally};
+use shoal_fleet::ingest::{self, Current, Enrollment, Rejection, Verified};
+use shoal_fleet::keys::{self, KeyChange, KeyRefusal, PinState};
+use shoal_fleet::tally::{Counter, Delta, Entry, Summary, Tally};
+
+/// The records this store keeps (defined in `shoal_fleet::record`: the deciders build them).
+pub use shoal_fleet::record::{DeviceRecord, HistoryEntry};
 
 const SCHEMA: &[u8] = b"1";
-
-/// A device's latest accepted state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeviceRecord {
-    /// The key the device's reports are signed with (pinned).
-    pub key_id: String,
-    /// Collector time (unix s) of the first accepted report.
-    pub first_seen: u64,
-    /// Collector time (unix s) of the latest accepted report.
-    pub last_seen: u64,
-    /// Next history slot; the kept slots are `history_next.saturating_sub(100)..history_next`.
-    pub history_next: u64,
-    pub report: Report,
-}
-
-/// One accepted report, as kept in a device's history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HistoryEntry {
-    /// Collector time (unix s) the report was accepted.
-    pub received_at: u64,
-    pub report: Report,
-}
 
 /// What happened to an accepted report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::ingest::{Enrollment, Verified};
-use crate::keys::KeyChange;
 use crate::store::{
     Accepted, IngestError, KeyChangeError, KeyChanged, Outcome, Store, StoreError, Write,
 };
+use shoal_fleet::ingest::{Enrollment, Verified};
+use shoal_fleet::keys::KeyChange;
 
 /// Most writes recorded in one batch (bounds the latency one batch adds to the next).
 pub const MAX_BATCH: usize = 1024;

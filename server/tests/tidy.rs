@@ -1,5 +1,5 @@
-//! Tidy: every Rust file of the collector and proto crates starts with a `//!` line saying what it
-//! promises (STYLE.md, item 9).
+//! Tidy: every Rust file of the collector, fleet, loadgen and proto crates starts with a `//!` line
+//! saying what it promises (STYLE.md, item 9).
 
 use std::path::{Path, PathBuf};
 
@@ -18,7 +18,15 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn every_rust_file_starts_with_a_promise() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
-    for dir in ["src", "tests", "../proto/src", "../proto/tests"] {
+    for dir in [
+        "src",
+        "tests",
+        "../fleet/src",
+        "../fleet/tests",
+        "../loadgen/src",
+        "../proto/src",
+        "../proto/tests",
+    ] {
         rust_files(&root.join(dir), &mut files);
     }
     assert!(files.len() > 10, "found only {files:?}");

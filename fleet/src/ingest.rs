@@ -1,13 +1,13 @@
 //! Decides whether a report is accepted: envelope checks (size, version, signature) and then the
 //! enrollment, key pinning and sequence rules against the device's current state. Pure decisions:
 //! no I/O; the store supplies the current state and applies the decision atomically.
+//!
+//! Dependencies run one way: `ingest` knows `record` (what an accepted report becomes) and no
+//! store; the collector's store calls `decide` and records its `Decision`.
 
 use shoal_proto::{EnvelopeError, KeyId, Report, SignedEnvelope, MAX_ENVELOPE_BYTES};
 
-use crate::store::{DeviceRecord, HistoryEntry};
-
-/// How many reports the collector keeps per device (the newest).
-pub const HISTORY_LIMIT: u64 = 100;
+use crate::record::{DeviceRecord, HistoryEntry, HISTORY_LIMIT};
 
 /// Why a report was refused. Every variant is a client error: nothing was written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

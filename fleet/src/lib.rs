@@ -1,0 +1,13 @@
+//! The collector's decisions and the fleet's counts, with no I/O: whether a report is accepted
+//! (`ingest`), whether an operator's key change is (`keys`), what an accepted report becomes
+//! (`record`), and the incrementally kept counts (`tally`). Each decider takes the current state
+//! (and the clock) as arguments and returns its decision as data; the collector's store reads
+//! the state, calls them, and records what they decide.
+//!
+//! Dependencies inside: `ingest` → `record`; `keys`, `tally` and `record` know only `shoal-proto`.
+//! The crate has no store, HTTP, runtime or file-system dependency (`tests/no_io.rs`).
+
+pub mod ingest;
+pub mod keys;
+pub mod record;
+pub mod tally;
