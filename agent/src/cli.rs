@@ -421,7 +421,7 @@ fn keygen_command(config_path: &Path) -> Result<(), CliError> {
 /// configured. A collector that is down is not a failure: the report stays queued.
 fn report_after_sync(config: &AgentConfig) {
     let delivery = Reporter::new(config).and_then(|r| match r {
-        Some(mut reporter) => reporter.report(config).map(Some),
+        Some(mut reporter) => reporter.report().map(Some),
         None => Ok(None),
     });
     match delivery {

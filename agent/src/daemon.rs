@@ -162,7 +162,7 @@ fn report(config: &AgentConfig, reporter: Option<Reporter>) -> Option<Reporter> 
             }
         },
     };
-    match reporter.report(config) {
+    match reporter.report() {
         Ok(d) if d.error.is_none() => tracing::debug!(delivered = d.delivered, "reported"),
         Ok(d) => tracing::warn!(
             delivered = d.delivered,

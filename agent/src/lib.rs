@@ -6,6 +6,7 @@ pub mod config;
 pub mod daemon;
 pub mod errors;
 pub mod fetch;
+pub mod health;
 pub mod notify;
 pub mod paths;
 pub mod plan;

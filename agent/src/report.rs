@@ -16,6 +16,7 @@ use shoal_proto::{KeyId, Report, ResourceError, SignedEnvelope, Status};
 use crate::config::{AgentConfig, CollectorConfig};
 use crate::errors::error_chain;
 use crate::paths::{self, PathError};
+use crate::render::DeviceIdentity;
 use crate::state::{unix_now, Enrolled, StateDir, StateError, StateView};
 use crate::tls;
 
@@ -117,6 +118,9 @@ pub struct Delivery {
 /// other answer brings the token back: `key_mismatch` means the device is pinned to another key,
 /// which no token can change (only an operator's re-key or unpin).
 pub struct Reporter {
+    /// The device the reports are about (id and labels).
+    device: DeviceIdentity,
+    state_dir: PathBuf,
     identity: Identity,
     client: reqwest::blocking::Client,
     collector: CollectorConfig,
@@ -154,6 +158,8 @@ impl Reporter {
             return Ok(None);
         };
         let (identity, _) = Identity::load_or_create(&StateDir::open(&config.state_dir)?)?;
+        let device = config.identity();
+        let state_dir = config.state_dir.clone();
         let tls = tls::client_config(collector.ca_file.as_deref())
             .map_err(|e| ReportError::Client(e.to_string()))?;
         let client = reqwest::blocking::Client::builder()
@@ -163,6 +169,8 @@ impl Reporter {
             .build()
             .map_err(|e| ReportError::Client(error_chain(&e)))?;
         Ok(Some(Reporter {
+            device,
+            state_dir,
             identity,
             client,
             collector,
@@ -223,11 +231,11 @@ impl Reporter {
 
     /// Reports the device's current state: queued if it is news, else sent as a heartbeat
     /// when nothing older is waiting. Then delivers the queue, oldest first.
-    pub fn report(&mut self, config: &AgentConfig) -> Result<Delivery, ReportError> {
-        let state = StateDir::open(&config.state_dir)?;
+    pub fn report(&mut self) -> Result<Delivery, ReportError> {
+        let state = StateDir::open(&self.state_dir)?;
         self.load_enrolled(&state);
         let sequence = next_sequence(&mut self.sequences, &state)?;
-        let report = build(config, &state, sequence)?;
+        let report = build(&self.device, &state, sequence)?;
         let fingerprint = Fingerprint(
             report.status,
             report.generation,
@@ -358,7 +366,7 @@ pub fn queue_now(config: &AgentConfig, state: &StateDir) -> Result<(), ReportErr
     let (identity, _) = Identity::load_or_create(state)?;
     let mut block = 0..0;
     let sequence = next_sequence(&mut block, state)?;
-    let report = build(config, state, sequence)?;
+    let report = build(&config.identity(), state, sequence)?;
     let envelope = SignedEnvelope::seal(&identity.key, &report)
         .map_err(|e| ReportError::Seal(e.to_string()))?
         .to_json();
@@ -381,7 +389,7 @@ fn next_sequence(block: &mut std::ops::Range<u64>, state: &StateDir) -> Result<u
 }
 
 /// The report for the device's current state.
-fn build(config: &AgentConfig, state: &StateView, sequence: u64) -> Result<Report, ReportError> {
+fn build(device: &DeviceIdentity, state: &StateView, sequence: u64) -> Result<Report, ReportError> {
     let current = state.current()?;
     let last = state.last_result()?;
     let status = last
@@ -392,8 +400,8 @@ fn build(config: &AgentConfig, state: &StateView, sequence: u64) -> Result<Repor
         } else {
             Status::Applying
         });
-    let mut report = Report::new(config.device_id.clone(), status, sequence);
-    report.labels = config.labels.clone();
+    let mut report = Report::new(device.device_id.clone(), status, sequence);
+    report.labels = device.labels.clone();
     report.agent_version = env!("CARGO_PKG_VERSION").to_owned();
     report.generation = current.as_ref().map(|g| g.number);
     report.commit = current.map(|g| g.commit.into());
@@ -494,26 +502,26 @@ mod tests {
                 .unwrap()
         };
 
-        assert_eq!(reporter.report(&config).unwrap().error, None);
+        assert_eq!(reporter.report().unwrap().error, None);
         let enrolled = record().expect("enrolled after the first 2xx");
         assert_eq!(enrolled.collector, url);
         assert_eq!(enrolled.key_id, reporter.identity.key_id());
 
         // Enrolled: the token file is not read any more.
         std::fs::remove_file(&token).unwrap();
-        assert_eq!(reporter.report(&config).unwrap().error, None);
+        assert_eq!(reporter.report().unwrap().error, None);
 
         std::fs::write(&token, "enroll-0123456789abcdef\n").unwrap();
-        let delivery = reporter.report(&config).unwrap();
+        let delivery = reporter.report().unwrap();
         assert_eq!(delivery.error, None);
         assert_eq!(delivery.delivered, 1);
         assert!(record().is_some(), "enrolled again");
         // A new reporter (the next `sync`) reads the record: no token.
         let mut next = Reporter::new(&config).unwrap().unwrap();
         next.last_sent = reporter.last_sent.clone();
-        assert_eq!(next.report(&config).unwrap().error, None);
+        assert_eq!(next.report().unwrap().error, None);
 
-        let error = next.report(&config).unwrap().error.unwrap();
+        let error = next.report().unwrap().error.unwrap();
         assert!(error.contains("403"), "{error}");
         assert_eq!(
             *seen.lock().unwrap(),
@@ -527,7 +535,7 @@ mod tests {
         let (url, seen) = scripted_collector(vec![(403, UNKNOWN_KEY)]);
         let config = config(dir.path(), &url);
         let mut reporter = Reporter::new(&config).unwrap().unwrap();
-        let error = reporter.report(&config).unwrap().error.unwrap();
+        let error = reporter.report().unwrap().error.unwrap();
         assert!(error.contains("unknown_key"), "{error}");
         assert!(
             error.contains(&format!(

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 
 use crate::apply::{self, Applied, ApplyError};
 use crate::config::AgentConfig;
+use crate::health;
 use crate::plan::Manifest;
 use crate::services::{self, Systemd};
 use shoal_proto::{CommitId, Status};
@@ -42,7 +43,7 @@ pub struct RolledBack {
 /// Restores generation `to` (default: the one before the current) and holds the device there.
 pub fn rollback(config: &AgentConfig, to: Option<u64>) -> Result<RolledBack, RollbackError> {
     let state = StateDir::open(&config.state_dir)?;
-    sync::recover(config, &state)?;
+    sync::recover(&config.root, &state)?;
     let current = state
         .current()?
         .ok_or(RollbackError::NoPrevious("never applied a generation"))?;
@@ -77,8 +78,7 @@ pub fn rollback(config: &AgentConfig, to: Option<u64>) -> Result<RolledBack, Rol
     services::execute(&plan, &systemd)
         .map_err(|e| e.to_string())
         .and_then(|_| {
-            services::health(&plan, &systemd, config.apply.health_timeout)
-                .map_err(|e| e.to_string())
+            health::gate(&plan, &systemd, config.apply.health_timeout).map_err(|e| e.to_string())
         })
         .map_err(|message| RollbackError::Services {
             to: target.number,

@@ -4,6 +4,7 @@
 //! module.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
@@ -14,8 +15,9 @@ use crate::apply::failpoint::fail_point;
 use crate::apply::{self, ApplyError, Recovery};
 use crate::config::AgentConfig;
 use crate::fetch::{FetchError, Mirror};
+use crate::health;
 use crate::plan::{self, Manifest, Plan};
-use crate::render::{self, DeviceIdentity, RenderError, VerifiedTree};
+use crate::render::{self, RenderError, VerifiedTree};
 use crate::services::{self, ServiceError, ServicePlan, Systemd};
 use crate::state::{unix_now, Generation, StateDir, StateError, SyncResult};
 use crate::verify::{self, commit_id, TrustPolicy, VerifyError};
@@ -145,7 +147,7 @@ pub fn sync_once(
         });
     }
     let state = StateDir::open(&config.state_dir)?;
-    recover(config, &state)?;
+    recover(&config.root, &state)?;
     if let Some(generation) = state.hold()? {
         let held = state.current()?.map(|g| g.commit);
         record(&state, Status::Held, held, None, Timings::default())?;
@@ -260,7 +262,7 @@ fn sync_unheld(
         commit,
         message: e.to_string(),
     })?;
-    let mut desired = match render::render(&tree, &DeviceIdentity::from_config(config)) {
+    let mut desired = match render::render(&tree, &config.identity()) {
         Ok(desired) => desired,
         Err(e) => {
             // A render error is a property of the commit (and this device's identity): retrying
@@ -420,7 +422,7 @@ fn sync_unheld(
     })?;
     state.end_services()?;
     state.record_watermark(&verified)?;
-    prune(config, state, to)?;
+    prune(state, config.apply.keep_generations as usize, to)?;
     tracing::info!(generation = to, signer = %verified.signer().principal, "applied");
     Ok(SyncOutcome::Applied {
         generation: to,
@@ -440,8 +442,8 @@ fn start_services(
     timeout: Duration,
 ) -> Result<(), (Option<String>, String)> {
     services::execute(plan, systemd).map_err(|e| (e.unit().map(str::to_owned), e.to_string()))?;
-    let healthy = services::health(plan, systemd, timeout)
-        .map_err(|e| (Some(e.unit.clone()), e.to_string()))?;
+    let healthy =
+        health::gate(plan, systemd, timeout).map_err(|e| (Some(e.unit.clone()), e.to_string()))?;
     if !healthy.units.is_empty() {
         tracing::info!(units = ?healthy.units, "services healthy");
     }
@@ -467,12 +469,10 @@ fn rollback_problems(problems: &[String]) -> String {
 /// are back at the previous generation by now, so the plan is reverted like after a failed
 /// gate — reload, units it started stopped, stopped ones started, restarted ones restarted on
 /// the old files. The commit is not marked bad: the next sync applies and gates it again.
-pub fn recover(config: &AgentConfig, state: &StateDir) -> Result<Option<Recovery>, SyncError> {
+pub fn recover(root: &Path, state: &StateDir) -> Result<Option<Recovery>, SyncError> {
     let current = state.current_number()?;
-    let recovery = apply::recover(&config.root, state.apply_area().dir(), |n| {
-        current == Some(n)
-    })
-    .map_err(|e| SyncError::Recover(Box::new(e)))?;
+    let recovery = apply::recover(root, state.apply_area().dir(), |n| current == Some(n))
+        .map_err(|e| SyncError::Recover(Box::new(e)))?;
     if let Some(r) = &recovery {
         tracing::warn!(%r, "recovered an interrupted apply");
     }
@@ -483,7 +483,7 @@ pub fn recover(config: &AgentConfig, state: &StateDir) -> Result<Option<Recovery
                 to = pending.to,
                 "the services of an interrupted apply are taken back to the previous generation"
             );
-            let systemd = Systemd::for_root(&config.root);
+            let systemd = Systemd::for_root(root);
             if let Err(e) = services::revert(&pending.plan(), &systemd) {
                 // The same as after a failed gate: reported, not fatal; the files are right.
                 tracing::error!(error = %e, "putting the services back after a crash was incomplete");
@@ -495,8 +495,9 @@ pub fn recover(config: &AgentConfig, state: &StateDir) -> Result<Option<Recovery
 }
 
 /// Keeps the newest `keep_generations` generations and the blobs they need.
-fn prune(config: &AgentConfig, state: &StateDir, generation: u64) -> Result<(), SyncError> {
-    let removed = state.prune(config.apply.keep_generations as usize)?;
+/// `generation` is the one just applied (for the message if removing blobs fails).
+fn prune(state: &StateDir, keep: usize, generation: u64) -> Result<(), SyncError> {
+    let removed = state.prune(keep)?;
     if removed.is_empty() {
         return Ok(());
     }
