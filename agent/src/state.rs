@@ -126,6 +126,20 @@ pub struct Enrolled {
 /// The state directory, read-only: every method reads, none writes (not even a lock file), so
 /// `status` can look while a sync runs and on a device whose state directory does not exist yet.
 /// Every record is a whole file replaced by rename, so each read sees one version of it.
+///
+/// Writing needs the lock, which only a [`StateDir`] holds:
+///
+/// ```compile_fail
+/// fn release(view: &shoal_agent::state::StateView) {
+///     view.set_hold(None).unwrap();
+/// }
+/// ```
+///
+/// ```
+/// fn release(state: &shoal_agent::state::StateDir) {
+///     state.set_hold(None).unwrap();
+/// }
+/// ```
 pub struct StateView {
     dir: PathBuf,
 }
