@@ -12,13 +12,14 @@ use serde_json::json;
 use crate::apply;
 use crate::config::{AgentConfig, ConfigError, TrustConfig, VerifyMode};
 use crate::daemon;
-use crate::fetch::{error_chain, Mirror};
+use crate::errors::error_chain;
+use crate::fetch::Mirror;
 use crate::plan::Plan;
-use crate::render::{self, DeviceIdentity, DirTree, GitTree, RenderError};
+use crate::render::{self, CommitPreview, DeviceIdentity, DirTree, RenderError};
 use crate::report::{Identity, Reporter};
 use crate::rollback;
 use crate::services::ServicePlan;
-use crate::state::State;
+use crate::state::{StateDir, StateView};
 use crate::sync::{self, SyncError, SyncOutcome};
 use crate::verify::{self, TrustPolicy, VerifyError};
 
@@ -278,14 +279,14 @@ fn plan_text(plan: &Plan, services: &ServicePlan) -> String {
 fn status_command(config_path: &Path, json: bool) -> Result<(), CliError> {
     let config = AgentConfig::load(config_path)?;
     // Readable while a sync runs: an operator asks exactly then.
-    let (state, syncing) = State::open_to_read(&config.state_dir).map_err(failed)?;
+    let (state, syncing) = StateView::open(&config.state_dir).map_err(failed)?;
     let current = state.current().map_err(failed)?;
     let hold = state.hold().map_err(failed)?;
     let last = state.last_result().map_err(failed)?;
     let watermark = state.applied_commit().map_err(failed)?;
-    let pending = apply::pending(&config.state_dir).map_err(failed)?;
+    let pending = apply::pending(state.dir()).map_err(failed)?;
     let queued = state.queued_reports().map_err(failed)?.len();
-    let fetched = Mirror::open_existing(&state.mirror_dir()).and_then(|m| m.fetched_tip());
+    let fetched = Mirror::open_existing(&state.mirror_path()).and_then(|m| m.fetched_tip());
     if json {
         let value = json!({
             "device_id": config.device_id,
@@ -333,7 +334,7 @@ fn status_command(config_path: &Path, json: bool) -> Result<(), CliError> {
 
 fn history_command(config_path: &Path, json: bool) -> Result<(), CliError> {
     let config = AgentConfig::load(config_path)?;
-    let state = State::open(&config.state_dir).map_err(failed)?;
+    let (state, _) = StateView::open(&config.state_dir).map_err(failed)?;
     let current = state.current_number().map_err(failed)?;
     let hold = state.hold().map_err(failed)?;
     let generations = state.generations().map_err(failed)?;
@@ -400,9 +401,10 @@ fn resume_command(config_path: &Path) -> Result<(), CliError> {
 
 fn keygen_command(config_path: &Path) -> Result<(), CliError> {
     let config = AgentConfig::load(config_path)?;
-    let (identity, created) = Identity::load_or_create(&config.state_dir).map_err(failed)?;
+    let state = StateDir::open(&config.state_dir).map_err(failed)?;
+    let (identity, created) = Identity::load_or_create(&state).map_err(failed)?;
     println!("{}", identity.key_id());
-    let path = Identity::path(&config.state_dir);
+    let path = state.identity_path();
     if created {
         eprintln!(
             "created {}; enroll the key above: `shoal-collector register --device-id {} --key <key>`, or give the device an enrollment token",
@@ -419,7 +421,7 @@ fn keygen_command(config_path: &Path) -> Result<(), CliError> {
 /// configured. A collector that is down is not a failure: the report stays queued.
 fn report_after_sync(config: &AgentConfig) {
     let delivery = Reporter::new(config).and_then(|r| match r {
-        Some(mut reporter) => reporter.report(config).map(Some),
+        Some(mut reporter) => reporter.report().map(Some),
         None => Ok(None),
     });
     match delivery {
@@ -494,13 +496,13 @@ fn render_command(
     json: bool,
 ) -> Result<(), CliError> {
     let desired = match rev {
-        None => render::render(&DirTree::new(repo_path), identity)?,
+        None => render::preview(&DirTree::new(repo_path), identity)?,
         Some(rev) => {
             let repo = open_repo(repo_path)?;
             let commit = resolve_commit(&repo, rev)?;
-            let tree = GitTree::at_commit(&repo, commit)
+            let tree = CommitPreview::at_commit(&repo, commit)
                 .map_err(|e| CliError::Failed(format!("cannot read the tree of {commit}: {e}")))?;
-            render::render(&tree, identity)?
+            render::preview(&tree, identity)?
         }
     };
     if json {

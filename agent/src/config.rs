@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::paths::{self, PathError};
+use crate::render::DeviceIdentity;
 
 pub const DEFAULT_PATH: &str = "/etc/shoal/agent.toml";
 
@@ -392,6 +393,24 @@ fn machine_id() -> Option<String> {
     let id = std::fs::read_to_string("/etc/machine-id").ok()?;
     let id = id.trim();
     (!id.is_empty()).then(|| id.to_owned())
+}
+
+impl AgentConfig {
+    /// The identity of the device this config describes, as render and reports use it.
+    /// `state_dir` is turned into the path the device sees: with `root = "/mnt/img"` and
+    /// `state_dir = "/mnt/img/var/lib/shoal"`, declared paths must stay out of `/var/lib/shoal`.
+    pub fn identity(&self) -> DeviceIdentity {
+        let state_dir = match self.state_dir.strip_prefix(&self.root) {
+            Ok(inside) => Path::new("/").join(inside),
+            // Outside the root: no declared path can reach it; keep it for the message.
+            Err(_) => self.state_dir.clone(),
+        };
+        DeviceIdentity {
+            device_id: self.device_id.clone(),
+            labels: self.labels.clone(),
+            state_dir,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -10,8 +10,6 @@
 //! so a heartbeat writes nothing. One current-thread runtime; the child is waited for, and the
 //! report sent, in `spawn_blocking`.
 
-use std::fs::File;
-use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,42 +18,34 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::AgentConfig;
 use crate::notify::Notifier;
-use crate::paths::{self, PathError};
 use crate::report::Reporter;
-use crate::state::State;
+use crate::state::{DaemonLock, StateDir, StateError};
 
-const DAEMON_LOCK: &str = "daemon.lock";
 /// Repeated failures back off up to this many intervals.
 const MAX_BACKOFF_FACTOR: u32 = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("another `shoal-agent run` is already running for {} (it holds {}); stop it first", dir.display(), dir.join(DAEMON_LOCK).display())]
-    AlreadyRunning { dir: PathBuf },
+    #[error(transparent)]
+    AlreadyRunning(StateError),
     #[error("cannot start the daemon: {0}")]
-    Io(#[from] PathError),
+    State(#[source] StateError),
     #[error("cannot start the daemon's runtime: {0}")]
     Runtime(#[source] std::io::Error),
 }
 
 /// Runs until SIGTERM or SIGINT.
 pub fn run(config: AgentConfig) -> Result<(), DaemonError> {
-    paths::create_dir_all(&config.state_dir)?;
-    let _lock = lock_daemon(&config)?;
+    let _lock = DaemonLock::acquire(&config.state_dir).map_err(|e| match e {
+        e @ StateError::DaemonRunning { .. } => DaemonError::AlreadyRunning(e),
+        e => DaemonError::State(e),
+    })?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .enable_io()
         .build()
         .map_err(DaemonError::Runtime)?;
     runtime.block_on(run_loop(Arc::new(config)))
-}
-
-fn lock_daemon(config: &AgentConfig) -> Result<File, DaemonError> {
-    paths::try_lock_exclusive(&config.state_dir.join(DAEMON_LOCK))?.ok_or_else(|| {
-        DaemonError::AlreadyRunning {
-            dir: config.state_dir.clone(),
-        }
-    })
 }
 
 async fn run_loop(config: Arc<AgentConfig>) -> Result<(), DaemonError> {
@@ -172,7 +162,7 @@ fn report(config: &AgentConfig, reporter: Option<Reporter>) -> Option<Reporter> 
             }
         },
     };
-    match reporter.report(config) {
+    match reporter.report() {
         Ok(d) if d.error.is_none() => tracing::debug!(delivered = d.delivered, "reported"),
         Ok(d) => tracing::warn!(
             delivered = d.delivered,
@@ -202,7 +192,7 @@ fn sync_in_child(config: &AgentConfig) -> std::io::Result<ExitStatus> {
 /// The device's state after a sync, for systemd's STATUS= line, from the state directory.
 fn describe(config: &AgentConfig) -> String {
     let read = || -> Result<String, crate::state::StateError> {
-        let state = State::open(&config.state_dir)?;
+        let state = StateDir::open(&config.state_dir)?;
         let current = state.current()?;
         let last = state.last_result()?;
         let generation = current.as_ref().map_or_else(
@@ -211,7 +201,9 @@ fn describe(config: &AgentConfig) -> String {
         );
         Ok(match (last, state.hold()?) {
             (_, Some(held)) => format!("held at generation {held}"),
-            (Some(last), None) if last.status == "converged" => format!("converged: {generation}"),
+            (Some(last), None) if last.status == shoal_proto::Status::Converged => {
+                format!("converged: {generation}")
+            }
             (Some(last), None) => format!(
                 "{}: {}; {generation}",
                 last.status,

@@ -3,11 +3,10 @@
 //! go to a persistent outbox first and are delivered in order until the collector acks them, so
 //! nothing is lost across reboots or collector outages; unchanged state is sent as a heartbeat
 //! that costs no disk write. The enrollment token is read and sent only until the collector has
-//! accepted this device's key (see [`Reporter`] for the rule). Reads the device state; writes only
-//! the identity key and, through `state`, the outbox and the enrollment record.
+//! accepted this device's key (see [`Reporter`] for the rule). Reads the device state; writes,
+//! through `state`, the identity key, the outbox and the enrollment record.
 
-use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,11 +14,12 @@ use ed25519_dalek::SigningKey;
 use shoal_proto::{KeyId, Report, ResourceError, SignedEnvelope, Status};
 
 use crate::config::{AgentConfig, CollectorConfig};
-use crate::fetch;
+use crate::errors::error_chain;
 use crate::paths::{self, PathError};
-use crate::state::{unix_now, Enrolled, State, StateError};
+use crate::render::DeviceIdentity;
+use crate::state::{unix_now, Enrolled, StateDir, StateError, StateView};
+use crate::tls;
 
-const IDENTITY_FILE: &str = "identity.key";
 const ENROLL_HEADER: &str = "X-Shoal-Enroll";
 
 #[derive(Debug, thiserror::Error)]
@@ -52,19 +52,14 @@ pub struct Identity {
 }
 
 impl Identity {
-    pub fn path(state_dir: &Path) -> PathBuf {
-        state_dir.join(IDENTITY_FILE)
-    }
-
-    pub fn load(state_dir: &Path) -> Result<Self, ReportError> {
-        let path = Self::path(state_dir);
-        let bytes = paths::read(&path).map_err(|e| {
-            if e.is_not_found() {
-                ReportError::NoIdentity { path: path.clone() }
-            } else {
-                ReportError::Identity(e)
-            }
-        })?;
+    pub fn load(state: &StateView) -> Result<Self, ReportError> {
+        let path = state.identity_path();
+        let bytes = match state.identity_key() {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Err(ReportError::NoIdentity { path }),
+            Err(StateError::Io(e)) => return Err(ReportError::Identity(e)),
+            Err(e) => return Err(e.into()),
+        };
         let seed: [u8; 32] = bytes
             .try_into()
             .map_err(|_| ReportError::BadIdentity { path })?;
@@ -73,35 +68,22 @@ impl Identity {
         })
     }
 
-    /// Loads the key, creating it first if there is none. The new key's file is written 0600
-    /// from the start (never readable by others, not even briefly), fsynced and renamed.
-    pub fn load_or_create(state_dir: &Path) -> Result<(Self, bool), ReportError> {
-        match Self::load(state_dir) {
+    /// Loads the key, creating it first if there is none (durable, 0600 from the start).
+    pub fn load_or_create(state: &StateDir) -> Result<(Self, bool), ReportError> {
+        match Self::load(state) {
             Ok(identity) => return Ok((identity, false)),
             Err(ReportError::NoIdentity { .. }) => {}
             Err(e) => return Err(e),
         }
-        paths::create_dir_all(state_dir).map_err(ReportError::Identity)?;
         let mut seed = [0u8; 32];
         let urandom = Path::new("/dev/urandom");
         std::fs::File::open(urandom)
             .and_then(|mut f| f.read_exact(&mut seed))
             .map_err(|e| ReportError::Identity(PathError::new("read", urandom, e)))?;
-        let path = Self::path(state_dir);
-        let tmp = state_dir.join(".identity.key.tmp");
-        let write = || -> std::io::Result<()> {
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            file.write_all(&seed)?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        };
-        write().map_err(|e| ReportError::Identity(PathError::new("write", &path, e)))?;
-        paths::sync_dir(state_dir).map_err(ReportError::Identity)?;
+        state.create_identity_key(&seed).map_err(|e| match e {
+            StateError::Io(e) => ReportError::Identity(e),
+            e => e.into(),
+        })?;
         Ok((
             Identity {
                 key: SigningKey::from_bytes(&seed),
@@ -136,6 +118,9 @@ pub struct Delivery {
 /// other answer brings the token back: `key_mismatch` means the device is pinned to another key,
 /// which no token can change (only an operator's re-key or unpin).
 pub struct Reporter {
+    /// The device the reports are about (id and labels).
+    device: DeviceIdentity,
+    state_dir: PathBuf,
     identity: Identity,
     client: reqwest::blocking::Client,
     collector: CollectorConfig,
@@ -172,16 +157,20 @@ impl Reporter {
         let Some(collector) = config.collector.clone() else {
             return Ok(None);
         };
-        let (identity, _) = Identity::load_or_create(&config.state_dir)?;
-        let tls = fetch::client_tls_config(collector.ca_file.as_deref())
+        let (identity, _) = Identity::load_or_create(&StateDir::open(&config.state_dir)?)?;
+        let device = config.identity();
+        let state_dir = config.state_dir.clone();
+        let tls = tls::client_config(collector.ca_file.as_deref())
             .map_err(|e| ReportError::Client(e.to_string()))?;
         let client = reqwest::blocking::Client::builder()
             .tls_backend_preconfigured((*tls).clone())
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(30))
             .build()
-            .map_err(|e| ReportError::Client(fetch::error_chain(&e)))?;
+            .map_err(|e| ReportError::Client(error_chain(&e)))?;
         Ok(Some(Reporter {
+            device,
+            state_dir,
             identity,
             client,
             collector,
@@ -195,13 +184,13 @@ impl Reporter {
     fn enrollment(&self) -> Enrolled {
         Enrolled {
             collector: self.collector.url.clone(),
-            key_id: self.identity.key_id().to_string(),
+            key_id: self.identity.key_id(),
         }
     }
 
     /// Reads the enrollment record. An unreadable or corrupt one counts as "not enrolled": the
     /// worst that does is send the token once more.
-    fn load_enrolled(&mut self, state: &State) {
+    fn load_enrolled(&mut self, state: &StateView) {
         self.enrolled = match state.enrolled() {
             Ok(record) => record.as_ref() == Some(&self.enrollment()),
             Err(e) => {
@@ -213,7 +202,7 @@ impl Reporter {
 
     /// Records (or forgets) that the collector accepts this key. A failed write is only logged:
     /// the report went through, and the token keeps being sent until a write succeeds.
-    fn set_enrolled(&mut self, state: &State, enrolled: bool) {
+    fn set_enrolled(&mut self, state: &StateDir, enrolled: bool) {
         let record = enrolled.then(|| self.enrollment());
         match state.record_enrolled(record.as_ref()) {
             Ok(()) => self.enrolled = enrolled,
@@ -242,11 +231,11 @@ impl Reporter {
 
     /// Reports the device's current state: queued if it is news, else sent as a heartbeat
     /// when nothing older is waiting. Then delivers the queue, oldest first.
-    pub fn report(&mut self, config: &AgentConfig) -> Result<Delivery, ReportError> {
-        let state = State::open(&config.state_dir)?;
+    pub fn report(&mut self) -> Result<Delivery, ReportError> {
+        let state = StateDir::open(&self.state_dir)?;
         self.load_enrolled(&state);
         let sequence = next_sequence(&mut self.sequences, &state)?;
-        let report = build(config, &state, sequence)?;
+        let report = build(&self.device, &state, sequence)?;
         let fingerprint = Fingerprint(
             report.status,
             report.generation,
@@ -273,7 +262,7 @@ impl Reporter {
         Ok(delivery)
     }
 
-    fn deliver_queue(&mut self, state: &State) -> Result<Delivery, ReportError> {
+    fn deliver_queue(&mut self, state: &StateDir) -> Result<Delivery, ReportError> {
         let mut delivery = Delivery::default();
         let queue = state.queued_reports()?;
         for (i, (sequence, envelope)) in queue.iter().enumerate() {
@@ -296,7 +285,7 @@ impl Reporter {
     /// [`Reporter`]). Ok means the collector has it (accepted now, or already had this or a newer
     /// sequence: 409); a 400/413 means the report itself is unacceptable and retrying cannot
     /// help, so it is dropped with an error in the log.
-    fn post(&mut self, state: &State, envelope: &[u8]) -> Result<(), String> {
+    fn post(&mut self, state: &StateDir, envelope: &[u8]) -> Result<(), String> {
         let with_token = !self.enrolled && self.collector.enroll_token_file.is_some();
         let mut answer = self.send(envelope, with_token)?;
         if answer.status == reqwest::StatusCode::FORBIDDEN
@@ -352,12 +341,9 @@ impl Reporter {
                 Err(e) => token_error = Some(e.to_string()),
             }
         }
-        let response = request.send().map_err(|e| {
-            format!(
-                "cannot reach the collector {url}: {}",
-                fetch::error_chain(&e)
-            )
-        })?;
+        let response = request
+            .send()
+            .map_err(|e| format!("cannot reach the collector {url}: {}", error_chain(&e)))?;
         let status = response.status();
         let body = response.text().unwrap_or_default();
         Ok(Answer {
@@ -373,14 +359,14 @@ impl Reporter {
 /// result then follows in the outbox; whoever reports after the sync (the daemon, the CLI)
 /// delivers both, in order. Reserves a sequence block of its own, so a reporter that held an
 /// older block takes a fresh one. Nothing when no collector is configured.
-pub fn queue_now(config: &AgentConfig, state: &State) -> Result<(), ReportError> {
+pub fn queue_now(config: &AgentConfig, state: &StateDir) -> Result<(), ReportError> {
     if config.collector.is_none() {
         return Ok(());
     }
-    let (identity, _) = Identity::load_or_create(&config.state_dir)?;
+    let (identity, _) = Identity::load_or_create(state)?;
     let mut block = 0..0;
     let sequence = next_sequence(&mut block, state)?;
-    let report = build(config, state, sequence)?;
+    let report = build(&config.identity(), state, sequence)?;
     let envelope = SignedEnvelope::seal(&identity.key, &report)
         .map_err(|e| ReportError::Seal(e.to_string()))?
         .to_json();
@@ -392,7 +378,7 @@ pub fn queue_now(config: &AgentConfig, state: &State) -> Result<(), ReportError>
 /// up or when another process (a CLI `sync` or `rollback` beside the daemon) reserved one after
 /// it: sending from the older block would look like a replay to the collector, which keeps
 /// only what is newer than the last sequence it accepted.
-fn next_sequence(block: &mut std::ops::Range<u64>, state: &State) -> Result<u64, ReportError> {
+fn next_sequence(block: &mut std::ops::Range<u64>, state: &StateDir) -> Result<u64, ReportError> {
     // `block` is `start..end` and the file records the newest block's last number, `end - 1`.
     if block.is_empty() || state.reserved_sequences()? + 1 != block.end {
         *block = state.reserve_sequences()?;
@@ -403,22 +389,22 @@ fn next_sequence(block: &mut std::ops::Range<u64>, state: &State) -> Result<u64,
 }
 
 /// The report for the device's current state.
-fn build(config: &AgentConfig, state: &State, sequence: u64) -> Result<Report, ReportError> {
+fn build(device: &DeviceIdentity, state: &StateView, sequence: u64) -> Result<Report, ReportError> {
     let current = state.current()?;
     let last = state.last_result()?;
     let status = last
         .as_ref()
-        .and_then(|r| Status::from_wire(&r.status))
+        .map(|r| r.status)
         .unwrap_or(if current.is_some() {
             Status::Converged
         } else {
             Status::Applying
         });
-    let mut report = Report::new(config.device_id.clone(), status, sequence);
-    report.labels = config.labels.clone();
+    let mut report = Report::new(device.device_id.clone(), status, sequence);
+    report.labels = device.labels.clone();
     report.agent_version = env!("CARGO_PKG_VERSION").to_owned();
     report.generation = current.as_ref().map(|g| g.number);
-    report.commit = current.map(|g| g.commit);
+    report.commit = current.map(|g| g.commit.into());
     report.sent_at = unix_now();
     // The steps of the sync that produced this state (a heartbeat repeats them).
     report.timings = last.as_ref().map(|r| r.timings.clone()).unwrap_or_default();
@@ -427,8 +413,8 @@ fn build(config: &AgentConfig, state: &State, sequence: u64) -> Result<Report, R
             report.errors.push(ResourceError {
                 resource: last
                     .as_ref()
-                    .and_then(|r| r.commit.clone())
-                    .unwrap_or_else(|| "sync".to_owned()),
+                    .and_then(|r| r.commit.as_ref())
+                    .map_or_else(|| "sync".to_owned(), |c| c.to_string()),
                 message,
             });
         }
@@ -440,6 +426,7 @@ fn build(config: &AgentConfig, state: &State, sequence: u64) -> Result<Report, R
 mod tests {
     use super::*;
     use std::io::BufRead as _;
+    use std::io::Write as _;
     use std::sync::{Arc, Mutex};
 
     /// A stand-in collector for the agent's side of the enrollment rule: answers each report
@@ -508,28 +495,33 @@ mod tests {
         ]);
         let config = config(dir.path(), &url);
         let mut reporter = Reporter::new(&config).unwrap().unwrap();
-        let record = || State::open(&config.state_dir).unwrap().enrolled().unwrap();
+        let record = || {
+            StateDir::open(&config.state_dir)
+                .unwrap()
+                .enrolled()
+                .unwrap()
+        };
 
-        assert_eq!(reporter.report(&config).unwrap().error, None);
+        assert_eq!(reporter.report().unwrap().error, None);
         let enrolled = record().expect("enrolled after the first 2xx");
         assert_eq!(enrolled.collector, url);
-        assert_eq!(enrolled.key_id, reporter.identity.key_id().to_string());
+        assert_eq!(enrolled.key_id, reporter.identity.key_id());
 
         // Enrolled: the token file is not read any more.
         std::fs::remove_file(&token).unwrap();
-        assert_eq!(reporter.report(&config).unwrap().error, None);
+        assert_eq!(reporter.report().unwrap().error, None);
 
         std::fs::write(&token, "enroll-0123456789abcdef\n").unwrap();
-        let delivery = reporter.report(&config).unwrap();
+        let delivery = reporter.report().unwrap();
         assert_eq!(delivery.error, None);
         assert_eq!(delivery.delivered, 1);
         assert!(record().is_some(), "enrolled again");
         // A new reporter (the next `sync`) reads the record: no token.
         let mut next = Reporter::new(&config).unwrap().unwrap();
         next.last_sent = reporter.last_sent.clone();
-        assert_eq!(next.report(&config).unwrap().error, None);
+        assert_eq!(next.report().unwrap().error, None);
 
-        let error = next.report(&config).unwrap().error.unwrap();
+        let error = next.report().unwrap().error.unwrap();
         assert!(error.contains("403"), "{error}");
         assert_eq!(
             *seen.lock().unwrap(),
@@ -543,7 +535,7 @@ mod tests {
         let (url, seen) = scripted_collector(vec![(403, UNKNOWN_KEY)]);
         let config = config(dir.path(), &url);
         let mut reporter = Reporter::new(&config).unwrap().unwrap();
-        let error = reporter.report(&config).unwrap().error.unwrap();
+        let error = reporter.report().unwrap().error.unwrap();
         assert!(error.contains("unknown_key"), "{error}");
         assert!(
             error.contains(&format!(
@@ -552,7 +544,7 @@ mod tests {
             )),
             "{error}"
         );
-        assert!(State::open(&config.state_dir)
+        assert!(StateDir::open(&config.state_dir)
             .unwrap()
             .enrolled()
             .unwrap()
@@ -564,7 +556,7 @@ mod tests {
     #[test]
     fn a_reporter_overtaken_by_another_process_takes_a_fresh_block() {
         let dir = tempfile::tempdir().unwrap();
-        let state = State::open(dir.path()).unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
         let mut daemon = 0..0;
         assert_eq!(next_sequence(&mut daemon, &state).unwrap(), 1);
         assert_eq!(next_sequence(&mut daemon, &state).unwrap(), 2);

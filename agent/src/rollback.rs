@@ -6,9 +6,12 @@ use std::collections::BTreeSet;
 
 use crate::apply::{self, Applied, ApplyError};
 use crate::config::AgentConfig;
+use crate::health;
 use crate::plan::Manifest;
 use crate::services::{self, Systemd};
-use crate::state::{unix_now, State, StateError, SyncResult};
+use shoal_proto::{CommitId, Status};
+
+use crate::state::{unix_now, StateDir, StateError, SyncResult};
 use crate::sync::{self, SyncError};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,13 +37,13 @@ pub enum RollbackError {
 pub struct RolledBack {
     pub from: u64,
     pub to: u64,
-    pub commit: String,
+    pub commit: CommitId,
 }
 
 /// Restores generation `to` (default: the one before the current) and holds the device there.
 pub fn rollback(config: &AgentConfig, to: Option<u64>) -> Result<RolledBack, RollbackError> {
-    let state = State::open(&config.state_dir)?;
-    sync::recover(config, &state)?;
+    let state = StateDir::open(&config.state_dir)?;
+    sync::recover(&config.root, &state)?;
     let current = state
         .current()?
         .ok_or(RollbackError::NoPrevious("never applied a generation"))?;
@@ -75,15 +78,14 @@ pub fn rollback(config: &AgentConfig, to: Option<u64>) -> Result<RolledBack, Rol
     services::execute(&plan, &systemd)
         .map_err(|e| e.to_string())
         .and_then(|_| {
-            services::health(&plan, &systemd, config.apply.health_timeout)
-                .map_err(|e| e.to_string())
+            health::gate(&plan, &systemd, config.apply.health_timeout).map_err(|e| e.to_string())
         })
         .map_err(|message| RollbackError::Services {
             to: target.number,
             message,
         })?;
     state.record_result(&SyncResult {
-        status: "held".into(),
+        status: Status::Held,
         commit: Some(target.commit.clone()),
         message: Some(format!(
             "rolled back from generation {} by an operator",
@@ -101,7 +103,7 @@ pub fn rollback(config: &AgentConfig, to: Option<u64>) -> Result<RolledBack, Rol
 
 /// Releases the hold; returns the generation that was held, if any.
 pub fn resume(config: &AgentConfig) -> Result<Option<u64>, RollbackError> {
-    let state = State::open(&config.state_dir)?;
+    let state = StateDir::open(&config.state_dir)?;
     let held = state.hold()?;
     state.set_hold(None)?;
     Ok(held)
@@ -122,7 +124,7 @@ fn changed_paths(applied: &Applied) -> impl Iterator<Item = std::path::PathBuf> 
 /// goes.
 fn restore(
     config: &AgentConfig,
-    state: &State,
+    state: &StateDir,
     from: &Manifest,
     from_number: u64,
     to: &Manifest,
@@ -136,12 +138,12 @@ fn restore(
         from,
         to,
         &config.root,
-        &config.state_dir,
+        state.apply_area().dir(),
         from_number,
         to_number,
     )
     .map_err(failed)?;
     state.set_current(to_number)?;
-    apply::journal_done(&config.state_dir).map_err(failed)?;
+    apply::journal_done(state.apply_area().dir()).map_err(failed)?;
     Ok(applied)
 }

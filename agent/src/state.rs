@@ -1,4 +1,9 @@
-//! Durable agent state under `state_dir`; it never touches managed paths.
+//! The state directory: the one owner of its layout and of its lock; it never touches managed
+//! paths. [`StateDir`] is the locked, writable directory; [`StateView`] reads it (as `status`
+//! does while a sync runs) and has no method that writes, by type. Other modules get narrow
+//! handles from a `StateDir`: [`ApplyArea`] (the apply journal, the blob store, the preexisting
+//! record), [`MirrorDir`] (the fetch's bare mirror), the identity key (through `report`), and
+//! [`DaemonLock`].
 //!
 //! Everything is a small fsynced, atomically renamed file, so a sync with nothing to do only
 //! reads, and the agent's memory does not carry a database's caches between syncs:
@@ -17,9 +22,12 @@ use std::path::{Path, PathBuf};
 use gix::ObjectId;
 use serde::{Deserialize, Serialize};
 
+use shoal_proto::{CommitId, KeyId, Status};
+
 use crate::paths::{self, PathError};
 use crate::plan::Manifest;
 use crate::services::{PlanRecord, ServicePlan, ServiceRecord};
+use crate::verify::Verified;
 
 const WATERMARK_FILE: &str = "applied-commit";
 const CURRENT_FILE: &str = "current-generation";
@@ -36,6 +44,11 @@ const BAD_DIR: &str = "bad";
 const OUTBOX_DIR: &str = "outbox";
 const MIRROR_DIR: &str = "mirror.git";
 const LOCK_FILE: &str = "lock";
+const DAEMON_LOCK_FILE: &str = "daemon.lock";
+const IDENTITY_FILE: &str = "identity.key";
+const APPLY_JOURNAL_FILE: &str = "journal.json";
+const BLOBS_DIR: &str = "blobs";
+const PREEXISTING_FILE: &str = "preexisting.json";
 const SERVICES_JOURNAL_FILE: &str = "services-journal.json";
 const SERVICES_JOURNAL_VERSION: u32 = 1;
 
@@ -45,6 +58,8 @@ pub enum StateError {
     Io(#[from] PathError),
     #[error("another shoal-agent is using the state directory {} (it holds {}); wait for it to finish or stop it", dir.display(), dir.join(LOCK_FILE).display())]
     Locked { dir: PathBuf },
+    #[error("another `shoal-agent run` is already running for {} (it holds {}); stop it first", dir.display(), dir.join(DAEMON_LOCK_FILE).display())]
+    DaemonRunning { dir: PathBuf },
     #[error("{} is corrupt ({content:?} is not a commit id); refusing to guess the applied commit (anti-rollback fails closed): write the commit the device really runs into it", path.display())]
     CorruptWatermark { path: PathBuf, content: String },
     #[error(
@@ -59,7 +74,7 @@ pub enum StateError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Generation {
     pub number: u64,
-    pub commit: String,
+    pub commit: CommitId,
     /// Unix seconds when it was applied.
     pub applied_at: u64,
     pub signer: String,
@@ -90,9 +105,8 @@ impl ServicesJournal {
 /// What the last sync did, for `status` and reports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncResult {
-    /// One of the report statuses: converged, failed, rolled_back, held, refused, drifted.
-    pub status: String,
-    pub commit: Option<String>,
+    pub status: Status,
+    pub commit: Option<CommitId>,
     pub message: Option<String>,
     pub at: u64,
     /// How long each step of the sync that produced this result took (absent in results
@@ -106,17 +120,45 @@ pub struct SyncResult {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Enrolled {
     pub collector: String,
-    pub key_id: String,
+    pub key_id: KeyId,
 }
 
-/// The agent's state directory, locked for this process (or, from [`State::open_to_read`],
-/// possibly in use by another).
-pub struct State {
+/// The state directory, read-only: every method reads, none writes (not even a lock file), so
+/// `status` can look while a sync runs and on a device whose state directory does not exist yet.
+/// Every record is a whole file replaced by rename, so each read sees one version of it.
+///
+/// Writing needs the lock, which only a [`StateDir`] holds:
+///
+/// ```compile_fail
+/// fn release(view: &shoal_agent::state::StateView) {
+///     view.set_hold(None).unwrap();
+/// }
+/// ```
+///
+/// ```
+/// fn release(state: &shoal_agent::state::StateDir) {
+///     state.set_hold(None).unwrap();
+/// }
+/// ```
+pub struct StateView {
     dir: PathBuf,
-    _lock: Option<File>,
 }
 
-impl State {
+/// The state directory, locked by this process (one agent per state directory: `lock`, flock),
+/// and the only writer of its records. It reads like a [`StateView`] (`Deref`).
+pub struct StateDir {
+    view: StateView,
+    _lock: File,
+}
+
+impl std::ops::Deref for StateDir {
+    type Target = StateView;
+    fn deref(&self) -> &StateView {
+        &self.view
+    }
+}
+
+impl StateDir {
     /// Opens (creating if needed) and locks the state directory.
     pub fn open(dir: &Path) -> Result<Self, StateError> {
         paths::create_dir_all(dir)?;
@@ -124,100 +166,34 @@ impl State {
             paths::try_lock_exclusive(&dir.join(LOCK_FILE))?.ok_or_else(|| StateError::Locked {
                 dir: dir.to_owned(),
             })?;
-        Ok(State {
-            dir: dir.to_owned(),
-            _lock: Some(lock),
+        Ok(StateDir {
+            view: StateView {
+                dir: dir.to_owned(),
+            },
+            _lock: lock,
         })
     }
 
-    /// Opens the state directory for reading only, as `status` does, even while another
-    /// process (a sync) holds it; the flag says whether one does. Every record is a whole file
-    /// replaced by rename, so each read sees one version of it, old or new. Nothing here may
-    /// be written through the result: the callers only read.
-    pub fn open_to_read(dir: &Path) -> Result<(Self, bool), StateError> {
-        paths::create_dir_all(dir)?;
-        let lock = paths::try_lock_exclusive(&dir.join(LOCK_FILE))?;
-        let busy = lock.is_none();
-        Ok((
-            State {
-                dir: dir.to_owned(),
-                _lock: lock,
-            },
-            busy,
-        ))
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    pub fn mirror_dir(&self) -> PathBuf {
-        self.dir.join(MIRROR_DIR)
-    }
-
-    /// The newest commit this device ever applied (anti-rollback watermark). A corrupt file is
-    /// an error, never "no watermark".
-    pub fn applied_commit(&self) -> Result<Option<ObjectId>, StateError> {
-        let path = self.dir.join(WATERMARK_FILE);
-        let Some(text) = paths::read_optional(&path)? else {
-            return Ok(None);
-        };
-        let content = text.trim();
-        ObjectId::from_hex(content.as_bytes())
-            .map(Some)
-            .map_err(|_| StateError::CorruptWatermark {
-                path,
-                content: content.to_owned(),
-            })
-    }
-
-    /// Moves the watermark to `commit` (durable on return). A corrupt watermark is not
-    /// overwritten: reading it first fails closed.
-    pub fn record_watermark(&self, commit: ObjectId) -> Result<(), StateError> {
-        self.applied_commit()?;
-        let path = self.dir.join(WATERMARK_FILE);
-        paths::write_atomic(&path, format!("{commit}\n").as_bytes())?;
-        Ok(())
-    }
-
-    pub fn current(&self) -> Result<Option<Generation>, StateError> {
-        match self.current_number()? {
-            Some(n) => self.generation(n).map(Some),
-            None => Ok(None),
+    /// What `fetch` may write: the bare mirror (and its `.damaged` sibling while rebuilding).
+    pub fn mirror(&self) -> MirrorDir<'_> {
+        MirrorDir {
+            path: self.dir.join(MIRROR_DIR),
+            _state: self,
         }
     }
 
-    pub fn current_number(&self) -> Result<Option<u64>, StateError> {
-        self.read_number(CURRENT_FILE)
+    /// What `apply` may write: its journal, the blob store and the preexisting record.
+    pub fn apply_area(&self) -> ApplyArea<'_> {
+        ApplyArea { dir: &self.dir }
     }
 
-    pub fn generation(&self, number: u64) -> Result<Generation, StateError> {
-        let path = self.generation_path(number);
-        let raw = match paths::read(&path) {
-            Ok(raw) => raw,
-            Err(e) if e.is_not_found() => return Err(StateError::NoSuchGeneration { number }),
-            Err(e) => return Err(e.into()),
-        };
-        serde_json::from_slice(&raw).map_err(|e| StateError::Corrupt {
-            what: path.display().to_string(),
-            message: e.to_string(),
-        })
-    }
-
-    /// All kept generations, oldest first.
-    pub fn generations(&self) -> Result<Vec<Generation>, StateError> {
-        numbered_json_files(&self.dir.join(GENERATIONS_DIR))?
-            .into_iter()
-            .map(|n| self.generation(n))
-            .collect()
-    }
-
-    /// One more than the newest generation ever kept: numbers are never reused, because
-    /// recovery tells N-1 from N by whether N is recorded.
-    pub fn next_generation_number(&self) -> Result<u64, StateError> {
-        let newest = self.generations()?.last().map_or(0, |g| g.number);
-        let current = self.current_number()?.unwrap_or(0);
-        Ok(newest.max(current) + 1)
+    /// Moves the watermark to a commit `verify` accepted (durable on return): nothing else can
+    /// move it. A corrupt watermark is not overwritten: reading it first fails closed.
+    pub fn record_watermark(&self, commit: &Verified) -> Result<(), StateError> {
+        self.applied_commit()?;
+        let path = self.dir.join(WATERMARK_FILE);
+        paths::write_atomic(&path, format!("{}\n", commit.commit()).as_bytes())?;
+        Ok(())
     }
 
     /// Records `generation` as applied and current, durably: `generations/N.json`, then
@@ -261,10 +237,6 @@ impl State {
         Ok(doomed)
     }
 
-    pub fn hold(&self) -> Result<Option<u64>, StateError> {
-        self.read_number(HOLD_FILE)
-    }
-
     pub fn set_hold(&self, number: Option<u64>) -> Result<(), StateError> {
         let path = self.dir.join(HOLD_FILE);
         match number {
@@ -278,49 +250,11 @@ impl State {
         Ok(())
     }
 
-    /// The reason `commit` was recorded as bad, if it was. Reads only.
-    pub fn bad_commit(&self, commit: &str) -> Result<Option<String>, StateError> {
-        Ok(paths::read_optional(&self.bad_path(commit)?)?)
-    }
-
     /// Records `commit` as bad with `reason` (durable on return).
-    pub fn mark_bad(&self, commit: &str, reason: &str) -> Result<(), StateError> {
-        let path = self.bad_path(commit)?;
+    pub fn mark_bad(&self, commit: &CommitId, reason: &str) -> Result<(), StateError> {
         paths::create_dir_all(&self.dir.join(BAD_DIR))?;
-        paths::write_atomic(&path, reason.as_bytes())?;
+        paths::write_atomic(&self.bad_path(commit), reason.as_bytes())?;
         Ok(())
-    }
-
-    /// `bad/<commit>`; a commit id is hex, so it names a file and nothing else.
-    fn bad_path(&self, commit: &str) -> Result<PathBuf, StateError> {
-        if commit.is_empty() || !commit.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(StateError::Corrupt {
-                what: "a bad-commit record".into(),
-                message: format!("{commit:?} is not a commit id"),
-            });
-        }
-        Ok(self.dir.join(BAD_DIR).join(commit.to_ascii_lowercase()))
-    }
-
-    pub fn last_result(&self) -> Result<Option<SyncResult>, StateError> {
-        self.read_json(LAST_RESULT_FILE)
-    }
-
-    /// The JSON record `file`, if there is one; one that does not parse is an error naming it.
-    fn read_json<T: serde::de::DeserializeOwned>(
-        &self,
-        file: &str,
-    ) -> Result<Option<T>, StateError> {
-        let path = self.dir.join(file);
-        let Some(text) = paths::read_optional(&path)? else {
-            return Ok(None);
-        };
-        serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| StateError::Corrupt {
-                what: path.display().to_string(),
-                message: e.to_string(),
-            })
     }
 
     /// Records the outcome of a sync; returns whether it changed. Skips the write when only the
@@ -352,21 +286,6 @@ impl State {
         Ok(reserved + 1..end + 1)
     }
 
-    /// The last sequence number reserved by any process (0 if none): a reporter whose block
-    /// does not end there has been overtaken by another process (a CLI `sync` or `rollback`
-    /// beside the daemon) and must not send from its older block, which the collector would
-    /// take for a replay. A read only, so a heartbeat still writes nothing.
-    pub fn reserved_sequences(&self) -> Result<u64, StateError> {
-        let path = self.dir.join(SEQUENCE_FILE);
-        match paths::read_optional(&path)? {
-            Some(text) => text.trim().parse::<u64>().map_err(|_| StateError::Corrupt {
-                what: path.display().to_string(),
-                message: format!("{:?} is not a sequence number", text.trim()),
-            }),
-            None => Ok(0),
-        }
-    }
-
     /// Queues a sealed report for delivery (durable on return), dropping the oldest beyond
     /// [`OUTBOX_LIMIT`]: each report is a full snapshot, so newer ones supersede older ones.
     pub fn enqueue_report(&self, sequence: u64, envelope: &[u8]) -> Result<(), StateError> {
@@ -382,11 +301,6 @@ impl State {
             paths::sync_dir(&dir)?;
         }
         Ok(())
-    }
-
-    /// Where this device is enrolled (`enrolled`), if anywhere. Reads only.
-    pub fn enrolled(&self) -> Result<Option<Enrolled>, StateError> {
-        self.read_json(ENROLLED_FILE)
     }
 
     /// Records where this device is enrolled (durable on return), or forgets it (`None`).
@@ -409,20 +323,234 @@ impl State {
         Ok(())
     }
 
-    /// The queued reports, oldest first. Reads only (an empty outbox costs one `readdir`).
-    pub fn queued_reports(&self) -> Result<Vec<(u64, Vec<u8>)>, StateError> {
-        self.queued_sequences()?
-            .into_iter()
-            .map(|sequence| Ok((sequence, paths::read(&self.outbox_path(sequence))?)))
-            .collect()
-    }
-
     /// Removes a delivered report (durable on return).
     pub fn ack_report(&self, sequence: u64) -> Result<(), StateError> {
         if remove_if_present(&self.outbox_path(sequence))? {
             paths::sync_dir(&self.dir.join(OUTBOX_DIR))?;
         }
         Ok(())
+    }
+
+    /// Records, durably, that `plan` (from generation `from` to `to`) is about to run: written
+    /// after apply wrote the files and before the first `systemctl` call.
+    pub fn begin_services(&self, from: u64, to: u64, plan: &ServicePlan) -> Result<(), StateError> {
+        let journal = ServicesJournal {
+            version: SERVICES_JOURNAL_VERSION,
+            from,
+            to,
+            plan: plan.into(),
+        };
+        let json = serde_json::to_vec_pretty(&journal).map_err(|e| StateError::Corrupt {
+            what: "services journal".into(),
+            message: e.to_string(),
+        })?;
+        paths::write_atomic(&self.dir.join(SERVICES_JOURNAL_FILE), &json)?;
+        Ok(())
+    }
+
+    /// The service plan has finished (its generation recorded) or been undone.
+    pub fn end_services(&self) -> Result<(), StateError> {
+        if remove_if_present(&self.dir.join(SERVICES_JOURNAL_FILE))? {
+            paths::sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a new identity key (durable on return). Its file is 0600 from the start, never
+    /// readable by others, not even briefly.
+    pub fn create_identity_key(&self, seed: &[u8; 32]) -> Result<(), StateError> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let path = self.identity_path();
+        let tmp = self.dir.join(".identity.key.tmp");
+        let write = || -> std::io::Result<()> {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            file.write_all(seed)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| PathError::new("write", &path, e))?;
+        paths::sync_dir(&self.dir)?;
+        Ok(())
+    }
+}
+
+impl StateView {
+    /// Opens the state directory to read, as `status` does, even while another process (a sync)
+    /// holds it; the flag says whether one does. Creates nothing: a missing directory reads as a
+    /// device that never synced.
+    pub fn open(dir: &Path) -> Result<(Self, bool), StateError> {
+        let lock = dir.join(LOCK_FILE);
+        let busy = match File::open(&lock) {
+            Ok(file) => match file.try_lock_shared() {
+                Ok(()) => false,
+                Err(std::fs::TryLockError::WouldBlock) => true,
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(PathError::new("lock", &lock, e).into())
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(PathError::new("open", &lock, e).into()),
+        };
+        Ok((
+            StateView {
+                dir: dir.to_owned(),
+            },
+            busy,
+        ))
+    }
+
+    /// The directory, for messages.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where the fetch's mirror is, to read it (`status` shows its tip).
+    pub fn mirror_path(&self) -> PathBuf {
+        self.dir.join(MIRROR_DIR)
+    }
+
+    /// Where apply's journal is, to read it (`status` shows an unfinished apply).
+    pub fn apply_journal_path(&self) -> PathBuf {
+        self.dir.join(APPLY_JOURNAL_FILE)
+    }
+
+    /// Where the device identity key is kept.
+    pub fn identity_path(&self) -> PathBuf {
+        self.dir.join(IDENTITY_FILE)
+    }
+
+    /// The identity key's bytes, if there is one. Reads only.
+    pub fn identity_key(&self) -> Result<Option<Vec<u8>>, StateError> {
+        match paths::read(&self.identity_path()) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The newest commit this device ever applied (anti-rollback watermark). A corrupt file is
+    /// an error, never "no watermark".
+    pub fn applied_commit(&self) -> Result<Option<ObjectId>, StateError> {
+        let path = self.dir.join(WATERMARK_FILE);
+        let Some(text) = paths::read_optional(&path)? else {
+            return Ok(None);
+        };
+        let content = text.trim();
+        ObjectId::from_hex(content.as_bytes())
+            .map(Some)
+            .map_err(|_| StateError::CorruptWatermark {
+                path,
+                content: content.to_owned(),
+            })
+    }
+
+    pub fn current(&self) -> Result<Option<Generation>, StateError> {
+        match self.current_number()? {
+            Some(n) => self.generation(n).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn current_number(&self) -> Result<Option<u64>, StateError> {
+        self.read_number(CURRENT_FILE)
+    }
+
+    pub fn generation(&self, number: u64) -> Result<Generation, StateError> {
+        let path = self.generation_path(number);
+        let raw = match paths::read(&path) {
+            Ok(raw) => raw,
+            Err(e) if e.is_not_found() => return Err(StateError::NoSuchGeneration { number }),
+            Err(e) => return Err(e.into()),
+        };
+        serde_json::from_slice(&raw).map_err(|e| StateError::Corrupt {
+            what: path.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// All kept generations, oldest first.
+    pub fn generations(&self) -> Result<Vec<Generation>, StateError> {
+        numbered_json_files(&self.dir.join(GENERATIONS_DIR))?
+            .into_iter()
+            .map(|n| self.generation(n))
+            .collect()
+    }
+
+    /// One more than the newest generation ever kept: numbers are never reused, because
+    /// recovery tells N-1 from N by whether N is recorded.
+    pub fn next_generation_number(&self) -> Result<u64, StateError> {
+        let newest = self.generations()?.last().map_or(0, |g| g.number);
+        let current = self.current_number()?.unwrap_or(0);
+        Ok(newest.max(current) + 1)
+    }
+
+    pub fn hold(&self) -> Result<Option<u64>, StateError> {
+        self.read_number(HOLD_FILE)
+    }
+
+    /// The reason `commit` was recorded as bad, if it was. Reads only.
+    pub fn bad_commit(&self, commit: &CommitId) -> Result<Option<String>, StateError> {
+        Ok(paths::read_optional(&self.bad_path(commit))?)
+    }
+
+    /// `bad/<commit>`; a commit id is hex, so it names a file and nothing else.
+    fn bad_path(&self, commit: &CommitId) -> PathBuf {
+        self.dir.join(BAD_DIR).join(commit.as_str())
+    }
+
+    pub fn last_result(&self) -> Result<Option<SyncResult>, StateError> {
+        self.read_json(LAST_RESULT_FILE)
+    }
+
+    /// The JSON record `file`, if there is one; one that does not parse is an error naming it.
+    fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        file: &str,
+    ) -> Result<Option<T>, StateError> {
+        let path = self.dir.join(file);
+        let Some(text) = paths::read_optional(&path)? else {
+            return Ok(None);
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| StateError::Corrupt {
+                what: path.display().to_string(),
+                message: e.to_string(),
+            })
+    }
+
+    /// The last sequence number reserved by any process (0 if none): a reporter whose block
+    /// does not end there has been overtaken by another process (a CLI `sync` or `rollback`
+    /// beside the daemon) and must not send from its older block, which the collector would
+    /// take for a replay. A read only, so a heartbeat still writes nothing.
+    pub fn reserved_sequences(&self) -> Result<u64, StateError> {
+        let path = self.dir.join(SEQUENCE_FILE);
+        match paths::read_optional(&path)? {
+            Some(text) => text.trim().parse::<u64>().map_err(|_| StateError::Corrupt {
+                what: path.display().to_string(),
+                message: format!("{:?} is not a sequence number", text.trim()),
+            }),
+            None => Ok(0),
+        }
+    }
+
+    /// Where this device is enrolled (`enrolled`), if anywhere. Reads only.
+    pub fn enrolled(&self) -> Result<Option<Enrolled>, StateError> {
+        self.read_json(ENROLLED_FILE)
+    }
+
+    /// The queued reports, oldest first. Reads only (an empty outbox costs one `readdir`).
+    pub fn queued_reports(&self) -> Result<Vec<(u64, Vec<u8>)>, StateError> {
+        self.queued_sequences()?
+            .into_iter()
+            .map(|sequence| Ok((sequence, paths::read(&self.outbox_path(sequence))?)))
+            .collect()
     }
 
     /// The sequences in the outbox, ascending.
@@ -443,23 +571,6 @@ impl State {
             .join(format!("{number}.json"))
     }
 
-    /// Records, durably, that `plan` (from generation `from` to `to`) is about to run: written
-    /// after apply wrote the files and before the first `systemctl` call.
-    pub fn begin_services(&self, from: u64, to: u64, plan: &ServicePlan) -> Result<(), StateError> {
-        let journal = ServicesJournal {
-            version: SERVICES_JOURNAL_VERSION,
-            from,
-            to,
-            plan: plan.into(),
-        };
-        let json = serde_json::to_vec_pretty(&journal).map_err(|e| StateError::Corrupt {
-            what: "services journal".into(),
-            message: e.to_string(),
-        })?;
-        paths::write_atomic(&self.dir.join(SERVICES_JOURNAL_FILE), &json)?;
-        Ok(())
-    }
-
     /// The service plan that was running when the agent stopped, if one was. Unreadable is an
     /// error: guessing which units to take back could stop the wrong ones.
     pub fn pending_services(&self) -> Result<Option<ServicesJournal>, StateError> {
@@ -478,14 +589,6 @@ impl State {
         Ok(Some(journal))
     }
 
-    /// The service plan has finished (its generation recorded) or been undone.
-    pub fn end_services(&self) -> Result<(), StateError> {
-        if remove_if_present(&self.dir.join(SERVICES_JOURNAL_FILE))? {
-            paths::sync_dir(&self.dir)?;
-        }
-        Ok(())
-    }
-
     fn read_number(&self, file: &str) -> Result<Option<u64>, StateError> {
         let path = self.dir.join(file);
         let Some(text) = paths::read_optional(&path)? else {
@@ -498,6 +601,61 @@ impl State {
                 what: path.display().to_string(),
                 message: format!("{:?} is not a generation number", text.trim()),
             })
+    }
+}
+
+/// The fetch's bare mirror `mirror.git`, handed out by a locked [`StateDir`].
+pub struct MirrorDir<'a> {
+    path: PathBuf,
+    _state: &'a StateDir,
+}
+
+impl MirrorDir<'_> {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Apply's part of the state directory, handed out by a locked [`StateDir`]: `journal.json`,
+/// `blobs/`, `preexisting.json`, and the directory itself (which apply refuses to manage and
+/// sweeps of its own temp files).
+#[derive(Clone, Copy)]
+pub struct ApplyArea<'a> {
+    dir: &'a Path,
+}
+
+impl<'a> ApplyArea<'a> {
+    /// The state directory itself.
+    pub fn dir(&self) -> &'a Path {
+        self.dir
+    }
+    pub fn journal(&self) -> PathBuf {
+        self.dir.join(APPLY_JOURNAL_FILE)
+    }
+    pub fn blobs(&self) -> PathBuf {
+        self.dir.join(BLOBS_DIR)
+    }
+    pub fn preexisting(&self) -> PathBuf {
+        self.dir.join(PREEXISTING_FILE)
+    }
+}
+
+/// `daemon.lock`, held by `shoal-agent run` for its whole life (its syncs, in child processes,
+/// take the state directory's own lock one at a time).
+pub struct DaemonLock {
+    _file: File,
+}
+
+impl DaemonLock {
+    /// Takes the daemon lock of the state directory `dir` (created if needed).
+    pub fn acquire(dir: &Path) -> Result<DaemonLock, StateError> {
+        paths::create_dir_all(dir)?;
+        let file = paths::try_lock_exclusive(&dir.join(DAEMON_LOCK_FILE))?.ok_or_else(|| {
+            StateError::DaemonRunning {
+                dir: dir.to_owned(),
+            }
+        })?;
+        Ok(DaemonLock { _file: file })
     }
 }
 
@@ -540,7 +698,7 @@ mod tests {
     #[test]
     fn the_outbox_keeps_the_newest_reports_in_order_and_forgets_acked_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let state = State::open(dir.path()).unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
         assert!(state.queued_reports().unwrap().is_empty());
         // 9 and 10 sort as numbers, not as text.
         for sequence in 1..=(OUTBOX_LIMIT as u64 + 10) {
@@ -564,54 +722,54 @@ mod tests {
         .unwrap();
         assert_eq!(state.queued_reports().unwrap().len(), OUTBOX_LIMIT - 1);
         drop(state);
-        let state = State::open(dir.path()).unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
         assert_eq!(state.queued_reports().unwrap().len(), OUTBOX_LIMIT - 1);
     }
 
     #[test]
-    fn bad_commits_are_remembered_and_only_commit_ids_name_files() {
+    fn bad_commits_are_remembered_by_commit_id() {
         let dir = tempfile::tempdir().unwrap();
-        let state = State::open(dir.path()).unwrap();
-        let commit = "0123456789abcdef0123456789abcdef01234567";
-        assert_eq!(state.bad_commit(commit).unwrap(), None);
+        let state = StateDir::open(dir.path()).unwrap();
+        let commit = CommitId::parse("0123456789abcdef0123456789abcdef01234567").unwrap();
+        assert_eq!(state.bad_commit(&commit).unwrap(), None);
         // Asking writes nothing.
         assert!(!dir.path().join(BAD_DIR).exists());
-        state.mark_bad(commit, "health gate failed").unwrap();
+        state.mark_bad(&commit, "health gate failed").unwrap();
         assert_eq!(
-            state.bad_commit(commit).unwrap().as_deref(),
+            state.bad_commit(&commit).unwrap().as_deref(),
             Some("health gate failed")
         );
-        for hostile in ["../applied-commit", "", "abc/def"] {
-            assert!(state.mark_bad(hostile, "x").is_err(), "{hostile:?}");
-        }
-        assert!(dir.path().join("applied-commit").metadata().is_err());
+        // Only a `CommitId` names a record, and it is hex: "../applied-commit" cannot be one.
+        assert!(dir.path().join(BAD_DIR).join(commit.as_str()).is_file());
     }
 
     #[test]
     fn status_can_read_while_a_sync_holds_the_directory() {
         let dir = tempfile::tempdir().unwrap();
-        let syncing = State::open(dir.path()).unwrap();
+        let syncing = StateDir::open(dir.path()).unwrap();
         syncing.set_hold(Some(3)).unwrap();
         assert!(matches!(
-            State::open(dir.path()),
+            StateDir::open(dir.path()),
             Err(StateError::Locked { .. })
         ));
-        let (reader, busy) = State::open_to_read(dir.path()).unwrap();
+        let (reader, busy) = StateView::open(dir.path()).unwrap();
         assert!(busy);
         assert_eq!(reader.hold().unwrap(), Some(3));
         drop(reader);
         drop(syncing);
-        let (_reader, busy) = State::open_to_read(dir.path()).unwrap();
+        let (_reader, busy) = StateView::open(dir.path()).unwrap();
         assert!(!busy);
     }
 
     #[test]
     fn a_corrupt_watermark_fails_closed_and_is_not_overwritten() {
         let dir = tempfile::tempdir().unwrap();
-        let state = State::open(dir.path()).unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
         std::fs::write(dir.path().join(WATERMARK_FILE), "not a commit\n").unwrap();
         let commit = ObjectId::from_hex(b"0123456789abcdef0123456789abcdef01234567").unwrap();
-        let err = state.record_watermark(commit).unwrap_err();
+        let err = state
+            .record_watermark(&Verified::for_tests(commit, "ops"))
+            .unwrap_err();
         assert!(
             err.to_string().contains("anti-rollback fails closed"),
             "{err}"
@@ -620,5 +778,22 @@ mod tests {
             std::fs::read_to_string(dir.path().join(WATERMARK_FILE)).unwrap(),
             "not a commit\n"
         );
+    }
+}
+
+#[cfg(test)]
+mod view_tests {
+    use super::*;
+
+    #[test]
+    fn a_view_of_a_missing_directory_creates_nothing_and_reads_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("state");
+        let (view, busy) = StateView::open(&missing).unwrap();
+        assert!(!busy);
+        assert_eq!(view.current().unwrap(), None);
+        assert_eq!(view.applied_commit().unwrap(), None);
+        assert!(view.queued_reports().unwrap().is_empty());
+        assert!(!missing.exists());
     }
 }

@@ -4,21 +4,23 @@
 //! module.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use gix::ObjectId;
-use shoal_proto::Timings;
+use shoal_proto::{CommitId, Status, Timings};
 
 use crate::apply::failpoint::fail_point;
 use crate::apply::{self, ApplyError, Recovery};
 use crate::config::AgentConfig;
 use crate::fetch::{FetchError, Mirror};
+use crate::health;
 use crate::plan::{self, Manifest, Plan};
-use crate::render::{self, DeviceIdentity, GitTree, RenderError};
+use crate::render::{self, RenderError, VerifiedTree};
 use crate::services::{self, ServiceError, ServicePlan, Systemd};
-use crate::state::{unix_now, Generation, State, StateError, SyncResult};
-use crate::verify::{self, TrustPolicy, VerifyError};
+use crate::state::{unix_now, Generation, StateDir, StateError, SyncResult};
+use crate::verify::{self, commit_id, TrustPolicy, VerifyError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -68,6 +70,18 @@ pub enum SyncError {
     },
     #[error("cannot start: {0}")]
     Recover(#[source] Box<ApplyError>),
+    #[error("generation {generation} is applied and recorded, but its apply journal could not be removed: {source}; the next start removes it")]
+    JournalDone {
+        generation: u64,
+        #[source]
+        source: Box<ApplyError>,
+    },
+    #[error("generation {generation} is applied, but removing the blobs of pruned generations failed: {source}; the next sync that prunes tries again")]
+    Prune {
+        generation: u64,
+        #[source]
+        source: Box<ApplyError>,
+    },
     #[error(transparent)]
     Observe(Box<ApplyError>),
     #[error("the device root {} is not a directory; fix `root` in {}", root.display(), config.display())]
@@ -81,12 +95,12 @@ pub enum SyncError {
 
 impl SyncError {
     /// The report status this error stands for.
-    pub fn status(&self) -> &'static str {
+    pub fn status(&self) -> Status {
         match self {
-            SyncError::Verify(_) => "refused",
-            SyncError::Fetch(e) if e.is_refusal() => "refused",
-            SyncError::Apply { .. } | SyncError::Unhealthy { .. } => "rolled_back",
-            _ => "failed",
+            SyncError::Verify(_) => Status::Refused,
+            SyncError::Fetch(e) if e.is_refusal() => Status::Refused,
+            SyncError::Apply { .. } | SyncError::Unhealthy { .. } => Status::RolledBack,
+            _ => Status::Failed,
         }
     }
 }
@@ -132,11 +146,11 @@ pub fn sync_once(
             config: config.path.clone(),
         });
     }
-    let state = State::open(&config.state_dir)?;
-    recover(config, &state)?;
+    let state = StateDir::open(&config.state_dir)?;
+    recover(&config.root, &state)?;
     if let Some(generation) = state.hold()? {
         let held = state.current()?.map(|g| g.commit);
-        record(&state, "held", held, None, Timings::default())?;
+        record(&state, Status::Held, held, None, Timings::default())?;
         return Ok(SyncOutcome::Held { generation });
     }
 
@@ -149,15 +163,19 @@ pub fn sync_once(
                     .then(|| format!("corrected drift: {} path(s)", plan.drift.len()));
                 record(
                     &state,
-                    "converged",
-                    Some(commit.to_string()),
+                    Status::Converged,
+                    Some(commit_id(*commit)),
                     drift,
                     timings,
                 )?;
             }
-            Ok(SyncOutcome::UpToDate { commit, .. }) => {
-                record(&state, "converged", Some(commit.to_string()), None, timings)?
-            }
+            Ok(SyncOutcome::UpToDate { commit, .. }) => record(
+                &state,
+                Status::Converged,
+                Some(commit_id(*commit)),
+                None,
+                timings,
+            )?,
             Ok(_) => {}
             Err(e) => record(&state, e.status(), None, Some(e.to_string()), timings)?,
         }
@@ -179,7 +197,7 @@ fn millis(elapsed: Duration) -> u64 {
 
 fn sync_unheld(
     config: &AgentConfig,
-    state: &State,
+    state: &StateDir,
     dry_run: bool,
     interrupt: &AtomicBool,
     span: &tracing::Span,
@@ -188,7 +206,7 @@ fn sync_unheld(
     let policy = TrustPolicy::load(&config.trust)?;
     let watermark = state.applied_commit()?;
     let (mut mirror, fetched) = timed(&mut timings.fetch_ms, || {
-        Mirror::fetch(&state.mirror_dir(), &config.source, watermark, interrupt)
+        Mirror::fetch(&state.mirror(), &config.source, watermark, interrupt)
     })?;
     span.record("commit", tracing::field::display(fetched.tip));
     if let Some(damage) = &fetched.healed {
@@ -196,11 +214,17 @@ fn sync_unheld(
         // the device's disk: the fleet sees a `failed` report with the reason, then the result.
         let message = format!(
             "the local mirror {} was damaged ({damage}); it was rebuilt from the server",
-            state.mirror_dir().display()
+            state.mirror_path().display()
         );
         tracing::warn!(%message, "mirror healed");
         if !dry_run {
-            record(state, "failed", None, Some(message), Timings::default())?;
+            record(
+                state,
+                Status::Failed,
+                None,
+                Some(message),
+                Timings::default(),
+            )?;
             if let Err(e) = crate::report::queue_now(config, state) {
                 tracing::warn!(error = %e, "could not queue the report of the damaged mirror");
             }
@@ -223,29 +247,28 @@ fn sync_unheld(
         }
     };
     let commit = verified.commit();
+    let id = verified.commit_id();
     let current = state.current()?;
-    let at_tip = current
-        .as_ref()
-        .is_some_and(|g| commit.to_hex() == g.commit);
+    let at_tip = current.as_ref().is_some_and(|g| g.commit == id);
     // Only a commit the device is not already at can be recorded as bad.
     if !at_tip {
-        if let Some(reason) = state.bad_commit(&commit.to_string())? {
+        if let Some(reason) = state.bad_commit(&id)? {
             return Err(SyncError::BadCommit { commit, reason });
         }
     }
 
     let rendering = Instant::now();
-    let tree = GitTree::at_commit(mirror.repo(), commit).map_err(|e| SyncError::Tree {
+    let tree = VerifiedTree::new(mirror.repo(), &verified).map_err(|e| SyncError::Tree {
         commit,
         message: e.to_string(),
     })?;
-    let mut desired = match render::render(&tree, &DeviceIdentity::from_config(config)) {
+    let mut desired = match render::render(&tree, &config.identity()) {
         Ok(desired) => desired,
         Err(e) => {
             // A render error is a property of the commit (and this device's identity): retrying
             // it every interval would only repeat the same error.
             if !dry_run {
-                state.mark_bad(&commit.to_string(), &e.to_string())?;
+                state.mark_bad(&id, &e.to_string())?;
             }
             return Err(SyncError::Render {
                 commit,
@@ -258,7 +281,7 @@ fn sync_unheld(
     // and removed like every other file.
     if let Err(e) = services::merge_unit_files(&mut desired) {
         if !dry_run {
-            state.mark_bad(&commit.to_string(), &e.to_string())?;
+            state.mark_bad(&id, &e.to_string())?;
         }
         return Err(SyncError::UnitFiles {
             commit,
@@ -271,7 +294,7 @@ fn sync_unheld(
     let current_manifest = current.as_ref().map_or(&empty, |g| &g.manifest);
     let disk = apply::observe(
         &config.root,
-        &config.state_dir,
+        state.apply_area().dir(),
         plan::observed_paths(&desired, current_manifest),
     )
     .map_err(|e| SyncError::Observe(Box::new(e)))?;
@@ -297,7 +320,7 @@ fn sync_unheld(
     if let Some(current) = current.as_ref().filter(|_| at_tip && nothing_to_do) {
         if watermark != Some(commit) {
             // Only after a crash between recording the generation and the watermark.
-            state.record_watermark(commit)?;
+            state.record_watermark(&verified)?;
         }
         return Ok(SyncOutcome::UpToDate {
             generation: current.number,
@@ -310,7 +333,14 @@ fn sync_unheld(
     let from = current.as_ref().map_or(0, |g| g.number);
     let to = state.next_generation_number()?;
     let applied = timed(&mut timings.apply_ms, || {
-        apply::apply(&plan, &desired, &config.root, &config.state_dir, from, to)
+        apply::apply(
+            &plan,
+            &desired,
+            &config.root,
+            state.apply_area().dir(),
+            from,
+            to,
+        )
     });
     if let Err(e) = applied {
         // apply has already put the device back at `from` (or kept the journal for recovery).
@@ -322,7 +352,7 @@ fn sync_unheld(
                 source: Box::new(e),
             });
         }
-        state.mark_bad(&commit.to_string(), &e.to_string())?;
+        state.mark_bad(&id, &e.to_string())?;
         return Err(SyncError::Apply {
             commit,
             source: Box::new(e),
@@ -335,7 +365,7 @@ fn sync_unheld(
         // Before the first systemctl call: a crash from here on is taken back by `recover`,
         // units included (the apply journal alone would only bring the files back).
         if let Err(e) = state.begin_services(from, to, &service_plan) {
-            if let Err(undo) = apply::undo(&config.root, &config.state_dir) {
+            if let Err(undo) = apply::undo(&config.root, state.apply_area().dir()) {
                 tracing::error!(error = %undo, "could not undo the apply; the next start retries");
             }
             return Err(e.into());
@@ -357,7 +387,7 @@ fn sync_unheld(
         // units back in line; marking it first could leave units on the new configuration with
         // nothing left to correct them.
         let mut problems = Vec::new();
-        if let Err(e) = apply::undo(&config.root, &config.state_dir) {
+        if let Err(e) = apply::undo(&config.root, state.apply_area().dir()) {
             problems.push(format!(
                 "restoring the files failed: {e} (the journal is kept; the next start retries)"
             ));
@@ -366,7 +396,7 @@ fn sync_unheld(
         if let Err(e) = services::revert(&service_plan, &systemd) {
             problems.push(e.to_string());
         }
-        state.mark_bad(&commit.to_string(), &reason)?;
+        state.mark_bad(&id, &reason)?;
         state.end_services()?;
         return Err(SyncError::Unhealthy {
             commit,
@@ -379,17 +409,20 @@ fn sync_unheld(
     // The commit point: once generation `to` is recorded, recovery keeps it; before, it undoes it.
     state.commit_generation(&Generation {
         number: to,
-        commit: commit.to_string(),
+        commit: id,
         applied_at: unix_now(),
         signer: verified.signer().principal.clone(),
         manifest: Manifest::from_desired(&desired),
         services: service_records,
     })?;
     fail_point!("services_before_journal_end");
-    apply::journal_done(&config.state_dir).map_err(|e| SyncError::Recover(Box::new(e)))?;
+    apply::journal_done(state.apply_area().dir()).map_err(|e| SyncError::JournalDone {
+        generation: to,
+        source: Box::new(e),
+    })?;
     state.end_services()?;
-    state.record_watermark(commit)?;
-    prune(config, state)?;
+    state.record_watermark(&verified)?;
+    prune(state, config.apply.keep_generations as usize, to)?;
     tracing::info!(generation = to, signer = %verified.signer().principal, "applied");
     Ok(SyncOutcome::Applied {
         generation: to,
@@ -409,8 +442,8 @@ fn start_services(
     timeout: Duration,
 ) -> Result<(), (Option<String>, String)> {
     services::execute(plan, systemd).map_err(|e| (e.unit().map(str::to_owned), e.to_string()))?;
-    let healthy = services::health(plan, systemd, timeout)
-        .map_err(|e| (Some(e.unit.clone()), e.to_string()))?;
+    let healthy =
+        health::gate(plan, systemd, timeout).map_err(|e| (Some(e.unit.clone()), e.to_string()))?;
     if !healthy.units.is_empty() {
         tracing::info!(units = ?healthy.units, "services healthy");
     }
@@ -436,9 +469,9 @@ fn rollback_problems(problems: &[String]) -> String {
 /// are back at the previous generation by now, so the plan is reverted like after a failed
 /// gate — reload, units it started stopped, stopped ones started, restarted ones restarted on
 /// the old files. The commit is not marked bad: the next sync applies and gates it again.
-pub fn recover(config: &AgentConfig, state: &State) -> Result<Option<Recovery>, SyncError> {
+pub fn recover(root: &Path, state: &StateDir) -> Result<Option<Recovery>, SyncError> {
     let current = state.current_number()?;
-    let recovery = apply::recover(&config.root, &config.state_dir, |n| current == Some(n))
+    let recovery = apply::recover(root, state.apply_area().dir(), |n| current == Some(n))
         .map_err(|e| SyncError::Recover(Box::new(e)))?;
     if let Some(r) = &recovery {
         tracing::warn!(%r, "recovered an interrupted apply");
@@ -450,7 +483,7 @@ pub fn recover(config: &AgentConfig, state: &State) -> Result<Option<Recovery>, 
                 to = pending.to,
                 "the services of an interrupted apply are taken back to the previous generation"
             );
-            let systemd = Systemd::for_root(&config.root);
+            let systemd = Systemd::for_root(root);
             if let Err(e) = services::revert(&pending.plan(), &systemd) {
                 // The same as after a failed gate: reported, not fatal; the files are right.
                 tracing::error!(error = %e, "putting the services back after a crash was incomplete");
@@ -462,27 +495,30 @@ pub fn recover(config: &AgentConfig, state: &State) -> Result<Option<Recovery>, 
 }
 
 /// Keeps the newest `keep_generations` generations and the blobs they need.
-fn prune(config: &AgentConfig, state: &State) -> Result<(), SyncError> {
-    let removed = state.prune(config.apply.keep_generations as usize)?;
+/// `generation` is the one just applied (for the message if removing blobs fails).
+fn prune(state: &StateDir, keep: usize, generation: u64) -> Result<(), SyncError> {
+    let removed = state.prune(keep)?;
     if removed.is_empty() {
         return Ok(());
     }
     let kept = state.generations()?;
     let manifests: Vec<&Manifest> = kept.iter().map(|g| &g.manifest).collect();
-    apply::prune_blobs(&config.state_dir, &manifests)
-        .map_err(|e| SyncError::Recover(Box::new(e)))?;
+    apply::prune_blobs(state.apply_area().dir(), &manifests).map_err(|e| SyncError::Prune {
+        generation,
+        source: Box::new(e),
+    })?;
     Ok(())
 }
 
 fn record(
-    state: &State,
-    status: &str,
-    commit: Option<String>,
+    state: &StateDir,
+    status: Status,
+    commit: Option<CommitId>,
     message: Option<String>,
     timings: Timings,
 ) -> Result<(), StateError> {
     state.record_result(&SyncResult {
-        status: status.to_owned(),
+        status,
         commit,
         message,
         at: unix_now(),

@@ -9,7 +9,11 @@ const PREFIX: &str = "ed25519:";
 const OPENSSH_TYPE: &str = "ssh-ed25519";
 
 /// An ed25519 public key in the form `ed25519:BASE64` (canonical: parse → display is the identity).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Its serde form is that string, checked when read.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
 pub struct KeyId(String);
 
 /// Why a string is not a usable key id.
@@ -69,6 +73,19 @@ impl KeyId {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl TryFrom<String> for KeyId {
+    type Error = KeyIdError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        KeyId::parse(&value)
+    }
+}
+
+impl From<KeyId> for String {
+    fn from(id: KeyId) -> String {
+        id.0
     }
 }
 

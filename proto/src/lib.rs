@@ -1,10 +1,12 @@
 //! Wire types shared by the Shoal agent and the collector: reports, the signed envelope, key ids and
 //! status values. This crate does no I/O: it only encodes, decodes, signs and verifies bytes.
 
+mod commit_id;
 mod envelope;
 mod key_id;
 mod report;
 
+pub use commit_id::{CommitId, CommitIdError};
 pub use envelope::{
     EnvelopeError, SignedEnvelope, ENVELOPE_VERSION, MAX_ENVELOPE_BYTES, SIGNING_CONTEXT,
 };

@@ -12,11 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use shoal_agent::apply;
+use shoal_agent::health::{self, HealthFailure, Unhealthy};
 use shoal_agent::plan::{self, Manifest, Plan};
 use shoal_agent::render::{DesiredFile, DesiredService, DesiredState, HealthCheck, ServiceState};
-use shoal_agent::services::{
-    self, HealthFailure, ServiceError, ServicePlan, ServiceRecord, Systemd, Unhealthy,
-};
+use shoal_agent::services::{self, ServiceError, ServicePlan, ServiceRecord, Systemd};
 use shoal_e2e::{long_running_unit, require_tool, SystemdHost};
 
 /// `agent.toml`'s `apply.health_timeout` for these devices.
@@ -129,7 +128,7 @@ impl<'a> Device<'a> {
         let gate = services::execute(&service_plan, &self.systemd)
             .map_err(RolledBack::Execute)
             .and_then(|_| {
-                services::health(&service_plan, &self.systemd, HEALTH_TIMEOUT)
+                health::gate(&service_plan, &self.systemd, HEALTH_TIMEOUT)
                     .map_err(RolledBack::Unhealthy)
             });
         if let Err(failure) = gate {
@@ -474,7 +473,7 @@ fn an_offline_root_gets_its_units_enabled_only() {
 
     let systemd = Systemd::for_root(root.path());
     services::execute(&service_plan, &systemd).unwrap();
-    services::health(&service_plan, &systemd, HEALTH_TIMEOUT).unwrap();
+    health::gate(&service_plan, &systemd, HEALTH_TIMEOUT).unwrap();
 
     let wants = root
         .path()

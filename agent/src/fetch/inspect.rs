@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use gix::odb::pack;
 use gix::ObjectId;
 
-use super::{error_chain, FETCHED_REF};
+use super::FETCHED_REF;
+use crate::errors::error_chain;
 
 /// What is wrong with a mirror: the reason it is rebuilt from scratch.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -17,7 +17,10 @@ use gix::remote::Direction;
 use gix::ObjectId;
 
 use crate::config::SourceConfig;
+use crate::errors::error_chain;
 use crate::paths::{self, PathError};
+use crate::state::MirrorDir;
+use crate::tls::{self, TlsError};
 
 mod bound;
 mod durable;
@@ -41,8 +44,8 @@ pub enum FetchError {
     },
     #[error("the config repository {url} has no ref {reference}; check [source] ref in the agent config and that the branch was pushed")]
     RefNotFound { url: String, reference: String },
-    #[error("cannot use the CA file {}: {message}", path.display())]
-    CaFile { path: PathBuf, message: String },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("the local mirror {} is damaged ({damage}) and could not be set aside to rebuild it: {source}; check the state directory's permissions and disk", path.display())]
     SetAside {
         path: PathBuf,
@@ -139,7 +142,7 @@ impl Mirror {
         self.recorded
     }
 
-    /// Opens the mirror at `dir` (making it on first use) and fetches the tip of
+    /// Opens the mirror (making it on first use) and fetches the tip of
     /// `source.reference` into it, retrying transient network failures with exponential backoff.
     /// With nothing new on the remote this is one ref advertisement, no object transfer and no
     /// write. The tip is not recorded yet: [`Mirror::accept`] it once `verify` has, or
@@ -151,17 +154,18 @@ impl Mirror {
     /// logged, set aside, and built again from scratch once in the same call; the outcome's
     /// `healed` says why. Nothing outside the mirror (the watermark, generations) is touched.
     pub fn fetch(
-        dir: &Path,
+        mirror: &MirrorDir<'_>,
         source: &SourceConfig,
         applied: Option<ObjectId>,
         interrupt: &AtomicBool,
     ) -> Result<(Mirror, Fetched), FetchError> {
+        let dir = mirror.path();
         // reqwest is built without a compiled-in crypto provider (its default would pull
         // aws-lc); make ring the process default so plain http:// clients build too.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let tls = match source.ca_file.as_deref() {
-            Some(path) => Some(client_tls_config(Some(path))?),
-            None if is_https(&source.url) => Some(client_tls_config(None)?),
+            Some(path) => Some(tls::client_config(Some(path))?),
+            None if is_https(&source.url) => Some(tls::client_config(None)?),
             None => None,
         };
         let mut healed: Option<Damage> = None;
@@ -508,55 +512,4 @@ fn open_isolated(dir: &Path) -> Result<gix::Repository, gix::Error> {
 fn is_https(url: &str) -> bool {
     url.get(..8)
         .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
-}
-
-/// A rustls client config on the `ring` provider, trusting either the CA certificates in
-/// `ca_file` (a pinned private CA) or the system's root store.
-pub fn client_tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, FetchError> {
-    use rustls::pki_types::{pem::PemObject, CertificateDer};
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let failed = |message: String| FetchError::CaFile {
-                path: path.to_owned(),
-                message,
-            };
-            let pem = paths::read(path).map_err(|e| failed(e.to_string()))?;
-            for cert in CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| failed(format!("not a PEM certificate file: {e}")))?;
-                roots.add(cert).map_err(|e| failed(e.to_string()))?;
-            }
-            if roots.is_empty() {
-                return Err(failed("contains no certificate".into()));
-            }
-        }
-        None => {
-            let native = rustls_native_certs::load_native_certs();
-            roots.add_parsable_certificates(native.certs);
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| FetchError::CaFile {
-            path: ca_file.unwrap_or(Path::new("<system roots>")).to_owned(),
-            message: e.to_string(),
-        })?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
-}
-
-/// Renders an error and its sources as one line, skipping repeated messages.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = Some(error);
-    while let Some(e) = next {
-        let text = e.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        next = e.source();
-    }
-    parts.join(": ")
 }

@@ -3,13 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
-
-use crate::config::AgentConfig;
 
 /// Who the device is, as far as rendering is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,24 +17,6 @@ pub struct DeviceIdentity {
     /// The agent's state directory as seen on the device (without the `root` prefix); no
     /// declared path may be inside it.
     pub state_dir: PathBuf,
-}
-
-impl DeviceIdentity {
-    /// The identity of the device `config` describes. `state_dir` is turned into the path the
-    /// device sees: with `root = "/mnt/img"` and `state_dir = "/mnt/img/var/lib/shoal"`, declared
-    /// paths must stay out of `/var/lib/shoal`.
-    pub fn from_config(config: &AgentConfig) -> Self {
-        let state_dir = match config.state_dir.strip_prefix(&config.root) {
-            Ok(inside) => Path::new("/").join(inside),
-            // Outside the root: no declared path can reach it; keep it for the message.
-            Err(_) => config.state_dir.clone(),
-        };
-        DeviceIdentity {
-            device_id: config.device_id.clone(),
-            labels: config.labels.clone(),
-            state_dir,
-        }
-    }
 }
 
 /// Everything the repository declares for one device: files by device path, services by unit.

@@ -24,7 +24,7 @@ pub use desired::{
 };
 pub use manifest::{DEFAULT_HEALTH_TIMEOUT, DEFAULT_MODE, DEFAULT_OWNER, SUPPORTED_VERSION};
 pub use template::TemplateError;
-pub use tree::{DirTree, GitTree, RepoTree, TreeError};
+pub use tree::{CommitPreview, DirTree, RepoTree, TreeError, VerifiedTree};
 
 use desired::format_mode;
 use manifest::{FileDecl, Manifest, Profile, ServiceDecl};
@@ -149,8 +149,56 @@ impl fmt::Display for Location {
     }
 }
 
-/// The desired state of the device `identity` according to the tree's `shoal.toml`.
-pub fn render(tree: &dyn RepoTree, identity: &DeviceIdentity) -> Result<DesiredState, RenderError> {
+/// The desired state of the device `identity` according to the `shoal.toml` of a verified
+/// commit: the only way to a [`DesiredState`] from a repository. A directory or an unchecked
+/// commit is a [`preview`]:
+///
+/// ```compile_fail
+/// fn render_a_checkout(path: &std::path::Path, device: &shoal_agent::render::DeviceIdentity) {
+///     let tree = shoal_agent::render::DirTree::new(path);
+///     let _ = shoal_agent::render::render(&tree, device);
+/// }
+/// ```
+pub fn render(
+    tree: &VerifiedTree<'_>,
+    identity: &DeviceIdentity,
+) -> Result<DesiredState, RenderError> {
+    render_tree(tree, identity)
+}
+
+/// What a tree would render to, for people to read (`shoal-agent render`): a [`Preview`] shows
+/// the desired state but cannot be planned or applied.
+pub fn preview(tree: &dyn RepoTree, identity: &DeviceIdentity) -> Result<Preview, RenderError> {
+    render_tree(tree, identity).map(Preview)
+}
+
+/// A rendering of a tree that was not necessarily verified: text and JSON, nothing more.
+///
+/// ```compile_fail
+/// fn plan_a_preview(
+///     preview: shoal_agent::render::Preview,
+///     disk: &shoal_agent::plan::DiskSnapshot,
+/// ) {
+///     let _ = shoal_agent::plan::plan(&preview, &Default::default(), disk);
+/// }
+/// ```
+pub struct Preview(DesiredState);
+
+impl Preview {
+    /// The human summary `DesiredState::summary` prints.
+    pub fn summary(&self) -> String {
+        self.0.summary()
+    }
+    /// The JSON form `DesiredState::to_json` gives.
+    pub fn to_json(&self) -> serde_json::Value {
+        self.0.to_json()
+    }
+}
+
+fn render_tree(
+    tree: &dyn RepoTree,
+    identity: &DeviceIdentity,
+) -> Result<DesiredState, RenderError> {
     let bytes = match tree.read_file(MANIFEST) {
         Ok(bytes) => bytes,
         Err(TreeError::NotFound) => return Err(RenderError::NoManifest),

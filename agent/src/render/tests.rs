@@ -69,7 +69,7 @@ fn gateway() -> DeviceIdentity {
 }
 
 fn error(tree: &MemTree, identity: &DeviceIdentity) -> String {
-    match render(tree, identity) {
+    match render_tree(tree, identity) {
         Ok(state) => panic!("expected an error, rendered:\n{}", state.summary()),
         Err(e) => e.to_string(),
     }
@@ -129,7 +129,7 @@ fn design_repo() -> MemTree {
 
 #[test]
 fn the_design_example_renders_for_a_gateway() {
-    let state = render(&design_repo(), &gateway()).unwrap();
+    let state = render_tree(&design_repo(), &gateway()).unwrap();
     let expected = DesiredState {
         files: BTreeMap::from([
             (
@@ -184,7 +184,7 @@ fn the_design_example_renders_for_a_gateway() {
 
 #[test]
 fn a_device_that_matches_no_label_gets_only_the_base_profile() {
-    let state = render(&design_repo(), &device("sensor-7", &[("site", "paris")])).unwrap();
+    let state = render_tree(&design_repo(), &device("sensor-7", &[("site", "paris")])).unwrap();
     assert_eq!(
         state.files.keys().collect::<Vec<_>>(),
         [Path::new("/etc/motd")]
@@ -236,7 +236,7 @@ path = "/etc/pilot-gateways"
 source = "f"
 "#;
     let tree = MemTree::new(manifest).file("f", "x");
-    let state = render(&tree, identity).unwrap();
+    let state = render_tree(&tree, identity).unwrap();
     state.files.values().map(|f| f.profile.clone()).collect()
 }
 
@@ -310,7 +310,7 @@ state = "running"
         .file("a", "A")
         .file("b", "B")
         .file("x.service", "[Service]\n");
-    let state = render(&tree, &gateway()).unwrap();
+    let state = render_tree(&tree, &gateway()).unwrap();
     let owners: Vec<(&Path, &str)> = state
         .files
         .iter()
@@ -367,7 +367,7 @@ fn conflicting_declarations_name_both_profiles_and_the_path() {
     for (tree, expected) in cases {
         assert_eq!(error(&tree, &gateway()), expected);
         // Only matched profiles are merged: a sensor gets "base" alone, without conflict.
-        render(&tree, &device("sensor-1", &[])).unwrap();
+        render_tree(&tree, &device("sensor-1", &[])).unwrap();
     }
 }
 
@@ -402,7 +402,7 @@ fn templates_expand_only_when_asked() {
          [[profile.file]]\npath = \"/etc/b\"\nsource = \"t\"\n",
     ))
     .file("t", "id={{device.id}} site={{ labels.site }}");
-    let state = render(&tree, &gateway()).unwrap();
+    let state = render_tree(&tree, &gateway()).unwrap();
     assert_eq!(
         state.files[Path::new("/etc/a")].content,
         b"id=gw-0042 site=berlin"
@@ -449,7 +449,7 @@ fn template_syntax_is_checked_for_every_profile_but_labels_only_for_matching_dev
     );
     let sensor = device("sensor-1", &[]);
     let missing_label = MemTree::new(&manifest).file("t", "{{ labels.uplink }}");
-    render(&missing_label, &sensor).expect("a sensor does not get the gateway template");
+    render_tree(&missing_label, &sensor).expect("a sensor does not get the gateway template");
     assert!(error(&missing_label, &gateway()).contains("has no label \"uplink\""));
 
     let unknown = MemTree::new(&manifest).file("t", "{{ uplink }}");
@@ -529,7 +529,7 @@ fn paths_inside_the_state_dir_are_refused_for_every_profile() {
         "[[profile.file]]\npath = \"/var/lib/shoal-other/x\"\nsource = \"f\"\n",
     ))
     .file("f", "");
-    render(&beside, &gateway()).expect("a sibling of the state dir is fine");
+    render_tree(&beside, &gateway()).expect("a sibling of the state dir is fine");
 }
 
 #[test]
@@ -681,7 +681,7 @@ fn versions_other_than_1_are_refused() {
         assert_eq!(error(&MemTree::new(manifest), &gateway()), expected);
     }
     assert_eq!(
-        render(&MemTree::new("version = 1\n"), &gateway()).unwrap(),
+        render_tree(&MemTree::new("version = 1\n"), &gateway()).unwrap(),
         DesiredState::default()
     );
 }
@@ -768,7 +768,7 @@ fn restart_on_must_name_a_file_the_device_gets() {
         "[[profile.file]]\npath = \"/etc/x.conf\"\nsource = \"f\"\n",
     );
     let tree = MemTree::new(&manifest).file("u", "").file("f", "");
-    let state = render(&tree, &gateway()).unwrap();
+    let state = render_tree(&tree, &gateway()).unwrap();
     assert_eq!(
         state.services["x.service"].restart_on,
         [Path::new("/etc/x.conf")]
@@ -800,7 +800,7 @@ fn defaults_apply_when_keys_are_left_out() {
     ))
     .file("f", "")
     .file("u", "");
-    let state = render(&tree, &gateway()).unwrap();
+    let state = render_tree(&tree, &gateway()).unwrap();
     let file = &state.files[Path::new("/etc/motd")];
     assert_eq!(
         (file.mode, file.owner.as_str(), file.group.as_str()),
@@ -828,7 +828,7 @@ fn a_missing_or_unusable_manifest_is_reported() {
     );
 }
 
-// ---- real git repositories, read through `GitTree` (and their work trees through `DirTree`)
+// ---- real git repositories, read through `CommitPreview` (and their work trees through `DirTree`)
 
 /// A git repository made with the real `git` (the kit's `ConfigRepo`, isolated from the host's
 /// git config); the symlinks point outside the repository, as an attacker's commit would.
@@ -847,9 +847,9 @@ fn git_repo(files: &[(&str, &str)], symlinks: &[(&str, &str)]) -> tempfile::Temp
     dir
 }
 
-fn head_tree(repo: &gix::Repository) -> GitTree<'_> {
+fn head_tree(repo: &gix::Repository) -> CommitPreview<'_> {
     let head = repo.head_id().unwrap().detach();
-    GitTree::at_commit(repo, head).unwrap()
+    CommitPreview::at_commit(repo, head).unwrap()
 }
 
 fn open(dir: &Path) -> gix::Repository {
@@ -872,7 +872,7 @@ fn a_real_git_commit_renders_and_its_symlinks_are_never_followed() {
     );
     let repo = open(dir.path());
     let git_tree = head_tree(&repo);
-    let from_git = render(&git_tree, &gateway()).unwrap();
+    let from_git = render_tree(&git_tree, &gateway()).unwrap();
     assert_eq!(
         from_git.summary(),
         "0644 root:root /etc/motd  (base)\n0755 root:root /usr/local/bin/hello  (base)\n"
@@ -884,7 +884,7 @@ fn a_real_git_commit_renders_and_its_symlinks_are_never_followed() {
 
     let dir_tree = DirTree::new(dir.path());
     assert_eq!(
-        render(&dir_tree, &gateway()).unwrap(),
+        render_tree(&dir_tree, &gateway()).unwrap(),
         from_git,
         "a commit and its checkout render the same"
     );
@@ -940,8 +940,14 @@ fn a_committed_symlink_as_a_source_is_a_render_error() {
         &head_tree(&repo) as &dyn RepoTree,
         &DirTree::new(dir.path()),
     ] {
-        assert_eq!(render(tree, &gateway()).unwrap_err().to_string(), expected);
-        assert_eq!(render(tree, &sensor).unwrap_err().to_string(), expected);
+        assert_eq!(
+            render_tree(tree, &gateway()).unwrap_err().to_string(),
+            expected
+        );
+        assert_eq!(
+            render_tree(tree, &sensor).unwrap_err().to_string(),
+            expected
+        );
     }
 }
 
@@ -951,7 +957,7 @@ fn a_directory_as_a_source_is_a_render_error() {
     let dir = git_repo(&[(MANIFEST, &manifest), ("files/motd", "hi\n")], &[]);
     let repo = open(dir.path());
     assert_eq!(
-        render(&head_tree(&repo), &gateway()).unwrap_err().to_string(),
+        render_tree(&head_tree(&repo), &gateway()).unwrap_err().to_string(),
         "shoal.toml: profile \"base\", file #1: source \"files\": is a directory, not a regular file"
     );
 }

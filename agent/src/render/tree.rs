@@ -1,6 +1,8 @@
-//! Where render reads the configuration repository from: a commit's tree in git ([`GitTree`]) or
-//! a plain directory ([`DirTree`], for `shoal-agent render PATH`). Both hand out regular files
-//! only: a symlink anywhere along a path is refused, so a source can never escape the repository.
+//! Where render reads the configuration repository from: the tree of a commit `verify` accepted
+//! ([`VerifiedTree`], the only tree a sync renders), or, for previews, the tree of any commit
+//! ([`CommitPreview`], `shoal-agent render PATH --rev REV`) or a plain directory ([`DirTree`],
+//! `shoal-agent render PATH`). All hand out regular files only: a symlink anywhere along a path
+//! is refused, so a source can never escape the repository.
 
 use std::fs;
 use std::io;
@@ -9,7 +11,8 @@ use std::path::PathBuf;
 use gix::object::tree::EntryKind;
 
 use super::rules::check_repo_path;
-use crate::fetch::error_chain;
+use crate::errors::error_chain;
+use crate::verify::Verified;
 
 /// Read access to the files of one configuration tree. `path` is relative to the repository
 /// root, `/`-separated.
@@ -38,21 +41,14 @@ fn refuse_path(path: &str, problem: String) -> TreeError {
     ))
 }
 
-/// The tree of one commit in a git repository (the agent's mirror, or a config repo in CI).
-pub struct GitTree<'repo> {
+/// The tree of one commit in a git repository; built only as a [`VerifiedTree`] or a
+/// [`CommitPreview`].
+struct GitTree<'repo> {
     root: gix::Tree<'repo>,
 }
 
 impl<'repo> GitTree<'repo> {
-    pub fn new(root: gix::Tree<'repo>) -> Self {
-        GitTree { root }
-    }
-
-    /// The tree of `commit` in `repo`.
-    pub fn at_commit(
-        repo: &'repo gix::Repository,
-        commit: gix::ObjectId,
-    ) -> Result<Self, TreeError> {
+    fn at_commit(repo: &'repo gix::Repository, commit: gix::ObjectId) -> Result<Self, TreeError> {
         let tree = repo
             .find_commit(commit)
             .map_err(|e| error_chain(&e))
@@ -60,7 +56,63 @@ impl<'repo> GitTree<'repo> {
             .map_err(|e| {
                 TreeError::Other(format!("cannot read the tree of commit {commit}: {e}"))
             })?;
-        Ok(GitTree::new(tree))
+        Ok(GitTree { root: tree })
+    }
+}
+
+/// The tree of a commit that passed the trust policy: what [`super::render`] takes, so a sync
+/// cannot render (and so plan or apply) a commit `verify` did not accept. There is no other way
+/// to build one than from a [`Verified`]:
+///
+/// ```compile_fail
+/// // An unchecked commit id is not a `Verified`.
+/// fn tree(repo: &gix::Repository, commit: gix::ObjectId) {
+///     let _ = shoal_agent::render::VerifiedTree::new(repo, commit);
+/// }
+/// ```
+///
+/// (The same function with a `&Verified` compiles; `Verified` itself is built only by
+/// `verify::verify_update`.)
+///
+/// ```
+/// fn tree<'r>(
+///     repo: &'r gix::Repository,
+///     verified: &shoal_agent::verify::Verified,
+/// ) -> Result<shoal_agent::render::VerifiedTree<'r>, shoal_agent::render::TreeError> {
+///     shoal_agent::render::VerifiedTree::new(repo, verified)
+/// }
+/// ```
+pub struct VerifiedTree<'repo>(GitTree<'repo>);
+
+impl<'repo> VerifiedTree<'repo> {
+    /// The tree of the verified commit in `repo` (the mirror `verify` read it from).
+    pub fn new(repo: &'repo gix::Repository, verified: &Verified) -> Result<Self, TreeError> {
+        GitTree::at_commit(repo, verified.commit()).map(VerifiedTree)
+    }
+}
+
+impl RepoTree for VerifiedTree<'_> {
+    fn read_file(&self, path: &str) -> Result<Vec<u8>, TreeError> {
+        self.0.read_file(path)
+    }
+}
+
+/// The tree of any commit, checked or not: for previews only (`shoal-agent render PATH --rev`,
+/// a repository's CI). [`super::preview`] takes it; [`super::render`] does not.
+pub struct CommitPreview<'repo>(GitTree<'repo>);
+
+impl<'repo> CommitPreview<'repo> {
+    pub fn at_commit(
+        repo: &'repo gix::Repository,
+        commit: gix::ObjectId,
+    ) -> Result<Self, TreeError> {
+        GitTree::at_commit(repo, commit).map(CommitPreview)
+    }
+}
+
+impl RepoTree for CommitPreview<'_> {
+    fn read_file(&self, path: &str) -> Result<Vec<u8>, TreeError> {
+        self.0.read_file(path)
     }
 }
 

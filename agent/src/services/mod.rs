@@ -1,6 +1,6 @@
 //! Services: decides what systemd must do so the device runs the units a generation declares —
-//! reload, enable/disable, start/stop/restart only what changed — does it, and gates the new
-//! generation on the started units staying up and passing their probes. It never writes
+//! reload, enable/disable, start/stop/restart only what changed — and does it; the `health`
+//! module then gates the new generation on the started units. It never writes
 //! managed paths: unit files and drop-ins are ordinary declared files ([`merge_unit_files`]),
 //! written (and rolled back) by `apply` like any other.
 //!
@@ -11,14 +11,13 @@
 //! let files = plan::plan(...);
 //! let services = plan(&records, &current.services, &changed_paths(&files));
 //! apply::apply(&files, ...)?;                        // unit files written, journaled
-//! execute(&services, &systemd).and(health(&services, &systemd, timeout))
+//! execute(&services, &systemd).and(health::gate(&services, &systemd, timeout))
 //!     // on failure: apply::undo, then revert(&services, &systemd), then mark the commit bad
 //! state.commit_generation(.. services: records ..); apply::journal_done(..)
 //! ```
 
 mod error;
 mod execute;
-mod health;
 mod plan;
 mod systemd;
 #[cfg(test)]
@@ -30,9 +29,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use error::journal_section;
 pub use error::{ServiceError, UnitFileConflict};
 pub use execute::{execute, revert, Executed, RevertFailed};
-pub use health::{health, HealthFailure, Healthy, Unhealthy};
 pub use plan::{plan, PlanRecord, Reason, ServiceAction, ServicePlan, Transition, UnitAction};
 pub use systemd::{ProbeResult, Systemd, UnitStatus};
 

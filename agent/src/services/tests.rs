@@ -400,8 +400,8 @@ fn offline_systemd_starts_nothing_and_checks_nothing() {
     let executed = execute(&started, &systemd).unwrap();
     assert_eq!(executed.done.len(), 1);
     assert_eq!(
-        health(&started, &systemd, Duration::from_secs(1)).unwrap(),
-        Healthy::default()
+        crate::health::gate(&started, &systemd, Duration::from_secs(1)).unwrap(),
+        crate::health::Healthy::default()
     );
     // "/" is live only where systemd is PID 1 (sd_booted).
     assert_eq!(

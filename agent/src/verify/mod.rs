@@ -6,5 +6,5 @@ mod policy;
 pub mod sshsig;
 
 pub use allowed_signers::{AllowedSigners, SignersError};
-pub use policy::{verify_update, TrustPolicy, Verified, VerifyError};
+pub use policy::{commit_id, verify_update, TrustPolicy, Verified, VerifyError};
 pub use sshsig::{SignatureError, Signer};

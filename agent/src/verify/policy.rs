@@ -5,11 +5,12 @@
 use std::path::PathBuf;
 
 use gix::ObjectId;
+use shoal_proto::CommitId;
 
 use super::allowed_signers::{AllowedSigners, SignersError};
 use super::sshsig::{self, SignatureError, Signer};
 use crate::config::{TrustConfig, VerifyMode};
-use crate::fetch::error_chain;
+use crate::errors::error_chain;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -80,6 +81,29 @@ impl Verified {
     pub fn commits_checked(&self) -> usize {
         self.commits_checked
     }
+    /// The commit as the state files and reports name it.
+    pub fn commit_id(&self) -> CommitId {
+        commit_id(self.commit)
+    }
+
+    /// A `Verified` for unit tests of the code that consumes one (the state records): only
+    /// test builds have it.
+    #[cfg(test)]
+    pub(crate) fn for_tests(commit: ObjectId, principal: &str) -> Verified {
+        Verified {
+            commit,
+            signer: Signer {
+                principal: principal.to_owned(),
+                fingerprint: String::new(),
+            },
+            commits_checked: 1,
+        }
+    }
+}
+
+/// A git object id as the state files and reports name it.
+pub fn commit_id(id: ObjectId) -> CommitId {
+    CommitId::from_raw(id.as_bytes()).expect("a git object id is 20 or 32 bytes")
 }
 
 /// Decides whether the device may move from `applied` (None on first sync) to `tip`.

@@ -1,14 +1,13 @@
-//! The health gate: decides whether the units a plan started or restarted came up and stay up —
+//! The health gate, the step between apply and the commit point: decides whether the units a plan started or restarted came up and stay up —
 //! active through a grace window without automatic restarts (or finished successfully, for
 //! oneshot units), and their `health.exec` probes passing. It changes nothing in systemd.
 
 use std::time::{Duration, Instant};
 
-use super::error::journal_section;
-use super::plan::ServicePlan;
-use super::systemd::{ProbeResult, Systemd, UnitStatus};
-use super::HealthProbe;
 use crate::render::ServiceState;
+use crate::services::{
+    journal_section, HealthProbe, ProbeResult, ServicePlan, Systemd, UnitStatus,
+};
 
 /// Pause between two runs of a failing probe: a service often needs a moment before it answers.
 const PROBE_RETRY: Duration = Duration::from_millis(500);
@@ -61,7 +60,7 @@ pub enum Unhealthy {
 /// `Condition…=` skipped it passes), then its probe must exit 0 within its own timeout (it is
 /// retried until then), and the unit must still be active after the probes. Offline, nothing
 /// was started and nothing is checked.
-pub fn health(
+pub fn gate(
     plan: &ServicePlan,
     systemd: &Systemd,
     timeout: Duration,
