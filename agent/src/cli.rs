@@ -15,7 +15,7 @@ use crate::daemon;
 use crate::errors::error_chain;
 use crate::fetch::Mirror;
 use crate::plan::Plan;
-use crate::render::{self, CommitPreview, DeviceIdentity, DirTree, RenderError};
+use crate::render::{self, CommitPreview, DeviceIdentity, PreviewSource, RenderError};
 use crate::report::{Identity, Reporter};
 use crate::rollback;
 use crate::services::ServicePlan;
@@ -496,13 +496,14 @@ fn render_command(
     json: bool,
 ) -> Result<(), CliError> {
     let desired = match rev {
-        None => render::preview(&DirTree::new(repo_path), identity)?,
+        None => render::preview(&PreviewSource::Dir(repo_path), identity)?,
         Some(rev) => {
             let repo = open_repo(repo_path)?;
             let commit = resolve_commit(&repo, rev)?;
             let tree = CommitPreview::at_commit(&repo, commit)
                 .map_err(|e| CliError::Failed(format!("cannot read the tree of {commit}: {e}")))?;
-            render::preview(&tree, identity)?
+            let preview = render::preview(&PreviewSource::Commit(tree), identity)?;
+            preview
         }
     };
     if json {

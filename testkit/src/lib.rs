@@ -13,6 +13,7 @@
 pub mod collector;
 pub mod command;
 pub mod mount;
+pub mod purity;
 pub mod repo;
 pub mod requirements;
 pub mod signing;

@@ -1,8 +1,8 @@
-//! Where render reads the configuration repository from: the tree of a commit `verify` accepted
-//! ([`VerifiedTree`], the only tree a sync renders), or, for previews, the tree of any commit
-//! ([`CommitPreview`], `shoal-agent render PATH --rev REV`) or a plain directory ([`DirTree`],
-//! `shoal-agent render PATH`). All hand out regular files only: a symlink anywhere along a path
-//! is refused, so a source can never escape the repository.
+//! The trees the agent renders from: the tree of a commit `verify` accepted ([`VerifiedTree`],
+//! the only tree a sync renders and the only public `RepoTree` here), and, for previews, a commit
+//! checked or not ([`CommitPreview`]) or a checkout ([`PreviewSource::Dir`]), which are not
+//! `RepoTree`s outside this module. All hand out regular files only: a symlink anywhere along a
+//! path is refused, so a source can never escape the repository.
 
 use std::fs;
 use std::io;
@@ -10,45 +10,20 @@ use std::path::PathBuf;
 
 use gix::object::tree::EntryKind;
 
-use super::rules::check_repo_path;
 use crate::errors::error_chain;
 use crate::verify::Verified;
+use shoal_core::render::{check_repo_path, refuse_path, RepoTree, TreeError};
 
-/// Read access to the files of one configuration tree. `path` is relative to the repository
-/// root, `/`-separated.
-pub trait RepoTree {
-    fn read_file(&self, path: &str) -> Result<Vec<u8>, TreeError>;
-}
-
-/// Why a path could not be read. Messages read after the path (`"files/motd": not found ...`).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TreeError {
-    #[error("not found in the repository")]
-    NotFound,
-    /// `path` is the symlink itself: the whole requested path, or a directory along it.
-    #[error("\"{path}\" is a symlink, and Shoal reads only regular files from the repository (symlink escape)")]
-    Symlink { path: String },
-    /// `what` says what it is instead: "directory", "git submodule", "special file".
-    #[error("is a {what}, not a regular file")]
-    NotAFile { what: &'static str },
-    #[error("{0}")]
-    Other(String),
-}
-
-fn refuse_path(path: &str, problem: String) -> TreeError {
-    TreeError::Other(format!(
-        "\"{path}\" {problem}; Shoal reads only paths inside the repository"
-    ))
-}
-
-/// The tree of one commit in a git repository; built only as a [`VerifiedTree`] or a
-/// [`CommitPreview`].
-struct GitTree<'repo> {
+/// The tree of one commit in a git repository; public only as a [`VerifiedTree`].
+pub(super) struct GitTree<'repo> {
     root: gix::Tree<'repo>,
 }
 
 impl<'repo> GitTree<'repo> {
-    fn at_commit(repo: &'repo gix::Repository, commit: gix::ObjectId) -> Result<Self, TreeError> {
+    pub(super) fn at_commit(
+        repo: &'repo gix::Repository,
+        commit: gix::ObjectId,
+    ) -> Result<Self, TreeError> {
         let tree = repo
             .find_commit(commit)
             .map_err(|e| error_chain(&e))
@@ -97,9 +72,9 @@ impl RepoTree for VerifiedTree<'_> {
     }
 }
 
-/// The tree of any commit, checked or not: for previews only (`shoal-agent render PATH --rev`,
-/// a repository's CI). [`super::preview`] takes it; [`super::render`] does not.
-pub struct CommitPreview<'repo>(GitTree<'repo>);
+/// The tree of any commit, checked or not, for previews only (`shoal-agent render PATH --rev`,
+/// a repository's CI): it goes into a [`PreviewSource`], never into `render`.
+pub struct CommitPreview<'repo>(pub(super) GitTree<'repo>);
 
 impl<'repo> CommitPreview<'repo> {
     pub fn at_commit(
@@ -110,10 +85,10 @@ impl<'repo> CommitPreview<'repo> {
     }
 }
 
-impl RepoTree for CommitPreview<'_> {
-    fn read_file(&self, path: &str) -> Result<Vec<u8>, TreeError> {
-        self.0.read_file(path)
-    }
+/// What `shoal-agent render` previews: a checkout, or a commit.
+pub enum PreviewSource<'a> {
+    Dir(&'a std::path::Path),
+    Commit(CommitPreview<'a>),
 }
 
 impl RepoTree for GitTree<'_> {
@@ -171,12 +146,12 @@ impl RepoTree for GitTree<'_> {
 }
 
 /// A plain directory holding a checkout of the configuration repository.
-pub struct DirTree {
+pub(super) struct DirTree {
     root: PathBuf,
 }
 
 impl DirTree {
-    pub fn new(root: impl Into<PathBuf>) -> Self {
+    pub(super) fn new(root: impl Into<PathBuf>) -> Self {
         DirTree { root: root.into() }
     }
 }

@@ -1,10 +1,9 @@
 //! What can go wrong while installing or driving services, each error naming the unit, path or
 //! command at fault and what the operator can do about it.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use super::plan::UnitAction;
+use shoal_core::services::{UnitAction, UnitFileConflict};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -48,19 +47,6 @@ impl ServiceError {
             | ServiceError::Timeout { .. } => None,
         }
     }
-}
-
-/// A unit file or drop-in path that is also declared as a file.
-#[derive(Debug, thiserror::Error)]
-#[error("{} is declared twice: as the {what} of service {unit} (profile {service_profile:?}) and as a file (profile {file_profile:?}, source {file_source:?}); declare the unit only under [[profile.service]], or rename the file", path.display())]
-pub struct UnitFileConflict {
-    pub path: PathBuf,
-    /// `unit file` or `drop-in`.
-    pub what: &'static str,
-    pub unit: String,
-    pub service_profile: String,
-    pub file_profile: String,
-    pub file_source: String,
 }
 
 /// The journal lines appended to a message, or nothing when there are none.

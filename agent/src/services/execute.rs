@@ -5,9 +5,9 @@
 use std::fmt;
 
 use super::error::ServiceError;
-use super::plan::{ServiceAction, ServicePlan, UnitAction};
 use super::systemd::Systemd;
 use crate::apply::failpoint::fail_point;
+use shoal_core::services::{ServiceAction, ServicePlan, UnitAction};
 
 /// What [`execute`] or [`revert`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use super::error::ServiceError;
-use super::plan::UnitAction;
+use shoal_core::services::UnitAction;
 
 /// Long enough for systemd's own default start and stop timeouts (90 s) to fire first, so a
 /// hung job is normally reported by systemd with its reason rather than killed by us.

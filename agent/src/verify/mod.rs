@@ -1,10 +1,56 @@
 //! Verify: decides whether a fetched commit may be trusted — SSH commit signatures checked
 //! against the device's `allowed_signers`, plus anti-rollback. Reads git objects, writes nothing.
+//! The signature and `allowed_signers` parsing are `shoal_core::signature`'s (pure); this module
+//! reads the file and the commits.
 
-pub mod allowed_signers;
 mod policy;
-pub mod sshsig;
 
-pub use allowed_signers::{AllowedSigners, SignersError};
+use std::path::Path;
+
 pub use policy::{commit_id, verify_update, TrustPolicy, Verified, VerifyError};
-pub use sshsig::{SignatureError, Signer};
+pub use shoal_core::signature::{allowed_signers, sshsig};
+pub use shoal_core::signature::{AllowedSigners, SignatureError, Signer, SignersError};
+
+/// Reads and parses the `allowed_signers` file at `path`.
+pub fn load_signers(path: &Path) -> Result<AllowedSigners, SignersError> {
+    let bytes = std::fs::read(path).map_err(|e| SignersError::Read {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    AllowedSigners::from_bytes(bytes, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALICE: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBgqO+3I2d03iDv9TQDFHM7SLcu01mVRXsHh8aF7k2H9";
+
+    #[test]
+    fn load_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("allowed_signers");
+
+        let missing = load_signers(&path).unwrap_err().to_string();
+        assert!(
+            missing.starts_with("cannot load the trust policy: could not read "),
+            "{missing}"
+        );
+        assert!(missing.contains(&path.display().to_string()), "{missing}");
+
+        std::fs::write(&path, b"# ok\nalice \xff ssh-ed25519 AAAA\n").unwrap();
+        assert_eq!(
+            load_signers(&path).unwrap_err().to_string(),
+            format!(
+                "{}:2: the allowed_signers file is not valid UTF-8; save it as UTF-8 text",
+                path.display()
+            )
+        );
+
+        std::fs::write(&path, format!("alice {ALICE}\n")).unwrap();
+        let signers = load_signers(&path).unwrap();
+        assert_eq!(signers.len(), 1);
+        assert_eq!(signers.origin(), path);
+    }
+}

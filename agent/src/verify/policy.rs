@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use gix::ObjectId;
 use shoal_proto::CommitId;
 
-use super::allowed_signers::{AllowedSigners, SignersError};
-use super::sshsig::{self, SignatureError, Signer};
 use crate::config::{TrustConfig, VerifyMode};
 use crate::errors::error_chain;
+use shoal_core::signature::sshsig::{self, SignatureError, Signer};
+use shoal_core::signature::{AllowedSigners, SignersError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -48,7 +48,7 @@ pub struct TrustPolicy {
 
 impl TrustPolicy {
     pub fn load(config: &TrustConfig) -> Result<Self, VerifyError> {
-        let signers = AllowedSigners::load(&config.allowed_signers)?;
+        let signers = super::load_signers(&config.allowed_signers)?;
         if signers.is_empty() {
             return Err(VerifyError::NoSigners {
                 path: config.allowed_signers.clone(),

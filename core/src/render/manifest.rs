@@ -417,7 +417,7 @@ fn validate_profile(index: usize, raw: RawProfile) -> Result<Profile, RenderErro
                 }
                 let timeout = match &h.timeout {
                     None => DEFAULT_HEALTH_TIMEOUT,
-                    Some(text) => crate::config::parse_duration(text).map_err(|_| {
+                    Some(text) => crate::duration::parse_duration(text).map_err(|_| {
                         invalid(
                             entry,
                             "health.timeout",

@@ -46,7 +46,7 @@ pub(crate) fn check_device_path(path: &str) -> Result<PathBuf, String> {
 }
 
 /// A path inside the repository: relative, normalized, never into `.git`.
-pub(crate) fn check_repo_path(path: &str) -> Result<(), String> {
+pub fn check_repo_path(path: &str) -> Result<(), String> {
     if path.is_empty() {
         return Err("must not be empty".into());
     }

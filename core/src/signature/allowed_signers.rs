@@ -1,6 +1,7 @@
 //! The trust root: parses an OpenSSH `allowed_signers` file into the keys, principals, namespaces
 //! and validity windows the agent trusts; rejects (fails closed on) anything it does not fully
-//! understand. Does no I/O except `AllowedSigners::load` reading that one file; no network, no git.
+//! understand. Does no I/O: the agent reads the file and hands its bytes to
+//! [`AllowedSigners::from_bytes`].
 //!
 //! The format is `ssh-keygen`'s (man ssh-keygen, "ALLOWED SIGNERS"), parsed the way OpenSSH's
 //! `sshsig.c` parses it, with these deliberate differences:
@@ -15,8 +16,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use ssh_key::{Algorithm, HashAlg, PublicKey};
-
-use crate::paths::{self, PathError};
 
 /// A line of an `allowed_signers` file, for error messages: `path:line`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,8 +33,9 @@ impl fmt::Display for LineRef {
 /// Why an `allowed_signers` file cannot be used. Every variant names the file (and line).
 #[derive(Debug, thiserror::Error)]
 pub enum SignersError {
-    #[error("cannot load the trust policy: {0}; every commit is refused until the allowed_signers file can be read")]
-    Read(#[from] PathError),
+    /// The file could not be read (`reason`: the operating system's words).
+    #[error("cannot load the trust policy: could not read {}: {reason}; every commit is refused until the allowed_signers file can be read", path.display())]
+    Read { path: PathBuf, reason: String },
     #[error("{at}: the allowed_signers file is not valid UTF-8; save it as UTF-8 text")]
     NotUtf8 { at: LineRef },
     #[error("{at}: no public key on this line; each line needs `principals [options] ssh-ed25519 <base64-key>`")]
@@ -159,9 +159,8 @@ pub struct AllowedSigners {
 }
 
 impl AllowedSigners {
-    /// Reads and parses the file at `path`.
-    pub fn load(path: &Path) -> Result<Self, SignersError> {
-        let bytes = paths::read(path)?;
+    /// Parses the bytes of the file at `path` (named in errors).
+    pub fn from_bytes(bytes: Vec<u8>, path: &Path) -> Result<Self, SignersError> {
         let text = String::from_utf8(bytes).map_err(|e| {
             let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
             let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
@@ -820,32 +819,5 @@ mod tests {
             parse(&format!("alice ssh-ed25519 {rsa_blob}")),
             Err(SignersError::InvalidKey { .. })
         ));
-    }
-
-    #[test]
-    fn load_names_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("allowed_signers");
-
-        let missing = AllowedSigners::load(&path).unwrap_err().to_string();
-        assert!(
-            missing.starts_with("cannot load the trust policy: "),
-            "{missing}"
-        );
-        assert!(missing.contains(&path.display().to_string()), "{missing}");
-
-        std::fs::write(&path, b"# ok\nalice \xff ssh-ed25519 AAAA\n").unwrap();
-        assert_eq!(
-            AllowedSigners::load(&path).unwrap_err().to_string(),
-            format!(
-                "{}:2: the allowed_signers file is not valid UTF-8; save it as UTF-8 text",
-                path.display()
-            )
-        );
-
-        std::fs::write(&path, format!("alice {ALICE}\n")).unwrap();
-        let signers = AllowedSigners::load(&path).unwrap();
-        assert_eq!(signers.len(), 1);
-        assert_eq!(signers.origin(), path);
     }
 }

@@ -1,0 +1,8 @@
+//! Commit signatures: the SSHSIG signature in a commit's `gpgsig` header checked against an
+//! OpenSSH `allowed_signers` trust root (ed25519 only). Bytes in, a signer or an error out.
+
+pub mod allowed_signers;
+pub mod sshsig;
+
+pub use allowed_signers::{AllowedSigners, SignersError};
+pub use sshsig::{SignatureError, Signer};
