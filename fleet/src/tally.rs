@@ -83,6 +83,36 @@ impl Delta {
     pub fn is_empty(&self) -> bool {
         self.moves.is_empty()
     }
+
+    /// How much each counter moves (zeros left out): what a store whose counters are shared by
+    /// several writers adds to them, instead of writing absolute values.
+    pub fn changes(&self) -> Vec<(Counter, i64)> {
+        let status = self
+            .status
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| **d != 0)
+            .map(|(i, d)| (Counter::Status(Status::ALL[i]), *d));
+        let commit = self
+            .commit
+            .iter()
+            .filter(|(_, d)| **d != 0)
+            .map(|(c, d)| (Counter::Commit(c.clone()), *d));
+        status.chain(commit).collect()
+    }
+
+    /// How many devices each last-seen second gains or loses (zeros left out), in second order.
+    pub fn seen_changes(&self) -> BTreeMap<u64, i64> {
+        let mut out = BTreeMap::new();
+        for (old, new) in &self.moves {
+            if let Some(old) = old {
+                *out.entry(old.last_seen).or_default() -= 1;
+            }
+            *out.entry(new.last_seen).or_default() += 1;
+        }
+        out.retain(|_, d| *d != 0);
+        out
+    }
 }
 
 /// The fleet summary as the API returns it.
@@ -120,7 +150,15 @@ impl Tally {
 
     /// Records one device's last-seen time while loading (startup).
     pub fn load_seen(&mut self, last_seen: u64) {
-        *self.seen.entry(last_seen).or_default() += 1;
+        self.load_seen_count(last_seen, 1);
+    }
+
+    /// Records `devices` devices last seen at `last_seen` while loading (a store that keeps the
+    /// last-seen index as counts per second).
+    pub fn load_seen_count(&mut self, last_seen: u64, devices: u64) {
+        if devices > 0 {
+            *self.seen.entry(last_seen).or_default() += devices;
+        }
     }
 
     /// The persisted counters that `delta` changes, with their values after it (written in the
@@ -266,6 +304,32 @@ mod tests {
         assert_eq!(s.by_commit, BTreeMap::from([("aa11".to_owned(), 1)]));
         assert_eq!(s.no_commit, 1);
         assert_eq!(s.stale, 1, "the device last seen at 100 is stale at 400");
+    }
+
+    #[test]
+    fn changes_are_the_moves_of_a_batch_netted_out() {
+        let a = e(Status::Applying, Some("aa11"), 100);
+        let b = e(Status::Converged, Some("aa11"), 160);
+        let c = e(Status::Converged, None, 170);
+        let mut delta = Delta::default();
+        delta.record(None, a);
+        delta.record(Some(a), b);
+        delta.record(None, c);
+        let mut changes = delta.changes();
+        changes.sort_by_key(|(c, _)| format!("{c:?}"));
+        assert_eq!(
+            changes,
+            vec![
+                (Counter::Commit(None), 1),
+                (Counter::Commit(Some("aa11".into())), 1),
+                (Counter::Status(Status::Converged), 2),
+            ]
+        );
+        assert_eq!(
+            delta.seen_changes(),
+            BTreeMap::from([(160, 1), (170, 1)]),
+            "the second 100 gained and lost the same device"
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use shoal_collector::auth::Tokens;
 use shoal_collector::ingest::{Enrollment, Verified};
-use shoal_collector::store::Store;
+use shoal_collector::store::{SledStore, Store as _};
 use shoal_collector::{app, serve, AppState, Config};
 use shoal_proto::{KeyId, Report, SignedEnvelope, Status};
 
@@ -69,7 +69,7 @@ impl Drop for TempDir {
 }
 
 async fn start_collector(data: &std::path::Path) -> anyhow::Result<(SocketAddr, Arc<AppState>)> {
-    let store = Store::open(data)?;
+    let store = SledStore::open(data)?;
     let state = AppState::new(
         store,
         Config {
@@ -281,7 +281,7 @@ async fn summary_bench(m: usize) -> anyhow::Result<()> {
     let t = Instant::now();
     let dir = tmp.0.clone();
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let store = Store::open(&dir)?;
+        let store = SledStore::open(&dir)?;
         let mut batch = Vec::with_capacity(1000);
         for i in 0..m {
             let mut r = Report::new(format!("fleet-{i:07}"), Status::ALL[i % 7], 1);

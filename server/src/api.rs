@@ -535,18 +535,27 @@ fn select(
     filter: &DeviceFilter,
     now: u64,
 ) -> Result<(Vec<(String, DeviceRecord)>, bool), ApiError> {
+    // Pages of the store, filtered here (one filter for every store).
+    const PAGE: usize = 512;
     let mut out = Vec::new();
-    for item in app.store.devices(filter.after.as_deref()) {
-        let (id, record) = item?;
-        if !filter.matches(&record, now) {
-            continue;
+    let mut after = filter.after.clone();
+    loop {
+        let page = app.store.devices_page(after.as_deref(), PAGE)?;
+        let last = page.len() < PAGE;
+        after = page.last().map(|(id, _)| id.clone());
+        for (id, record) in page {
+            if !filter.matches(&record, now) {
+                continue;
+            }
+            if out.len() == filter.limit {
+                return Ok((out, true));
+            }
+            out.push((id, record));
         }
-        if out.len() == filter.limit {
-            return Ok((out, true));
+        if last {
+            return Ok((out, false));
         }
-        out.push((id, record));
     }
-    Ok((out, false))
 }
 
 async fn blocking<T: Send + 'static>(
@@ -653,20 +662,22 @@ async fn summary(
             }
         }
     }
-    Ok(Json(app.store.summary(app.config.clock.now(), stale_after)))
+    Ok(Json(
+        app.store.summary(app.config.clock.now(), stale_after)?,
+    ))
 }
 
-async fn metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+async fn metrics(State(app): State<Arc<AppState>>) -> Result<impl IntoResponse, ApiError> {
     let fleet = app
         .store
-        .summary(app.config.clock.now(), app.config.stale_after);
-    (
+        .summary(app.config.clock.now(), app.config.stale_after)?;
+    Ok((
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
         app.metrics.render(&fleet),
-    )
+    ))
 }
 
 async fn fleet_page(
@@ -676,7 +687,7 @@ async fn fleet_page(
     let mut filter = DeviceFilter::parse(query.as_deref())?;
     filter.limit = filter.limit.min(PAGE_ROWS);
     let now = app.config.clock.now();
-    let summary = app.store.summary(now, app.config.stale_after);
+    let summary = app.store.summary(now, app.config.stale_after)?;
     let note: BTreeMap<_, _> = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
         .into_owned()
         .collect();

@@ -1,6 +1,7 @@
 //! The Shoal collector as a library: `app(state)` is the whole HTTP API as an axum `Router` (tests
 //! drive it without a socket), `serve` runs it on a listener with optional TLS and graceful
-//! shutdown, and `store` is the only module that opens sled.
+//! shutdown, and `store` is the only module that opens a store (sled or PostgreSQL, behind the
+//! `Store` trait).
 
 pub mod api;
 pub mod auth;
@@ -77,7 +78,7 @@ impl Default for Config {
 
 /// Everything a request handler may use.
 pub struct AppState {
-    pub store: Arc<Store>,
+    pub store: Arc<dyn Store>,
     pub writer: Writer,
     pub config: Config,
     pub metrics: Metrics,
@@ -85,8 +86,12 @@ pub struct AppState {
 
 impl AppState {
     /// Starts the ingest writer thread for `store`.
-    pub fn new(store: Store, config: Config) -> std::io::Result<Arc<AppState>> {
-        let store = Arc::new(store);
+    pub fn new(store: impl Store + 'static, config: Config) -> std::io::Result<Arc<AppState>> {
+        AppState::shared(Arc::new(store), config)
+    }
+
+    /// `new` for a store already shared (several app instances over one store in tests).
+    pub fn shared(store: Arc<dyn Store>, config: Config) -> std::io::Result<Arc<AppState>> {
         Ok(Arc::new(AppState {
             writer: Writer::spawn(store.clone())?,
             store,

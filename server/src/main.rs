@@ -1,15 +1,17 @@
 //! `shoal-collector`: the CLI over the collector library. `serve` runs the HTTP service (its admin
-//! endpoints unpin and re-key devices while it runs); `register` pre-registers a device key offline. Turns errors into messages and exit codes (0 ok, 1 failed,
-//! 2 bad usage or configuration).
+//! endpoints unpin and re-key devices while it runs); `register` pre-registers a device key. Either
+//! works on the embedded store (`--data DIR`) or PostgreSQL (`--store postgres://...`). Turns
+//! errors into messages and exit codes (0 ok, 1 failed, 2 bad usage or configuration).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use shoal_collector::auth::Tokens;
-use shoal_collector::store::{Registration, Store};
+use shoal_collector::store::{PgStore, Registration, SledStore, Store};
 use shoal_collector::{app, serve, AppState, Clock, Config, DEFAULT_STALE_AFTER_SECS};
 use shoal_proto::KeyId;
 
@@ -31,9 +33,8 @@ enum Command {
         /// Address to listen on (port 0 picks a free port; the chosen address is printed).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
-        /// Directory of the embedded store (created if missing).
-        #[arg(long)]
-        data: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
         /// PEM certificate chain; with --tls-key, serve HTTPS.
         #[arg(long, requires = "tls_key")]
         tls_cert: Option<PathBuf>,
@@ -54,17 +55,63 @@ enum Command {
         #[arg(long, default_value_t = DEFAULT_STALE_AFTER_SECS)]
         stale_after: u64,
     },
-    /// Pre-register a device's public key (run while the collector is stopped: sled locks the store;
-    /// a running collector re-keys and unpins devices through its admin API instead).
+    /// Pre-register a device's public key (with --data, run while the collector is stopped: sled
+    /// locks the store; with --store, at any time; a running collector re-keys and unpins devices
+    /// through its admin API instead).
     Register {
-        #[arg(long)]
-        data: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
         #[arg(long)]
         device_id: String,
         /// `ed25519:BASE64` or an OpenSSH line `ssh-ed25519 AAAA...` (what `shoal-agent keygen` prints).
         #[arg(long)]
         key: String,
     },
+}
+
+/// Where the collector keeps its state: exactly one of --data and --store.
+#[derive(clap::Args, Clone)]
+struct StoreArgs {
+    /// Directory of the embedded store (sled; created if missing; one process at a time).
+    #[arg(long, conflicts_with = "store")]
+    data: Option<PathBuf>,
+    /// PostgreSQL instead of the embedded store: `postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?sslmode=require]`
+    /// (any number of collectors may share one database). The password never appears in logs.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// PEM file of the CA(s) that sign the database server's certificate (TLS with
+    /// `sslmode=require`); default: the system's roots.
+    #[arg(long, requires = "store", value_name = "FILE")]
+    store_ca: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    /// Opens the store the flags name (exit 2 for bad flags, 1 when it cannot be opened).
+    fn open(&self, doing_sled: &str) -> Result<Arc<dyn Store>, Failure> {
+        match (&self.data, &self.store) {
+            (Some(data), None) => {
+                let store = SledStore::open(data)
+                    .with_context(|| format!("opening the store in {}{doing_sled}", data.display()))
+                    .map_err(Failure::Op)?;
+                Ok(Arc::new(store))
+            }
+            (None, Some(url)) => {
+                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                    return Err(Failure::Usage(anyhow::anyhow!(
+                        "--store takes a PostgreSQL URL (postgres://USER@HOST/DB), not {:?}",
+                        shoal_collector::store::redact_url(url)
+                    )));
+                }
+                let store = PgStore::connect(url, self.store_ca.as_deref())
+                    .context("opening the store")
+                    .map_err(Failure::Op)?;
+                Ok(Arc::new(store))
+            }
+            _ => Err(Failure::Usage(anyhow::anyhow!(
+                "give exactly one store: --data DIR (embedded) or --store postgres://... (PostgreSQL)"
+            ))),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -81,7 +128,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve {
             listen,
-            data,
+            store,
             tls_cert,
             tls_key,
             token_file,
@@ -90,7 +137,7 @@ fn main() -> ExitCode {
             stale_after,
         } => serve_cmd(ServeArgs {
             listen,
-            data,
+            store,
             tls: tls_cert.zip(tls_key),
             token_file,
             enroll_token_file,
@@ -98,10 +145,10 @@ fn main() -> ExitCode {
             stale_after,
         }),
         Command::Register {
-            data,
+            store,
             device_id,
             key,
-        } => register_cmd(&data, &device_id, &key),
+        } => register_cmd(&store, &device_id, &key),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -125,7 +172,7 @@ enum Failure {
 
 struct ServeArgs {
     listen: SocketAddr,
-    data: PathBuf,
+    store: StoreArgs,
     tls: Option<(PathBuf, PathBuf)>,
     token_file: Option<PathBuf>,
     enroll_token_file: Option<PathBuf>,
@@ -167,9 +214,7 @@ fn serve_cmd(args: ServeArgs) -> Result<(), Failure> {
     if admin_tokens.is_none() {
         tracing::info!("no --admin-token-file: devices cannot be unpinned or re-keyed while the collector runs");
     }
-    let store = Store::open(&args.data)
-        .with_context(|| format!("opening the store in {}", args.data.display()))
-        .map_err(Failure::Op)?;
+    let store = args.store.open("")?;
     let runtime = tokio::runtime::Runtime::new()
         .context("starting the tokio runtime")
         .map_err(Failure::Op)?;
@@ -185,8 +230,8 @@ fn serve_cmd(args: ServeArgs) -> Result<(), Failure> {
         let scheme = if tls.is_some() { "https" } else { "http" };
         // The one line on stdout: where to reach the collector (scripts and tests read it).
         println!("listening on {scheme}://{local}");
-        tracing::info!(%local, tls = tls.is_some(), data = %args.data.display(), "collector started");
-        let state = AppState::new(
+        tracing::info!(%local, tls = tls.is_some(), store = %store.describe(), "collector started");
+        let state = AppState::shared(
             store,
             Config {
                 read_tokens,
@@ -203,22 +248,19 @@ fn serve_cmd(args: ServeArgs) -> Result<(), Failure> {
         // Writes are durable before each ack already; this makes everything else durable too.
         let flushed = store.flush();
         served.context("serving").map_err(Failure::Op)?;
-        flushed.context("final flush of the store").map_err(Failure::Op)?;
+        flushed
+            .context("final flush of the store")
+            .map_err(Failure::Op)?;
         tracing::info!("store flushed; bye");
         Ok(())
     })
 }
 
-fn register_cmd(data: &std::path::Path, device_id: &str, key: &str) -> Result<(), Failure> {
+fn register_cmd(store: &StoreArgs, device_id: &str, key: &str) -> Result<(), Failure> {
     let key_id = KeyId::parse(key).context("--key").map_err(Failure::Usage)?;
-    let store = Store::open(data)
-        .with_context(|| {
-            format!(
-                "opening the store in {} (stop the collector first: the store allows one process; to re-key or unpin a device while it runs, use its admin API, PUT or DELETE /api/v1/devices/ID/key)",
-                data.display()
-            )
-        })
-        .map_err(Failure::Op)?;
+    let store = store.open(
+        " (stop the collector first: the store allows one process; to re-key or unpin a device while it runs, use its admin API, PUT or DELETE /api/v1/devices/ID/key)",
+    )?;
     match store.register(device_id, &key_id) {
         Ok(Registration::New) => eprintln!("registered {device_id} with key {key_id}"),
         Ok(Registration::AlreadyRegistered) => {

@@ -37,7 +37,7 @@ fn stopped() -> StoreError {
 
 impl Writer {
     /// Starts the writer thread for `store`.
-    pub fn spawn(store: Arc<Store>) -> std::io::Result<Writer> {
+    pub fn spawn(store: Arc<dyn Store>) -> std::io::Result<Writer> {
         let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
         std::thread::Builder::new()
             .name("shoal-ingest-writer".into())
@@ -50,7 +50,7 @@ impl Writer {
                             Err(_) => break,
                         }
                     }
-                    write(&store, jobs);
+                    write(store.as_ref(), jobs);
                 }
             })?;
         Ok(Writer { tx })
@@ -95,7 +95,7 @@ impl Writer {
     }
 }
 
-fn write(store: &Store, jobs: Vec<Job>) {
+fn write(store: &dyn Store, jobs: Vec<Job>) {
     let (writes, replies): (Vec<_>, Vec<_>) = jobs.into_iter().map(|j| (j.write, j.reply)).unzip();
     let mut results = store.write_batch(writes);
     // Durable before any 200: the agent forgets a report once it is acknowledged, and an

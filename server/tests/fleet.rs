@@ -2,6 +2,7 @@
 //! then the summary, metrics, filters and the fleet page must match exactly what was sent; history
 //! stays bounded; staleness follows the collector's clock.
 
+#[macro_use]
 mod common;
 
 use std::collections::BTreeMap;
@@ -29,14 +30,13 @@ struct Fleet {
 }
 
 impl Fleet {
-    fn new(data: &std::path::Path) -> Fleet {
+    fn new(store: &TestStore) -> Fleet {
         let clock = Arc::new(AtomicU64::new(1_000));
         let config = Config {
             clock: Clock::Manual(clock.clone()),
             ..config_with_tokens()
         };
-        let state =
-            AppState::new(shoal_collector::store::Store::open(data).unwrap(), config).unwrap();
+        let state = AppState::shared(store.open(), config).unwrap();
         Fleet {
             router: app(state.clone()),
             state,
@@ -105,11 +105,10 @@ fn round_one(i: usize) -> (Status, Option<&'static str>, String) {
     (status, commit, format!("s{}", i % 5))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_devices_then_the_summary_matches_exactly() {
+async fn ten_thousand_devices_then_the_summary_matches_exactly(backend: Backend) {
     const N: usize = 10_000;
-    let dir = tempfile::tempdir().unwrap();
-    let fleet = Fleet::new(dir.path());
+    let dir = TestStore::fresh(backend);
+    let fleet = Fleet::new(&dir);
     let mut devices: Vec<Device> = (0..N)
         .map(|i| Device::new(&format!("dev-{i:05}"), i as u64 + 1))
         .collect();
@@ -184,7 +183,7 @@ async fn ten_thousand_devices_then_the_summary_matches_exactly() {
     let persisted = fleet.state.store.persisted_tally().unwrap();
     assert_eq!(
         persisted.summary(1250, 180),
-        fleet.state.store.summary(1250, 180)
+        fleet.state.store.summary(1250, 180).unwrap()
     );
 
     let metrics = fleet.get_text("/metrics").await;
@@ -262,10 +261,9 @@ async fn ten_thousand_devices_then_the_summary_matches_exactly() {
     assert_eq!(failed_page.matches("<tr").count() - 1, expect.len());
 }
 
-#[tokio::test]
-async fn history_keeps_the_newest_hundred() {
-    let dir = tempfile::tempdir().unwrap();
-    let fleet = Fleet::new(dir.path());
+async fn history_keeps_the_newest_hundred(backend: Backend) {
+    let dir = TestStore::fresh(backend);
+    let fleet = Fleet::new(&dir);
     let mut gw = Device::new("gw-1", 1);
     for n in 0..105 {
         let body = gw.next(Status::Converged, None);
@@ -283,3 +281,9 @@ async fn history_keeps_the_newest_hundred() {
     assert_eq!(summary["total"], 1);
     assert_eq!(summary["by_status"]["converged"], 1);
 }
+
+both_stores!(history_keeps_the_newest_hundred,);
+both_stores!(
+    multi_thread:
+    ten_thousand_devices_then_the_summary_matches_exactly,
+);

@@ -3,6 +3,7 @@
 //! token can and cannot do, bad input refused with a reason and nothing changed, key changes
 //! ordered with reports in the writer's one batch, and a change that survives kill -9.
 
+#[macro_use]
 mod common;
 
 use axum::body::Bytes;
@@ -11,7 +12,7 @@ use common::*;
 use hyper::Method;
 use shoal_collector::ingest::{self, Enrollment};
 use shoal_collector::keys::KeyChange;
-use shoal_collector::store::{Outcome, Store, Write};
+use shoal_collector::store::{Outcome, Write};
 use shoal_collector::Config;
 use shoal_proto::{KeyId, Status};
 
@@ -80,10 +81,9 @@ fn openssh_line(key: &KeyId) -> String {
     )
 }
 
-#[tokio::test]
-async fn admin_endpoints_need_an_admin_token_and_change_nothing_without_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), config_with_tokens()).await;
+async fn admin_endpoints_need_an_admin_token_and_change_nothing_without_one(backend: Backend) {
+    let dir = TestStore::fresh(backend);
+    let server = TestServer::start(&dir, config_with_tokens()).await;
     let mut gw = Device::new("gw-1", 1);
     report_with_token(&server, &mut gw, 1).await;
     let other = Device::new("gw-1", 2);
@@ -128,12 +128,12 @@ async fn admin_endpoints_need_an_admin_token_and_change_nothing_without_one() {
     server.stop().await;
 
     // Without --admin-token-file the endpoints are off, whatever the token.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestStore::fresh(backend);
     let config = Config {
         admin_tokens: None,
         ..config_with_tokens()
     };
-    let server = TestServer::start(dir.path(), config).await;
+    let server = TestServer::start(&dir, config).await;
     let mut gw = Device::new("gw-1", 1);
     report_with_token(&server, &mut gw, 1).await;
     let before = snapshot(&server.state, "gw-1");
@@ -148,10 +148,9 @@ async fn admin_endpoints_need_an_admin_token_and_change_nothing_without_one() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn unpin_lets_the_device_enroll_again_with_a_token_and_in_no_other_way() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), config_with_tokens()).await;
+async fn unpin_lets_the_device_enroll_again_with_a_token_and_in_no_other_way(backend: Backend) {
+    let dir = TestStore::fresh(backend);
+    let server = TestServer::start(&dir, config_with_tokens()).await;
     let mut gw = Device::new("gw-1", 1);
     report_with_token(&server, &mut gw, 3).await;
     let old_key = gw.key_id().to_string();
@@ -222,10 +221,11 @@ async fn unpin_lets_the_device_enroll_again_with_a_token_and_in_no_other_way() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn rekey_refuses_the_old_key_with_a_reason_and_accepts_the_new_one_without_a_token() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), config_with_tokens()).await;
+async fn rekey_refuses_the_old_key_with_a_reason_and_accepts_the_new_one_without_a_token(
+    backend: Backend,
+) {
+    let dir = TestStore::fresh(backend);
+    let server = TestServer::start(&dir, config_with_tokens()).await;
     let mut gw = Device::new("gw-1", 1);
     report_with_token(&server, &mut gw, 2).await;
     let mut new = Device::new("gw-1", 2);
@@ -295,10 +295,9 @@ async fn rekey_refuses_the_old_key_with_a_reason_and_accepts_the_new_one_without
     server.stop().await;
 }
 
-#[tokio::test]
-async fn a_key_pinned_again_cannot_replay_its_old_reports() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), config_with_tokens()).await;
+async fn a_key_pinned_again_cannot_replay_its_old_reports(backend: Backend) {
+    let dir = TestStore::fresh(backend);
+    let server = TestServer::start(&dir, config_with_tokens()).await;
     let mut gw = Device::new("gw-1", 1);
     let old = report_with_token(&server, &mut gw, 3).await;
 
@@ -346,10 +345,9 @@ async fn a_key_pinned_again_cannot_replay_its_old_reports() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn a_leaked_enrollment_token_enrolls_new_ids_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), config_with_tokens()).await;
+async fn a_leaked_enrollment_token_enrolls_new_ids_only(backend: Backend) {
+    let dir = TestStore::fresh(backend);
+    let server = TestServer::start(&dir, config_with_tokens()).await;
     let mut gw = Device::new("gw-1", 1);
     report_with_token(&server, &mut gw, 1).await;
     let mut pre = Device::new("gw-pre", 2);
@@ -416,7 +414,7 @@ async fn a_leaked_enrollment_token_enrolls_new_ids_only() {
         ])),
         ..config_with_tokens()
     };
-    let server = TestServer::start(dir.path(), rotated).await;
+    let server = TestServer::start(&dir, rotated).await;
     assert_eq!(server.admin().delete_key("gw-rogue").await.status, 200);
     refused(
         &server,
@@ -440,10 +438,9 @@ async fn a_leaked_enrollment_token_enrolls_new_ids_only() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn bad_admin_input_is_a_4xx_with_a_reason_and_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), config_with_tokens()).await;
+async fn bad_admin_input_is_a_4xx_with_a_reason_and_changes_nothing(backend: Backend) {
+    let dir = TestStore::fresh(backend);
+    let server = TestServer::start(&dir, config_with_tokens()).await;
     let mut one = Device::new("gw-1", 1);
     let mut two = Device::new("gw-2", 2);
     report_with_token(&server, &mut one, 1).await;
@@ -543,10 +540,9 @@ async fn bad_admin_input_is_a_4xx_with_a_reason_and_changes_nothing() {
     server.stop().await;
 }
 
-#[test]
-fn key_changes_and_reports_in_one_batch_see_each_other_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+async fn key_changes_and_reports_in_one_batch_see_each_other_in_order(backend: Backend) {
+    let dir = TestStore::fresh(backend);
+    let store = dir.open();
     let mut old = Device::new("gw-1", 1);
     let mut new = Device::new("gw-1", 2);
     let verified = |body: Vec<u8>| ingest::verify(&body).unwrap();
@@ -606,7 +602,7 @@ fn key_changes_and_reports_in_one_batch_see_each_other_in_order() {
     assert_eq!(record.report.sequence, 3);
     assert_eq!(record.report.status, Status::Failed);
     assert_eq!(store.history("gw-1").unwrap().len(), 4);
-    assert_eq!(store.summary(11, 180).total, 1);
+    assert_eq!(store.summary(11, 180).unwrap().total, 1);
 }
 
 fn reason(e: &shoal_collector::store::IngestError) -> &'static str {
@@ -616,10 +612,9 @@ fn reason(e: &shoal_collector::store::IngestError) -> &'static str {
     }
 }
 
-#[tokio::test]
-async fn the_real_binary_rekeys_while_running_and_the_change_survives_kill_9() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
+async fn the_real_binary_rekeys_while_running_and_the_change_survives_kill_9(backend: Backend) {
+    let tmp = TestStore::fresh(backend);
+    let data = tmp.flags();
     let enroll = tmp.path().join("enroll-tokens");
     let admin = tmp.path().join("admin-tokens");
     std::fs::write(&enroll, format!("{ENROLL_TOKEN}\n")).unwrap();
@@ -629,8 +624,8 @@ async fn the_real_binary_rekeys_while_running_and_the_change_survives_kill_9() {
     let short = tmp.path().join("short");
     std::fs::write(&short, "admin\n").unwrap();
     let out = std::process::Command::new(bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(&data)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(&data.0)
         .arg("--admin-token-file")
         .arg(&short)
         .output()
@@ -695,3 +690,14 @@ async fn the_real_binary_rekeys_while_running_and_the_change_survives_kill_9() {
     assert_eq!(device["pinned_key_id"], new.key_id().as_str());
     assert!(server.terminate().success());
 }
+
+both_stores!(
+    admin_endpoints_need_an_admin_token_and_change_nothing_without_one,
+    unpin_lets_the_device_enroll_again_with_a_token_and_in_no_other_way,
+    rekey_refuses_the_old_key_with_a_reason_and_accepts_the_new_one_without_a_token,
+    a_key_pinned_again_cannot_replay_its_old_reports,
+    a_leaked_enrollment_token_enrolls_new_ids_only,
+    bad_admin_input_is_a_4xx_with_a_reason_and_changes_nothing,
+    key_changes_and_reports_in_one_batch_see_each_other_in_order,
+    the_real_binary_rekeys_while_running_and_the_change_survives_kill_9,
+);

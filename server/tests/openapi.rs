@@ -2,6 +2,7 @@
 //! answers with a documented status (with and without the bearer token, with the wrong token on
 //! admin endpoints), and every reason code the collector can send is documented.
 
+#[macro_use]
 mod common;
 
 use axum::body::Bytes;
@@ -84,10 +85,9 @@ fn the_document_lists_the_api() {
     }
 }
 
-#[tokio::test]
-async fn every_documented_operation_answers_a_documented_status() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), config_with_tokens()).await;
+async fn every_documented_operation_answers_a_documented_status(backend: Backend) {
+    let dir = TestStore::fresh(backend);
+    let server = TestServer::start(&dir, config_with_tokens()).await;
     let authed = server.client();
     let admin = server.admin();
     let anonymous = Client::new(server.addr);
@@ -185,3 +185,5 @@ async fn every_documented_operation_answers_a_documented_status() {
     }
     server.stop().await;
 }
+
+both_stores!(every_documented_operation_answers_a_documented_status,);

@@ -2,6 +2,7 @@
 //! rejection path — each answered with its status code and reason, counted in /metrics, and
 //! changing nothing (device state, history, key pins, fleet counters in memory and on disk).
 
+#[macro_use]
 mod common;
 
 use axum::body::Bytes;
@@ -43,10 +44,9 @@ async fn rejected(
     resp.json()
 }
 
-#[tokio::test]
-async fn enrollment_token_pins_the_key_to_the_device() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), config_with_tokens()).await;
+async fn enrollment_token_pins_the_key_to_the_device(backend: Backend) {
+    let dir = TestStore::fresh(backend);
+    let server = TestServer::start(&dir, config_with_tokens()).await;
     let client = server.client();
     let mut gw = Device::new("gw-1", 1);
 
@@ -116,10 +116,9 @@ async fn enrollment_token_pins_the_key_to_the_device() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn pre_registered_key_is_accepted_without_a_token() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), config_with_tokens()).await;
+async fn pre_registered_key_is_accepted_without_a_token(backend: Backend) {
+    let dir = TestStore::fresh(backend);
+    let server = TestServer::start(&dir, config_with_tokens()).await;
     let mut gw = Device::new("gw-pre", 2);
     server.state.store.register("gw-pre", &gw.key_id()).unwrap();
     let resp = server
@@ -154,10 +153,9 @@ async fn pre_registered_key_is_accepted_without_a_token() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn every_reject_path_is_a_4xx_with_a_reason_and_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), config_with_tokens()).await;
+async fn every_reject_path_is_a_4xx_with_a_reason_and_changes_nothing(backend: Backend) {
+    let dir = TestStore::fresh(backend);
+    let server = TestServer::start(&dir, config_with_tokens()).await;
     let mut gw = Device::new("gw-1", 1);
     let first = gw.next(Status::Converged, Some(COMMIT_A));
     let resp = server
@@ -340,10 +338,9 @@ fn signed_payload(device: &Device, payload: &[u8]) -> Vec<u8> {
     .unwrap()
 }
 
-#[tokio::test]
-async fn oversized_chunked_body_is_cut_off_at_the_limit() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), config_with_tokens()).await;
+async fn oversized_chunked_body_is_cut_off_at_the_limit(backend: Backend) {
+    let dir = TestStore::fresh(backend);
+    let server = TestServer::start(&dir, config_with_tokens()).await;
     let before = snapshot(&server.state, "gw-1");
     // No Content-Length: the limit must hold while reading.
     let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
@@ -374,10 +371,9 @@ async fn oversized_chunked_body_is_cut_off_at_the_limit() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn reads_need_the_bearer_token_and_reports_do_not() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), config_with_tokens()).await;
+async fn reads_need_the_bearer_token_and_reports_do_not(backend: Backend) {
+    let dir = TestStore::fresh(backend);
+    let server = TestServer::start(&dir, config_with_tokens()).await;
     let anonymous = Client::new(server.addr);
     for path in [
         "/",
@@ -425,11 +421,11 @@ async fn reads_need_the_bearer_token_and_reports_do_not() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn without_a_token_file_reads_are_open_and_without_enroll_tokens_only_registered_keys_enroll()
-{
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), shoal_collector::Config::default()).await;
+async fn without_a_token_file_reads_are_open_and_without_enroll_tokens_only_registered_keys_enroll(
+    backend: Backend,
+) {
+    let dir = TestStore::fresh(backend);
+    let server = TestServer::start(&dir, shoal_collector::Config::default()).await;
     let client = Client::new(server.addr);
     assert_eq!(client.get("/api/v1/summary").await.status, 200);
     let mut gw = Device::new("gw-1", 1);
@@ -444,3 +440,12 @@ async fn without_a_token_file_reads_are_open_and_without_enroll_tokens_only_regi
     .await;
     server.stop().await;
 }
+
+both_stores!(
+    enrollment_token_pins_the_key_to_the_device,
+    pre_registered_key_is_accepted_without_a_token,
+    every_reject_path_is_a_4xx_with_a_reason_and_changes_nothing,
+    oversized_chunked_body_is_cut_off_at_the_limit,
+    reads_need_the_bearer_token_and_reports_do_not,
+    without_a_token_file_reads_are_open_and_without_enroll_tokens_only_registered_keys_enroll,
+);

@@ -2,6 +2,7 @@
 //! (graceful shutdown that flushes the store), and a restart on the same data directory that keeps
 //! every device, pin and counter and still refuses old sequence numbers.
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -23,10 +24,9 @@ fn write_tokens(dir: &std::path::Path) -> (String, String) {
     )
 }
 
-#[tokio::test]
-async fn restart_keeps_everything_and_still_rejects_old_sequences() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
+async fn restart_keeps_everything_and_still_rejects_old_sequences(backend: Backend) {
+    let tmp = TestStore::fresh(backend);
+    let data = tmp.flags();
     let (read, enroll) = write_tokens(tmp.path());
     let args = ["--token-file", &read, "--enroll-token-file", &enroll];
     let mut gw = Device::new("gw-1", 1);
@@ -70,10 +70,16 @@ async fn restart_keeps_everything_and_still_rejects_old_sequences() {
             .await;
         assert_eq!(resp.status, 200, "{}", resp.text());
     }
-    // While it runs, the store is locked: register says to stop the collector first.
+    // While it runs, sled is locked: register says to stop the collector first. PostgreSQL
+    // registers alongside a running collector, and still refuses gw-1's key for another id.
     let out = register(&data, "gw-9", gw.key_id().as_str());
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("stop the collector first"));
+    let expected = match tmp.backend() {
+        Backend::Sled => "stop the collector first",
+        Backend::Postgres => "is already pinned to device gw-1",
+    };
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(expected), "{err}");
 
     let summary = without_now(client.get("/api/v1/summary").await.json());
     let device = client.get("/api/v1/devices/gw-1").await.json();
@@ -159,11 +165,10 @@ fn bad_configuration_exits_2_and_names_the_file() {
     }
 }
 
-#[tokio::test]
-async fn sigterm_does_not_wait_forever_for_a_stalled_client() {
+async fn sigterm_does_not_wait_forever_for_a_stalled_client(backend: Backend) {
     use tokio::io::AsyncWriteExt as _;
-    let tmp = tempfile::tempdir().unwrap();
-    let server = start_binary(&tmp.path().join("data"), &[], &tmp.path().join("log"));
+    let tmp = TestStore::fresh(backend);
+    let server = start_binary(&tmp.flags(), &[], &tmp.path().join("log"));
     // A request whose body never arrives: the handler waits for it.
     let mut stalled = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
     stalled
@@ -190,15 +195,14 @@ async fn sigterm_does_not_wait_forever_for_a_stalled_client() {
 /// kill -9 while 40 devices are reporting, restart, let the devices' outboxes redeliver: every
 /// report acknowledged before the kill is there after it, redelivery is answered 200 or 409, and
 /// in the end each device has exactly its reports once — nothing lost, nothing counted twice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_mid_stream_loses_no_acknowledged_report_and_counts_none_twice() {
+async fn kill_9_mid_stream_loses_no_acknowledged_report_and_counts_none_twice(backend: Backend) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
     const DEVICES: usize = 40;
     const REPORTS: u64 = 15;
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
+    let tmp = TestStore::fresh(backend);
+    let data = tmp.flags();
     let (_, enroll) = write_tokens(tmp.path());
     let args = ["--enroll-token-file", enroll.as_str()];
 
@@ -324,3 +328,12 @@ async fn kill_9_mid_stream_loses_no_acknowledged_report_and_counts_none_twice() 
     }
     assert!(server.terminate().success());
 }
+
+both_stores!(
+    restart_keeps_everything_and_still_rejects_old_sequences,
+    sigterm_does_not_wait_forever_for_a_stalled_client,
+);
+both_stores!(
+    multi_thread:
+    kill_9_mid_stream_loses_no_acknowledged_report_and_counts_none_twice,
+);

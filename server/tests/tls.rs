@@ -39,7 +39,10 @@ async fn tls_serves_trusting_clients_only() {
     std::fs::write(&enroll, format!("{ENROLL_TOKEN}\n")).unwrap();
 
     let server = start_binary(
-        &tmp.path().join("data"),
+        &StoreFlags(vec![
+            "--data".into(),
+            tmp.path().join("data").to_str().unwrap().into(),
+        ]),
         &[
             "--tls-cert",
             cert_file.to_str().unwrap(),
@@ -111,8 +114,12 @@ async fn in_process_tls_server_accepts_reports() {
     std::fs::write(&cert, certified.cert.pem()).unwrap();
     std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
     let tls = shoal_collector::serve::tls_config(&cert, &key).unwrap();
-    let server =
-        TestServer::start_tls(&tmp.path().join("data"), config_with_tokens(), Some(tls)).await;
+    let server = TestServer::start_tls(
+        &TestStore::fresh(Backend::Sled),
+        config_with_tokens(),
+        Some(tls),
+    )
+    .await;
     let client = Client {
         tls: Some(client_config(&[CertificateDer::from(
             certified.cert.der().to_vec(),

@@ -14,7 +14,8 @@ pub struct CollectorSpec {
     /// The `shoal-collector` binary (`env!("CARGO_BIN_EXE_shoal-collector")` in the server's
     /// tests, the workspace's build in the end-to-end harness).
     pub bin: PathBuf,
-    /// The embedded store's directory.
+    /// The embedded store's directory (`--data`); empty when the store is given in `args`
+    /// instead (`--store URL`, see [`CollectorSpec::postgres`]).
     pub data: PathBuf,
     /// `IP:PORT`; port 0 picks a free one (see [`Collector::listen`]).
     pub listen: String,
@@ -53,6 +54,11 @@ impl CollectorSpec {
         }
     }
 
+    /// `bin serve --listen 127.0.0.1:0 --store url`: a collector on PostgreSQL.
+    pub fn postgres(bin: impl Into<PathBuf>, url: &str) -> CollectorSpec {
+        CollectorSpec::new(bin, PathBuf::new()).args(&["--store", url])
+    }
+
     /// Adds `serve` flags.
     pub fn args<S: AsRef<str>>(mut self, args: &[S]) -> CollectorSpec {
         self.args
@@ -84,9 +90,11 @@ impl Collector {
             Some(netns) => command_in_netns(netns, &spec.bin),
             None => Command::new(&spec.bin),
         };
-        cmd.args(["serve", "--listen", &spec.listen, "--data"])
-            .arg(&spec.data)
-            .args(&spec.args);
+        cmd.args(["serve", "--listen", &spec.listen]);
+        if !spec.data.as_os_str().is_empty() {
+            cmd.arg("--data").arg(&spec.data);
+        }
+        cmd.args(&spec.args);
         if let Some(tls) = &spec.tls {
             cmd.arg("--tls-cert")
                 .arg(&tls.cert_chain)

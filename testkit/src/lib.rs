@@ -13,6 +13,7 @@
 pub mod collector;
 pub mod command;
 pub mod mount;
+pub mod postgres;
 pub mod purity;
 pub mod repo;
 pub mod requirements;
@@ -24,6 +25,7 @@ pub use command::{
     GIT_USER_EMAIL, GIT_USER_NAME,
 };
 pub use mount::Mount;
+pub use postgres::PgCluster;
 pub use repo::{copy_tree, ConfigRepo, MOTD_MANIFEST};
 pub use requirements::{e2e_required, is_root, require_root, require_tool, require_tools};
 pub use signing::{write_allowed_signers, SigningKey};

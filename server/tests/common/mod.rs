@@ -1,6 +1,8 @@
 //! Test harness: simulated devices that sign reports, a real HTTP(S) client (hyper over tokio,
 //! rustls on ring), the collector run in-process on 127.0.0.1:0, and the real binary (started by
-//! `shoal-testkit`'s launcher).
+//! `shoal-testkit`'s launcher) — each over either store: `both_stores!` runs a test once on sled
+//! and once on a real PostgreSQL (`shoal_testkit::PgCluster`, one per test process, a database
+//! per test).
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
@@ -14,11 +16,124 @@ use ed25519_dalek::SigningKey;
 use http_body_util::{BodyExt as _, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use shoal_collector::store::Store;
+use shoal_collector::store::{PgStore, SledStore, Store};
 use shoal_collector::{app, serve, AppState, Config};
 use shoal_proto::{KeyId, Report, SignedEnvelope, Status};
-use shoal_testkit::{Collector, CollectorSpec};
+use shoal_testkit::{Collector, CollectorSpec, PgCluster};
 use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Runs each named `async fn NAME(backend: Backend)` as two tests, `NAME::sled` and
+/// `NAME::postgres` (the second skipped loudly without PostgreSQL, failing under SHOAL_E2E=1).
+/// `multi_thread` before the list runs them on a two-worker runtime.
+#[allow(unused_macros)] // tls.rs runs on sled only
+macro_rules! both_stores {
+    (multi_thread: $($name:ident),* $(,)?) => {
+        $(mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sled() { super::$name($crate::common::Backend::Sled).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if $crate::common::postgres_available() {
+                    super::$name($crate::common::Backend::Postgres).await
+                }
+            }
+        })*
+    };
+    ($($name:ident),* $(,)?) => {
+        $(mod $name {
+            #[tokio::test]
+            async fn sled() { super::$name($crate::common::Backend::Sled).await }
+            #[tokio::test]
+            async fn postgres() {
+                if $crate::common::postgres_available() {
+                    super::$name($crate::common::Backend::Postgres).await
+                }
+            }
+        })*
+    };
+}
+
+/// Which store a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sled,
+    Postgres,
+}
+
+/// Whether the shared PostgreSQL cluster runs (else a loud skip; a panic under SHOAL_E2E=1).
+pub fn postgres_available() -> bool {
+    PgCluster::shared().is_some()
+}
+
+/// A fresh, empty store for one test: a temp dir (sled: the store is the dir itself for the
+/// in-process server, `DIR/data` for the binary), and for PostgreSQL a database of its own.
+pub struct TestStore {
+    dir: tempfile::TempDir,
+    url: Option<String>,
+}
+
+impl TestStore {
+    pub fn fresh(backend: Backend) -> TestStore {
+        let url = match backend {
+            Backend::Sled => None,
+            Backend::Postgres => Some(
+                PgCluster::shared()
+                    .expect("both_stores! checked that PostgreSQL runs")
+                    .create_database(),
+            ),
+        };
+        TestStore {
+            dir: tempfile::tempdir().unwrap(),
+            url,
+        }
+    }
+
+    /// The temp dir, for the test's other files.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.url {
+            None => Backend::Sled,
+            Some(_) => Backend::Postgres,
+        }
+    }
+
+    /// Opens the store. A server stopped just before may still be letting go of sled (its
+    /// writer thread ends after the last handle drops): wait for sled's lock for a little while.
+    pub fn open(&self) -> Arc<dyn Store> {
+        if let Some(url) = &self.url {
+            return Arc::new(PgStore::connect(url, None).unwrap_or_else(|e| panic!("{e}")));
+        }
+        let mut tries = 0;
+        loop {
+            match SledStore::open(self.path()) {
+                Ok(store) => return Arc::new(store),
+                Err(_) if tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => panic!("opening the store in {}: {e}", self.path().display()),
+            }
+        }
+    }
+
+    /// The CLI flags naming this store for the binary: `--data DIR/data` or `--store URL`.
+    pub fn flags(&self) -> StoreFlags {
+        match &self.url {
+            None => StoreFlags(vec![
+                "--data".to_owned(),
+                self.path().join("data").to_str().unwrap().to_owned(),
+            ]),
+            Some(url) => StoreFlags(vec!["--store".to_owned(), url.clone()]),
+        }
+    }
+}
+
+/// `--data DIR` or `--store URL`.
+#[derive(Debug, Clone)]
+pub struct StoreFlags(pub Vec<String>);
 
 pub const ENROLL_TOKEN: &str = "enroll-0123456789abcdef";
 pub const READ_TOKEN: &str = "read-0123456789abcdef";
@@ -259,29 +374,25 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    pub async fn start(data: &Path, config: Config) -> TestServer {
-        TestServer::start_tls(data, config, None).await
+    pub async fn start(store: &TestStore, config: Config) -> TestServer {
+        TestServer::start_tls(store, config, None).await
     }
 
     pub async fn start_tls(
-        data: &Path,
+        store: &TestStore,
         config: Config,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> TestServer {
-        // A server stopped just before may still be letting go of the store (its writer thread
-        // ends after the last handle drops): wait for sled's lock for a little while.
-        let mut tries = 0;
-        let store = loop {
-            match Store::open(data) {
-                Ok(store) => break store,
-                Err(_) if tries < 100 => {
-                    tries += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-                Err(e) => panic!("opening the store in {}: {e}", data.display()),
-            }
-        };
-        let state = AppState::new(store, config).unwrap();
+        TestServer::start_on(store.open(), config, tls).await
+    }
+
+    /// An app instance over a store already open (several replicas over one store).
+    pub async fn start_on(
+        store: Arc<dyn Store>,
+        config: Config,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> TestServer {
+        let state = AppState::shared(store, config).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -334,18 +445,23 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_shoal-collector")
 }
 
-/// Starts `shoal-collector serve --listen 127.0.0.1:0 --data DIR ARGS...` with the kit's
+/// Starts `shoal-collector serve --listen 127.0.0.1:0 STORE ARGS...` with the kit's
 /// launcher (the one the end-to-end tests use), its log in `log`, and waits for its
 /// "listening on" line.
-pub fn start_binary(data: &Path, args: &[&str], log: &Path) -> Collector {
-    Collector::start(&CollectorSpec::new(bin(), data).args(args).log(log))
+pub fn start_binary(store: &StoreFlags, args: &[&str], log: &Path) -> Collector {
+    Collector::start(
+        &CollectorSpec::new(bin(), std::path::PathBuf::new())
+            .args(&store.0)
+            .args(args)
+            .log(log),
+    )
 }
 
-/// Runs `shoal-collector register`.
-pub fn register(data: &Path, device_id: &str, key: &str) -> std::process::Output {
+/// Runs `shoal-collector register STORE`.
+pub fn register(store: &StoreFlags, device_id: &str, key: &str) -> std::process::Output {
     Command::new(bin())
-        .args(["register", "--data"])
-        .arg(data)
+        .arg("register")
+        .args(&store.0)
         .args(["--device-id", device_id, "--key", key])
         .output()
         .unwrap()
@@ -367,7 +483,7 @@ pub fn snapshot(state: &AppState, device_id: &str) -> Snapshot {
     Snapshot {
         device: state.store.device(device_id).unwrap(),
         history: state.store.history(device_id).unwrap().len(),
-        summary: state.store.summary(0, 180),
+        summary: state.store.summary(0, 180).unwrap(),
         persisted: state.store.persisted_tally().unwrap(),
         pinned: state.store.pinned_key(device_id).unwrap(),
         accepted: state.metrics.accepted_count(),
