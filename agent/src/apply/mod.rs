@@ -94,14 +94,18 @@ pub fn observe<P: AsRef<Path>>(
     let observe_fault = |fault: Fault| ApplyError::Observe(Box::new(fault));
     let mut snapshot = DiskSnapshot {
         accounts: accounts::load(root).map_err(|e| observe_fault(e.into()))?,
-        files: BTreeMap::new(),
+        ..Default::default()
     };
     let device = file::DeviceRoot::open(root, state_dir).map_err(observe_fault)?;
     for path in paths {
         let path = path.as_ref();
         let entry = match device.locate(path).map_err(observe_fault)? {
             file::Parent::Found(located) => {
-                located.inspect().map_err(|e| observe_fault(e.into()))?
+                let (entry, stamp) = located.observe().map_err(|e| observe_fault(e.into()))?;
+                if let Some(stamp) = stamp {
+                    snapshot.stamps.insert(path.to_owned(), stamp);
+                }
+                entry
             }
             // A parent that is missing or is a file: nothing is at the path itself.
             file::Parent::Missing(_) | file::Parent::NotADirectory(_) => DiskEntry::Missing,
@@ -177,6 +181,7 @@ pub fn apply(
         from: from_gen,
         to: to_gen,
         changes,
+        stamps: &plan.stamps,
         contents: desired
             .files
             .iter()
@@ -233,6 +238,7 @@ pub fn restore(
         from: from_gen,
         to: to_gen,
         changes,
+        stamps: &BTreeMap::new(),
         contents: BTreeMap::new(),
     }
     .run()

@@ -15,7 +15,7 @@ use super::file::{DeviceRoot, Dir, DirId, Located, Parent};
 use super::journal::{Before, Journal, JournalEntry};
 use super::preexisting::Preexisting;
 use super::Applied;
-use crate::plan::{DiskEntry, DiskFile, OtherKind};
+use crate::plan::{DiskEntry, DiskFile, FileStamp, OtherKind};
 
 /// What one path should become.
 pub(crate) enum Target {
@@ -45,6 +45,9 @@ pub(crate) struct Transaction<'a> {
     pub from: u64,
     pub to: u64,
     pub changes: Vec<Change>,
+    /// What observe saw at these paths (`Plan::stamps`): a file that still matches its stamp
+    /// is not read again.
+    pub stamps: &'a BTreeMap<PathBuf, FileStamp>,
     /// Content by hash that may not be in the blob store yet (a new generation's files); it is
     /// stored before anything refers to it. Everything else must already be in the store.
     pub contents: BTreeMap<String, &'a [u8]>,
@@ -70,11 +73,15 @@ impl Transaction<'_> {
     /// Runs the transaction. The crash order, and why each point leaves the less-bad state:
     ///
     /// 0. Look (read-only): resolve owners, find what is in the way, save every file about to
-    ///    be overwritten or removed into the blob store. A crash here changes no managed path.
-    /// 1. Store the new generation's blobs, fsync them, then record takeovers in
-    ///    `preexisting.json`. Blobs are write-once and complete under their final name; the
-    ///    records are true whatever happens next (see `preexisting`). Crash: unreferenced
-    ///    blobs, device untouched at N-1.
+    ///    be overwritten or removed into the blob store (a file that still matches what
+    ///    observe saw is not read again: `Located::inspect_knowing`). A crash here changes no
+    ///    managed path.
+    /// 1. Store the new generation's blobs, all of them (and step 0's copies) under temp
+    ///    names, made durable by one `syncfs`, then renamed to their hashes and the blob
+    ///    directory fsynced (`BlobStore::sync`); then record takeovers in `preexisting.json`.
+    ///    Blobs are write-once and complete under their final name; the records are true
+    ///    whatever happens next (see `preexisting`). Crash: temp files (swept by `recover`)
+    ///    or unreferenced blobs, device untouched at N-1.
     /// 2. Write the journal durably (intent) BEFORE the first managed write: from here on, a
     ///    crash anywhere is undone by `recover`, which needs only the journal and the blobs,
     ///    both already on disk. Crash before the journal is durable: no managed write has
@@ -156,7 +163,7 @@ impl Transaction<'_> {
             let real = device.real(path);
             let (located, found) = match device.locate(path)? {
                 Parent::Found(located) => {
-                    let found = located.inspect()?;
+                    let found = located.inspect_knowing(self.stamps.get(path))?;
                     (Some(located), found)
                 }
                 parent => {
@@ -427,7 +434,7 @@ impl TouchedDirs {
         if self.dirs.len() >= Self::MAX_OPEN {
             self.sync()?;
         }
-        self.dirs.insert(dir.id()?, dir);
+        self.dirs.insert(dir.id(), dir);
         Ok(())
     }
 
