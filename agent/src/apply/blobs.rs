@@ -134,6 +134,12 @@ impl BlobStore {
         Ok(content)
     }
 
+    /// Whether the next [`BlobStore::sync`] runs a `syncfs` that also makes what was written
+    /// in `dir` durable: blobs are waiting, and `dir` is on the blobs' file system.
+    pub(crate) fn will_sync_filesystem_of(&self, dir: &Dir) -> bool {
+        !self.pending.is_empty() && self.handle.id().same_device(&dir.id())
+    }
+
     /// Makes every blob added since the last call durable, then publishes them: one `syncfs`
     /// for the whole batch (their data and inodes on disk), then each temp file renamed to its
     /// hash, then one fsync of the directory. It runs before the journal, the first thing that

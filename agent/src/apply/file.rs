@@ -38,6 +38,11 @@ pub(crate) struct DirId {
 }
 
 impl DirId {
+    /// On the same file system.
+    pub(crate) fn same_device(&self, other: &DirId) -> bool {
+        self.dev == other.dev
+    }
+
     fn of(stat: &Stat) -> DirId {
         DirId {
             dev: stat.st_dev,

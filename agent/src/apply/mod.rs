@@ -245,10 +245,14 @@ pub fn restore(
 }
 
 /// Ends a transaction after the caller durably recorded its generation: removes the journal.
-/// Already removed is fine.
+/// Already removed is fine. The removal is not fsynced here (the next write in the state
+/// directory makes it durable): a journal a power cut brings back names a recorded
+/// generation, which `recover` only removes again.
 pub fn journal_done(state_dir: &Path) -> Result<(), ApplyError> {
     fail_point!("journal_done");
-    Journal::remove(state_dir).map_err(ApplyError::JournalNotRemoved)
+    Journal::remove_lazily(state_dir)
+        .map(drop)
+        .map_err(ApplyError::JournalNotRemoved)
 }
 
 /// Run at every start, before any sync: resolves an unfinished transaction. If `committed`
@@ -340,7 +344,7 @@ fn sweep_temp_files(state_dir: &Path) {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            let ours = [".journal.json.shoal-tmp.", ".preexisting.json.shoal-tmp."]
+            let ours = [journal::TEMP_PREFIX, ".preexisting.json.shoal-tmp."]
                 .iter()
                 .any(|prefix| name.starts_with(prefix));
             if ours {

@@ -11,7 +11,7 @@ use super::accounts;
 use super::blobs::BlobStore;
 use super::error::{ApplyError, Fault};
 use super::failpoint::fail_point;
-use super::file::{DeviceRoot, Dir, DirId, Located, Parent};
+use super::file::{DeviceRoot, Dir, DirId, Flush, Located, Parent};
 use super::journal::{Before, Journal, JournalEntry};
 use super::preexisting::Preexisting;
 use super::Applied;
@@ -82,10 +82,12 @@ impl Transaction<'_> {
     ///    Blobs are write-once and complete under their final name; the records are true
     ///    whatever happens next (see `preexisting`). Crash: temp files (swept by `recover`)
     ///    or unreferenced blobs, device untouched at N-1.
-    /// 2. Write the journal durably (intent) BEFORE the first managed write: from here on, a
-    ///    crash anywhere is undone by `recover`, which needs only the journal and the blobs,
-    ///    both already on disk. Crash before the journal is durable: no managed write has
-    ///    happened yet, so no journal is needed.
+    /// 2. Put the journal in place durably (intent) BEFORE the first managed write: its
+    ///    content was written in step 1 and made durable with the blobs (or fsynced when no
+    ///    blob was new), so this is a rename and an fsync of the state directory. From here
+    ///    on, a crash anywhere is undone by `recover`, which needs only the journal and the
+    ///    blobs, both already on disk. Crash before the journal is in place: no managed write
+    ///    has happened yet, so no journal is needed (its temp file is swept).
     /// 3. Side effects: create missing directories, then per path temp file → write → chown
     ///    → chmod → fsync → rename (or unlink), then fsync every touched directory once.
     ///    Each rename is atomic, so a path is always a whole old or whole new file; the journal
@@ -95,8 +97,8 @@ impl Transaction<'_> {
     ///    transaction rolls itself back from the journal before returning.
     /// 4. Return. The caller records generation N (result) and then calls `journal_done`.
     ///    Crash before the record: recovery rolls back to N-1 (the apply is not trusted until
-    ///    recorded, e.g. health not yet checked). Crash after the record, before the journal
-    ///    is removed: recovery sees `committed(N)` and only removes the journal.
+    ///    recorded, e.g. health not yet checked). Crash after the record, before the journal's
+    ///    removal is durable: recovery sees `committed(N)` and only removes the journal.
     pub(crate) fn run(self) -> Result<Applied, ApplyError> {
         let from = self.from;
         if let Some(pending) = Journal::read(self.state_dir)? {
@@ -108,23 +110,38 @@ impl Transaction<'_> {
         }
         let fail = |fault| ApplyError::failed(fault, from);
 
-        // Steps 0 and 1.
+        // Steps 0 and 1; the journal's content is written now, beside the blobs, so that the
+        // blobs' one syncfs makes it durable too (it is only put in place in step 2).
         let mut store = BlobStore::open(self.state_dir).map_err(fail)?;
         let prepared = self.prepare(&mut store).map_err(fail)?;
         for (sha256, content) in &self.contents {
             store.put(sha256, content).map_err(fail)?;
         }
+        let journal = match prepared.steps.is_empty() {
+            true => None,
+            false => {
+                let dir = Dir::open_trusted(self.state_dir, "open the state directory")
+                    .map_err(|e| fail(Fault::Io(e).about_state()))?;
+                // The blobs' syncfs covers the journal only on the same file system.
+                let flush = match store.will_sync_filesystem_of(&dir) {
+                    true => Flush::Batch,
+                    false => Flush::Each,
+                };
+                let staged = prepared.journal.stage(self.state_dir, dir, flush);
+                Some(staged.map_err(fail)?)
+            }
+        };
         store.sync().map_err(fail)?;
         if prepared.preexisting_changed {
             prepared.preexisting.save(self.state_dir).map_err(fail)?;
         }
         fail_point!("apply_after_blobs");
-        if prepared.steps.is_empty() {
+        let Some(journal) = journal else {
             return Ok(self.applied(&prepared));
-        }
+        };
 
         // Step 2.
-        prepared.journal.write(self.state_dir).map_err(fail)?;
+        journal.publish().map_err(fail)?;
         fail_point!("apply_after_journal");
 
         // Step 3, undone from the journal on any error.
