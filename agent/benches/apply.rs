@@ -22,17 +22,20 @@
 //! filesystem. As root it also runs on a tmpfs it mounts (and unmounts) itself, where fsync
 //! costs nothing and the CPU side shows.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::ffi::CString;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "support/floor.rs"]
+mod floor;
+
+use floor::{cpu_time, median, sync_dir, syncfs, temp_beside, write_durably};
 use shoal_agent::apply;
 use shoal_agent::plan::{self, sha256_hex, Manifest, ManifestEntry};
 use shoal_agent::render::{DesiredFile, DesiredState};
@@ -229,43 +232,15 @@ fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
 // ---------------------------------------------------------------------------------------------
 // The floor and the diagnostic loops
 
-/// temp file beside `real` (0644) → write → fsync → rename over `real`.
-fn write_durably(real: &Path, content: &[u8]) -> io::Result<()> {
-    let temp = temp_beside(real);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(MODE)
-        .open(&temp)?;
-    file.write_all(content)?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&temp, real)
-}
-
-fn temp_beside(real: &Path) -> PathBuf {
-    let name = real.file_name().unwrap_or_default().to_string_lossy();
-    real.with_file_name(format!(".{name}.tmp"))
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// The floor: every file written durably, then each directory fsynced once.
+/// The floor over `desired`'s files under `root` (the shared loop in `support/floor.rs`).
 fn floor(root: &Path, desired: &DesiredState) -> io::Result<()> {
-    let mut dirs = BTreeSet::new();
-    for (path, file) in &desired.files {
-        let real = real_path(root, path);
-        write_durably(&real, &file.content)?;
-        if let Some(dir) = real.parent() {
-            dirs.insert(dir.to_owned());
-        }
-    }
-    for dir in &dirs {
-        sync_dir(dir)?;
-    }
-    Ok(())
+    floor::floor(
+        desired
+            .files
+            .iter()
+            .map(|(path, file)| (real_path(root, path), file.content.as_slice())),
+        MODE,
+    )
 }
 
 /// Shoal's disk pattern without its CPU work: every content first copied durably into
@@ -277,7 +252,7 @@ fn floor_with_blobs(
     hashes: &[String],
 ) -> io::Result<()> {
     for (file, sha256) in desired.files.values().zip(hashes) {
-        write_durably(&blobs.join(sha256), &file.content)?;
+        write_durably(&blobs.join(sha256), &file.content, MODE)?;
     }
     sync_dir(blobs)?;
     floor(root, desired)
@@ -320,15 +295,6 @@ fn plain_generation_1(root: &Path, n: usize) {
         }
         fs::write(&real, content(1, i)).expect("write a file of the floor's tree");
     }
-}
-
-fn syncfs(dir: &Path) -> io::Result<()> {
-    let dir = File::open(dir)?;
-    // SAFETY: a valid open descriptor; syncfs only flushes the filesystem it is on.
-    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -490,25 +456,6 @@ fn check(root: &Path, desired: &DesiredState) {
             real.display()
         );
     }
-}
-
-fn median(mut values: Vec<Duration>) -> Duration {
-    values.sort();
-    values[values.len() / 2]
-}
-
-/// User + system CPU time of this process so far.
-fn cpu_time() -> Duration {
-    // SAFETY: rusage is plain data, zero-initialised is valid; getrusage fills it.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid pointer to a rusage we own.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    assert_eq!(rc, 0, "getrusage");
-    timeval(usage.ru_utime) + timeval(usage.ru_stime)
-}
-
-fn timeval(t: libc::timeval) -> Duration {
-    Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -559,6 +559,7 @@ fn crash_at_every_pass(
 /// How often a clean apply of the big scenario passes each fail point: 60 changed + 20 new +
 /// 1 taken over are written, 20 removed, 3 directories created.
 const APPLY_PASSES: &[(&str, usize)] = &[
+    ("apply_after_blobs_syncfs", 1),
     ("apply_after_blobs", 1),
     ("apply_after_journal", 1),
     ("apply_after_mkdir", 3),

@@ -1,17 +1,23 @@
 //! The content-addressed blob store `state_dir/blobs/<sha256>`: every generation's file contents
 //! and every file Shoal saved before overwriting it, so any of them can be restored offline.
-//! Blobs are write-once and fsynced before anything refers to them; nothing here touches
-//! managed paths.
+//! Blobs are write-once and durable before anything refers to them: a transaction's new blobs
+//! are written to temp names, made durable together by one `syncfs`, and only then renamed to
+//! their hash ([`BlobStore::sync`]), so a blob under its final name is always complete. Nothing
+//! here touches managed paths.
 
-use std::fs::{self, File, OpenOptions};
+use std::collections::BTreeSet;
+use std::ffi::{OsStr, OsString};
+use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use rustix::fs::FileType;
 use ssh_key::sha2::{Digest, Sha256};
 
 use super::error::Fault;
-use super::file::Located;
+use super::failpoint::fail_point;
+use super::file::{Dir, Flush, Located};
 use crate::paths::{self, PathError};
 use crate::plan::{hex, is_sha256_hex, sha256_hex};
 
@@ -20,8 +26,10 @@ const TEMP_SUFFIX: &str = ".tmp";
 
 pub(crate) struct BlobStore {
     dir: PathBuf,
-    /// Whether a blob was added since the last [`BlobStore::sync`].
-    unsynced: bool,
+    handle: Dir,
+    /// Blobs written under their temp name since the last [`BlobStore::sync`]: not durable,
+    /// not published, but already counted as stored.
+    pending: BTreeSet<String>,
 }
 
 impl BlobStore {
@@ -35,8 +43,9 @@ impl BlobStore {
             paths::sync_dir(state_dir)?;
         }
         Ok(BlobStore {
+            handle: Dir::open_trusted(&dir, "open the blob store")?,
             dir,
-            unsynced: false,
+            pending: BTreeSet::new(),
         })
     }
 
@@ -47,26 +56,36 @@ impl BlobStore {
     /// Where blob `sha256` lives. Hashes come from our own JSON files: anything that is not
     /// a hash is refused rather than joined into a path.
     pub(crate) fn path(&self, sha256: &str) -> Result<PathBuf, Fault> {
+        self.check(sha256)?;
+        Ok(self.dir.join(sha256))
+    }
+
+    fn check(&self, sha256: &str) -> Result<(), Fault> {
         if !is_sha256_hex(sha256) {
             return Err(Fault::CorruptState {
                 path: self.dir.clone(),
                 reason: format!("{sha256:?} is not a sha256 blob name"),
             });
         }
-        Ok(self.dir.join(sha256))
+        Ok(())
     }
 
+    /// Whether blob `sha256` is stored (or about to be, by the next [`BlobStore::sync`]).
     pub(crate) fn contains(&self, sha256: &str) -> Result<bool, Fault> {
-        Ok(self.path(sha256)?.is_file())
+        self.check(sha256)?;
+        if self.pending.contains(sha256) {
+            return Ok(true);
+        }
+        let stat = self.handle.stat(OsStr::new(sha256))?;
+        Ok(stat.is_some_and(|stat| FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile))
     }
 
     /// Stores `content` (whose hash the caller computed) unless it is already there.
     pub(crate) fn put(&mut self, sha256: &str, content: &[u8]) -> Result<(), Fault> {
-        let path = self.path(sha256)?;
-        if path.is_file() {
+        if self.contains(sha256)? {
             return Ok(());
         }
-        self.write_blob(&path, |file, temp| {
+        self.write_blob(sha256, |file, temp| {
             file.write_all(content)
                 .map_err(|e| PathError::new("write", temp, e))?;
             Ok(())
@@ -76,12 +95,11 @@ impl BlobStore {
     /// Copies the file at `source` into the store, checking that it still hashes to `sha256`
     /// (it was hashed a moment ago; an edit in between must not go unnoticed).
     pub(crate) fn put_copy_of(&mut self, sha256: &str, located: &Located) -> Result<(), Fault> {
-        let path = self.path(sha256)?;
-        if path.is_file() {
+        if self.contains(sha256)? {
             return Ok(());
         }
         let source = &located.real;
-        self.write_blob(&path, |file, temp| {
+        self.write_blob(sha256, |file, temp| {
             let mut input = located.open_read()?;
             let mut hasher = Sha256::new();
             let mut buf = vec![0; 64 * 1024];
@@ -116,13 +134,31 @@ impl BlobStore {
         Ok(content)
     }
 
-    /// Makes every blob added so far durable (one directory fsync for the whole batch).
+    /// Whether the next [`BlobStore::sync`] runs a `syncfs` that also makes what was written
+    /// in `dir` durable: blobs are waiting, and `dir` is on the blobs' file system.
+    pub(crate) fn will_sync_filesystem_of(&self, dir: &Dir) -> bool {
+        !self.pending.is_empty() && self.handle.id().same_device(&dir.id())
+    }
+
+    /// Makes every blob added since the last call durable, then publishes them: one `syncfs`
+    /// for the whole batch (their data and inodes on disk), then each temp file renamed to its
+    /// hash, then one fsync of the directory. It runs before the journal, the first thing that
+    /// refers to them, is written. A crash before the renames leaves only temp files, which
+    /// `recover` sweeps; after some of them, complete blobs nothing refers to yet.
     pub(crate) fn sync(&mut self) -> Result<(), Fault> {
-        if self.unsynced {
-            paths::sync_dir(&self.dir)?;
-            self.unsynced = false;
+        if self.pending.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        self.handle
+            .sync_filesystem()
+            .map_err(|e| Fault::Io(e).about_state())?;
+        fail_point!("apply_after_blobs_syncfs");
+        for sha256 in std::mem::take(&mut self.pending) {
+            self.handle
+                .publish(&temp_name(&sha256), OsStr::new(&sha256))
+                .map_err(|e| Fault::Io(e).about_state())?;
+        }
+        self.handle.sync().map_err(|e| Fault::Io(e).about_state())
     }
 
     /// Removes temp files left by a crash while storing a blob.
@@ -147,40 +183,23 @@ impl BlobStore {
         remove_if_present(&self.path(sha256)?)
     }
 
-    /// temp file (0600) → fill → fsync → rename to its hash. A blob under its final name is
-    /// therefore always complete; the directory fsync is batched in [`BlobStore::sync`], which
-    /// runs before the journal (the first thing that refers to the blobs) is written.
+    /// The first half of the durable write ([`Dir::write_temp`]): temp file (0600), filled,
+    /// not fsynced — [`BlobStore::sync`] makes the batch durable and publishes it.
     fn write_blob(
         &mut self,
-        path: &Path,
-        fill: impl FnOnce(&mut File, &Path) -> Result<(), Fault>,
+        sha256: &str,
+        fill: impl FnOnce(&mut fs::File, &Path) -> Result<(), Fault>,
     ) -> Result<(), Fault> {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let temp = self.dir.join(format!(".{name}{TEMP_SUFFIX}"));
-        remove_if_present(&temp)?;
-        let result = (|| -> Result<(), Fault> {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&temp)
-                .map_err(|e| PathError::new("create", &temp, e))?;
-            fill(&mut file, &temp)?;
-            file.sync_all()
-                .map_err(|e| PathError::new("fsync", &temp, e))?;
-            fs::rename(&temp, path).map_err(|e| PathError::new("rename into place", path, e))?;
-            Ok(())
-        })();
-        if result.is_err() {
-            // Best effort: a leftover temp file is swept at the next start.
-            let _ = fs::remove_file(&temp);
-        }
-        self.unsynced = true;
-        result.map_err(Fault::about_state)
+        self.handle
+            .write_temp(&temp_name(sha256), fill, None, Flush::Batch)
+            .map_err(Fault::about_state)?;
+        self.pending.insert(sha256.to_owned());
+        Ok(())
     }
+}
+
+fn temp_name(sha256: &str) -> OsString {
+    OsString::from(format!(".{sha256}{TEMP_SUFFIX}"))
 }
 
 fn names(dir: &Path) -> Result<Vec<String>, Fault> {

@@ -13,6 +13,7 @@ pub const FAILPOINT_ENV: &str = "SHOAL_FAILPOINT";
 
 /// Every fail point in apply, in the order a transaction passes them.
 pub const FAIL_POINTS: &[&str] = &[
+    "apply_after_blobs_syncfs",
     "apply_after_blobs",
     "apply_after_journal",
     "apply_after_mkdir",

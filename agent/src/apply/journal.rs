@@ -2,11 +2,14 @@
 //! it lists every path the transaction will touch and what was there before, so recovery can
 //! put each one back. Reading, writing and removing it; deciding when is the transaction's.
 
+use std::ffi::OsString;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::error::{ApplyError, Fault};
+use super::file::{Dir, Flush};
 use crate::paths::{self, PathError};
 use crate::plan::{is_sha256_hex, DiskFile};
 
@@ -101,24 +104,70 @@ impl Journal {
         Ok(Some(parsed))
     }
 
-    /// Durable when this returns (temp file, fsync, rename, fsync of `state_dir`).
-    pub(crate) fn write(&self, state_dir: &Path) -> Result<(), Fault> {
+    /// Writes the journal to a temp file beside `journal.json` (the first half of the durable
+    /// write); with [`Flush::Batch`] the caller's `syncfs` makes it durable, so the journal
+    /// costs no flush of its own when blobs are flushed anyway. Not a journal until
+    /// [`Staged::publish`]; a crash before leaves a temp file that `recover` sweeps.
+    pub(crate) fn stage(&self, state_dir: &Path, dir: Dir, flush: Flush) -> Result<Staged, Fault> {
+        let about_state = |e: PathError| Fault::Io(e).about_state();
         // Serializing plain data with string keys cannot fail; map it anyway rather than unwrap.
         let json = serde_json::to_vec_pretty(self).map_err(|e| Fault::CorruptState {
             path: Journal::path(state_dir),
             reason: e.to_string(),
         })?;
-        paths::write_atomic(&Journal::path(state_dir), &json)
-            .map_err(|e| Fault::Io(e).about_state())
+        let temp = OsString::from(format!("{TEMP_PREFIX}{}", std::process::id()));
+        dir.write_temp(
+            &temp,
+            |file, real| {
+                file.write_all(&json)
+                    .map_err(|e| PathError::new("write", real, e))
+            },
+            None,
+            flush,
+        )
+        .map_err(about_state)?;
+        Ok(Staged { dir, temp })
     }
 
     /// Removes the journal durably; already gone is fine (and costs no disk write).
     pub(crate) fn remove(state_dir: &Path) -> Result<(), PathError> {
+        if Journal::remove_lazily(state_dir)? {
+            paths::sync_dir(state_dir)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the journal without making the removal durable; `true` if there was one. Only
+    /// for a journal whose target generation is recorded: if a power cut brings it back,
+    /// `recover` finds that generation recorded and only removes it again.
+    pub(crate) fn remove_lazily(state_dir: &Path) -> Result<bool, PathError> {
         let journal = Journal::path(state_dir);
         match std::fs::remove_file(&journal) {
-            Ok(()) => paths::sync_dir(state_dir),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(PathError::new("remove", &journal, e)),
         }
+    }
+}
+
+/// The prefix of the journal's temp files (`recover` sweeps them).
+pub(crate) const TEMP_PREFIX: &str = ".journal.json.shoal-tmp.";
+
+/// A journal in its temp file: [`Journal::stage`] wrote it, [`Staged::publish`] puts it in place.
+pub(crate) struct Staged {
+    dir: Dir,
+    temp: OsString,
+}
+
+impl Staged {
+    /// Renames the journal into place and fsyncs the state directory: from when this returns,
+    /// a crash is undone by `recover`. Its content must be durable already ([`Flush::Each`],
+    /// or the batch's `syncfs`).
+    pub(crate) fn publish(self) -> Result<(), Fault> {
+        let about_state = |e: PathError| Fault::Io(e).about_state();
+        self.dir
+            .publish(&self.temp, JOURNAL_FILE.as_ref())
+            .map_err(about_state)?;
+        self.dir.sync().map_err(about_state)
     }
 }

@@ -94,14 +94,18 @@ pub fn observe<P: AsRef<Path>>(
     let observe_fault = |fault: Fault| ApplyError::Observe(Box::new(fault));
     let mut snapshot = DiskSnapshot {
         accounts: accounts::load(root).map_err(|e| observe_fault(e.into()))?,
-        files: BTreeMap::new(),
+        ..Default::default()
     };
     let device = file::DeviceRoot::open(root, state_dir).map_err(observe_fault)?;
     for path in paths {
         let path = path.as_ref();
         let entry = match device.locate(path).map_err(observe_fault)? {
             file::Parent::Found(located) => {
-                located.inspect().map_err(|e| observe_fault(e.into()))?
+                let (entry, stamp) = located.observe().map_err(|e| observe_fault(e.into()))?;
+                if let Some(stamp) = stamp {
+                    snapshot.stamps.insert(path.to_owned(), stamp);
+                }
+                entry
             }
             // A parent that is missing or is a file: nothing is at the path itself.
             file::Parent::Missing(_) | file::Parent::NotADirectory(_) => DiskEntry::Missing,
@@ -177,6 +181,7 @@ pub fn apply(
         from: from_gen,
         to: to_gen,
         changes,
+        stamps: &plan.stamps,
         contents: desired
             .files
             .iter()
@@ -233,16 +238,21 @@ pub fn restore(
         from: from_gen,
         to: to_gen,
         changes,
+        stamps: &BTreeMap::new(),
         contents: BTreeMap::new(),
     }
     .run()
 }
 
 /// Ends a transaction after the caller durably recorded its generation: removes the journal.
-/// Already removed is fine.
+/// Already removed is fine. The removal is not fsynced here (the next write in the state
+/// directory makes it durable): a journal a power cut brings back names a recorded
+/// generation, which `recover` only removes again.
 pub fn journal_done(state_dir: &Path) -> Result<(), ApplyError> {
     fail_point!("journal_done");
-    Journal::remove(state_dir).map_err(ApplyError::JournalNotRemoved)
+    Journal::remove_lazily(state_dir)
+        .map(drop)
+        .map_err(ApplyError::JournalNotRemoved)
 }
 
 /// Run at every start, before any sync: resolves an unfinished transaction. If `committed`
@@ -334,7 +344,7 @@ fn sweep_temp_files(state_dir: &Path) {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            let ours = [".journal.json.shoal-tmp.", ".preexisting.json.shoal-tmp."]
+            let ours = [journal::TEMP_PREFIX, ".preexisting.json.shoal-tmp."]
                 .iter()
                 .any(|prefix| name.starts_with(prefix));
             if ours {

@@ -588,6 +588,32 @@ fn undo_rolls_back_an_apply_whose_health_check_failed() {
 }
 
 #[test]
+fn an_edit_between_observe_and_apply_is_what_undo_puts_back() {
+    let mut device = Device::new();
+    let gen1 = desired(vec![("/etc/motd", file("one\n", 0o644))]);
+    device.sync(&gen1).unwrap();
+    // Old enough for observe to keep a stamp, so apply would not read it again unchanged.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let gen2 = desired(vec![("/etc/motd", file("two\n", 0o644))]);
+    let plan = device.plan(&gen2);
+    assert!(plan.stamps.contains_key(Path::new("/etc/motd")), "{plan:?}");
+    // Same size, right after the look: only the stat's times and the hash tell them apart.
+    fs::write(device.real("/etc/motd"), "edi\n").unwrap();
+    let at_edit = device.snapshot();
+    apply(&plan, &gen2, &device.root, &device.state, 1, 2).unwrap();
+    assert_eq!(
+        fs::read_to_string(device.real("/etc/motd")).unwrap(),
+        "two\n"
+    );
+    undo(&device.root, &device.state).unwrap();
+    assert_eq!(
+        device.snapshot(),
+        at_edit,
+        "the edit, not observe's stale look, was saved"
+    );
+}
+
+#[test]
 fn a_corrupt_journal_fails_closed() {
     let device = Device::new();
     fs::create_dir_all(&device.state).unwrap();

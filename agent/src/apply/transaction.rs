@@ -11,11 +11,11 @@ use super::accounts;
 use super::blobs::BlobStore;
 use super::error::{ApplyError, Fault};
 use super::failpoint::fail_point;
-use super::file::{DeviceRoot, Dir, DirId, Located, Parent};
+use super::file::{DeviceRoot, Dir, DirId, Flush, Located, Parent};
 use super::journal::{Before, Journal, JournalEntry};
 use super::preexisting::Preexisting;
 use super::Applied;
-use crate::plan::{DiskEntry, DiskFile, OtherKind};
+use crate::plan::{DiskEntry, DiskFile, FileStamp, OtherKind};
 
 /// What one path should become.
 pub(crate) enum Target {
@@ -45,6 +45,9 @@ pub(crate) struct Transaction<'a> {
     pub from: u64,
     pub to: u64,
     pub changes: Vec<Change>,
+    /// What observe saw at these paths (`Plan::stamps`): a file that still matches its stamp
+    /// is not read again.
+    pub stamps: &'a BTreeMap<PathBuf, FileStamp>,
     /// Content by hash that may not be in the blob store yet (a new generation's files); it is
     /// stored before anything refers to it. Everything else must already be in the store.
     pub contents: BTreeMap<String, &'a [u8]>,
@@ -70,15 +73,21 @@ impl Transaction<'_> {
     /// Runs the transaction. The crash order, and why each point leaves the less-bad state:
     ///
     /// 0. Look (read-only): resolve owners, find what is in the way, save every file about to
-    ///    be overwritten or removed into the blob store. A crash here changes no managed path.
-    /// 1. Store the new generation's blobs, fsync them, then record takeovers in
-    ///    `preexisting.json`. Blobs are write-once and complete under their final name; the
-    ///    records are true whatever happens next (see `preexisting`). Crash: unreferenced
-    ///    blobs, device untouched at N-1.
-    /// 2. Write the journal durably (intent) BEFORE the first managed write: from here on, a
-    ///    crash anywhere is undone by `recover`, which needs only the journal and the blobs,
-    ///    both already on disk. Crash before the journal is durable: no managed write has
-    ///    happened yet, so no journal is needed.
+    ///    be overwritten or removed into the blob store (a file that still matches what
+    ///    observe saw is not read again: `Located::inspect_knowing`). A crash here changes no
+    ///    managed path.
+    /// 1. Store the new generation's blobs, all of them (and step 0's copies) under temp
+    ///    names, made durable by one `syncfs`, then renamed to their hashes and the blob
+    ///    directory fsynced (`BlobStore::sync`); then record takeovers in `preexisting.json`.
+    ///    Blobs are write-once and complete under their final name; the records are true
+    ///    whatever happens next (see `preexisting`). Crash: temp files (swept by `recover`)
+    ///    or unreferenced blobs, device untouched at N-1.
+    /// 2. Put the journal in place durably (intent) BEFORE the first managed write: its
+    ///    content was written in step 1 and made durable with the blobs (or fsynced when no
+    ///    blob was new), so this is a rename and an fsync of the state directory. From here
+    ///    on, a crash anywhere is undone by `recover`, which needs only the journal and the
+    ///    blobs, both already on disk. Crash before the journal is in place: no managed write
+    ///    has happened yet, so no journal is needed (its temp file is swept).
     /// 3. Side effects: create missing directories, then per path temp file → write → chown
     ///    → chmod → fsync → rename (or unlink), then fsync every touched directory once.
     ///    Each rename is atomic, so a path is always a whole old or whole new file; the journal
@@ -88,8 +97,8 @@ impl Transaction<'_> {
     ///    transaction rolls itself back from the journal before returning.
     /// 4. Return. The caller records generation N (result) and then calls `journal_done`.
     ///    Crash before the record: recovery rolls back to N-1 (the apply is not trusted until
-    ///    recorded, e.g. health not yet checked). Crash after the record, before the journal
-    ///    is removed: recovery sees `committed(N)` and only removes the journal.
+    ///    recorded, e.g. health not yet checked). Crash after the record, before the journal's
+    ///    removal is durable: recovery sees `committed(N)` and only removes the journal.
     pub(crate) fn run(self) -> Result<Applied, ApplyError> {
         let from = self.from;
         if let Some(pending) = Journal::read(self.state_dir)? {
@@ -101,23 +110,38 @@ impl Transaction<'_> {
         }
         let fail = |fault| ApplyError::failed(fault, from);
 
-        // Steps 0 and 1.
+        // Steps 0 and 1; the journal's content is written now, beside the blobs, so that the
+        // blobs' one syncfs makes it durable too (it is only put in place in step 2).
         let mut store = BlobStore::open(self.state_dir).map_err(fail)?;
         let prepared = self.prepare(&mut store).map_err(fail)?;
         for (sha256, content) in &self.contents {
             store.put(sha256, content).map_err(fail)?;
         }
+        let journal = match prepared.steps.is_empty() {
+            true => None,
+            false => {
+                let dir = Dir::open_trusted(self.state_dir, "open the state directory")
+                    .map_err(|e| fail(Fault::Io(e).about_state()))?;
+                // The blobs' syncfs covers the journal only on the same file system.
+                let flush = match store.will_sync_filesystem_of(&dir) {
+                    true => Flush::Batch,
+                    false => Flush::Each,
+                };
+                let staged = prepared.journal.stage(self.state_dir, dir, flush);
+                Some(staged.map_err(fail)?)
+            }
+        };
         store.sync().map_err(fail)?;
         if prepared.preexisting_changed {
             prepared.preexisting.save(self.state_dir).map_err(fail)?;
         }
         fail_point!("apply_after_blobs");
-        if prepared.steps.is_empty() {
+        let Some(journal) = journal else {
             return Ok(self.applied(&prepared));
-        }
+        };
 
         // Step 2.
-        prepared.journal.write(self.state_dir).map_err(fail)?;
+        journal.publish().map_err(fail)?;
         fail_point!("apply_after_journal");
 
         // Step 3, undone from the journal on any error.
@@ -156,7 +180,7 @@ impl Transaction<'_> {
             let real = device.real(path);
             let (located, found) = match device.locate(path)? {
                 Parent::Found(located) => {
-                    let found = located.inspect()?;
+                    let found = located.inspect_knowing(self.stamps.get(path))?;
                     (Some(located), found)
                 }
                 parent => {
@@ -427,7 +451,7 @@ impl TouchedDirs {
         if self.dirs.len() >= Self::MAX_OPEN {
             self.sync()?;
         }
-        self.dirs.insert(dir.id()?, dir);
+        self.dirs.insert(dir.id(), dir);
         Ok(())
     }
 

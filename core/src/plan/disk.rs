@@ -16,6 +16,9 @@ use super::manifest::octal_mode;
 pub struct DiskSnapshot {
     pub files: BTreeMap<PathBuf, DiskEntry>,
     pub accounts: Accounts,
+    /// For regular files observe hashed, what lets apply recognise the same file again with
+    /// one `stat` instead of reading it (not every file has one; plan only passes them on).
+    pub stamps: BTreeMap<PathBuf, FileStamp>,
 }
 
 impl DiskSnapshot {
@@ -43,6 +46,21 @@ pub struct DiskFile {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
+}
+
+/// A regular file as observe read it: its content hash and what changes whenever its content
+/// does (identity, size, modification and change times). Apply trusts `sha256` only while a
+/// fresh `stat` gives the same other fields; `apply::observe` decides when a stamp may be
+/// taken at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileStamp {
+    pub sha256: String,
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    /// (seconds, nanoseconds)
+    pub mtime: (i64, i64),
+    pub ctime: (i64, i64),
 }
 
 /// The kind of a non-regular file found where a file is (or was) declared.

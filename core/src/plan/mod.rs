@@ -8,13 +8,13 @@ mod manifest;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-pub use disk::{Accounts, DiskEntry, DiskFile, DiskSnapshot, OtherKind};
+pub use disk::{Accounts, DiskEntry, DiskFile, DiskSnapshot, FileStamp, OtherKind};
 pub use manifest::{hex, is_sha256_hex, octal_mode, sha256_hex, Manifest, ManifestEntry};
 
 use crate::render::{DesiredFile, DesiredState};
@@ -26,6 +26,10 @@ pub struct Plan {
     pub actions: Vec<Action>,
     /// Managed paths (declared by the current generation) whose disk state differs from it.
     pub drift: Vec<Drift>,
+    /// The snapshot's stamps of the paths in `actions`, handed on so apply need not read
+    /// again what observe read (it re-checks each with a `stat`).
+    #[serde(skip)]
+    pub stamps: BTreeMap<PathBuf, FileStamp>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -153,7 +157,18 @@ pub fn plan(desired: &DesiredState, current: &Manifest, disk: &DiskSnapshot) -> 
         };
         actions.extend(action);
     }
-    Plan { actions, drift }
+    let stamps = actions
+        .iter()
+        .filter_map(|action: &Action| {
+            let path = action.path();
+            Some((path.to_owned(), disk.stamps.get(path)?.clone()))
+        })
+        .collect();
+    Plan {
+        actions,
+        drift,
+        stamps,
+    }
 }
 
 fn create(path: PathBuf, want: &DesiredFile, disk: &DiskSnapshot) -> Action {

@@ -52,7 +52,11 @@ fn disk_matching(state: &DesiredState) -> DiskSnapshot {
             (path.clone(), entry)
         })
         .collect();
-    DiskSnapshot { files, accounts }
+    DiskSnapshot {
+        files,
+        accounts,
+        ..Default::default()
+    }
 }
 
 fn disk_file<'a>(disk: &'a mut DiskSnapshot, path: &str) -> &'a mut DiskFile {
