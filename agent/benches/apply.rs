@@ -39,6 +39,7 @@ use floor::{cpu_time, median, sync_dir, syncfs, temp_beside, write_durably};
 use shoal_agent::apply;
 use shoal_agent::plan::{self, sha256_hex, Manifest, ManifestEntry};
 use shoal_agent::render::{DesiredFile, DesiredState};
+use shoal_agent::state::StateDir;
 
 const SIZES: [usize; 3] = [10, 100, 1_000];
 const FILE_SIZE: usize = 4096;
@@ -168,6 +169,8 @@ fn shoal_generation_1(root: &Path, state: &Path, n: usize) -> Manifest {
     fs::create_dir_all(state).expect("create the sandbox state dir");
     let desired = desired(1, n);
     let empty = Manifest::default();
+    let state = StateDir::open(state).unwrap_or_else(|e| panic!("state dir: {e}"));
+    let state = state.apply_area();
     let disk = apply::observe(root, state, plan::observed_paths(&desired, &empty))
         .unwrap_or_else(|e| panic!("observe: {e}"));
     let plan = plan::plan(&desired, &empty, &disk);
@@ -193,6 +196,8 @@ fn shoal_transaction(
     desired: &DesiredState,
     current: &Manifest,
 ) -> Transaction {
+    let state = StateDir::open(state).unwrap_or_else(|e| panic!("state dir: {e}"));
+    let state = state.apply_area();
     let started = Instant::now();
     let disk = apply::observe(root, state, plan::observed_paths(desired, current))
         .unwrap_or_else(|e| panic!("observe: {e}"));

@@ -284,7 +284,7 @@ fn status_command(config_path: &Path, json: bool) -> Result<(), CliError> {
     let hold = state.hold().map_err(failed)?;
     let last = state.last_result().map_err(failed)?;
     let watermark = state.applied_commit().map_err(failed)?;
-    let pending = apply::pending(state.dir()).map_err(failed)?;
+    let pending = apply::pending(&state.apply_journal_path()).map_err(failed)?;
     let queued = state.queued_reports().map_err(failed)?.len();
     let fetched = Mirror::open_existing(&state.mirror_path()).and_then(|m| m.fetched_tip());
     if json {

@@ -138,12 +138,12 @@ fn restore(
         from,
         to,
         &config.root,
-        state.apply_area().dir(),
+        state.apply_area(),
         from_number,
         to_number,
     )
     .map_err(failed)?;
     state.set_current(to_number)?;
-    apply::journal_done(state.apply_area().dir()).map_err(failed)?;
+    apply::journal_done(state.apply_area()).map_err(failed)?;
     Ok(applied)
 }

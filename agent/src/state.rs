@@ -625,12 +625,22 @@ pub struct ApplyArea<'a> {
 }
 
 impl<'a> ApplyArea<'a> {
+    /// The area of the state directory `dir`, without its lock: for apply's unit tests only.
+    #[cfg(test)]
+    pub(crate) fn for_tests(dir: &'a Path) -> ApplyArea<'a> {
+        ApplyArea { dir }
+    }
+
     /// The state directory itself.
     pub fn dir(&self) -> &'a Path {
         self.dir
     }
     pub fn journal(&self) -> PathBuf {
         self.dir.join(APPLY_JOURNAL_FILE)
+    }
+    /// The journal's file name in [`ApplyArea::dir`].
+    pub fn journal_name(&self) -> &'static str {
+        APPLY_JOURNAL_FILE
     }
     pub fn blobs(&self) -> PathBuf {
         self.dir.join(BLOBS_DIR)

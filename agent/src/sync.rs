@@ -294,7 +294,7 @@ fn sync_unheld(
     let current_manifest = current.as_ref().map_or(&empty, |g| &g.manifest);
     let disk = apply::observe(
         &config.root,
-        state.apply_area().dir(),
+        state.apply_area(),
         plan::observed_paths(&desired, current_manifest),
     )
     .map_err(|e| SyncError::Observe(Box::new(e)))?;
@@ -333,14 +333,7 @@ fn sync_unheld(
     let from = current.as_ref().map_or(0, |g| g.number);
     let to = state.next_generation_number()?;
     let applied = timed(&mut timings.apply_ms, || {
-        apply::apply(
-            &plan,
-            &desired,
-            &config.root,
-            state.apply_area().dir(),
-            from,
-            to,
-        )
+        apply::apply(&plan, &desired, &config.root, state.apply_area(), from, to)
     });
     if let Err(e) = applied {
         // apply has already put the device back at `from` (or kept the journal for recovery).
@@ -365,7 +358,7 @@ fn sync_unheld(
         // Before the first systemctl call: a crash from here on is taken back by `recover`,
         // units included (the apply journal alone would only bring the files back).
         if let Err(e) = state.begin_services(from, to, &service_plan) {
-            if let Err(undo) = apply::undo(&config.root, state.apply_area().dir()) {
+            if let Err(undo) = apply::undo(&config.root, state.apply_area()) {
                 tracing::error!(error = %undo, "could not undo the apply; the next start retries");
             }
             return Err(e.into());
@@ -387,7 +380,7 @@ fn sync_unheld(
         // units back in line; marking it first could leave units on the new configuration with
         // nothing left to correct them.
         let mut problems = Vec::new();
-        if let Err(e) = apply::undo(&config.root, state.apply_area().dir()) {
+        if let Err(e) = apply::undo(&config.root, state.apply_area()) {
             problems.push(format!(
                 "restoring the files failed: {e} (the journal is kept; the next start retries)"
             ));
@@ -416,7 +409,7 @@ fn sync_unheld(
         services: service_records,
     })?;
     fail_point!("services_before_journal_end");
-    apply::journal_done(state.apply_area().dir()).map_err(|e| SyncError::JournalDone {
+    apply::journal_done(state.apply_area()).map_err(|e| SyncError::JournalDone {
         generation: to,
         source: Box::new(e),
     })?;
@@ -471,7 +464,7 @@ fn rollback_problems(problems: &[String]) -> String {
 /// the old files. The commit is not marked bad: the next sync applies and gates it again.
 pub fn recover(root: &Path, state: &StateDir) -> Result<Option<Recovery>, SyncError> {
     let current = state.current_number()?;
-    let recovery = apply::recover(root, state.apply_area().dir(), |n| current == Some(n))
+    let recovery = apply::recover(root, state.apply_area(), |n| current == Some(n))
         .map_err(|e| SyncError::Recover(Box::new(e)))?;
     if let Some(r) = &recovery {
         tracing::warn!(%r, "recovered an interrupted apply");
@@ -503,7 +496,7 @@ fn prune(state: &StateDir, keep: usize, generation: u64) -> Result<(), SyncError
     }
     let kept = state.generations()?;
     let manifests: Vec<&Manifest> = kept.iter().map(|g| &g.manifest).collect();
-    apply::prune_blobs(state.apply_area().dir(), &manifests).map_err(|e| SyncError::Prune {
+    apply::prune_blobs(state.apply_area(), &manifests).map_err(|e| SyncError::Prune {
         generation,
         source: Box::new(e),
     })?;

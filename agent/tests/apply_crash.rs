@@ -18,6 +18,7 @@ use shoal_agent::apply::{apply, journal_done, observe, recover, Recovery};
 use shoal_agent::paths;
 use shoal_agent::plan::{observed_paths, plan, Manifest};
 use shoal_agent::render::{DesiredFile, DesiredState};
+use shoal_agent::state::StateDir;
 use shoal_testkit::{is_root, require_root, Mount};
 
 /// Set in the re-executed child: `SCENARIO:ACTION:RUN_DIR`.
@@ -167,12 +168,14 @@ fn child_process_entry() {
         "apply" => {
             let (gen1, gen2) = generations(scenario);
             let current = Manifest::from_desired(&gen1);
-            let disk = observe(&run.root(), &run.state(), observed_paths(&gen2, &current)).unwrap();
+            let state = run.state_dir();
+            let area = state.apply_area();
+            let disk = observe(&run.root(), area, observed_paths(&gen2, &current)).unwrap();
             let plan = plan(&gen2, &current, &disk);
-            apply(&plan, &gen2, &run.root(), &run.state(), 1, 2).unwrap();
+            apply(&plan, &gen2, &run.root(), area, 1, 2).unwrap();
             // The caller records generation 2 (durably), then ends the transaction.
             paths::write_atomic(&run.dir.join(COMMITTED_FILE), b"2").unwrap();
-            journal_done(&run.state()).unwrap();
+            journal_done(area).unwrap();
         }
         "recover" => {
             run.recover();
@@ -235,15 +238,17 @@ impl Fixture {
         prepare_root(&run.root());
 
         let (gen1, _) = generations(scenario);
+        let state = run.state_dir();
         let disk = observe(
             &run.root(),
-            &run.state(),
+            state.apply_area(),
             observed_paths(&gen1, &Manifest::default()),
         )
         .unwrap();
         let plan = plan(&gen1, &Manifest::default(), &disk);
-        apply(&plan, &gen1, &run.root(), &run.state(), 0, 1).unwrap();
-        journal_done(&run.state()).unwrap();
+        apply(&plan, &gen1, &run.root(), state.apply_area(), 0, 1).unwrap();
+        journal_done(state.apply_area()).unwrap();
+        drop(state);
         Fixture {
             base,
             template,
@@ -304,6 +309,11 @@ impl Run {
         self.dir.join("state")
     }
 
+    /// The state directory, locked as the agent holds it.
+    fn state_dir(&self) -> StateDir {
+        StateDir::open(&self.state()).unwrap()
+    }
+
     fn committed(&self) -> Option<u64> {
         let text = fs::read_to_string(self.dir.join(COMMITTED_FILE)).ok()?;
         text.trim().parse().ok()
@@ -312,7 +322,7 @@ impl Run {
     /// What the agent does at start.
     fn recover(&self) -> Option<Recovery> {
         let committed = self.committed();
-        recover(&self.root(), &self.state(), |generation| {
+        recover(&self.root(), self.state_dir().apply_area(), |generation| {
             committed == Some(generation)
         })
         .unwrap()

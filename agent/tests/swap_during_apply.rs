@@ -13,6 +13,7 @@ use shoal_agent::apply::failpoint::set_hook;
 use shoal_agent::apply::{apply, journal_done, observe, ApplyError, Fault};
 use shoal_agent::plan::{observed_paths, plan, Manifest};
 use shoal_agent::render::{DesiredFile, DesiredState};
+use shoal_agent::state::StateDir;
 
 #[test]
 fn a_directory_swapped_for_a_link_mid_apply_does_not_redirect_the_write() {
@@ -43,7 +44,9 @@ fn a_directory_swapped_for_a_link_mid_apply_does_not_redirect_the_write() {
         ..Default::default()
     };
     let empty = Manifest::default();
-    let disk = observe(&root, &state, observed_paths(&desired, &empty)).expect("observe");
+    let state = StateDir::open(&state).expect("lock the state dir");
+    let state = state.apply_area();
+    let disk = observe(&root, state, observed_paths(&desired, &empty)).expect("observe");
     let plan = plan(&desired, &empty, &disk);
 
     // After apply resolved the path and before it writes, the owner of /home/app moves .ssh
@@ -54,8 +57,8 @@ fn a_directory_swapped_for_a_link_mid_apply_does_not_redirect_the_write() {
         fs::rename(&ssh, &moved).expect("move .ssh away");
         symlink(&target, &ssh).expect("link the victim's directory");
     });
-    apply(&plan, &desired, &root, &state, 0, 1).expect("apply");
-    journal_done(&state).expect("journal_done");
+    apply(&plan, &desired, &root, state, 0, 1).expect("apply");
+    journal_done(state).expect("journal_done");
 
     assert_eq!(
         fs::read_to_string(victim.join("authorized_keys")).expect("victim"),
@@ -70,7 +73,7 @@ fn a_directory_swapped_for_a_link_mid_apply_does_not_redirect_the_write() {
     );
 
     // The next sync's look at the disk refuses the link, naming it.
-    let err = observe(&root, &state, observed_paths(&desired, &empty)).expect_err("refused");
+    let err = observe(&root, state, observed_paths(&desired, &empty)).expect_err("refused");
     assert!(
         matches!(&err, ApplyError::Observe(fault) if matches!(**fault, Fault::SymlinkInPath { .. })),
         "{err}"

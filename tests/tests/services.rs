@@ -16,6 +16,7 @@ use shoal_agent::health::{self, HealthFailure, Unhealthy};
 use shoal_agent::plan::{self, Manifest, Plan};
 use shoal_agent::render::{DesiredFile, DesiredService, DesiredState, HealthCheck, ServiceState};
 use shoal_agent::services::{self, ServiceError, ServicePlan, ServiceRecord, Systemd};
+use shoal_agent::state::StateDir;
 use shoal_e2e::{long_running_unit, require_tool, SystemdHost};
 
 /// `agent.toml`'s `apply.health_timeout` for these devices.
@@ -109,12 +110,14 @@ impl<'a> Device<'a> {
 
     /// The steps of one sync from render on, in its order.
     fn converge(&mut self, mut desired: DesiredState) -> Result<Converged, RolledBack> {
-        let (root, state_dir) = (self.root(), self.state_dir.path().to_owned());
+        let root = self.root();
+        let state = StateDir::open(self.state_dir.path()).expect("lock the state dir");
+        let state_dir = state.apply_area();
         services::merge_unit_files(&mut desired).expect("no unit file conflicts");
         let records = services::records(&desired);
         let disk = apply::observe(
             &root,
-            &state_dir,
+            state_dir,
             plan::observed_paths(&desired, &self.manifest),
         )
         .expect("observe the guest's files");
@@ -123,7 +126,7 @@ impl<'a> Device<'a> {
             services::plan(&records, &self.services, &services::changed_paths(&files));
         let to = self.next;
         self.next += 1;
-        apply::apply(&files, &desired, &root, &state_dir, self.generation, to)
+        apply::apply(&files, &desired, &root, state_dir, self.generation, to)
             .expect("apply the files");
         let gate = services::execute(&service_plan, &self.systemd)
             .map_err(RolledBack::Execute)
@@ -133,7 +136,7 @@ impl<'a> Device<'a> {
             });
         if let Err(failure) = gate {
             // Files first, so the units that go back are restarted on the previous files.
-            apply::undo(&root, &state_dir).expect("undo the files");
+            apply::undo(&root, state_dir).expect("undo the files");
             services::revert(&service_plan, &self.systemd)
                 .unwrap_or_else(|e| panic!("revert the services: {e}"));
             return Err(failure);
@@ -141,7 +144,7 @@ impl<'a> Device<'a> {
         self.generation = to;
         self.manifest = Manifest::from_desired(&desired);
         self.services = records;
-        apply::journal_done(&state_dir).expect("finish the transaction");
+        apply::journal_done(state_dir).expect("finish the transaction");
         Ok(Converged {
             files,
             services: service_plan,
@@ -457,14 +460,15 @@ fn an_offline_root_gets_its_units_enabled_only() {
     let mut desired = desired(vec![service("app.service", &long_running_unit("app"))], &[]);
     services::merge_unit_files(&mut desired).unwrap();
     let state_dir = tempfile::tempdir().expect("state dir");
+    let state = StateDir::open(state_dir.path()).expect("lock the state dir");
     let disk = apply::observe(
         root.path(),
-        state_dir.path(),
+        state.apply_area(),
         plan::observed_paths(&desired, &Manifest::default()),
     )
     .unwrap();
     let files = plan::plan(&desired, &Manifest::default(), &disk);
-    apply::apply(&files, &desired, root.path(), state_dir.path(), 0, 1).unwrap();
+    apply::apply(&files, &desired, root.path(), state.apply_area(), 0, 1).unwrap();
     let service_plan = services::plan(
         &services::records(&desired),
         &BTreeMap::new(),

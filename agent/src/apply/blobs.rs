@@ -20,8 +20,8 @@ use super::failpoint::fail_point;
 use super::file::{Dir, Flush, Located};
 use crate::paths::{self, PathError};
 use crate::plan::{hex, is_sha256_hex, sha256_hex};
+use crate::state::ApplyArea;
 
-const BLOBS_DIR: &str = "blobs";
 const TEMP_SUFFIX: &str = ".tmp";
 
 pub(crate) struct BlobStore {
@@ -34,13 +34,13 @@ pub(crate) struct BlobStore {
 
 impl BlobStore {
     /// Opens the store, creating it if needed (mode 0700: blobs may hold secrets).
-    pub(crate) fn open(state_dir: &Path) -> Result<Self, Fault> {
-        let dir = state_dir.join(BLOBS_DIR);
+    pub(crate) fn open(area: ApplyArea<'_>) -> Result<Self, Fault> {
+        let dir = area.blobs();
         if !dir.is_dir() {
             paths::create_dir_all(&dir)?;
             fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
                 .map_err(|e| PathError::new("set permissions of", &dir, e))?;
-            paths::sync_dir(state_dir)?;
+            paths::sync_dir(area.dir())?;
         }
         Ok(BlobStore {
             handle: Dir::open_trusted(&dir, "open the blob store")?,

@@ -4,7 +4,7 @@
 
 use std::ffi::OsString;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -12,8 +12,8 @@ use super::error::{ApplyError, Fault};
 use super::file::{Dir, Flush};
 use crate::paths::{self, PathError};
 use crate::plan::{is_sha256_hex, DiskFile};
+use crate::state::ApplyArea;
 
-pub(crate) const JOURNAL_FILE: &str = "journal.json";
 const VERSION: u32 = 1;
 
 /// One transaction from generation `from` to `to`.
@@ -61,14 +61,18 @@ impl Journal {
         }
     }
 
-    pub(crate) fn path(state_dir: &Path) -> PathBuf {
-        state_dir.join(JOURNAL_FILE)
+    pub(crate) fn path(area: ApplyArea<'_>) -> PathBuf {
+        area.journal()
     }
 
     /// The journal of an unfinished transaction, if there is one. A journal that cannot be
     /// understood is an error: guessing which files to restore could destroy data.
-    pub(crate) fn read(state_dir: &Path) -> Result<Option<Journal>, ApplyError> {
-        let journal = Journal::path(state_dir);
+    pub(crate) fn read(area: ApplyArea<'_>) -> Result<Option<Journal>, ApplyError> {
+        Journal::read_at(area.journal())
+    }
+
+    /// The journal at `journal`, if there is one (also for `status`, which has no lock).
+    pub(crate) fn read_at(journal: PathBuf) -> Result<Option<Journal>, ApplyError> {
         let text = match paths::read_optional(&journal) {
             Ok(Some(text)) => text,
             Ok(None) => return Ok(None),
@@ -108,11 +112,16 @@ impl Journal {
     /// write); with [`Flush::Batch`] the caller's `syncfs` makes it durable, so the journal
     /// costs no flush of its own when blobs are flushed anyway. Not a journal until
     /// [`Staged::publish`]; a crash before leaves a temp file that `recover` sweeps.
-    pub(crate) fn stage(&self, state_dir: &Path, dir: Dir, flush: Flush) -> Result<Staged, Fault> {
+    pub(crate) fn stage(
+        &self,
+        area: ApplyArea<'_>,
+        dir: Dir,
+        flush: Flush,
+    ) -> Result<Staged, Fault> {
         let about_state = |e: PathError| Fault::Io(e).about_state();
         // Serializing plain data with string keys cannot fail; map it anyway rather than unwrap.
         let json = serde_json::to_vec_pretty(self).map_err(|e| Fault::CorruptState {
-            path: Journal::path(state_dir),
+            path: Journal::path(area),
             reason: e.to_string(),
         })?;
         let temp = OsString::from(format!("{TEMP_PREFIX}{}", std::process::id()));
@@ -126,13 +135,17 @@ impl Journal {
             flush,
         )
         .map_err(about_state)?;
-        Ok(Staged { dir, temp })
+        Ok(Staged {
+            dir,
+            temp,
+            name: area.journal_name(),
+        })
     }
 
     /// Removes the journal durably; already gone is fine (and costs no disk write).
-    pub(crate) fn remove(state_dir: &Path) -> Result<(), PathError> {
-        if Journal::remove_lazily(state_dir)? {
-            paths::sync_dir(state_dir)?;
+    pub(crate) fn remove(area: ApplyArea<'_>) -> Result<(), PathError> {
+        if Journal::remove_lazily(area)? {
+            paths::sync_dir(area.dir())?;
         }
         Ok(())
     }
@@ -140,8 +153,8 @@ impl Journal {
     /// Removes the journal without making the removal durable; `true` if there was one. Only
     /// for a journal whose target generation is recorded: if a power cut brings it back,
     /// `recover` finds that generation recorded and only removes it again.
-    pub(crate) fn remove_lazily(state_dir: &Path) -> Result<bool, PathError> {
-        let journal = Journal::path(state_dir);
+    pub(crate) fn remove_lazily(area: ApplyArea<'_>) -> Result<bool, PathError> {
+        let journal = Journal::path(area);
         match std::fs::remove_file(&journal) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
@@ -157,6 +170,8 @@ pub(crate) const TEMP_PREFIX: &str = ".journal.json.shoal-tmp.";
 pub(crate) struct Staged {
     dir: Dir,
     temp: OsString,
+    /// The journal's name in the state directory.
+    name: &'static str,
 }
 
 impl Staged {
@@ -166,7 +181,7 @@ impl Staged {
     pub(crate) fn publish(self) -> Result<(), Fault> {
         let about_state = |e: PathError| Fault::Io(e).about_state();
         self.dir
-            .publish(&self.temp, JOURNAL_FILE.as_ref())
+            .publish(&self.temp, self.name.as_ref())
             .map_err(about_state)?;
         self.dir.sync().map_err(about_state)
     }

@@ -15,7 +15,7 @@
 //! let applied = apply(&plan, &desired, root, state_dir, n - 1, n)?;
 //! // health checks; on failure: undo(root, state_dir) and record the commit as bad
 //! state.commit_generation(n);                          // the commit point
-//! journal_done(state_dir)?;
+//! journal_done(area)?;
 //! ```
 
 mod accounts;
@@ -42,6 +42,7 @@ use self::preexisting::Preexisting;
 use self::transaction::{Change, Target, Transaction};
 use crate::plan::{sha256_hex, Action, DiskEntry, DiskSnapshot, Manifest, Plan};
 use crate::render::DesiredState;
+use crate::state::ApplyArea;
 
 /// What a successful [`apply`] or [`restore`] did. The journal stays until [`journal_done`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -88,7 +89,7 @@ impl fmt::Display for Recovery {
 /// since the last sync) is refused here, before anything is planned.
 pub fn observe<P: AsRef<Path>>(
     root: &Path,
-    state_dir: &Path,
+    area: ApplyArea<'_>,
     paths: impl IntoIterator<Item = P>,
 ) -> Result<DiskSnapshot, ApplyError> {
     let observe_fault = |fault: Fault| ApplyError::Observe(Box::new(fault));
@@ -96,7 +97,7 @@ pub fn observe<P: AsRef<Path>>(
         accounts: accounts::load(root).map_err(|e| observe_fault(e.into()))?,
         ..Default::default()
     };
-    let device = file::DeviceRoot::open(root, state_dir).map_err(observe_fault)?;
+    let device = file::DeviceRoot::open(root, area.dir()).map_err(observe_fault)?;
     for path in paths {
         let path = path.as_ref();
         let entry = match device.locate(path).map_err(observe_fault)? {
@@ -124,7 +125,7 @@ pub fn apply(
     plan: &Plan,
     desired: &DesiredState,
     root: &Path,
-    state_dir: &Path,
+    area: ApplyArea<'_>,
     from_gen: u64,
     to_gen: u64,
 ) -> Result<Applied, ApplyError> {
@@ -177,7 +178,7 @@ pub fn apply(
     }
     Transaction {
         root,
-        state_dir,
+        area,
         from: from_gen,
         to: to_gen,
         changes,
@@ -203,7 +204,7 @@ pub fn restore(
     from: &Manifest,
     to: &Manifest,
     root: &Path,
-    state_dir: &Path,
+    area: ApplyArea<'_>,
     from_gen: u64,
     to_gen: u64,
 ) -> Result<Applied, ApplyError> {
@@ -234,7 +235,7 @@ pub fn restore(
     changes.sort_by(|a, b| a.path.cmp(&b.path));
     Transaction {
         root,
-        state_dir,
+        area,
         from: from_gen,
         to: to_gen,
         changes,
@@ -248,9 +249,9 @@ pub fn restore(
 /// Already removed is fine. The removal is not fsynced here (the next write in the state
 /// directory makes it durable): a journal a power cut brings back names a recorded
 /// generation, which `recover` only removes again.
-pub fn journal_done(state_dir: &Path) -> Result<(), ApplyError> {
+pub fn journal_done(area: ApplyArea<'_>) -> Result<(), ApplyError> {
     fail_point!("journal_done");
-    Journal::remove_lazily(state_dir)
+    Journal::remove_lazily(area)
         .map(drop)
         .map_err(ApplyError::JournalNotRemoved)
 }
@@ -262,21 +263,21 @@ pub fn journal_done(state_dir: &Path) -> Result<(), ApplyError> {
 /// `Ok(None)`: there was nothing to recover.
 pub fn recover(
     root: &Path,
-    state_dir: &Path,
+    area: ApplyArea<'_>,
     committed: impl Fn(u64) -> bool,
 ) -> Result<Option<Recovery>, ApplyError> {
-    sweep_temp_files(state_dir);
-    let Some(journal) = Journal::read(state_dir)? else {
+    sweep_temp_files(area);
+    let Some(journal) = Journal::read(area)? else {
         return Ok(None);
     };
     if committed(journal.to) {
-        Journal::remove(state_dir).map_err(ApplyError::JournalNotRemoved)?;
+        Journal::remove(area).map_err(ApplyError::JournalNotRemoved)?;
         return Ok(Some(Recovery::Committed {
             from: journal.from,
             to: journal.to,
         }));
     }
-    match transaction::roll_back(root, state_dir, &journal) {
+    match transaction::roll_back(root, area, &journal) {
         Ok(restored) => {
             let recovery = Recovery::RolledBack {
                 from: journal.from,
@@ -290,40 +291,40 @@ pub fn recover(
             fault: Box::new(fault),
             from: journal.from,
             to: journal.to,
-            journal: Journal::path(state_dir),
+            journal: Journal::path(area),
         }),
     }
 }
 
 /// Rolls back a finished but not yet recorded apply (e.g. its health check failed): the same
 /// as [`recover`] with nothing committed.
-pub fn undo(root: &Path, state_dir: &Path) -> Result<Option<Recovery>, ApplyError> {
-    recover(root, state_dir, |_| false)
+pub fn undo(root: &Path, area: ApplyArea<'_>) -> Result<Option<Recovery>, ApplyError> {
+    recover(root, area, |_| false)
 }
 
 /// The unfinished transaction, if any (for `status`).
-pub fn pending(state_dir: &Path) -> Result<Option<Journal>, ApplyError> {
-    Journal::read(state_dir)
+pub fn pending(journal: &Path) -> Result<Option<Journal>, ApplyError> {
+    Journal::read_at(journal.to_owned())
 }
 
 /// Deletes blobs no kept generation, saved pre-Shoal file or pending journal refers to; returns
 /// how many. For the state module after it prunes generations beyond `keep_generations`.
-pub fn prune_blobs(state_dir: &Path, keep: &[&Manifest]) -> Result<usize, ApplyError> {
-    if let Some(pending) = Journal::read(state_dir)? {
+pub fn prune_blobs(area: ApplyArea<'_>, keep: &[&Manifest]) -> Result<usize, ApplyError> {
+    if let Some(pending) = Journal::read(area)? {
         return Err(ApplyError::Unfinished {
-            journal: Journal::path(state_dir),
+            journal: Journal::path(area),
             from: pending.from,
             to: pending.to,
         });
     }
     let fail = |fault| ApplyError::Prune(Box::new(fault));
-    let preexisting = Preexisting::load(state_dir).map_err(fail)?;
+    let preexisting = Preexisting::load(area).map_err(fail)?;
     let live: BTreeSet<&str> = keep
         .iter()
         .flat_map(|manifest| manifest.files.values().map(|e| e.sha256.as_str()))
         .chain(preexisting.hashes())
         .collect();
-    let store = BlobStore::open(state_dir).map_err(fail)?;
+    let store = BlobStore::open(area).map_err(fail)?;
     let mut removed = 0;
     for sha256 in store.hashes().map_err(fail)? {
         if !live.contains(sha256.as_str()) {
@@ -339,8 +340,8 @@ pub fn prune_blobs(state_dir: &Path, keep: &[&Manifest]) -> Result<usize, ApplyE
 
 /// Temp files a crash can leave in `state_dir` (`paths::write_atomic` of the journal and of
 /// `preexisting.json`, half-written blobs). Untidy, never harmful: failures are only logged.
-fn sweep_temp_files(state_dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(state_dir) {
+fn sweep_temp_files(area: ApplyArea<'_>) {
+    if let Ok(entries) = std::fs::read_dir(area.dir()) {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
@@ -354,8 +355,8 @@ fn sweep_temp_files(state_dir: &Path) {
             }
         }
     }
-    if state_dir.join("blobs").is_dir() {
-        if let Err(e) = BlobStore::open(state_dir).and_then(|store| store.sweep()) {
+    if area.blobs().is_dir() {
+        if let Err(e) = BlobStore::open(area).and_then(|store| store.sweep()) {
             tracing::warn!(error = %e, "could not sweep the blob store");
         }
     }

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use super::error::Fault;
 use crate::paths;
 use crate::plan::{is_sha256_hex, DiskFile};
+use crate::state::ApplyArea;
 
-const FILE: &str = "preexisting.json";
 const VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,8 +28,8 @@ pub(crate) struct Preexisting {
 }
 
 impl Preexisting {
-    pub(crate) fn load(state_dir: &Path) -> Result<Preexisting, Fault> {
-        let path = state_dir.join(FILE);
+    pub(crate) fn load(area: ApplyArea<'_>) -> Result<Preexisting, Fault> {
+        let path = area.preexisting();
         let Some(text) = paths::read_optional(&path)? else {
             return Ok(Preexisting {
                 version: VERSION,
@@ -83,8 +83,8 @@ impl Preexisting {
     }
 
     /// Durable when this returns.
-    pub(crate) fn save(&self, state_dir: &Path) -> Result<(), Fault> {
-        let path = state_dir.join(FILE);
+    pub(crate) fn save(&self, area: ApplyArea<'_>) -> Result<(), Fault> {
+        let path = area.preexisting();
         let json = serde_json::to_vec_pretty(self).map_err(|e| Fault::CorruptState {
             path: path.clone(),
             reason: e.to_string(),

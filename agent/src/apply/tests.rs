@@ -56,6 +56,11 @@ impl Device {
         }
     }
 
+    /// Apply's part of the state directory (the unit tests hold no state lock).
+    fn area(&self) -> ApplyArea<'_> {
+        ApplyArea::for_tests(&self.state)
+    }
+
     fn real(&self, path: &str) -> PathBuf {
         self.root.join(path.trim_start_matches('/'))
     }
@@ -63,7 +68,7 @@ impl Device {
     fn plan(&self, desired: &DesiredState) -> crate::plan::Plan {
         let disk = observe(
             &self.root,
-            &self.state,
+            self.area(),
             observed_paths(desired, &self.manifest),
         )
         .unwrap();
@@ -77,13 +82,13 @@ impl Device {
             &plan,
             desired,
             &self.root,
-            &self.state,
+            self.area(),
             self.generation,
             self.generation + 1,
         )?;
         self.generation += 1;
         self.manifest = Manifest::from_desired(desired);
-        journal_done(&self.state)?;
+        journal_done(self.area())?;
         Ok(applied)
     }
 
@@ -214,7 +219,7 @@ fn content_mode_and_owner_land_on_disk() {
             .is_file());
     }
     assert!(device.plan(&gen1).is_empty());
-    assert!(pending(&device.state).unwrap().is_none());
+    assert!(pending(&device.area().journal()).unwrap().is_none());
 }
 
 #[test]
@@ -254,8 +259,8 @@ fn a_new_generation_changes_creates_and_removes_and_restore_goes_back_offline() 
     // Back to generation 1 from the blob store alone.
     let m1 = Manifest::from_desired(&gen1);
     let m2 = Manifest::from_desired(&gen2);
-    let restored = restore(&m2, &m1, &device.root, &device.state, 2, 1).unwrap();
-    journal_done(&device.state).unwrap();
+    let restored = restore(&m2, &m1, &device.root, device.area(), 2, 1).unwrap();
+    journal_done(device.area()).unwrap();
     assert_eq!(
         restored.removed,
         vec![PathBuf::from("/opt/app/new.conf")],
@@ -268,8 +273,8 @@ fn a_new_generation_changes_creates_and_removes_and_restore_goes_back_offline() 
     assert_eq!(device.snapshot(), expected);
 
     // And forward again.
-    restore(&m1, &m2, &device.root, &device.state, 1, 2).unwrap();
-    journal_done(&device.state).unwrap();
+    restore(&m1, &m2, &device.root, device.area(), 1, 2).unwrap();
+    journal_done(device.area()).unwrap();
     assert_eq!(device.snapshot(), at_gen2);
 }
 
@@ -306,8 +311,8 @@ fn a_file_shoal_took_over_comes_back_when_the_repo_drops_it() {
     // Rolling back to before the first generation also restores it.
     device.sync(&gen1).unwrap();
     let m = Manifest::from_desired(&gen1);
-    restore(&m, &Manifest::default(), &device.root, &device.state, 3, 0).unwrap();
-    journal_done(&device.state).unwrap();
+    restore(&m, &Manifest::default(), &device.root, device.area(), 3, 0).unwrap();
+    journal_done(device.area()).unwrap();
     assert_eq!(device.snapshot(), before_shoal);
 }
 
@@ -349,8 +354,8 @@ fn drift_is_detected_and_corrected() {
          drift: /etc/gone removed by hand\n\
          drift: /etc/motd edited by hand\n"
     );
-    let applied = apply(&plan, &gen1, &device.root, &device.state, 1, 2).unwrap();
-    journal_done(&device.state).unwrap();
+    let applied = apply(&plan, &gen1, &device.root, device.area(), 1, 2).unwrap();
+    journal_done(device.area()).unwrap();
     assert_eq!(applied.written.len(), 2);
     assert_eq!(device.snapshot(), at_gen1);
 }
@@ -379,7 +384,7 @@ fn a_directory_in_the_way_changes_nothing() {
     );
     assert!(matches!(err.fault(), Some(Fault::DirectoryInTheWay { .. })));
     assert_eq!(device.snapshot(), at_gen1);
-    assert!(pending(&device.state).unwrap().is_none());
+    assert!(pending(&device.area().journal()).unwrap().is_none());
 }
 
 #[test]
@@ -466,7 +471,7 @@ fn a_read_only_target_rolls_back_to_the_previous_generation() {
         at_gen1,
         "/etc/motd put back, /etc/new removed"
     );
-    assert!(pending(&device.state).unwrap().is_none());
+    assert!(pending(&device.area().journal()).unwrap().is_none());
 }
 
 #[test]
@@ -505,7 +510,7 @@ fn a_full_disk_rolls_back_to_the_previous_generation() {
         )
     );
     assert_eq!(device.snapshot(), at_gen1);
-    assert!(pending(&device.state).unwrap().is_none());
+    assert!(pending(&device.area().journal()).unwrap().is_none());
 }
 
 #[test]
@@ -524,10 +529,10 @@ fn an_unrecorded_apply_is_rolled_back_by_recover_and_a_recorded_one_is_kept() {
 
     // Applied, but the agent died before recording generation 2.
     let plan2 = device.plan(&gen2);
-    apply(&plan2, &gen2, &device.root, &device.state, 1, 2).unwrap();
-    let journal = pending(&device.state).unwrap().unwrap();
+    apply(&plan2, &gen2, &device.root, device.area(), 1, 2).unwrap();
+    let journal = pending(&device.area().journal()).unwrap().unwrap();
     assert_eq!((journal.from, journal.to), (1, 2));
-    let err = apply(&plan2, &gen2, &device.root, &device.state, 1, 2).unwrap_err();
+    let err = apply(&plan2, &gen2, &device.root, device.area(), 1, 2).unwrap_err();
     assert_eq!(
         err.to_string(),
         format!(
@@ -536,7 +541,7 @@ fn an_unrecorded_apply_is_rolled_back_by_recover_and_a_recorded_one_is_kept() {
             device.state.display()
         )
     );
-    let recovery = recover(&device.root, &device.state, |gen| gen == 1).unwrap();
+    let recovery = recover(&device.root, device.area(), |gen| gen == 1).unwrap();
     assert_eq!(
         recovery,
         Some(Recovery::RolledBack {
@@ -547,18 +552,18 @@ fn an_unrecorded_apply_is_rolled_back_by_recover_and_a_recorded_one_is_kept() {
     );
     assert_eq!(device.snapshot(), at_gen1);
     assert_eq!(
-        recover(&device.root, &device.state, |_| false).unwrap(),
+        recover(&device.root, device.area(), |_| false).unwrap(),
         None,
         "idempotent"
     );
 
     // Applied and recorded, then the agent died before journal_done.
-    apply(&plan2, &gen2, &device.root, &device.state, 1, 2).unwrap();
+    apply(&plan2, &gen2, &device.root, device.area(), 1, 2).unwrap();
     let at_gen2 = device.snapshot();
-    let recovery = recover(&device.root, &device.state, |gen| gen == 2).unwrap();
+    let recovery = recover(&device.root, device.area(), |gen| gen == 2).unwrap();
     assert_eq!(recovery, Some(Recovery::Committed { from: 1, to: 2 }));
     assert_eq!(device.snapshot(), at_gen2);
-    assert!(pending(&device.state).unwrap().is_none());
+    assert!(pending(&device.area().journal()).unwrap().is_none());
 }
 
 #[test]
@@ -572,13 +577,13 @@ fn undo_rolls_back_an_apply_whose_health_check_failed() {
         &device.plan(&gen2),
         &gen2,
         &device.root,
-        &device.state,
+        device.area(),
         1,
         2,
     )
     .unwrap();
     assert_eq!(
-        undo(&device.root, &device.state)
+        undo(&device.root, device.area())
             .unwrap()
             .unwrap()
             .to_string(),
@@ -600,12 +605,12 @@ fn an_edit_between_observe_and_apply_is_what_undo_puts_back() {
     // Same size, right after the look: only the stat's times and the hash tell them apart.
     fs::write(device.real("/etc/motd"), "edi\n").unwrap();
     let at_edit = device.snapshot();
-    apply(&plan, &gen2, &device.root, &device.state, 1, 2).unwrap();
+    apply(&plan, &gen2, &device.root, device.area(), 1, 2).unwrap();
     assert_eq!(
         fs::read_to_string(device.real("/etc/motd")).unwrap(),
         "two\n"
     );
-    undo(&device.root, &device.state).unwrap();
+    undo(&device.root, device.area()).unwrap();
     assert_eq!(
         device.snapshot(),
         at_edit,
@@ -622,7 +627,7 @@ fn a_corrupt_journal_fails_closed() {
         "{\"version\": 1, \"from\"",
     )
     .unwrap();
-    let err = recover(&device.root, &device.state, |_| false).unwrap_err();
+    let err = recover(&device.root, device.area(), |_| false).unwrap_err();
     assert_eq!(
         err.to_string(),
         format!(
@@ -679,7 +684,7 @@ fn prune_keeps_what_generations_and_saved_files_need() {
     device.sync(&gen2).unwrap();
     let m2 = Manifest::from_desired(&gen2);
     // gen1's "one" and "managed" go; gen2's "two" and the distro's /etc/issue stay.
-    assert_eq!(prune_blobs(&device.state, &[&m2]).unwrap(), 2);
+    assert_eq!(prune_blobs(device.area(), &[&m2]).unwrap(), 2);
     let blob = |content: &[u8]| {
         device
             .state

@@ -16,6 +16,7 @@ use super::journal::{Before, Journal, JournalEntry};
 use super::preexisting::Preexisting;
 use super::Applied;
 use crate::plan::{DiskEntry, DiskFile, FileStamp, OtherKind};
+use crate::state::ApplyArea;
 
 /// What one path should become.
 pub(crate) enum Target {
@@ -41,7 +42,7 @@ pub(crate) struct Change {
 
 pub(crate) struct Transaction<'a> {
     pub root: &'a Path,
-    pub state_dir: &'a Path,
+    pub area: ApplyArea<'a>,
     pub from: u64,
     pub to: u64,
     pub changes: Vec<Change>,
@@ -101,9 +102,9 @@ impl Transaction<'_> {
     ///    removal is durable: recovery sees `committed(N)` and only removes the journal.
     pub(crate) fn run(self) -> Result<Applied, ApplyError> {
         let from = self.from;
-        if let Some(pending) = Journal::read(self.state_dir)? {
+        if let Some(pending) = Journal::read(self.area)? {
             return Err(ApplyError::Unfinished {
-                journal: Journal::path(self.state_dir),
+                journal: Journal::path(self.area),
                 from: pending.from,
                 to: pending.to,
             });
@@ -112,7 +113,7 @@ impl Transaction<'_> {
 
         // Steps 0 and 1; the journal's content is written now, beside the blobs, so that the
         // blobs' one syncfs makes it durable too (it is only put in place in step 2).
-        let mut store = BlobStore::open(self.state_dir).map_err(fail)?;
+        let mut store = BlobStore::open(self.area).map_err(fail)?;
         let prepared = self.prepare(&mut store).map_err(fail)?;
         for (sha256, content) in &self.contents {
             store.put(sha256, content).map_err(fail)?;
@@ -120,20 +121,20 @@ impl Transaction<'_> {
         let journal = match prepared.steps.is_empty() {
             true => None,
             false => {
-                let dir = Dir::open_trusted(self.state_dir, "open the state directory")
+                let dir = Dir::open_trusted(self.area.dir(), "open the state directory")
                     .map_err(|e| fail(Fault::Io(e).about_state()))?;
                 // The blobs' syncfs covers the journal only on the same file system.
                 let flush = match store.will_sync_filesystem_of(&dir) {
                     true => Flush::Batch,
                     false => Flush::Each,
                 };
-                let staged = prepared.journal.stage(self.state_dir, dir, flush);
+                let staged = prepared.journal.stage(self.area, dir, flush);
                 Some(staged.map_err(fail)?)
             }
         };
         store.sync().map_err(fail)?;
         if prepared.preexisting_changed {
-            prepared.preexisting.save(self.state_dir).map_err(fail)?;
+            prepared.preexisting.save(self.area).map_err(fail)?;
         }
         fail_point!("apply_after_blobs");
         let Some(journal) = journal else {
@@ -146,17 +147,15 @@ impl Transaction<'_> {
 
         // Step 3, undone from the journal on any error.
         if let Err(fault) = self.execute(&store, &prepared) {
-            return Err(
-                match roll_back(self.root, self.state_dir, &prepared.journal) {
-                    Ok(_) => ApplyError::failed(fault, from),
-                    Err(rollback) => ApplyError::RollbackFailed {
-                        fault: Box::new(fault),
-                        rollback: Box::new(rollback),
-                        from,
-                        journal: Journal::path(self.state_dir),
-                    },
+            return Err(match roll_back(self.root, self.area, &prepared.journal) {
+                Ok(_) => ApplyError::failed(fault, from),
+                Err(rollback) => ApplyError::RollbackFailed {
+                    fault: Box::new(fault),
+                    rollback: Box::new(rollback),
+                    from,
+                    journal: Journal::path(self.area),
                 },
-            );
+            });
         }
 
         // Step 4.
@@ -166,9 +165,9 @@ impl Transaction<'_> {
     /// Step 0: decides the steps and the journal; writes only blobs of files about to be
     /// replaced (and of files taken over), which nothing refers to yet.
     fn prepare(&self, store: &mut BlobStore) -> Result<Prepared, Fault> {
-        let device = DeviceRoot::open(self.root, self.state_dir)?;
+        let device = DeviceRoot::open(self.root, self.area.dir())?;
         let accounts = accounts::load(self.root)?;
-        let mut preexisting = Preexisting::load(self.state_dir)?;
+        let mut preexisting = Preexisting::load(self.area)?;
         let mut preexisting_changed = false;
         let mut journal = Journal::new(self.from, self.to);
         let mut steps = Vec::new();
@@ -315,7 +314,7 @@ impl Transaction<'_> {
     /// from `root` (directories were created since step 0), and everything that writes goes
     /// through the handle of the directory that walk opened.
     fn execute(&self, store: &BlobStore, prepared: &Prepared) -> Result<(), Fault> {
-        let device = DeviceRoot::open(self.root, self.state_dir)?;
+        let device = DeviceRoot::open(self.root, self.area.dir())?;
         let mut touched = TouchedDirs::default();
         for dir in &prepared.journal.created_dirs {
             let located = device.locate_existing(dir)?;
@@ -378,9 +377,13 @@ impl Transaction<'_> {
 /// journal. Idempotent: entries already back are skipped, so a crash in the middle is
 /// repaired by running it again, which is why it may use non-atomic shortcuts (see
 /// `restore_file`). Returns how many paths it had to put back.
-pub(crate) fn roll_back(root: &Path, state_dir: &Path, journal: &Journal) -> Result<usize, Fault> {
-    let store = BlobStore::open(state_dir)?;
-    let device = DeviceRoot::open(root, state_dir)?;
+pub(crate) fn roll_back(
+    root: &Path,
+    area: ApplyArea<'_>,
+    journal: &Journal,
+) -> Result<usize, Fault> {
+    let store = BlobStore::open(area)?;
+    let device = DeviceRoot::open(root, area.dir())?;
     let mut restored = 0;
     let mut touched = TouchedDirs::default();
     for entry in journal.entries.iter().rev() {
@@ -431,7 +434,7 @@ pub(crate) fn roll_back(root: &Path, state_dir: &Path, journal: &Journal) -> Res
     }
     touched.sync()?;
     fail_point!("recover_before_journal_removal");
-    Journal::remove(state_dir)?;
+    Journal::remove(area)?;
     Ok(restored)
 }
 

@@ -51,13 +51,13 @@ fn a_symlinked_parent_is_refused_wherever_it_points() {
              (or stop declaring the path) and run sync again",
             link.display()
         );
-        let err = observe(&device.root, &device.state, gen1.files.keys()).unwrap_err();
+        let err = observe(&device.root, device.area(), gen1.files.keys()).unwrap_err();
         assert_eq!(
             err.to_string(),
             format!("cannot read the device's current state: {expected}"),
             "{target}"
         );
-        let err = apply(&plan, &gen1, &device.root, &device.state, 0, 1).unwrap_err();
+        let err = apply(&plan, &gen1, &device.root, device.area(), 0, 1).unwrap_err();
         assert_eq!(
             err.to_string(),
             format!("{expected}; the device was left at generation 0"),
@@ -75,7 +75,7 @@ fn a_symlinked_parent_is_refused_wherever_it_points() {
             "{target}"
         );
         assert_eq!(fs::read_dir(&victim).unwrap().count(), 1, "{target}");
-        assert!(pending(&device.state).unwrap().is_none());
+        assert!(pending(&device.area().journal()).unwrap().is_none());
         device.generation = 0;
     }
 }
@@ -92,7 +92,7 @@ fn a_link_swapped_in_after_an_apply_stops_drift_correction_and_rollback() {
     let before = device.snapshot();
 
     // Drift correction looks first, and refuses.
-    let err = observe(&device.root, &device.state, gen1.files.keys()).unwrap_err();
+    let err = observe(&device.root, device.area(), gen1.files.keys()).unwrap_err();
     assert!(
         matches!(&err, ApplyError::Observe(fault) if matches!(**fault, Fault::SymlinkInPath { .. })),
         "{err}"
@@ -102,7 +102,7 @@ fn a_link_swapped_in_after_an_apply_stops_drift_correction_and_rollback() {
         &device.manifest,
         &Manifest::default(),
         &device.root,
-        &device.state,
+        device.area(),
         1,
         2,
     )
@@ -129,7 +129,7 @@ fn the_state_directory_is_refused_by_identity_not_by_name() {
     fs::write(device.state.join("hold"), "").unwrap();
 
     let into_state = desired(vec![("/var/lib/shoal/hold", file("1\n", 0o644))]);
-    let err = observe(&device.root, &device.state, into_state.files.keys()).unwrap_err();
+    let err = observe(&device.root, device.area(), into_state.files.keys()).unwrap_err();
     assert_eq!(
         err.to_string(),
         format!(
@@ -147,7 +147,7 @@ fn the_state_directory_is_refused_by_identity_not_by_name() {
     fs::create_dir_all(device.real("/srv/elsewhere")).unwrap();
     let _mount = Mount::bind(&device.state, &device.real("/srv/elsewhere"));
     let renamed = desired(vec![("/srv/elsewhere/hold", file("1\n", 0o644))]);
-    let err = observe(&device.root, &device.state, renamed.files.keys()).unwrap_err();
+    let err = observe(&device.root, device.area(), renamed.files.keys()).unwrap_err();
     assert!(
         err.to_string().contains(
             "refusing to manage /srv/elsewhere/hold: /srv/elsewhere is the agent's own state directory"
@@ -174,7 +174,7 @@ fn a_hard_link_at_a_declared_path_is_neither_replaced_nor_saved() {
         "create /home/app/config (0644 root:root): a file with more than one hard link is in the way\n"
             .replace("root:root", &format!("{}:{}", me().0, me().1))
     );
-    let err = apply(&plan, &gen1, &device.root, &device.state, 0, 1).unwrap_err();
+    let err = apply(&plan, &gen1, &device.root, device.area(), 0, 1).unwrap_err();
     assert_eq!(
         err.to_string(),
         format!(
@@ -203,12 +203,12 @@ fn recovery_does_not_follow_a_link_swapped_in_after_a_crash() {
     let gen1 = authorized_keys();
     let plan = device.plan(&gen1);
     // The apply finished but generation 1 was never recorded (a crash): recovery must undo it.
-    apply(&plan, &gen1, &device.root, &device.state, 0, 1).unwrap();
+    apply(&plan, &gen1, &device.root, device.area(), 0, 1).unwrap();
     fs::rename(device.real("/home/app/.ssh"), device.real("/home/app/old")).unwrap();
     symlink(&victim, device.real("/home/app/.ssh")).unwrap();
     let before = device.snapshot();
 
-    let err = recover(&device.root, &device.state, |_| false).unwrap_err();
+    let err = recover(&device.root, device.area(), |_| false).unwrap_err();
     assert!(
         err.to_string().contains(
             "refusing to manage /home/app/.ssh/authorized_keys: /home/app/.ssh is a symbolic link"
@@ -217,7 +217,7 @@ fn recovery_does_not_follow_a_link_swapped_in_after_a_crash() {
     );
     assert!(matches!(err, ApplyError::RecoveryFailed { .. }), "{err}");
     assert!(
-        pending(&device.state).unwrap().is_some(),
+        pending(&device.area().journal()).unwrap().is_some(),
         "the journal is kept for a retry"
     );
     assert_eq!(device.snapshot(), before, "nothing under the root changed");
