@@ -32,21 +32,6 @@ async fn report_with_token(server: &TestServer, device: &mut Device, n: usize) -
     bodies
 }
 
-/// Posts a report and asserts the refusal and that nothing changed for `device_id`.
-async fn refused(
-    server: &TestServer,
-    device_id: &str,
-    body: Vec<u8>,
-    enroll: Option<&str>,
-    expect: (u16, &str, &str),
-) -> serde_json::Value {
-    let before = snapshot(&server.state, device_id);
-    let resp = server.client().post_report(body, enroll).await;
-    resp.assert_rejected(expect.0, expect.1, expect.2);
-    assert_eq!(snapshot(&server.state, device_id), before, "{}", expect.1);
-    resp.json()
-}
-
 /// The value of the sample `name` (with its labels) in the Prometheus text.
 fn sample(metrics: &str, name: &str) -> u64 {
     metrics
@@ -175,7 +160,7 @@ async fn unpin_lets_the_device_enroll_again_with_a_token_and_in_no_other_way() {
     );
 
     // Unpinned, even the old key needs a token now.
-    refused(
+    rejected(
         &server,
         "gw-1",
         gw.next(Status::Converged, None),
@@ -190,23 +175,12 @@ async fn unpin_lets_the_device_enroll_again_with_a_token_and_in_no_other_way() {
 
     // The device was re-imaged: a new key, whose sequence starts again at 1, enrolls with the token.
     let mut fresh = Device::new("gw-1", 2);
-    let resp = server
-        .client()
-        .post_report(fresh.next(Status::Applying, None), Some(ENROLL_TOKEN))
-        .await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
-    assert_eq!(
-        resp.json(),
-        serde_json::json!({"device_id": "gw-1", "sequence": 1, "enrolled": true})
-    );
-    assert_eq!(
-        server.state.store.pinned_key("gw-1").unwrap().as_deref(),
-        Some(fresh.key_id().as_str())
-    );
+    let first = fresh.next(Status::Applying, None);
+    assert_enrolls(&server, &fresh, first).await;
     let history = server.client().get("/api/v1/devices/gw-1/history").await;
     assert_eq!(history.json()["history"].as_array().unwrap().len(), 4);
     // From now on the old key is refused, token or not.
-    refused(
+    rejected(
         &server,
         "gw-1",
         gw.next(Status::Converged, None),
@@ -247,7 +221,7 @@ async fn rekey_refuses_the_old_key_with_a_reason_and_accepts_the_new_one_without
 
     // Reports signed with the old key: refused, saying which key is pinned and which signed.
     for token in [None, Some(ENROLL_TOKEN)] {
-        let j = refused(
+        let j = rejected(
             &server,
             "gw-1",
             gw.next(Status::Converged, None),
@@ -304,7 +278,7 @@ async fn a_key_pinned_again_cannot_replay_its_old_reports() {
 
     // Unpinned, then the same key enrolls again: its old reports are still replays.
     assert_eq!(server.admin().delete_key("gw-1").await.status, 200);
-    let j = refused(
+    let j = rejected(
         &server,
         "gw-1",
         old[1].clone(),
@@ -329,7 +303,7 @@ async fn a_key_pinned_again_cannot_replay_its_old_reports() {
     assert_eq!(resp.status, 200, "{}", resp.text());
     let resp = server.admin().put_key("gw-1", gw.key_id().as_str()).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
-    let j = refused(
+    let j = rejected(
         &server,
         "gw-1",
         old[2].clone(),
@@ -362,7 +336,7 @@ async fn a_leaked_enrollment_token_enrolls_new_ids_only() {
     // The attacker holds a valid token and a key of their own.
     let mut attacker = Device::new("gw-1", 66);
     attacker.sequence = 1000;
-    refused(
+    rejected(
         &server,
         "gw-1",
         attacker.next(Status::Converged, None),
@@ -371,7 +345,7 @@ async fn a_leaked_enrollment_token_enrolls_new_ids_only() {
     )
     .await;
     let mut attacker_pre = Device::new("gw-pre", 66);
-    refused(
+    rejected(
         &server,
         "gw-pre",
         attacker_pre.next(Status::Converged, None),
@@ -389,7 +363,7 @@ async fn a_leaked_enrollment_token_enrolls_new_ids_only() {
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert_eq!(resp.json()["enrolled"], true);
     // ...and that key then speaks for gw-rogue only.
-    refused(
+    rejected(
         &server,
         "gw-1",
         attacker.next(Status::Converged, None),
@@ -418,7 +392,7 @@ async fn a_leaked_enrollment_token_enrolls_new_ids_only() {
     };
     let server = TestServer::start(dir.path(), rotated).await;
     assert_eq!(server.admin().delete_key("gw-rogue").await.status, 200);
-    refused(
+    rejected(
         &server,
         "gw-rogue",
         rogue.next(Status::Converged, None),

@@ -14,35 +14,6 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 const COMMIT_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const COMMIT_B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 
-/// Sends `body` and asserts the rejection and that nothing changed for `device_id`.
-async fn rejected(
-    server: &TestServer,
-    device_id: &str,
-    body: Vec<u8>,
-    enroll: Option<&str>,
-    expect: (u16, &str, &str),
-) -> serde_json::Value {
-    let before = snapshot(&server.state, device_id);
-    let counted = server.state.metrics.rejected_count(expect.1);
-    let resp = server.client().post_report(body, enroll).await;
-    resp.assert_rejected(expect.0, expect.1, expect.2);
-    assert_eq!(
-        snapshot(&server.state, device_id),
-        before,
-        "{} changed state",
-        expect.1
-    );
-    assert_eq!(server.state.metrics.rejected_count(expect.1), counted + 1);
-    let metrics = server.client().get("/metrics").await.text();
-    let line = format!(
-        "shoal_reports_rejected_total{{reason=\"{}\"}} {}",
-        expect.1,
-        counted + 1
-    );
-    assert!(metrics.contains(&line), "{line} not in\n{metrics}");
-    resp.json()
-}
-
 #[tokio::test]
 async fn enrollment_token_pins_the_key_to_the_device() {
     let dir = tempfile::tempdir().unwrap();
@@ -50,19 +21,8 @@ async fn enrollment_token_pins_the_key_to_the_device() {
     let client = server.client();
     let mut gw = Device::new("gw-1", 1);
 
-    let report = gw.report(Status::Converged, Some(COMMIT_A));
-    let resp = client
-        .post_report(gw.seal(&report), Some(ENROLL_TOKEN))
-        .await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
-    assert_eq!(
-        resp.json(),
-        serde_json::json!({"device_id": "gw-1", "sequence": 1, "enrolled": true})
-    );
-    assert_eq!(
-        server.state.store.pinned_key("gw-1").unwrap().as_deref(),
-        Some(gw.key_id().as_str())
-    );
+    let first = gw.next(Status::Converged, Some(COMMIT_A));
+    assert_enrolls(&server, &gw, first).await;
 
     // Once pinned, no token is needed.
     let resp = client
