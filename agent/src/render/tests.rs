@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use shoal_testkit::ConfigRepo;
+use shoal_testkit::{ConfigRepo, MOTD_MANIFEST};
 
 use super::tree::{DirTree, GitTree};
 use super::*;
@@ -41,23 +41,14 @@ fn open(dir: &Path) -> gix::Repository {
 
 #[test]
 fn a_real_git_commit_renders_and_its_symlinks_are_never_followed() {
-    let manifest = r#"version = 1
-[[profile]]
-name = "base"
-match = "*"
-[[profile.file]]
-path = "/etc/motd"
-source = "files/motd"
-template = true
-[[profile.file]]
-path = "/usr/local/bin/hello"
-source = "bin/hello"
-mode = "0755"
-"#;
+    let manifest = format!(
+        "{MOTD_MANIFEST}  template = true\n\
+         [[profile.file]]\npath = \"/usr/local/bin/hello\"\nsource = \"bin/hello\"\nmode = \"0755\"\n"
+    );
     let dir = git_repo(
         &[
-            (MANIFEST, manifest),
-            ("files/motd", "This is {{ device.id }}.\n"),
+            (MANIFEST, &manifest),
+            ("motd", "This is {{ device.id }}.\n"),
             ("bin/hello", "#!/bin/sh\necho hello\n"),
         ],
         &[("files/evil", "/etc/passwd"), ("linked", "/etc")],
@@ -99,7 +90,7 @@ mode = "0755"
             Err(TreeError::NotAFile { what: "directory" })
         );
         assert_eq!(tree.read_file("files/nope"), Err(TreeError::NotFound));
-        assert_eq!(tree.read_file("files/motd/x"), Err(TreeError::NotFound));
+        assert_eq!(tree.read_file("motd/x"), Err(TreeError::NotFound));
         assert_eq!(
             tree.read_file("../outside"),
             Err(TreeError::Other(
@@ -117,22 +108,12 @@ mode = "0755"
 
 #[test]
 fn a_committed_symlink_as_a_source_is_a_render_error() {
-    let manifest = r#"version = 1
-[[profile]]
-name = "base"
-match = "*"
-[[profile.file]]
-path = "/etc/motd"
-source = "files/motd"
-[[profile]]
-name = "gateways"
-match = { labels = { role = "gateway" } }
-[[profile.file]]
-path = "/etc/passwd"
-source = "files/evil"
-"#;
+    let manifest = format!(
+        "{MOTD_MANIFEST}[[profile]]\nname = \"gateways\"\nmatch = {{ labels = {{ role = \"gateway\" }} }}\n\
+         [[profile.file]]\npath = \"/etc/passwd\"\nsource = \"files/evil\"\n"
+    );
     let dir = git_repo(
-        &[(MANIFEST, manifest), ("files/motd", "hi\n")],
+        &[(MANIFEST, &manifest), ("motd", "hi\n")],
         &[("files/evil", "../../../../../../etc/passwd")],
     );
     let repo = open(dir.path());
@@ -159,18 +140,11 @@ source = "files/evil"
 
 #[test]
 fn a_directory_as_a_source_is_a_render_error() {
-    let manifest = r#"version = 1
-[[profile]]
-name = "base"
-match = "*"
-[[profile.file]]
-path = "/etc/motd"
-source = "files"
-"#;
-    let dir = git_repo(&[(MANIFEST, manifest), ("files/motd", "hi\n")], &[]);
+    // The kit's manifest, with `motd` a directory.
+    let dir = git_repo(&[(MANIFEST, MOTD_MANIFEST), ("motd/x", "hi\n")], &[]);
     let repo = open(dir.path());
     assert_eq!(
         shoal_core::render::render(&head_tree(&repo), &gateway()).unwrap_err().to_string(),
-        "shoal.toml: profile \"base\", file #1: source \"files\": is a directory, not a regular file"
+        "shoal.toml: profile \"base\", file #1: source \"motd\": is a directory, not a regular file"
     );
 }
