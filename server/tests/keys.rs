@@ -22,11 +22,7 @@ async fn report_with_token(server: &TestServer, device: &mut Device, n: usize) -
     let mut bodies = Vec::new();
     for _ in 0..n {
         let body = device.next(Status::Converged, Some(COMMIT_A));
-        let resp = server
-            .client()
-            .post_report(body.clone(), Some(ENROLL_TOKEN))
-            .await;
-        assert_eq!(resp.status, 200, "{}", resp.text());
+        accepted(server, body.clone(), Some(ENROLL_TOKEN)).await;
         bodies.push(body);
     }
     bodies
@@ -237,11 +233,7 @@ async fn rekey_refuses_the_old_key_with_a_reason_and_accepts_the_new_one_without
         );
     }
     // The new key reports without a token, from its own sequence 1.
-    let resp = server
-        .client()
-        .post_report(new.next(Status::Converged, Some(COMMIT_A)), None)
-        .await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
+    let resp = accepted(&server, new.next(Status::Converged, Some(COMMIT_A)), None).await;
     assert_eq!(resp.json()["enrolled"], false);
     let device = server.client().get("/api/v1/devices/gw-1").await.json();
     assert_eq!(device["key_id"], new.key_id().as_str());
@@ -296,11 +288,7 @@ async fn a_key_pinned_again_cannot_replay_its_old_reports() {
         .put_key("gw-1", other.key_id().as_str())
         .await;
     assert_eq!(resp.status, 200, "{}", resp.text());
-    let resp = server
-        .client()
-        .post_report(other.next(Status::Converged, None), None)
-        .await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
+    accepted(&server, other.next(Status::Converged, None), None).await;
     let resp = server.admin().put_key("gw-1", gw.key_id().as_str()).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     let j = rejected(
@@ -312,11 +300,7 @@ async fn a_key_pinned_again_cannot_replay_its_old_reports() {
     )
     .await;
     assert_eq!(j["last_sequence"], 4);
-    let resp = server
-        .client()
-        .post_report(gw.next(Status::Converged, None), None)
-        .await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
+    accepted(&server, gw.next(Status::Converged, None), None).await;
     server.stop().await;
 }
 
@@ -356,11 +340,12 @@ async fn a_leaked_enrollment_token_enrolls_new_ids_only() {
     // A report signed by a real device's key cannot be forged without that key: only its own.
     // What the token does allow: pinning the attacker's key to an id nobody holds yet.
     let mut rogue = Device::new("gw-rogue", 66);
-    let resp = server
-        .client()
-        .post_report(rogue.next(Status::Converged, None), Some(ENROLL_TOKEN))
-        .await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
+    let resp = accepted(
+        &server,
+        rogue.next(Status::Converged, None),
+        Some(ENROLL_TOKEN),
+    )
+    .await;
     assert_eq!(resp.json()["enrolled"], true);
     // ...and that key then speaks for gw-rogue only.
     rejected(
@@ -375,11 +360,12 @@ async fn a_leaked_enrollment_token_enrolls_new_ids_only() {
     // Unpinning gw-rogue while the token is still valid lets the attacker straight back in:
     // rotate the token first.
     assert_eq!(server.admin().delete_key("gw-rogue").await.status, 200);
-    let resp = server
-        .client()
-        .post_report(rogue.next(Status::Converged, None), Some(ENROLL_TOKEN))
-        .await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
+    accepted(
+        &server,
+        rogue.next(Status::Converged, None),
+        Some(ENROLL_TOKEN),
+    )
+    .await;
     let state = server.stop().await;
     drop(state);
 
@@ -401,16 +387,8 @@ async fn a_leaked_enrollment_token_enrolls_new_ids_only() {
     )
     .await;
     // Enrolled devices need no token: they keep reporting.
-    let resp = server
-        .client()
-        .post_report(gw.next(Status::Converged, None), None)
-        .await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
-    let resp = server
-        .client()
-        .post_report(pre.next(Status::Converged, None), None)
-        .await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
+    accepted(&server, gw.next(Status::Converged, None), None).await;
+    accepted(&server, pre.next(Status::Converged, None), None).await;
     server.stop().await;
 }
 

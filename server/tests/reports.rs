@@ -82,11 +82,7 @@ async fn pre_registered_key_is_accepted_without_a_token() {
     let server = TestServer::start(dir.path(), config_with_tokens()).await;
     let mut gw = Device::new("gw-pre", 2);
     server.state.store.register("gw-pre", &gw.key_id()).unwrap();
-    let resp = server
-        .client()
-        .post_report(gw.next(Status::Held, None), None)
-        .await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
+    let resp = accepted(&server, gw.next(Status::Held, None), None).await;
     assert_eq!(resp.json()["enrolled"], false);
     let summary = server.client().get("/api/v1/summary").await.json();
     assert_eq!(summary["total"], 1);
@@ -120,11 +116,7 @@ async fn every_reject_path_is_a_4xx_with_a_reason_and_changes_nothing() {
     let server = TestServer::start(dir.path(), config_with_tokens()).await;
     let mut gw = Device::new("gw-1", 1);
     let first = gw.next(Status::Converged, Some(COMMIT_A));
-    let resp = server
-        .client()
-        .post_report(first.clone(), Some(ENROLL_TOKEN))
-        .await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
+    accepted(&server, first.clone(), Some(ENROLL_TOKEN)).await;
 
     // Malformed JSON.
     rejected(
@@ -262,11 +254,7 @@ async fn every_reject_path_is_a_4xx_with_a_reason_and_changes_nothing() {
     )
     .await;
     assert_eq!(j["last_sequence"], 1);
-    let resp = server
-        .client()
-        .post_report(gw.next(Status::Drifted, None), None)
-        .await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
+    accepted(&server, gw.next(Status::Drifted, None), None).await;
     let mut older = gw.report(Status::Converged, None);
     older.sequence = 5;
     rejected(

@@ -403,6 +403,13 @@ pub async fn rejected(
     resp.json()
 }
 
+/// Posts `body` (with the enrollment token `enroll`, if any) and asserts that it was accepted.
+pub async fn accepted(server: &TestServer, body: Vec<u8>, enroll: Option<&str>) -> Resp {
+    let resp = server.client().post_report(body, enroll).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    resp
+}
+
 /// Posts `body`, `device`'s first report, with the enrollment token and asserts that it
 /// enrolled the device: accepted as sequence 1, `enrolled`, and the device's key pinned.
 pub async fn assert_enrolls(server: &TestServer, device: &Device, body: Vec<u8>) {
