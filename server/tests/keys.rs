@@ -23,29 +23,10 @@ async fn report_with_token(server: &TestServer, device: &mut Device, n: usize) -
     let mut bodies = Vec::new();
     for _ in 0..n {
         let body = device.next(Status::Converged, Some(COMMIT_A));
-        let resp = server
-            .client()
-            .post_report(body.clone(), Some(ENROLL_TOKEN))
-            .await;
-        assert_eq!(resp.status, 200, "{}", resp.text());
+        accepted(server, body.clone(), Some(ENROLL_TOKEN)).await;
         bodies.push(body);
     }
     bodies
-}
-
-/// Posts a report and asserts the refusal and that nothing changed for `device_id`.
-async fn refused(
-    server: &TestServer,
-    device_id: &str,
-    body: Vec<u8>,
-    enroll: Option<&str>,
-    expect: (u16, &str, &str),
-) -> serde_json::Value {
-    let before = snapshot(&server.state, device_id);
-    let resp = server.client().post_report(body, enroll).await;
-    resp.assert_rejected(expect.0, expect.1, expect.2);
-    assert_eq!(snapshot(&server.state, device_id), before, "{}", expect.1);
-    resp.json()
 }
 
 /// The value of the sample `name` (with its labels) in the Prometheus text.
@@ -174,7 +155,7 @@ async fn unpin_lets_the_device_enroll_again_with_a_token_and_in_no_other_way(bac
     );
 
     // Unpinned, even the old key needs a token now.
-    refused(
+    rejected(
         &server,
         "gw-1",
         gw.next(Status::Converged, None),
@@ -189,23 +170,12 @@ async fn unpin_lets_the_device_enroll_again_with_a_token_and_in_no_other_way(bac
 
     // The device was re-imaged: a new key, whose sequence starts again at 1, enrolls with the token.
     let mut fresh = Device::new("gw-1", 2);
-    let resp = server
-        .client()
-        .post_report(fresh.next(Status::Applying, None), Some(ENROLL_TOKEN))
-        .await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
-    assert_eq!(
-        resp.json(),
-        serde_json::json!({"device_id": "gw-1", "sequence": 1, "enrolled": true})
-    );
-    assert_eq!(
-        server.state.store.pinned_key("gw-1").unwrap().as_deref(),
-        Some(fresh.key_id().as_str())
-    );
+    let first = fresh.next(Status::Applying, None);
+    assert_enrolls(&server, &fresh, first).await;
     let history = server.client().get("/api/v1/devices/gw-1/history").await;
     assert_eq!(history.json()["history"].as_array().unwrap().len(), 4);
     // From now on the old key is refused, token or not.
-    refused(
+    rejected(
         &server,
         "gw-1",
         gw.next(Status::Converged, None),
@@ -247,7 +217,7 @@ async fn rekey_refuses_the_old_key_with_a_reason_and_accepts_the_new_one_without
 
     // Reports signed with the old key: refused, saying which key is pinned and which signed.
     for token in [None, Some(ENROLL_TOKEN)] {
-        let j = refused(
+        let j = rejected(
             &server,
             "gw-1",
             gw.next(Status::Converged, None),
@@ -263,11 +233,7 @@ async fn rekey_refuses_the_old_key_with_a_reason_and_accepts_the_new_one_without
         );
     }
     // The new key reports without a token, from its own sequence 1.
-    let resp = server
-        .client()
-        .post_report(new.next(Status::Converged, Some(COMMIT_A)), None)
-        .await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
+    let resp = accepted(&server, new.next(Status::Converged, Some(COMMIT_A)), None).await;
     assert_eq!(resp.json()["enrolled"], false);
     let device = server.client().get("/api/v1/devices/gw-1").await.json();
     assert_eq!(device["key_id"], new.key_id().as_str());
@@ -303,7 +269,7 @@ async fn a_key_pinned_again_cannot_replay_its_old_reports(backend: Backend) {
 
     // Unpinned, then the same key enrolls again: its old reports are still replays.
     assert_eq!(server.admin().delete_key("gw-1").await.status, 200);
-    let j = refused(
+    let j = rejected(
         &server,
         "gw-1",
         old[1].clone(),
@@ -321,14 +287,10 @@ async fn a_key_pinned_again_cannot_replay_its_old_reports(backend: Backend) {
         .put_key("gw-1", other.key_id().as_str())
         .await;
     assert_eq!(resp.status, 200, "{}", resp.text());
-    let resp = server
-        .client()
-        .post_report(other.next(Status::Converged, None), None)
-        .await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
+    accepted(&server, other.next(Status::Converged, None), None).await;
     let resp = server.admin().put_key("gw-1", gw.key_id().as_str()).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
-    let j = refused(
+    let j = rejected(
         &server,
         "gw-1",
         old[2].clone(),
@@ -337,11 +299,7 @@ async fn a_key_pinned_again_cannot_replay_its_old_reports(backend: Backend) {
     )
     .await;
     assert_eq!(j["last_sequence"], 4);
-    let resp = server
-        .client()
-        .post_report(gw.next(Status::Converged, None), None)
-        .await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
+    accepted(&server, gw.next(Status::Converged, None), None).await;
     server.stop().await;
 }
 
@@ -360,7 +318,7 @@ async fn a_leaked_enrollment_token_enrolls_new_ids_only(backend: Backend) {
     // The attacker holds a valid token and a key of their own.
     let mut attacker = Device::new("gw-1", 66);
     attacker.sequence = 1000;
-    refused(
+    rejected(
         &server,
         "gw-1",
         attacker.next(Status::Converged, None),
@@ -369,7 +327,7 @@ async fn a_leaked_enrollment_token_enrolls_new_ids_only(backend: Backend) {
     )
     .await;
     let mut attacker_pre = Device::new("gw-pre", 66);
-    refused(
+    rejected(
         &server,
         "gw-pre",
         attacker_pre.next(Status::Converged, None),
@@ -380,14 +338,15 @@ async fn a_leaked_enrollment_token_enrolls_new_ids_only(backend: Backend) {
     // A report signed by a real device's key cannot be forged without that key: only its own.
     // What the token does allow: pinning the attacker's key to an id nobody holds yet.
     let mut rogue = Device::new("gw-rogue", 66);
-    let resp = server
-        .client()
-        .post_report(rogue.next(Status::Converged, None), Some(ENROLL_TOKEN))
-        .await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
+    let resp = accepted(
+        &server,
+        rogue.next(Status::Converged, None),
+        Some(ENROLL_TOKEN),
+    )
+    .await;
     assert_eq!(resp.json()["enrolled"], true);
     // ...and that key then speaks for gw-rogue only.
-    refused(
+    rejected(
         &server,
         "gw-1",
         attacker.next(Status::Converged, None),
@@ -399,11 +358,12 @@ async fn a_leaked_enrollment_token_enrolls_new_ids_only(backend: Backend) {
     // Unpinning gw-rogue while the token is still valid lets the attacker straight back in:
     // rotate the token first.
     assert_eq!(server.admin().delete_key("gw-rogue").await.status, 200);
-    let resp = server
-        .client()
-        .post_report(rogue.next(Status::Converged, None), Some(ENROLL_TOKEN))
-        .await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
+    accepted(
+        &server,
+        rogue.next(Status::Converged, None),
+        Some(ENROLL_TOKEN),
+    )
+    .await;
     let state = server.stop().await;
     drop(state);
 
@@ -416,7 +376,7 @@ async fn a_leaked_enrollment_token_enrolls_new_ids_only(backend: Backend) {
     };
     let server = TestServer::start(&dir, rotated).await;
     assert_eq!(server.admin().delete_key("gw-rogue").await.status, 200);
-    refused(
+    rejected(
         &server,
         "gw-rogue",
         rogue.next(Status::Converged, None),
@@ -425,16 +385,8 @@ async fn a_leaked_enrollment_token_enrolls_new_ids_only(backend: Backend) {
     )
     .await;
     // Enrolled devices need no token: they keep reporting.
-    let resp = server
-        .client()
-        .post_report(gw.next(Status::Converged, None), None)
-        .await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
-    let resp = server
-        .client()
-        .post_report(pre.next(Status::Converged, None), None)
-        .await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
+    accepted(&server, gw.next(Status::Converged, None), None).await;
+    accepted(&server, pre.next(Status::Converged, None), None).await;
     server.stop().await;
 }
 

@@ -15,54 +15,14 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 const COMMIT_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const COMMIT_B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 
-/// Sends `body` and asserts the rejection and that nothing changed for `device_id`.
-async fn rejected(
-    server: &TestServer,
-    device_id: &str,
-    body: Vec<u8>,
-    enroll: Option<&str>,
-    expect: (u16, &str, &str),
-) -> serde_json::Value {
-    let before = snapshot(&server.state, device_id);
-    let counted = server.state.metrics.rejected_count(expect.1);
-    let resp = server.client().post_report(body, enroll).await;
-    resp.assert_rejected(expect.0, expect.1, expect.2);
-    assert_eq!(
-        snapshot(&server.state, device_id),
-        before,
-        "{} changed state",
-        expect.1
-    );
-    assert_eq!(server.state.metrics.rejected_count(expect.1), counted + 1);
-    let metrics = server.client().get("/metrics").await.text();
-    let line = format!(
-        "shoal_reports_rejected_total{{reason=\"{}\"}} {}",
-        expect.1,
-        counted + 1
-    );
-    assert!(metrics.contains(&line), "{line} not in\n{metrics}");
-    resp.json()
-}
-
 async fn enrollment_token_pins_the_key_to_the_device(backend: Backend) {
     let dir = TestStore::fresh(backend);
     let server = TestServer::start(&dir, config_with_tokens()).await;
     let client = server.client();
     let mut gw = Device::new("gw-1", 1);
 
-    let report = gw.report(Status::Converged, Some(COMMIT_A));
-    let resp = client
-        .post_report(gw.seal(&report), Some(ENROLL_TOKEN))
-        .await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
-    assert_eq!(
-        resp.json(),
-        serde_json::json!({"device_id": "gw-1", "sequence": 1, "enrolled": true})
-    );
-    assert_eq!(
-        server.state.store.pinned_key("gw-1").unwrap().as_deref(),
-        Some(gw.key_id().as_str())
-    );
+    let first = gw.next(Status::Converged, Some(COMMIT_A));
+    assert_enrolls(&server, &gw, first).await;
 
     // Once pinned, no token is needed.
     let resp = client
@@ -121,11 +81,7 @@ async fn pre_registered_key_is_accepted_without_a_token(backend: Backend) {
     let server = TestServer::start(&dir, config_with_tokens()).await;
     let mut gw = Device::new("gw-pre", 2);
     server.state.store.register("gw-pre", &gw.key_id()).unwrap();
-    let resp = server
-        .client()
-        .post_report(gw.next(Status::Held, None), None)
-        .await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
+    let resp = accepted(&server, gw.next(Status::Held, None), None).await;
     assert_eq!(resp.json()["enrolled"], false);
     let summary = server.client().get("/api/v1/summary").await.json();
     assert_eq!(summary["total"], 1);
@@ -158,11 +114,7 @@ async fn every_reject_path_is_a_4xx_with_a_reason_and_changes_nothing(backend: B
     let server = TestServer::start(&dir, config_with_tokens()).await;
     let mut gw = Device::new("gw-1", 1);
     let first = gw.next(Status::Converged, Some(COMMIT_A));
-    let resp = server
-        .client()
-        .post_report(first.clone(), Some(ENROLL_TOKEN))
-        .await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
+    accepted(&server, first.clone(), Some(ENROLL_TOKEN)).await;
 
     // Malformed JSON.
     rejected(
@@ -300,11 +252,7 @@ async fn every_reject_path_is_a_4xx_with_a_reason_and_changes_nothing(backend: B
     )
     .await;
     assert_eq!(j["last_sequence"], 1);
-    let resp = server
-        .client()
-        .post_report(gw.next(Status::Drifted, None), None)
-        .await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
+    accepted(&server, gw.next(Status::Drifted, None), None).await;
     let mut older = gw.report(Status::Converged, None);
     older.sequence = 5;
     rejected(

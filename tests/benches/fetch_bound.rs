@@ -14,13 +14,13 @@
 //! mark is printed with the table.
 
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use shoal_e2e::{
-    agent_bin, git_command, run, write_allowed_signers, ConfigRepo, Device, GitDaemon, SigningKey,
+    agent_bin, disk_usage, git_command, run, write_allowed_signers, ConfigRepo, Device, GitDaemon,
+    Incompressible, SigningKey,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -65,20 +65,15 @@ struct Row {
     wall: Duration,
 }
 
-/// Writes `len` bytes that do not compress (xorshift64*) to `path`, 1 MiB at a time.
+/// Writes `len` bytes that do not compress to `path`, 1 MiB at a time.
 fn write_random(path: &Path, len: u64, seed: u64) {
     let mut file = std::io::BufWriter::new(std::fs::File::create(path).expect("create"));
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut stream = Incompressible::new(seed);
     let mut chunk = vec![0u8; MIB as usize];
     let mut left = len;
     while left > 0 {
         let n = left.min(MIB) as usize;
-        for word in chunk[..n.next_multiple_of(8)].chunks_mut(8) {
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            word.copy_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-        }
+        stream.fill(&mut chunk[..n]);
         file.write_all(&chunk[..n]).expect("write");
         left -= n as u64;
     }
@@ -112,18 +107,6 @@ fn write_zeros(path: &Path, len: u64) {
     let file = std::fs::File::create(path).expect("create");
     // A sparse file reads as zeros; git reads it through like any other.
     file.set_len(len).expect("set_len");
-}
-
-/// Disk space under `path` as `du` counts it.
-fn du(path: &Path) -> u64 {
-    let meta = std::fs::symlink_metadata(path).expect("stat");
-    let mut total = meta.blocks() * 512;
-    if meta.is_dir() {
-        for entry in std::fs::read_dir(path).expect("read_dir") {
-            total += du(&entry.expect("entry").path());
-        }
-    }
-    total
 }
 
 /// This process's own memory figure `key` (`VmHWM`, `VmRSS`) in KiB.
@@ -381,7 +364,7 @@ fn main() {
         peak_kib: first.peak_kib,
         anon_kib: first.anon_kib,
         mirror_before: 0,
-        mirror_after: du(&mirror),
+        mirror_after: disk_usage(&mirror),
         wall: first.wall,
     }];
 
@@ -403,7 +386,7 @@ fn main() {
         eprintln!("{} under {}…", push.what, bounds.name);
         set_bounds(&device, bounds);
         serve(&push.commit);
-        let before = du(&mirror);
+        let before = disk_usage(&mirror);
         let cost = sync(&device);
         rows.push(Row {
             push: format!("unsigned {}", push.what),
@@ -414,7 +397,7 @@ fn main() {
             peak_kib: cost.peak_kib,
             anon_kib: cost.anon_kib,
             mirror_before: before,
-            mirror_after: du(&mirror),
+            mirror_after: disk_usage(&mirror),
             wall: cost.wall,
         });
     }
@@ -422,7 +405,7 @@ fn main() {
     set_bounds(&device, &DEFAULTS);
     let signed = &pushes[4];
     serve(&signed.commit);
-    let before = du(&mirror);
+    let before = disk_usage(&mirror);
     let cost = sync(&device);
     rows.push(Row {
         push: signed.what.into(),
@@ -433,7 +416,7 @@ fn main() {
         peak_kib: cost.peak_kib,
         anon_kib: cost.anon_kib,
         mirror_before: before,
-        mirror_after: du(&mirror),
+        mirror_after: disk_usage(&mirror),
         wall: cost.wall,
     });
     let hwm_after = vm_kib("VmHWM");

@@ -27,6 +27,17 @@ pub struct CollectorSpec<'a> {
 }
 
 impl CollectorSpec<'_> {
+    /// Plain HTTP on a free port of 127.0.0.1, outside any hub.
+    pub fn local(data: PathBuf, enroll_token_file: PathBuf) -> Self {
+        CollectorSpec {
+            data,
+            enroll_token_file,
+            listen: "127.0.0.1:0".into(),
+            tls: None,
+            hub: None,
+        }
+    }
+
     /// Starts it and waits for its `listening on URL` line.
     pub fn start(&self) -> Collector {
         self.start_with_args(&[])

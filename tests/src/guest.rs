@@ -13,6 +13,33 @@ use crate::systemd::SystemdHost;
 /// Where the device's own files live inside the guest (its overlay's upper layer, a tmpfs).
 pub const GUEST_DIR: &str = "/srv/shoal";
 
+/// The manifest of the service tests on a [`GuestDevice`]: `/etc/app.conf` from
+/// `files/app.conf`, `app.service` (from `units/app.service`) restarted when it changes, and the
+/// unit `second` (from `units/<second>`) beside it.
+pub fn app_manifest(second: &str) -> String {
+    format!(
+        r#"version = 1
+
+[[profile]]
+name = "base"
+match = "*"
+
+  [[profile.file]]
+  path = "/etc/app.conf"
+  source = "files/app.conf"
+
+  [[profile.service]]
+  unit = "app.service"
+  source = "units/app.service"
+  restart_on = ["/etc/app.conf"]
+
+  [[profile.service]]
+  unit = "{second}"
+  source = "units/{second}"
+"#
+    )
+}
+
 pub struct GuestDevice {
     pub host: SystemdHost,
     work: tempfile::TempDir,

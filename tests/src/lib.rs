@@ -12,6 +12,7 @@
 use shoal_testkit::{command, repo, requirements, signing};
 
 mod binaries;
+mod bulk;
 mod collector;
 mod device;
 mod git_daemon;
@@ -24,13 +25,14 @@ mod transcript;
 mod vm;
 
 pub use binaries::{agent_bin, agent_bin_with_failpoints, collector_bin};
+pub use bulk::{disk_usage, Incompressible};
 pub use collector::CollectorSpec;
 pub use device::{Device, Run};
 pub use git_daemon::GitDaemon;
-pub use guest::{GuestDevice, GUEST_DIR};
+pub use guest::{app_manifest, GuestDevice, GUEST_DIR};
 pub use http_server::{HttpsGitServer, TestCa};
 pub use network::{Hub, HUB_IP};
-pub use sandbox::Sandbox;
+pub use sandbox::{gateway_config, Sandbox, GATEWAY_MANIFEST};
 pub use shoal_testkit::{
     copy_tree, describe, e2e_required, failure_report, git_command, is_root, isolate_git, output,
     output_with_stdin, require_root, require_tool, require_tools, run, run_bytes,

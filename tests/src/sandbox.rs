@@ -11,6 +11,40 @@ use crate::repo::ConfigRepo;
 use crate::requirements::require_tools;
 use crate::signing::{write_allowed_signers, SigningKey};
 
+/// The configuration most end-to-end tests push: `/etc/motd` for every device, a template from
+/// `files/motd`, and `/etc/gw/gw.conf` (0600, from `files/gw.conf`) for devices labelled
+/// `role = "gateway"` (as a [`Sandbox`]'s device is).
+pub const GATEWAY_MANIFEST: &str = r#"version = 1
+
+[[profile]]
+name = "base"
+match = "*"
+
+  [[profile.file]]
+  path = "/etc/motd"
+  source = "files/motd"
+  template = true
+
+[[profile]]
+name = "gateways"
+match = { labels = { role = "gateway" } }
+
+  [[profile.file]]
+  path = "/etc/gw/gw.conf"
+  source = "files/gw.conf"
+  mode = "0600"
+"#;
+
+/// The repository files of a [`GATEWAY_MANIFEST`] commit (path, content): the manifest, `motd`
+/// as `files/motd` and `gateway=yes` as `files/gw.conf`.
+pub fn gateway_config(motd: &str) -> [(&str, &str); 3] {
+    [
+        ("shoal.toml", GATEWAY_MANIFEST),
+        ("files/motd", motd),
+        ("files/gw.conf", "gateway=yes\n"),
+    ]
+}
+
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
     pub key: SigningKey,
@@ -18,6 +52,8 @@ pub struct Sandbox {
     pub device: Device,
     /// The server, when the device pulls over `git://`.
     pub daemon: Option<GitDaemon>,
+    /// Where devices pull from.
+    url: String,
 }
 
 impl Sandbox {
@@ -54,7 +90,15 @@ impl Sandbox {
             repo,
             device,
             daemon,
+            url,
         })
+    }
+
+    /// Another device under `dir/<name>` (its root `dir/<name>/root`), pulling the same
+    /// repository and trusting the same key as the sandbox's own.
+    pub fn another_device(&self, name: &str) -> Device {
+        let signers = self.dir.path().join("allowed_signers");
+        Device::new(self.dir.path().join(name), &self.url, &signers, "range", "")
     }
 
     /// Writes `files` (repository path, content), commits them signed by the operator, and

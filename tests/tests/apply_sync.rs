@@ -5,44 +5,12 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use shoal_e2e::Sandbox;
-
-const MANIFEST: &str = r#"version = 1
-
-[[profile]]
-name = "base"
-match = "*"
-
-  [[profile.file]]
-  path = "/etc/motd"
-  source = "files/motd"
-  template = true
-
-[[profile]]
-name = "gateways"
-match = { labels = { role = "gateway" } }
-
-  [[profile.file]]
-  path = "/etc/gw/gw.conf"
-  source = "files/gw.conf"
-  mode = "0600"
-"#;
-
-fn push(f: &Sandbox, motd: &str, message: &str) -> String {
-    f.push(
-        &[
-            ("shoal.toml", MANIFEST),
-            ("files/motd", motd),
-            ("files/gw.conf", "gateway=yes\n"),
-        ],
-        message,
-    )
-}
+use shoal_e2e::{gateway_config, Sandbox, GATEWAY_MANIFEST};
 
 #[test]
 fn files_converge_drift_is_corrected_and_rollback_resume_round_trips_offline() {
     let Some(f) = Sandbox::new() else { return };
-    let first = push(&f, "hello {{ device.id }}\n", "first");
+    let first = f.push(&gateway_config("hello {{ device.id }}\n"), "first");
     f.device.sync().expect(0, "applied generation 1");
     assert_eq!(f.read("/etc/motd"), "hello dev-1\n");
     assert_eq!(f.read("/etc/gw/gw.conf"), "gateway=yes\n");
@@ -53,7 +21,7 @@ fn files_converge_drift_is_corrected_and_rollback_resume_round_trips_offline() {
     assert_eq!(mode & 0o7777, 0o600);
 
     // A dry run shows the change and writes nothing.
-    let second = push(&f, "welcome to {{ device.id }}\n", "second");
+    let second = f.push(&gateway_config("welcome to {{ device.id }}\n"), "second");
     let dry = f.device.agent(&["sync", "--dry-run"]);
     dry.expect(0, "change /etc/motd: content");
     assert_eq!(f.read("/etc/motd"), "hello dev-1\n");
@@ -97,14 +65,14 @@ fn files_converge_drift_is_corrected_and_rollback_resume_round_trips_offline() {
 #[test]
 fn a_commit_that_cannot_apply_is_rolled_back_recorded_bad_and_not_retried() {
     let Some(f) = Sandbox::new() else { return };
-    push(&f, "hello\n", "good");
+    f.push(&gateway_config("hello\n"), "good");
     f.device.sync().expect(0, "applied generation 1");
 
     // The next commit declares a file where the device has a directory.
     std::fs::create_dir_all(f.root("/etc/blocked")).expect("mkdir");
     f.repo.write(
         "shoal.toml",
-        format!("{MANIFEST}\n  [[profile.file]]\n  path = \"/etc/blocked\"\n  source = \"files/motd\"\n"),
+        format!("{GATEWAY_MANIFEST}\n  [[profile.file]]\n  path = \"/etc/blocked\"\n  source = \"files/motd\"\n"),
     );
     f.repo.write("files/motd", "changed\n");
     let bad = f.repo.commit_signed(&f.key, "blocked");
@@ -126,7 +94,7 @@ fn a_commit_that_cannot_apply_is_rolled_back_recorded_bad_and_not_retried() {
         .expect(1, &format!("commit {bad} is recorded as bad"));
 
     // A newer commit is tried again.
-    let fixed = push(&f, "fixed\n", "fixed");
+    let fixed = f.push(&gateway_config("fixed\n"), "fixed");
     f.device
         .sync()
         .expect(0, &format!("commit {fixed} signed by operator@example"));
@@ -136,9 +104,12 @@ fn a_commit_that_cannot_apply_is_rolled_back_recorded_bad_and_not_retried() {
 #[test]
 fn a_commit_that_does_not_render_is_refused_with_the_file_and_variable() {
     let Some(f) = Sandbox::new() else { return };
-    push(&f, "hello\n", "good");
+    f.push(&gateway_config("hello\n"), "good");
     f.device.sync().expect(0, "applied generation 1");
-    let bad = push(&f, "hello {{ device.hostname }}\n", "bad template");
+    let bad = f.push(
+        &gateway_config("hello {{ device.hostname }}\n"),
+        "bad template",
+    );
     f.device
         .sync()
         .expect(1, &format!("commit {bad} cannot be rendered"))

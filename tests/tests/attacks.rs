@@ -9,30 +9,22 @@
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
-use shoal_e2e::{require_root, Mount, Sandbox};
+use shoal_e2e::{require_root, Mount, Sandbox, MOTD_MANIFEST};
 
-const MANIFEST: &str = r#"version = 1
+/// The kit's `MOTD_MANIFEST` (`/etc/motd` from `motd`) and the app's authorized keys (0600).
+fn manifest() -> String {
+    format!(
+        "{MOTD_MANIFEST}\n  [[profile.file]]\n  path = \"/home/app/.ssh/authorized_keys\"\n  \
+         source = \"files/authorized_keys\"\n  mode = \"0600\"\n"
+    )
+}
 
-[[profile]]
-name = "base"
-match = "*"
-
-  [[profile.file]]
-  path = "/etc/motd"
-  source = "files/motd"
-
-  [[profile.file]]
-  path = "/home/app/.ssh/authorized_keys"
-  source = "files/authorized_keys"
-  mode = "0600"
-"#;
-
-/// The repository's files: `MANIFEST` (or `manifest`) with `motd` and the app's key.
+/// The repository's files: `manifest` with `motd` and the app's key.
 fn push(s: &Sandbox, manifest: &str, motd: &str) -> String {
     s.push(
         &[
             ("shoal.toml", manifest),
-            ("files/motd", motd),
+            ("motd", motd),
             ("files/authorized_keys", "ssh-ed25519 AAAA app\n"),
         ],
         motd,
@@ -97,7 +89,7 @@ fn a_symlinked_parent_is_refused_and_the_same_commit_converges_once_it_is_gone()
     let Some(s) = scene() else { return };
     let victim = victim(&s);
     symlink(&victim, s.root("/home/app/.ssh")).expect("the user's link");
-    let commit = push(&s, MANIFEST, "hello\n");
+    let commit = push(&s, &manifest(), "hello\n");
 
     s.device.sync().expect(
         1,
@@ -128,7 +120,7 @@ fn a_link_into_the_state_directory_cannot_write_the_agents_state() {
     let Some(s) = scene() else { return };
     push(
         &s,
-        MANIFEST
+        manifest()
             .replace("authorized_keys\"\n  source", "hold\"\n  source")
             .as_str(),
         "one\n",
@@ -151,9 +143,9 @@ fn a_link_into_the_state_directory_cannot_write_the_agents_state() {
 #[test]
 fn a_link_swapped_in_after_an_apply_stops_drift_correction_and_rollback() {
     let Some(s) = scene() else { return };
-    push(&s, MANIFEST, "one\n");
+    push(&s, &manifest(), "one\n");
     s.device.sync().expect(0, "applied generation 1");
-    push(&s, MANIFEST, "two\n");
+    push(&s, &manifest(), "two\n");
     s.device.sync().expect(0, "applied generation 2");
     let victim = victim(&s);
     let state = agent_state(&s);
@@ -185,7 +177,7 @@ fn a_hard_link_to_a_file_the_user_does_not_own_is_not_replaced_or_saved() {
     std::fs::write(&secret, "root:secret\n").expect("write");
     std::fs::create_dir_all(s.root("/home/app/.ssh")).expect("mkdir");
     std::fs::hard_link(&secret, s.root("/home/app/.ssh/authorized_keys")).expect("ln");
-    let commit = push(&s, MANIFEST, "hello\n");
+    let commit = push(&s, &manifest(), "hello\n");
 
     s.device
         .sync()
@@ -212,7 +204,7 @@ fn a_full_or_read_only_file_system_fails_the_sync_without_marking_the_commit_bad
         return;
     }
     let Some(s) = scene() else { return };
-    push(&s, MANIFEST, "one\n");
+    push(&s, &manifest(), "one\n");
     s.device.sync().expect(0, "applied generation 1");
 
     // /srv/data is a 64 KiB tmpfs, already full; the next commit declares a file there.
@@ -220,9 +212,8 @@ fn a_full_or_read_only_file_system_fails_the_sync_without_marking_the_commit_bad
     std::fs::create_dir_all(&data).expect("mkdir");
     let full = Mount::tmpfs(&data, "64k");
     let _ = std::fs::write(data.join("filler"), vec![0u8; 128 * 1024]);
-    let manifest = format!(
-        "{MANIFEST}\n  [[profile.file]]\n  path = \"/srv/data/app.conf\"\n  source = \"files/motd\"\n"
-    );
+    let manifest =
+        manifest() + "\n  [[profile.file]]\n  path = \"/srv/data/app.conf\"\n  source = \"motd\"\n";
     let commit = push(&s, &manifest, "two\n");
     s.device
         .sync()
@@ -276,9 +267,8 @@ fn a_full_or_read_only_file_system_fails_the_sync_without_marking_the_commit_bad
 #[test]
 fn a_unit_name_systemctl_would_read_as_an_option_is_refused_at_render() {
     let Some(s) = scene() else { return };
-    let manifest = format!(
-        "{MANIFEST}\n  [[profile.service]]\n  unit = \"-H.service\"\n  source = \"files/motd\"\n"
-    );
+    let manifest =
+        manifest() + "\n  [[profile.service]]\n  unit = \"-H.service\"\n  source = \"motd\"\n";
     let commit = push(&s, &manifest, "hello\n");
     s.device
         .sync()

@@ -5,28 +5,7 @@
 
 use std::path::Path;
 
-use shoal_e2e::{Device, Run, Sandbox, SigningKey, Transcript};
-
-const MANIFEST: &str = r#"version = 1
-
-[[profile]]
-name = "base"
-match = "*"
-
-  [[profile.file]]
-  path = "/etc/motd"
-  source = "files/motd"
-  template = true
-
-[[profile]]
-name = "gateways"
-match = { labels = { role = "gateway" } }
-
-  [[profile.file]]
-  path = "/etc/gw/gw.conf"
-  source = "files/gw.conf"
-  mode = "0600"
-"#;
+use shoal_e2e::{gateway_config, Device, Run, Sandbox, SigningKey, Transcript, GATEWAY_MANIFEST};
 
 /// Values no name covers: times, durations, fingerprints and keys made fresh by each run.
 fn check(snapshot: &str, transcript: &Transcript) {
@@ -56,20 +35,9 @@ fn scene() -> Option<(Sandbox, Transcript, String)> {
     let s = Sandbox::new()?;
     let mut t = Transcript::new();
     t.name(s.dir.path().display().to_string(), "SANDBOX");
-    let first = push(&s, "hello {{ device.id }}\n", "first");
+    let first = s.push(&gateway_config("hello {{ device.id }}\n"), "first");
     t.name(&first, "first");
     Some((s, t, first))
-}
-
-fn push(s: &Sandbox, motd: &str, message: &str) -> String {
-    s.push(
-        &[
-            ("shoal.toml", MANIFEST),
-            ("files/motd", motd),
-            ("files/gw.conf", "gateway=yes\n"),
-        ],
-        message,
-    )
 }
 
 /// Runs `shoal-agent ARGS` on the sandbox's device and records it.
@@ -129,7 +97,7 @@ fn sync_dry_run_then_sync_then_status_and_history() {
     t.name(s.dir.path().display().to_string(), "SANDBOX");
     t.name(s.repo.head(), "first");
     agent(&s, &mut t, &["sync"]).assert_ok();
-    let second = push(&s, "welcome to {{ device.id }}\n", "second");
+    let second = s.push(&gateway_config("welcome to {{ device.id }}\n"), "second");
     t.name(&second, "second");
     agent(&s, &mut t, &["sync", "--dry-run"]);
     agent(&s, &mut t, &["sync", "--dry-run", "--json"]);
@@ -196,7 +164,7 @@ fn refusal_older_than_the_applied_commit() {
     let Some((s, mut t, first)) = scene() else {
         return;
     };
-    let second = push(&s, "second\n", "second");
+    let second = s.push(&gateway_config("second\n"), "second");
     t.name(&second, "second");
     s.device.sync().assert_ok();
     s.repo.reset_hard(&first);
@@ -210,11 +178,11 @@ fn refusal_diverged_tip() {
     let Some((s, mut t, first)) = scene() else {
         return;
     };
-    let second = push(&s, "second\n", "second");
+    let second = s.push(&gateway_config("second\n"), "second");
     t.name(&second, "second");
     s.device.sync().assert_ok();
     s.repo.reset_hard(&first);
-    let rewritten = push(&s, "rewritten\n", "rewritten");
+    let rewritten = s.push(&gateway_config("rewritten\n"), "rewritten");
     t.name(&rewritten, "rewritten");
     agent(&s, &mut t, &["sync"]);
     check("refusal_diverged", &t);
@@ -248,7 +216,10 @@ fn refusal_symbolic_link_in_a_managed_parent() {
         std::fs::create_dir_all(&outside).expect("mkdir outside");
         std::fs::remove_dir_all(s.root("/etc/gw")).expect("rm /etc/gw");
         std::os::unix::fs::symlink(&outside, s.root("/etc/gw")).expect("the user's link");
-        push(s, "hello again {{ device.id }}\n", "after the link")
+        s.push(
+            &gateway_config("hello again {{ device.id }}\n"),
+            "after the link",
+        )
     });
 }
 
@@ -259,7 +230,7 @@ fn refusal_bad_commit_on_retry() {
     std::fs::create_dir_all(s.root("/etc/blocked")).expect("mkdir");
     s.repo.write(
         "shoal.toml",
-        format!("{MANIFEST}\n  [[profile.file]]\n  path = \"/etc/blocked\"\n  source = \"files/motd\"\n"),
+        format!("{GATEWAY_MANIFEST}\n  [[profile.file]]\n  path = \"/etc/blocked\"\n  source = \"files/motd\"\n"),
     );
     let bad = s.repo.commit_signed(&s.key, "blocked");
     t.name(&bad, "bad");

@@ -5,7 +5,7 @@ use std::os::unix::net::UnixDatagram;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use shoal_e2e::{agent_bin, require_tools, write_allowed_signers, ConfigRepo, Device, SigningKey};
+use shoal_e2e::{agent_bin, require_tools, Sandbox, MOTD_MANIFEST};
 
 /// Kills the daemon by PID if a test fails before stopping it.
 struct Daemon(Child);
@@ -45,23 +45,12 @@ fn wait_for(socket: &UnixDatagram, needle: &str, timeout: Duration) -> String {
 
 #[test]
 fn daemon_notifies_ready_syncs_on_sighup_refuses_a_second_instance_and_stops_on_sigterm() {
-    if !require_tools(&["git", "ssh-keygen", "kill"]) {
+    if !require_tools(&["kill"]) {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key = SigningKey::generate(dir.path().join("keys"), "operator");
-    let signers = dir.path().join("allowed_signers");
-    write_allowed_signers(&signers, &[("operator@example", &key)]);
-    let (repo, _) = ConfigRepo::init_motd(dir.path().join("work"), &key, "one");
-    let bare = dir.path().join("srv/config.git");
-    repo.publish_to(&bare);
-    let device = Device::new(
-        dir.path().join("device"),
-        &bare.display().to_string(),
-        &signers,
-        "range",
-        "",
-    );
+    let Some(s) = Sandbox::new() else { return };
+    s.push(&[("shoal.toml", MOTD_MANIFEST), ("motd", "one\n")], "one");
+    let device = &s.device;
     // A long interval: the second sync can only come from SIGHUP.
     let config = std::fs::read_to_string(device.config_path()).expect("read");
     std::fs::write(
@@ -70,7 +59,7 @@ fn daemon_notifies_ready_syncs_on_sighup_refuses_a_second_instance_and_stops_on_
     )
     .expect("write");
 
-    let socket_path = dir.path().join("notify.sock");
+    let socket_path = s.dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).expect("bind notify socket");
     socket
         .set_read_timeout(Some(Duration::from_millis(200)))
@@ -94,8 +83,7 @@ fn daemon_notifies_ready_syncs_on_sighup_refuses_a_second_instance_and_stops_on_
         "STATUS=converged: generation 1",
         Duration::from_secs(30),
     );
-    let motd = dir.path().join("device/root/etc/motd");
-    assert_eq!(std::fs::read_to_string(&motd).expect("motd"), "one\n");
+    assert_eq!(s.read("/etc/motd"), "one\n");
 
     let second = spawn().wait_with_output().expect("second daemon");
     assert_eq!(second.status.code(), Some(1));
@@ -105,16 +93,14 @@ fn daemon_notifies_ready_syncs_on_sighup_refuses_a_second_instance_and_stops_on_
         "{stderr}"
     );
 
-    repo.write("motd", "two\n");
-    repo.commit_signed(&key, "two");
-    repo.publish_to(&bare);
+    s.push(&[("motd", "two\n")], "two");
     signal(&daemon.0, "HUP");
     wait_for(
         &socket,
         "STATUS=converged: generation 2",
         Duration::from_secs(30),
     );
-    assert_eq!(std::fs::read_to_string(&motd).expect("motd"), "two\n");
+    assert_eq!(s.read("/etc/motd"), "two\n");
 
     signal(&daemon.0, "TERM");
     wait_for(&socket, "STOPPING=1", Duration::from_secs(20));

@@ -8,13 +8,13 @@
 //! unknown signer), and what a crash between the fetch and the verdict leaves is cleaned up.
 //! Peak RSS is measured by `cargo bench -p shoal-e2e --bench fetch_bound`, not asserted here.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use shoal_e2e::{
-    agent_bin, git_command, output, require_tools, run, run_bytes, write_allowed_signers,
-    ConfigRepo, Device, GitDaemon, HttpsGitServer, Run, SigningKey,
+    agent_bin, disk_usage, git_command, output, require_tools, run, run_bytes,
+    write_allowed_signers, ConfigRepo, Device, GitDaemon, HttpsGitServer, Incompressible, Run,
+    SigningKey,
 };
 
 const MIB: usize = 1024 * 1024;
@@ -161,7 +161,7 @@ impl Scenario {
     fn snapshot(&self) -> Snapshot {
         let status = self.status();
         Snapshot {
-            mirror_bytes: du(&self.mirror()),
+            mirror_bytes: disk_usage(&self.mirror()),
             fetched: self.fetched_ref(),
             applied: status["applied_commit"].as_str().map(str::to_owned),
             generation: status["generation"].as_u64(),
@@ -212,32 +212,6 @@ struct Snapshot {
     motd: String,
 }
 
-/// Disk space under `path` as `du` counts it (allocated blocks, every file and directory).
-fn du(path: &Path) -> u64 {
-    let meta = std::fs::symlink_metadata(path).expect("stat");
-    let mut total = meta.blocks() * 512;
-    if meta.is_dir() {
-        for entry in std::fs::read_dir(path).expect("read_dir") {
-            total += du(&entry.expect("entry").path());
-        }
-    }
-    total
-}
-
-/// `len` bytes that do not compress (xorshift64*), different for each `seed`.
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 /// The bytes the agent read before it stopped, from its warning (`received=N`).
 fn received(run: &Run) -> u64 {
     let start = run
@@ -263,7 +237,7 @@ fn an_unsigned_push_of_a_64_or_256_mib_random_blob_is_refused_early_and_nothing_
     let before = s.snapshot();
     for (mib, seed) in [(64, 1), (256, 2)] {
         s.repo.reset_hard(&s.good);
-        s.push_unsigned(&[("blob.bin", random_bytes(mib * MIB, seed))]);
+        s.push_unsigned(&[("blob.bin", Incompressible::bytes(mib * MIB, seed))]);
         let refused = s.device.sync();
         let context = format!("{mib} MiB; stderr:\n{}", refused.stderr);
         refused.expect(
@@ -334,7 +308,7 @@ fn a_push_past_max_fetch_is_cut_over_every_transport() {
         let before = s.snapshot();
         // Four blobs of 1 MiB: each under max_object, together past max_fetch.
         let blobs: Vec<(String, Vec<u8>)> = (0..4)
-            .map(|i| (format!("blob{i}.bin"), random_bytes(MIB, 10 + i)))
+            .map(|i| (format!("blob{i}.bin"), Incompressible::bytes(MIB, 10 + i)))
             .collect();
         let files: Vec<(&str, Vec<u8>)> = blobs
             .iter()
@@ -370,12 +344,12 @@ fn a_tip_verify_refuses_leaves_nothing_in_the_mirror_whatever_the_reason() {
     let stranger = SigningKey::generate(s.dir.path().join("keys"), "stranger");
     let before = s.snapshot();
     // Under both bounds: fetched whole, then refused by verify.
-    s.push_unsigned(&[("blob.bin", random_bytes(2 * MIB, 20))]);
+    s.push_unsigned(&[("blob.bin", Incompressible::bytes(2 * MIB, 20))]);
     s.device.sync().expect(1, "is not signed");
     s.assert_untouched(&before, "unsigned");
 
     s.repo.reset_hard(&s.good);
-    s.repo.write("blob.bin", random_bytes(2 * MIB, 21));
+    s.repo.write("blob.bin", Incompressible::bytes(2 * MIB, 21));
     s.repo
         .commit_signed(&stranger, "a key the device does not trust");
     s.publish();

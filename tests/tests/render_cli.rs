@@ -3,28 +3,7 @@
 
 use std::process::Command;
 
-use shoal_e2e::{agent_bin, output, require_tools, ConfigRepo};
-
-const MANIFEST: &str = r#"version = 1
-
-[[profile]]
-name = "base"
-match = "*"
-
-  [[profile.file]]
-  path = "/etc/motd"
-  source = "files/motd"
-  template = true
-
-[[profile]]
-name = "gateways"
-match = { labels = { role = "gateway" } }
-
-  [[profile.file]]
-  path = "/etc/gw.conf"
-  source = "files/gw.conf"
-  mode = "0600"
-"#;
+use shoal_e2e::{agent_bin, gateway_config, output, require_tools, ConfigRepo};
 
 fn render(args: &[&str]) -> (i32, String, String) {
     let out = output(Command::new(agent_bin()).arg("render").args(args));
@@ -42,9 +21,9 @@ fn render_shows_what_each_device_gets_and_names_the_error_in_bad_input() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let repo = ConfigRepo::init(dir.path());
-    repo.write("shoal.toml", MANIFEST);
-    repo.write("files/motd", "hello {{ device.id }} in {{ labels.site }}\n");
-    repo.write("files/gw.conf", "gateway=yes\n");
+    for (path, content) in gateway_config("hello {{ device.id }} in {{ labels.site }}\n") {
+        repo.write(path, content);
+    }
     let first = repo.commit_unsigned("first");
     let path = repo.path().display().to_string();
 
@@ -63,7 +42,7 @@ fn render_shows_what_each_device_gets_and_names_the_error_in_bad_input() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("0600 root:root /etc/gw.conf  (gateways)"),
+        stderr.contains("0600 root:root /etc/gw/gw.conf  (gateways)"),
         "{stderr}"
     );
 
@@ -80,7 +59,7 @@ fn render_shows_what_each_device_gets_and_names_the_error_in_bad_input() {
     let text = json.to_string();
     assert!(text.contains("hello s-1 in oslo"), "{text}");
     assert!(
-        !text.contains("/etc/gw.conf"),
+        !text.contains("/etc/gw/gw.conf"),
         "a sensor gets no gateway files: {text}"
     );
 

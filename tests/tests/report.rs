@@ -3,43 +3,21 @@
 //! each once, when it is back. The enrollment token goes only until the collector accepts the key;
 //! an operator unpins and re-keys the device while the collector runs.
 
-use shoal_e2e::{
-    require_tools, write_allowed_signers, Collector, CollectorSpec, ConfigRepo, Device, Sandbox,
-    SigningKey, MOTD_MANIFEST,
-};
+use shoal_e2e::{require_tools, Collector, CollectorSpec, Sandbox, SigningKey, MOTD_MANIFEST};
 
 #[test]
 fn reports_enroll_survive_a_collector_outage_and_arrive_once() {
-    if !require_tools(&["git", "ssh-keygen", "curl"]) {
+    if !require_tools(&["curl"]) {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key = SigningKey::generate(dir.path().join("keys"), "operator");
-    let signers = dir.path().join("allowed_signers");
-    write_allowed_signers(&signers, &[("operator@example", &key)]);
-    let (repo, first) = ConfigRepo::init_motd(dir.path().join("work"), &key, "one");
-    let bare = dir.path().join("srv/config.git");
-    repo.publish_to(&bare);
+    let Some(s) = Sandbox::new() else { return };
+    let first = s.push(&[("shoal.toml", MOTD_MANIFEST), ("motd", "one\n")], "one");
 
-    let enroll = dir.path().join("enroll-token");
+    let enroll = s.dir.path().join("enroll-token");
     std::fs::write(&enroll, format!("{ENROLL_TOKEN}\n")).expect("token");
-    let data = dir.path().join("collector-data");
-    let mut spec = CollectorSpec {
-        data,
-        enroll_token_file: enroll.clone(),
-        listen: "127.0.0.1:0".into(),
-        tls: None,
-        hub: None,
-    };
+    let mut spec = CollectorSpec::local(s.dir.path().join("collector-data"), enroll.clone());
     let collector = spec.start();
-    let extra = "";
-    let device = Device::new(
-        dir.path().join("device"),
-        &bare.display().to_string(),
-        &signers,
-        "range",
-        extra,
-    );
+    let device = &s.device;
     device.report_to(collector.url(), &enroll);
 
     device.sync().expect(0, "report: 1 delivered");
@@ -55,9 +33,7 @@ fn reports_enroll_survive_a_collector_outage_and_arrive_once() {
     // The collector is killed; the device keeps converging and queues what it would report.
     spec.listen = collector.listen();
     collector.kill();
-    repo.write("motd", "two\n");
-    let second = repo.commit_signed(&key, "two");
-    repo.publish_to(&bare);
+    let second = s.push(&[("motd", "two\n")], "two");
     device.sync().expect(0, "queued for later");
     device.sync().expect(0, "up to date");
     let status: serde_json::Value =
@@ -119,45 +95,29 @@ fn admin(collector: &Collector, method: &str, path: &str, body: Option<&str>) ->
 
 #[test]
 fn the_token_goes_only_until_the_key_is_pinned_and_operators_unpin_and_rekey_while_it_runs() {
-    if !require_tools(&["git", "ssh-keygen", "curl"]) {
+    if !require_tools(&["curl"]) {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key = SigningKey::generate(dir.path().join("keys"), "operator");
-    let signers = dir.path().join("allowed_signers");
-    write_allowed_signers(&signers, &[("operator@example", &key)]);
-    let (repo, _) = ConfigRepo::init_motd(dir.path().join("work"), &key, "one");
-    let bare = dir.path().join("srv/config.git");
-    repo.publish_to(&bare);
+    let Some(s) = Sandbox::new() else { return };
+    s.push(&[("shoal.toml", MOTD_MANIFEST), ("motd", "one\n")], "one");
+    let dir = &s.dir;
 
     let tokens = dir.path().join("enroll-tokens");
     std::fs::write(&tokens, format!("{ENROLL_TOKEN}\n")).expect("tokens");
     let admin_tokens = dir.path().join("admin-tokens");
     std::fs::write(&admin_tokens, format!("{ADMIN_TOKEN}\n")).expect("admin tokens");
-    let spec = CollectorSpec {
-        data: dir.path().join("collector-data"),
-        enroll_token_file: tokens,
-        listen: "127.0.0.1:0".into(),
-        tls: None,
-        hub: None,
-    };
+    let spec = CollectorSpec::local(dir.path().join("collector-data"), tokens);
     let collector =
         spec.start_with_args(&["--admin-token-file", admin_tokens.to_str().expect("utf-8")]);
     // A device whose config names its enrollment token file.
     let new_device = |name: &str| {
-        let device = Device::new(
-            dir.path().join(name),
-            &bare.display().to_string(),
-            &signers,
-            "range",
-            "",
-        );
+        let device = s.another_device(name);
         let token = dir.path().join(name).join("enroll-token");
         std::fs::write(&token, format!("{ENROLL_TOKEN}\n")).expect("token");
         device.report_to(collector.url(), &token);
         (device, token)
     };
-    let (device, token) = new_device("device");
+    let (device, token) = new_device("first-device");
     let run = device.agent(&["keygen"]);
     run.assert_ok();
     let key_id = run.stdout.trim().to_owned();
@@ -262,14 +222,8 @@ fn a_mirror_rebuilt_after_damage_is_reported_failed_with_the_reason_then_converg
     }
     let enroll = s.dir.path().join("enroll-token");
     std::fs::write(&enroll, format!("{ENROLL_TOKEN}\n")).expect("token");
-    let collector = CollectorSpec {
-        data: s.dir.path().join("collector-data"),
-        enroll_token_file: enroll.clone(),
-        listen: "127.0.0.1:0".into(),
-        tls: None,
-        hub: None,
-    }
-    .start();
+    let collector =
+        CollectorSpec::local(s.dir.path().join("collector-data"), enroll.clone()).start();
     s.device.report_to(collector.url(), &enroll);
     s.push(&[("shoal.toml", MOTD_MANIFEST), ("motd", "one\n")], "one");
     s.device.sync().expect(0, "report: 1 delivered");

@@ -14,7 +14,7 @@ use std::time::Duration;
 use shoal_agent::apply;
 use shoal_agent::health::{self, HealthFailure, Unhealthy};
 use shoal_agent::plan::{self, Manifest, Plan};
-use shoal_agent::render::{DesiredFile, DesiredService, DesiredState, HealthCheck, ServiceState};
+use shoal_agent::render::{DesiredFile, DesiredService, DesiredState, HealthCheck};
 use shoal_agent::services::{self, ServiceError, ServicePlan, ServiceRecord, Systemd};
 use shoal_agent::state::StateDir;
 use shoal_e2e::{long_running_unit, require_tool, SystemdHost};
@@ -22,38 +22,12 @@ use shoal_e2e::{long_running_unit, require_tool, SystemdHost};
 /// `agent.toml`'s `apply.health_timeout` for these devices.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(20);
 
-fn service(unit: &str, content: &str) -> DesiredService {
-    DesiredService {
-        unit: unit.into(),
-        content: content.as_bytes().to_vec(),
-        dropins: BTreeMap::new(),
-        enabled: true,
-        state: ServiceState::Running,
-        restart_on: Vec::new(),
-        health: None,
-        profile: "base".into(),
-    }
-}
-
-fn file(content: &str) -> DesiredFile {
-    DesiredFile {
-        content: content.as_bytes().to_vec(),
-        mode: 0o644,
-        owner: "root".into(),
-        group: "root".into(),
-        profile: "base".into(),
-        source: "files/test".into(),
-    }
-}
-
+/// `services`, and `files` (device path, content) as 0644 root:root.
 fn desired(services: Vec<DesiredService>, files: &[(&str, &str)]) -> DesiredState {
-    DesiredState {
-        files: files
-            .iter()
-            .map(|(path, content)| (PathBuf::from(path), file(content)))
-            .collect(),
-        services: services.into_iter().map(|s| (s.unit.clone(), s)).collect(),
-    }
+    let files = files
+        .iter()
+        .map(|&(path, content)| (path, DesiredFile::new(content, 0o644, "root", "root")));
+    DesiredState::from_files(files).with_services(services)
 }
 
 /// One device: the guest systemd's `/` as its root, a state dir here, and what its current
@@ -209,12 +183,12 @@ fn a_new_service_is_installed_enabled_and_started() {
         return;
     };
     let mut device = Device::new(&host);
-    let mut app = service("app.service", &long_running_unit("app"));
+    let mut app = DesiredService::new("app.service", long_running_unit("app"));
     app.health = Some(HealthCheck {
         exec: "systemctl is-active --quiet app.service".into(),
         timeout: Duration::from_secs(5),
     });
-    let once = service(
+    let once = DesiredService::new(
         "once.service",
         "[Service]\nType=oneshot\nExecStart=/bin/sh -c 'echo ran > /run/once-ran'\n",
     );
@@ -258,9 +232,9 @@ fn a_changed_restart_on_file_restarts_exactly_that_unit() {
     };
     let mut device = Device::new(&host);
     let generation = |a_conf: &str| {
-        let mut a = service("a.service", &long_running_unit("a"));
+        let mut a = DesiredService::new("a.service", long_running_unit("a"));
         a.restart_on = vec!["/etc/a.conf".into()];
-        let mut b = service("b.service", &long_running_unit("b"));
+        let mut b = DesiredService::new("b.service", long_running_unit("b"));
         b.restart_on = vec!["/etc/b.conf".into()];
         desired(
             vec![a, b],
@@ -295,7 +269,7 @@ fn unchanged_inputs_do_nothing() {
     };
     let mut device = Device::new(&host);
     let generation = || {
-        let mut a = service("a.service", &long_running_unit("a"));
+        let mut a = DesiredService::new("a.service", long_running_unit("a"));
         a.restart_on = vec!["/etc/a.conf".into()];
         desired(vec![a], &[("/etc/a.conf", "level = 1\n")])
     };
@@ -322,17 +296,22 @@ fn a_unit_that_exits_1_fails_the_gate_and_everything_rolls_back() {
     };
     let mut device = Device::new(&host);
     let good = long_running_unit("app");
-    device.converge_ok(desired(vec![service("app.service", &good)], &[]));
+    device.converge_ok(desired(
+        vec![DesiredService::new("app.service", good.as_str())],
+        &[],
+    ));
     let before = assert_running(&host, "app.service");
 
     let broken =
         "[Service]\nExecStart=/bin/sh -c 'echo boom: cannot read /etc/app.conf >&2; exit 1'\n";
-    let newcomer = service("newcomer.service", &long_running_unit("newcomer"));
-    let failure =
-        match device.converge(desired(vec![service("app.service", broken), newcomer], &[])) {
-            Err(RolledBack::Unhealthy(failure)) => failure,
-            other => panic!("expected a health failure, got {other:?}"),
-        };
+    let newcomer = DesiredService::new("newcomer.service", long_running_unit("newcomer"));
+    let failure = match device.converge(desired(
+        vec![DesiredService::new("app.service", broken), newcomer],
+        &[],
+    )) {
+        Err(RolledBack::Unhealthy(failure)) => failure,
+        other => panic!("expected a health failure, got {other:?}"),
+    };
 
     assert_eq!(failure.unit, "app.service");
     assert!(
@@ -375,7 +354,7 @@ fn a_failing_health_probe_rolls_back() {
         return;
     };
     let mut device = Device::new(&host);
-    let mut probed = service("probed.service", &long_running_unit("probed"));
+    let mut probed = DesiredService::new("probed.service", long_running_unit("probed"));
     probed.health = Some(HealthCheck {
         exec: "test -e /run/probed.ready || { echo probed is not ready >&2; exit 3; }".into(),
         timeout: Duration::from_secs(2),
@@ -416,9 +395,9 @@ fn a_removed_service_is_stopped_disabled_and_deleted() {
     let mut device = Device::new(&host);
     let all = desired(
         vec![
-            service("old.service", &long_running_unit("old")),
-            service("kept.service", &long_running_unit("kept")),
-            service("by-hand.service", &long_running_unit("by-hand")),
+            DesiredService::new("old.service", long_running_unit("old")),
+            DesiredService::new("kept.service", long_running_unit("kept")),
+            DesiredService::new("by-hand.service", long_running_unit("by-hand")),
         ],
         &[],
     );
@@ -430,7 +409,10 @@ fn a_removed_service_is_stopped_disabled_and_deleted() {
     host.systemctl(&["disable", "--now", "by-hand.service"]);
 
     let converged = device.converge_ok(desired(
-        vec![service("kept.service", &long_running_unit("kept"))],
+        vec![DesiredService::new(
+            "kept.service",
+            long_running_unit("kept"),
+        )],
         &[],
     ));
 
@@ -457,7 +439,10 @@ fn an_offline_root_gets_its_units_enabled_only() {
         return;
     }
     let root = tempfile::tempdir().expect("root");
-    let mut desired = desired(vec![service("app.service", &long_running_unit("app"))], &[]);
+    let mut desired = desired(
+        vec![DesiredService::new("app.service", long_running_unit("app"))],
+        &[],
+    );
     services::merge_unit_files(&mut desired).unwrap();
     let state_dir = tempfile::tempdir().expect("state dir");
     let state = StateDir::open(state_dir.path()).expect("lock the state dir");

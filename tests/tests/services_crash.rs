@@ -8,49 +8,7 @@
 //! (`SHOAL_FAILPOINT=name:N`); the sweep fails if a service fail point is added and not listed.
 
 use shoal_agent::apply::failpoint::SERVICE_FAIL_POINTS;
-use shoal_e2e::{agent_bin_with_failpoints, long_running_unit, GuestDevice};
-
-const MANIFEST_1: &str = r#"version = 1
-
-[[profile]]
-name = "base"
-match = "*"
-
-  [[profile.file]]
-  path = "/etc/app.conf"
-  source = "files/app.conf"
-
-  [[profile.service]]
-  unit = "app.service"
-  source = "units/app.service"
-  restart_on = ["/etc/app.conf"]
-
-  [[profile.service]]
-  unit = "other.service"
-  source = "units/other.service"
-"#;
-
-/// Generation 2: app.conf changes (app restarts), other.service goes (stop, disable), new.service
-/// comes (enable, start): one action of each kind, in the order a plan runs them.
-const MANIFEST_2: &str = r#"version = 1
-
-[[profile]]
-name = "base"
-match = "*"
-
-  [[profile.file]]
-  path = "/etc/app.conf"
-  source = "files/app.conf"
-
-  [[profile.service]]
-  unit = "app.service"
-  source = "units/app.service"
-  restart_on = ["/etc/app.conf"]
-
-  [[profile.service]]
-  unit = "new.service"
-  source = "units/new.service"
-"#;
+use shoal_e2e::{agent_bin_with_failpoints, app_manifest, long_running_unit, GuestDevice};
 
 /// Records the configuration it started with (before its start job ends, so a `systemctl
 /// restart` that returned has written it), then runs until stopped.
@@ -61,14 +19,17 @@ const BROKEN: &str = "[Service]\nExecStart=/bin/sh -c 'exit 1'\n";
 /// restart app.
 const ACTIONS_1_TO_2: usize = 5;
 
+/// Generation 1: app.service and other.service. Generation 2: app.conf changes (app restarts),
+/// other.service goes (stop, disable), new.service comes (enable, start): one action of each
+/// kind, in the order a plan runs them.
 fn push(d: &GuestDevice, gen: u8, message: &str) -> String {
-    let (manifest, conf) = match gen {
-        1 => (MANIFEST_1, "level = 1\n"),
-        _ => (MANIFEST_2, "level = 2\n"),
+    let (second, conf) = match gen {
+        1 => ("other.service", "level = 1\n"),
+        _ => ("new.service", "level = 2\n"),
     };
     d.push(
         &[
-            ("shoal.toml", manifest),
+            ("shoal.toml", &app_manifest(second)),
             ("units/app.service", APP),
             ("units/other.service", &long_running_unit("other")),
             ("units/new.service", &long_running_unit("new")),

@@ -2,27 +2,7 @@
 //! signed repository, a commit whose unit does not come up is rolled back automatically, recorded
 //! as bad and not retried, and `shoal-agent rollback` brings the units back with the files.
 
-use shoal_e2e::{long_running_unit, GuestDevice};
-
-const MANIFEST: &str = r#"version = 1
-
-[[profile]]
-name = "base"
-match = "*"
-
-  [[profile.file]]
-  path = "/etc/app.conf"
-  source = "files/app.conf"
-
-  [[profile.service]]
-  unit = "app.service"
-  source = "units/app.service"
-  restart_on = ["/etc/app.conf"]
-
-  [[profile.service]]
-  unit = "other.service"
-  source = "units/other.service"
-"#;
+use shoal_e2e::{app_manifest, long_running_unit, GuestDevice};
 
 const BROKEN: &str =
     "[Service]\nExecStart=/bin/sh -c 'echo boom: cannot read /etc/app.conf >&2; exit 1'\n";
@@ -30,7 +10,7 @@ const BROKEN: &str =
 fn push(d: &GuestDevice, app_unit: &str, app_conf: &str, message: &str) -> String {
     d.push(
         &[
-            ("shoal.toml", MANIFEST),
+            ("shoal.toml", &app_manifest("other.service")),
             ("units/app.service", app_unit),
             ("units/other.service", &long_running_unit("other")),
             ("files/app.conf", app_conf),

@@ -1,38 +1,16 @@
 //! Render over real trees: commits made with the real `git` (the kit's `ConfigRepo`) and their
 //! checkouts, read through the agent's git and directory trees; symlinks are never followed.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
-use shoal_testkit::ConfigRepo;
+use shoal_testkit::{ConfigRepo, MOTD_MANIFEST};
 
 use super::tree::{DirTree, GitTree};
 use super::*;
 
-fn base(body: &str) -> String {
-    format!("version = 1\n\n[[profile]]\nname = \"base\"\nmatch = \"*\"\n{body}")
-}
-
-fn two_profiles(a: &str, b: &str) -> String {
-    format!(
-        "version = 1\n[[profile]]\nname = \"base\"\nmatch = \"*\"\n{a}\n\
-         [[profile]]\nname = \"gateways\"\nmatch = {{ labels = {{ role = \"gateway\" }} }}\n{b}\n"
-    )
-}
-
-fn device(id: &str, labels: &[(&str, &str)]) -> DeviceIdentity {
-    DeviceIdentity {
-        device_id: id.to_owned(),
-        labels: labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect::<BTreeMap<_, _>>(),
-        state_dir: "/var/lib/shoal".into(),
-    }
-}
-
 fn gateway() -> DeviceIdentity {
-    device("gw-0042", &[("role", "gateway"), ("site", "berlin")])
+    let labels = [("role", "gateway"), ("site", "berlin")];
+    DeviceIdentity::new("gw-0042", labels, "/var/lib/shoal")
 }
 
 /// A git repository made with the real `git` (the kit's `ConfigRepo`, isolated from the host's
@@ -63,14 +41,14 @@ fn open(dir: &Path) -> gix::Repository {
 
 #[test]
 fn a_real_git_commit_renders_and_its_symlinks_are_never_followed() {
-    let manifest = base(
-        "[[profile.file]]\npath = \"/etc/motd\"\nsource = \"files/motd\"\ntemplate = true\n\
-         [[profile.file]]\npath = \"/usr/local/bin/hello\"\nsource = \"bin/hello\"\nmode = \"0755\"\n",
+    let manifest = format!(
+        "{MOTD_MANIFEST}  template = true\n\
+         [[profile.file]]\npath = \"/usr/local/bin/hello\"\nsource = \"bin/hello\"\nmode = \"0755\"\n"
     );
     let dir = git_repo(
         &[
             (MANIFEST, &manifest),
-            ("files/motd", "This is {{ device.id }}.\n"),
+            ("motd", "This is {{ device.id }}.\n"),
             ("bin/hello", "#!/bin/sh\necho hello\n"),
         ],
         &[("files/evil", "/etc/passwd"), ("linked", "/etc")],
@@ -112,7 +90,7 @@ fn a_real_git_commit_renders_and_its_symlinks_are_never_followed() {
             Err(TreeError::NotAFile { what: "directory" })
         );
         assert_eq!(tree.read_file("files/nope"), Err(TreeError::NotFound));
-        assert_eq!(tree.read_file("files/motd/x"), Err(TreeError::NotFound));
+        assert_eq!(tree.read_file("motd/x"), Err(TreeError::NotFound));
         assert_eq!(
             tree.read_file("../outside"),
             Err(TreeError::Other(
@@ -130,17 +108,17 @@ fn a_real_git_commit_renders_and_its_symlinks_are_never_followed() {
 
 #[test]
 fn a_committed_symlink_as_a_source_is_a_render_error() {
-    let manifest = two_profiles(
-        "[[profile.file]]\npath = \"/etc/motd\"\nsource = \"files/motd\"\n",
-        "[[profile.file]]\npath = \"/etc/passwd\"\nsource = \"files/evil\"\n",
+    let manifest = format!(
+        "{MOTD_MANIFEST}[[profile]]\nname = \"gateways\"\nmatch = {{ labels = {{ role = \"gateway\" }} }}\n\
+         [[profile.file]]\npath = \"/etc/passwd\"\nsource = \"files/evil\"\n"
     );
     let dir = git_repo(
-        &[(MANIFEST, &manifest), ("files/motd", "hi\n")],
+        &[(MANIFEST, &manifest), ("motd", "hi\n")],
         &[("files/evil", "../../../../../../etc/passwd")],
     );
     let repo = open(dir.path());
     let expected = "shoal.toml: profile \"gateways\", file #1: source \"files/evil\": \"files/evil\" is a symlink, and Shoal reads only regular files from the repository (symlink escape)";
-    let sensor = device("sensor-1", &[]);
+    let sensor = DeviceIdentity::new("sensor-1", [("role", "sensor")], "/var/lib/shoal");
     for tree in [
         &head_tree(&repo) as &dyn RepoTree,
         &DirTree::new(dir.path()),
@@ -162,11 +140,11 @@ fn a_committed_symlink_as_a_source_is_a_render_error() {
 
 #[test]
 fn a_directory_as_a_source_is_a_render_error() {
-    let manifest = base("[[profile.file]]\npath = \"/etc/motd\"\nsource = \"files\"\n");
-    let dir = git_repo(&[(MANIFEST, &manifest), ("files/motd", "hi\n")], &[]);
+    // The kit's manifest, with `motd` a directory.
+    let dir = git_repo(&[(MANIFEST, MOTD_MANIFEST), ("motd/x", "hi\n")], &[]);
     let repo = open(dir.path());
     assert_eq!(
         shoal_core::render::render(&head_tree(&repo), &gateway()).unwrap_err().to_string(),
-        "shoal.toml: profile \"base\", file #1: source \"files\": is a directory, not a regular file"
+        "shoal.toml: profile \"base\", file #1: source \"motd\": is a directory, not a regular file"
     );
 }

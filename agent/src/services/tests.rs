@@ -8,16 +8,7 @@ use super::*;
 use crate::render::{DesiredFile, DesiredService, DesiredState, HealthCheck, ServiceState};
 
 fn service(unit: &str) -> DesiredService {
-    DesiredService {
-        unit: unit.into(),
-        content: format!("[Service]\nExecStart=/usr/bin/{unit}\n").into_bytes(),
-        dropins: BTreeMap::new(),
-        enabled: true,
-        state: ServiceState::Running,
-        restart_on: Vec::new(),
-        health: None,
-        profile: "base".into(),
-    }
+    DesiredService::new(unit, format!("[Service]\nExecStart=/usr/bin/{unit}\n")).declared_by("base")
 }
 
 fn record(unit: &str) -> ServiceRecord {
@@ -82,14 +73,8 @@ fn a_file_declared_at_a_unit_path_is_a_conflict_naming_both() {
         .insert("telemetry.service".into(), service("telemetry.service"));
     desired.files.insert(
         "/etc/systemd/system/telemetry.service".into(),
-        DesiredFile {
-            content: b"x".to_vec(),
-            mode: 0o644,
-            owner: "root".into(),
-            group: "root".into(),
-            profile: "gateways".into(),
-            source: "files/telemetry.service".into(),
-        },
+        DesiredFile::new(b"x", 0o644, "root", "root")
+            .declared_by("gateways", "files/telemetry.service"),
     );
     let err = merge_unit_files(&mut desired).unwrap_err();
     assert_eq!(

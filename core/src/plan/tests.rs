@@ -6,27 +6,6 @@ use std::path::PathBuf;
 use super::*;
 use crate::render::{DesiredFile, DesiredState};
 
-fn file(content: &str, mode: u32, owner: &str, group: &str) -> DesiredFile {
-    DesiredFile {
-        content: content.as_bytes().to_vec(),
-        mode,
-        owner: owner.to_owned(),
-        group: group.to_owned(),
-        profile: "base".to_owned(),
-        source: "files/x".to_owned(),
-    }
-}
-
-fn desired(files: Vec<(&str, DesiredFile)>) -> DesiredState {
-    DesiredState {
-        files: files
-            .into_iter()
-            .map(|(path, file)| (PathBuf::from(path), file))
-            .collect(),
-        ..Default::default()
-    }
-}
-
 fn accounts() -> Accounts {
     let mut accounts = Accounts::default();
     accounts.add_user("root", 0);
@@ -68,17 +47,29 @@ fn disk_file<'a>(disk: &'a mut DiskSnapshot, path: &str) -> &'a mut DiskFile {
 
 #[test]
 fn create_change_remove_one_line_each() {
-    let gen1 = desired(vec![
-        ("/etc/motd", file("old\n", 0o600, "root", "root")),
-        ("/etc/old", file("bye\n", 0o644, "root", "root")),
-        ("/etc/same", file("same\n", 0o644, "root", "root")),
-        ("/etc/owned", file("o\n", 0o644, "root", "root")),
+    let gen1 = DesiredState::from_files(vec![
+        (
+            "/etc/motd",
+            DesiredFile::new("old\n", 0o600, "root", "root"),
+        ),
+        ("/etc/old", DesiredFile::new("bye\n", 0o644, "root", "root")),
+        (
+            "/etc/same",
+            DesiredFile::new("same\n", 0o644, "root", "root"),
+        ),
+        ("/etc/owned", DesiredFile::new("o\n", 0o644, "root", "root")),
     ]);
-    let gen2 = desired(vec![
-        ("/etc/motd", file("new\n", 0o644, "root", "root")),
-        ("/etc/new", file("hello\n", 0o640, "app", "app")),
-        ("/etc/same", file("same\n", 0o644, "root", "root")),
-        ("/etc/owned", file("o\n", 0o644, "app", "root")),
+    let gen2 = DesiredState::from_files(vec![
+        (
+            "/etc/motd",
+            DesiredFile::new("new\n", 0o644, "root", "root"),
+        ),
+        ("/etc/new", DesiredFile::new("hello\n", 0o640, "app", "app")),
+        (
+            "/etc/same",
+            DesiredFile::new("same\n", 0o644, "root", "root"),
+        ),
+        ("/etc/owned", DesiredFile::new("o\n", 0o644, "app", "root")),
     ]);
     let plan = plan(&gen2, &Manifest::from_desired(&gen1), &disk_matching(&gen1));
     assert_eq!(
@@ -94,7 +85,10 @@ fn create_change_remove_one_line_each() {
 
 #[test]
 fn no_change_no_drift_is_empty() {
-    let gen1 = desired(vec![("/etc/motd", file("hi\n", 0o644, "root", "root"))]);
+    let gen1 = DesiredState::from_files(vec![(
+        "/etc/motd",
+        DesiredFile::new("hi\n", 0o644, "root", "root"),
+    )]);
     let plan = plan(&gen1, &Manifest::from_desired(&gen1), &disk_matching(&gen1));
     assert!(plan.is_empty());
     assert_eq!(plan.to_string(), "nothing to do\n");
@@ -102,21 +96,36 @@ fn no_change_no_drift_is_empty() {
 
 #[test]
 fn numeric_and_named_owners_that_resolve_alike_are_no_change() {
-    let gen1 = desired(vec![("/etc/motd", file("hi\n", 0o644, "app", "app"))]);
-    let gen2 = desired(vec![("/etc/motd", file("hi\n", 0o644, "1000", "1000"))]);
+    let gen1 = DesiredState::from_files(vec![(
+        "/etc/motd",
+        DesiredFile::new("hi\n", 0o644, "app", "app"),
+    )]);
+    let gen2 = DesiredState::from_files(vec![(
+        "/etc/motd",
+        DesiredFile::new("hi\n", 0o644, "1000", "1000"),
+    )]);
     let plan = plan(&gen2, &Manifest::from_desired(&gen1), &disk_matching(&gen1));
     assert!(plan.is_empty(), "{plan}");
 }
 
 #[test]
 fn drift_is_marked_and_corrected() {
-    let gen1 = desired(vec![
-        ("/etc/edited", file("declared\n", 0o644, "root", "root")),
-        ("/etc/gone", file("g\n", 0o644, "root", "root")),
-        ("/etc/mode", file("m\n", 0o644, "root", "root")),
-        ("/etc/owner", file("o\n", 0o644, "root", "root")),
-        ("/etc/replaced", file("r\n", 0o644, "root", "root")),
-        ("/etc/motd", file("fine\n", 0o644, "root", "root")),
+    let gen1 = DesiredState::from_files(vec![
+        (
+            "/etc/edited",
+            DesiredFile::new("declared\n", 0o644, "root", "root"),
+        ),
+        ("/etc/gone", DesiredFile::new("g\n", 0o644, "root", "root")),
+        ("/etc/mode", DesiredFile::new("m\n", 0o644, "root", "root")),
+        ("/etc/owner", DesiredFile::new("o\n", 0o644, "root", "root")),
+        (
+            "/etc/replaced",
+            DesiredFile::new("r\n", 0o644, "root", "root"),
+        ),
+        (
+            "/etc/motd",
+            DesiredFile::new("fine\n", 0o644, "root", "root"),
+        ),
     ]);
     let mut disk = disk_matching(&gen1);
     disk_file(&mut disk, "/etc/edited").sha256 = sha256_hex(b"hand edit\n");
@@ -147,8 +156,14 @@ fn drift_is_marked_and_corrected() {
 
 #[test]
 fn a_hand_edit_that_matches_the_new_state_is_drift_without_work() {
-    let gen1 = desired(vec![("/etc/motd", file("old\n", 0o644, "root", "root"))]);
-    let gen2 = desired(vec![("/etc/motd", file("new\n", 0o644, "root", "root"))]);
+    let gen1 = DesiredState::from_files(vec![(
+        "/etc/motd",
+        DesiredFile::new("old\n", 0o644, "root", "root"),
+    )]);
+    let gen2 = DesiredState::from_files(vec![(
+        "/etc/motd",
+        DesiredFile::new("new\n", 0o644, "root", "root"),
+    )]);
     let plan = plan(&gen2, &Manifest::from_desired(&gen1), &disk_matching(&gen2));
     assert!(plan.actions.is_empty());
     assert_eq!(plan.to_string(), "drift: /etc/motd edited by hand\n");
@@ -157,10 +172,16 @@ fn a_hand_edit_that_matches_the_new_state_is_drift_without_work() {
 
 #[test]
 fn create_over_existing_things_says_what_happens() {
-    let gen1 = desired(vec![
-        ("/etc/issue", file("managed\n", 0o644, "root", "root")),
-        ("/etc/blocked", file("b\n", 0o644, "root", "root")),
-        ("/etc/link", file("l\n", 0o644, "root", "root")),
+    let gen1 = DesiredState::from_files(vec![
+        (
+            "/etc/issue",
+            DesiredFile::new("managed\n", 0o644, "root", "root"),
+        ),
+        (
+            "/etc/blocked",
+            DesiredFile::new("b\n", 0o644, "root", "root"),
+        ),
+        ("/etc/link", DesiredFile::new("l\n", 0o644, "root", "root")),
     ]);
     let mut disk = DiskSnapshot {
         accounts: accounts(),
@@ -193,13 +214,19 @@ fn create_over_existing_things_says_what_happens() {
 
 #[test]
 fn json_for_the_cli() {
-    let gen1 = desired(vec![
-        ("/etc/motd", file("old\n", 0o600, "root", "root")),
-        ("/etc/old", file("bye\n", 0o644, "root", "root")),
+    let gen1 = DesiredState::from_files(vec![
+        (
+            "/etc/motd",
+            DesiredFile::new("old\n", 0o600, "root", "root"),
+        ),
+        ("/etc/old", DesiredFile::new("bye\n", 0o644, "root", "root")),
     ]);
-    let gen2 = desired(vec![
-        ("/etc/motd", file("new\n", 0o644, "root", "root")),
-        ("/etc/new", file("hello\n", 0o640, "app", "app")),
+    let gen2 = DesiredState::from_files(vec![
+        (
+            "/etc/motd",
+            DesiredFile::new("new\n", 0o644, "root", "root"),
+        ),
+        ("/etc/new", DesiredFile::new("hello\n", 0o640, "app", "app")),
     ]);
     let mut disk = disk_matching(&gen1);
     disk_file(&mut disk, "/etc/motd").uid = 1000;
@@ -253,7 +280,10 @@ fn json_for_the_cli() {
 
 #[test]
 fn manifest_json_round_trips_with_octal_modes() {
-    let gen = desired(vec![("/etc/motd", file("hi\n", 0o4755, "root", "app"))]);
+    let gen = DesiredState::from_files(vec![(
+        "/etc/motd",
+        DesiredFile::new("hi\n", 0o4755, "root", "app"),
+    )]);
     let manifest = Manifest::from_desired(&gen);
     let json = serde_json::to_string(&manifest).unwrap();
     assert_eq!(
@@ -276,8 +306,14 @@ fn manifest_json_round_trips_with_octal_modes() {
 
 #[test]
 fn observed_paths_cover_desired_and_current() {
-    let gen1 = desired(vec![("/etc/a", file("a", 0o644, "root", "root"))]);
-    let gen2 = desired(vec![("/etc/b", file("b", 0o644, "root", "root"))]);
+    let gen1 = DesiredState::from_files(vec![(
+        "/etc/a",
+        DesiredFile::new("a", 0o644, "root", "root"),
+    )]);
+    let gen2 = DesiredState::from_files(vec![(
+        "/etc/b",
+        DesiredFile::new("b", 0o644, "root", "root"),
+    )]);
     let paths = observed_paths(&gen2, &Manifest::from_desired(&gen1));
     assert_eq!(
         paths.into_iter().collect::<Vec<_>>(),

@@ -83,7 +83,108 @@ pub struct HealthCheck {
     pub timeout: Duration,
 }
 
+impl DeviceIdentity {
+    /// The identity of device `device_id` with `labels`, whose agent keeps its state in
+    /// `state_dir` (as the device sees it).
+    pub fn new<K, V>(
+        device_id: impl Into<String>,
+        labels: impl IntoIterator<Item = (K, V)>,
+        state_dir: impl Into<PathBuf>,
+    ) -> DeviceIdentity
+    where
+        K: Into<String>,
+        V: Into<String>,
+    {
+        DeviceIdentity {
+            device_id: device_id.into(),
+            labels: labels
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+            state_dir: state_dir.into(),
+        }
+    }
+}
+
+impl DesiredFile {
+    /// A file with these bytes, mode and owner, declared by no profile and from no source
+    /// (both empty) until [`declared_by`](Self::declared_by) names them; render always does.
+    pub fn new(
+        content: impl Into<Vec<u8>>,
+        mode: u32,
+        owner: impl Into<String>,
+        group: impl Into<String>,
+    ) -> DesiredFile {
+        DesiredFile {
+            content: content.into(),
+            mode,
+            owner: owner.into(),
+            group: group.into(),
+            profile: String::new(),
+            source: String::new(),
+        }
+    }
+
+    /// The same file, declared by `profile` with its content from repository path `source`.
+    pub fn declared_by(self, profile: impl Into<String>, source: impl Into<String>) -> DesiredFile {
+        DesiredFile {
+            profile: profile.into(),
+            source: source.into(),
+            ..self
+        }
+    }
+}
+
+impl DesiredService {
+    /// Unit `unit` with this unit file, as render gives a `[[profile.service]]` that sets
+    /// nothing else: enabled, running, no drop-ins, no `restart_on`, no health probe; declared
+    /// by no profile (empty) until [`declared_by`](Self::declared_by) names one.
+    pub fn new(unit: impl Into<String>, content: impl Into<Vec<u8>>) -> DesiredService {
+        DesiredService {
+            unit: unit.into(),
+            content: content.into(),
+            dropins: BTreeMap::new(),
+            enabled: true,
+            state: ServiceState::Running,
+            restart_on: Vec::new(),
+            health: None,
+            profile: String::new(),
+        }
+    }
+
+    /// The same service, declared by `profile`.
+    pub fn declared_by(self, profile: impl Into<String>) -> DesiredService {
+        DesiredService {
+            profile: profile.into(),
+            ..self
+        }
+    }
+}
+
 impl DesiredState {
+    /// These files (device path, file) and no services.
+    pub fn from_files<P: Into<PathBuf>>(
+        files: impl IntoIterator<Item = (P, DesiredFile)>,
+    ) -> DesiredState {
+        DesiredState {
+            files: files
+                .into_iter()
+                .map(|(path, file)| (path.into(), file))
+                .collect(),
+            services: BTreeMap::new(),
+        }
+    }
+
+    /// The same state with `services` added, each under its own unit name.
+    pub fn with_services(
+        mut self,
+        services: impl IntoIterator<Item = DesiredService>,
+    ) -> DesiredState {
+        self.services
+            .extend(services.into_iter().map(|s| (s.unit.clone(), s)));
+        self
+    }
+
     /// One line per file (`0644 root:root /etc/motd  (base)`) and per service, for humans.
     pub fn summary(&self) -> String {
         let mut out = String::new();
@@ -241,46 +342,31 @@ mod tests {
     }
 
     fn example() -> DesiredState {
-        let mut state = DesiredState::default();
-        state.files.insert(
-            "/etc/motd".into(),
-            DesiredFile {
-                content: b"hello\n".to_vec(),
-                mode: 0o644,
-                owner: "root".into(),
-                group: "root".into(),
-                profile: "base".into(),
-                source: "files/motd".into(),
-            },
-        );
-        state.files.insert(
-            "/usr/share/logo.bin".into(),
-            DesiredFile {
-                content: vec![0xff, 0x00, 0x01],
-                mode: 0o600,
-                owner: "app".into(),
-                group: "1000".into(),
-                profile: "gateways".into(),
-                source: "files/logo.bin".into(),
-            },
-        );
-        state.services.insert(
-            "telemetry.service".into(),
-            DesiredService {
-                unit: "telemetry.service".into(),
-                content: b"[Service]\nExecStart=/usr/bin/telemetry\n".to_vec(),
-                dropins: BTreeMap::from([("override.conf".into(), b"[Service]\n".to_vec())]),
-                enabled: true,
-                state: ServiceState::Running,
-                restart_on: vec!["/etc/motd".into()],
-                health: Some(HealthCheck {
-                    exec: "/usr/bin/telemetry --self-check".into(),
-                    timeout: Duration::from_millis(1500),
-                }),
-                profile: "gateways".into(),
-            },
-        );
-        state
+        DesiredState::from_files([
+            (
+                "/etc/motd",
+                DesiredFile::new(b"hello\n", 0o644, "root", "root")
+                    .declared_by("base", "files/motd"),
+            ),
+            (
+                "/usr/share/logo.bin",
+                DesiredFile::new(vec![0xff, 0x00, 0x01], 0o600, "app", "1000")
+                    .declared_by("gateways", "files/logo.bin"),
+            ),
+        ])
+        .with_services([DesiredService {
+            dropins: BTreeMap::from([("override.conf".into(), b"[Service]\n".to_vec())]),
+            restart_on: vec!["/etc/motd".into()],
+            health: Some(HealthCheck {
+                exec: "/usr/bin/telemetry --self-check".into(),
+                timeout: Duration::from_millis(1500),
+            }),
+            ..DesiredService::new(
+                "telemetry.service",
+                b"[Service]\nExecStart=/usr/bin/telemetry\n",
+            )
+            .declared_by("gateways")
+        }])
     }
 
     #[test]

@@ -54,14 +54,7 @@ impl RepoTree for MemTree {
 }
 
 fn device(id: &str, labels: &[(&str, &str)]) -> DeviceIdentity {
-    DeviceIdentity {
-        device_id: id.to_owned(),
-        labels: labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        state_dir: "/var/lib/shoal".into(),
-    }
+    DeviceIdentity::new(id, labels.iter().copied(), "/var/lib/shoal")
 }
 
 fn gateway() -> DeviceIdentity {
@@ -130,48 +123,31 @@ fn design_repo() -> MemTree {
 #[test]
 fn the_design_example_renders_for_a_gateway() {
     let state = render_tree(&design_repo(), &gateway()).unwrap();
-    let expected = DesiredState {
-        files: BTreeMap::from([
-            (
-                "/etc/motd".into(),
-                DesiredFile {
-                    content: b"Welcome to gw-0042 in berlin.\n".to_vec(),
-                    mode: 0o644,
-                    owner: "root".into(),
-                    group: "root".into(),
-                    profile: "base".into(),
-                    source: "files/motd".into(),
-                },
-            ),
-            (
-                "/etc/telemetry/config.yaml".into(),
-                DesiredFile {
-                    content: b"interval: 10s\n".to_vec(),
-                    mode: 0o640,
-                    owner: "telemetry".into(),
-                    group: "root".into(),
-                    profile: "gateways".into(),
-                    source: "files/telemetry.yaml".into(),
-                },
-            ),
-        ]),
-        services: BTreeMap::from([(
-            "telemetry.service".into(),
-            DesiredService {
-                unit: "telemetry.service".into(),
-                content: b"[Service]\nExecStart=/usr/bin/telemetry\n".to_vec(),
-                dropins: BTreeMap::from([("x.conf".into(), b"[Service]\nNice=5\n".to_vec())]),
-                enabled: true,
-                state: ServiceState::Running,
-                restart_on: vec!["/etc/telemetry/config.yaml".into()],
-                health: Some(HealthCheck {
-                    exec: "/usr/bin/telemetry --self-check".into(),
-                    timeout: Duration::from_secs(30),
-                }),
-                profile: "gateways".into(),
-            },
-        )]),
-    };
+    let expected = DesiredState::from_files([
+        (
+            "/etc/motd",
+            DesiredFile::new(b"Welcome to gw-0042 in berlin.\n", 0o644, "root", "root")
+                .declared_by("base", "files/motd"),
+        ),
+        (
+            "/etc/telemetry/config.yaml",
+            DesiredFile::new(b"interval: 10s\n", 0o640, "telemetry", "root")
+                .declared_by("gateways", "files/telemetry.yaml"),
+        ),
+    ])
+    .with_services([DesiredService {
+        dropins: BTreeMap::from([("x.conf".into(), b"[Service]\nNice=5\n".to_vec())]),
+        restart_on: vec!["/etc/telemetry/config.yaml".into()],
+        health: Some(HealthCheck {
+            exec: "/usr/bin/telemetry --self-check".into(),
+            timeout: Duration::from_secs(30),
+        }),
+        ..DesiredService::new(
+            "telemetry.service",
+            b"[Service]\nExecStart=/usr/bin/telemetry\n",
+        )
+        .declared_by("gateways")
+    }]);
     assert_eq!(state, expected);
     assert_eq!(
         state.summary(),

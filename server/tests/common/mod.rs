@@ -489,3 +489,55 @@ pub fn snapshot(state: &AppState, device_id: &str) -> Snapshot {
         accepted: state.metrics.accepted_count(),
     }
 }
+
+/// Sends `body` and asserts the rejection and that nothing changed for `device_id`.
+pub async fn rejected(
+    server: &TestServer,
+    device_id: &str,
+    body: Vec<u8>,
+    enroll: Option<&str>,
+    expect: (u16, &str, &str),
+) -> serde_json::Value {
+    let before = snapshot(&server.state, device_id);
+    let counted = server.state.metrics.rejected_count(expect.1);
+    let resp = server.client().post_report(body, enroll).await;
+    resp.assert_rejected(expect.0, expect.1, expect.2);
+    assert_eq!(
+        snapshot(&server.state, device_id),
+        before,
+        "{} changed state",
+        expect.1
+    );
+    assert_eq!(server.state.metrics.rejected_count(expect.1), counted + 1);
+    let metrics = server.client().get("/metrics").await.text();
+    let line = format!(
+        "shoal_reports_rejected_total{{reason=\"{}\"}} {}",
+        expect.1,
+        counted + 1
+    );
+    assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+    resp.json()
+}
+
+/// Posts `body` (with the enrollment token `enroll`, if any) and asserts that it was accepted.
+pub async fn accepted(server: &TestServer, body: Vec<u8>, enroll: Option<&str>) -> Resp {
+    let resp = server.client().post_report(body, enroll).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    resp
+}
+
+/// Posts `body`, `device`'s first report, with the enrollment token and asserts that it
+/// enrolled the device: accepted as sequence 1, `enrolled`, and the device's key pinned.
+pub async fn assert_enrolls(server: &TestServer, device: &Device, body: Vec<u8>) {
+    let resp = server.client().post_report(body, Some(ENROLL_TOKEN)).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let id = device.id.as_str();
+    assert_eq!(
+        resp.json(),
+        serde_json::json!({"device_id": id, "sequence": 1, "enrolled": true})
+    );
+    assert_eq!(
+        server.state.store.pinned_key(id).unwrap().as_deref(),
+        Some(device.key_id().as_str())
+    );
+}
