@@ -22,7 +22,6 @@
 //! filesystem. As root it also runs on a tmpfs it mounts (and unmounts) itself, where fsync
 //! costs nothing and the CPU side shows.
 
-use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
@@ -122,23 +121,12 @@ fn owner() -> (String, String) {
 /// What render would hand to plan and apply for `n` files of generation `generation`.
 fn desired(generation: u64, n: usize) -> DesiredState {
     let (owner, group) = owner();
-    let files = (0..n)
-        .map(|i| {
-            let file = DesiredFile {
-                content: content(generation, i),
-                mode: MODE,
-                owner: owner.clone(),
-                group: group.clone(),
-                profile: "bench".to_owned(),
-                source: format!("files/f{i:04}.conf"),
-            };
-            (device_path(i), file)
-        })
-        .collect();
-    DesiredState {
-        files,
-        services: BTreeMap::new(),
-    }
+    let files = (0..n).map(|i| {
+        let file = DesiredFile::new(content(generation, i), MODE, &owner, &group)
+            .declared_by("bench", format!("files/f{i:04}.conf"));
+        (device_path(i), file)
+    });
+    DesiredState::from_files(files)
 }
 
 /// The manifest of generation `generation` without holding its contents (for the RSS child,

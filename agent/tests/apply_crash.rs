@@ -5,7 +5,6 @@
 //! `cargo test -p shoal-agent --features failpoints --test apply_crash`.
 #![cfg(feature = "failpoints")]
 
-use std::collections::BTreeMap;
 use std::env;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -19,6 +18,7 @@ use shoal_agent::paths;
 use shoal_agent::plan::{observed_paths, plan, Manifest};
 use shoal_agent::render::{DesiredFile, DesiredState};
 use shoal_agent::state::StateDir;
+use shoal_testkit::tree::{Node, Tree};
 use shoal_testkit::{is_root, require_root, Mount};
 
 /// Set in the re-executed child: `SCENARIO:ACTION:RUN_DIR`.
@@ -104,13 +104,7 @@ fn generations(scenario: &str) -> (DesiredState, DesiredState) {
 }
 
 fn state(files: Vec<(String, DesiredFile)>) -> DesiredState {
-    DesiredState {
-        files: files
-            .into_iter()
-            .map(|(path, file)| (PathBuf::from(path), file))
-            .collect(),
-        ..Default::default()
-    }
+    DesiredState::from_files(files)
 }
 
 /// Owners by name from the device's own /etc/passwd and numerically when we are root; our
@@ -126,14 +120,7 @@ fn file(content: &str, mode: u32, i: usize) -> DesiredFile {
         let (uid, gid) = my_ids();
         (uid.to_string(), gid.to_string())
     };
-    DesiredFile {
-        content: content.as_bytes().to_vec(),
-        mode,
-        owner,
-        group,
-        profile: "base".into(),
-        source: "files/x".into(),
-    }
+    DesiredFile::new(content, mode, owner, group).declared_by("base", "files/x")
 }
 
 fn ids_of(file: &DesiredFile) -> (u32, u32) {
@@ -329,47 +316,11 @@ impl Run {
     }
 
     fn tree(&self) -> Tree {
-        let mut tree = Tree::new();
-        walk(&self.root(), &self.root(), &mut tree);
-        tree
+        shoal_testkit::tree::snapshot(&self.root())
     }
 
     fn remove(self) {
         fs::remove_dir_all(&self.dir).unwrap();
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Node {
-    File {
-        content: Vec<u8>,
-        mode: u32,
-        uid: u32,
-        gid: u32,
-    },
-    Dir,
-}
-
-type Tree = BTreeMap<String, Node>;
-
-fn walk(root: &Path, dir: &Path, tree: &mut Tree) {
-    for entry in fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        let name = format!("/{}", path.strip_prefix(root).unwrap().display());
-        let meta = fs::symlink_metadata(&path).unwrap();
-        if meta.is_dir() {
-            tree.insert(name, Node::Dir);
-            walk(root, &path, tree);
-        } else {
-            let content = fs::read(&path).unwrap();
-            let node = Node::File {
-                content,
-                mode: meta.mode() & 0o7777,
-                uid: meta.uid(),
-                gid: meta.gid(),
-            };
-            tree.insert(name, node);
-        }
     }
 }
 
@@ -419,6 +370,7 @@ fn assert_tree(actual: &Tree, expected: &Tree, context: &str) {
 fn brief(node: &Node) -> String {
     match node {
         Node::Dir => "a directory".into(),
+        Node::Symlink(target) => format!("a link to {}", target.display()),
         Node::File {
             content,
             mode,

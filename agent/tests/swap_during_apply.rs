@@ -7,7 +7,6 @@
 
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt};
-use std::path::PathBuf;
 
 use shoal_agent::apply::failpoint::set_hook;
 use shoal_agent::apply::{apply, journal_done, observe, ApplyError, Fault};
@@ -29,20 +28,14 @@ fn a_directory_swapped_for_a_link_mid_apply_does_not_redirect_the_write() {
         .expect("probe")
         .metadata()
         .expect("meta");
-    let file = DesiredFile {
-        content: b"app's key\n".to_vec(),
-        mode: 0o600,
-        owner: me.uid().to_string(),
-        group: me.gid().to_string(),
-        profile: "base".into(),
-        source: "files/authorized_keys".into(),
-    };
-    let desired = DesiredState {
-        files: [(PathBuf::from("/home/app/.ssh/authorized_keys"), file)]
-            .into_iter()
-            .collect(),
-        ..Default::default()
-    };
+    let file = DesiredFile::new(
+        "app's key\n",
+        0o600,
+        me.uid().to_string(),
+        me.gid().to_string(),
+    )
+    .declared_by("base", "files/authorized_keys");
+    let desired = DesiredState::from_files([("/home/app/.ssh/authorized_keys", file)]);
     let empty = Manifest::default();
     let state = StateDir::open(&state).expect("lock the state dir");
     let state = state.apply_area();

@@ -18,6 +18,7 @@ pub mod purity;
 pub mod repo;
 pub mod requirements;
 pub mod signing;
+pub mod tree;
 
 pub use collector::{Collector, CollectorSpec};
 pub use command::{

@@ -5,46 +5,22 @@
 //! Run: `cargo bench -p shoal-e2e --bench signed_fetch` (add `-- --quick` for fewer rounds).
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shoal_e2e::{
-    agent_bin, git_command, run, write_allowed_signers, ConfigRepo, Device, HttpsGitServer,
-    SigningKey,
+    agent_bin, git_command, run, run_measured, write_allowed_signers, ConfigRepo, Cost, Device,
+    HttpsGitServer, SigningKey,
 };
 
 const COMMITS: usize = 1_000;
 
-/// Wall time and CPU time (user + system) of one child process and its waited-for children.
-struct Cost {
-    wall: Duration,
-    cpu: Duration,
-}
-
-// The child is reaped by `wait4` (to get its own rusage), which clippy cannot see.
-#[allow(clippy::zombie_processes)]
 fn measure(cmd: &mut Command) -> Cost {
-    let started = Instant::now();
-    let child = cmd
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: rusage is plain data, zero-initialised is valid; wait4 fills it for our own child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let wall = started.elapsed();
-    assert_eq!(waited, pid, "wait4 failed");
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "{cmd:?} failed"
+    let cost = run_measured(
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
     );
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    Cost {
-        wall,
-        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
-    }
+    assert!(cost.succeeded, "{cmd:?} failed");
+    cost
 }
 
 fn median(mut values: Vec<Duration>) -> Duration {

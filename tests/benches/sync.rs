@@ -26,8 +26,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use floor::{cpu_time, median, syncfs, timeval};
-use shoal_e2e::{agent_bin, copy_tree, require_tools, Sandbox};
+use floor::{cpu_time, median, syncfs};
+use shoal_e2e::{agent_bin, copy_tree, require_tools, run_measured, Sandbox};
 
 const FILES: usize = 1_000;
 const FILE_SIZE: usize = 4096;
@@ -92,30 +92,19 @@ struct SyncRun {
 }
 
 /// One `shoal-agent sync` of the device in `dir`: wall and CPU from `wait4`.
-// The child is reaped by `wait4` (to get its own rusage), which clippy cannot see.
-#[allow(clippy::zombie_processes)]
 fn sync(agent: &Path, dir: &Path) -> SyncRun {
     let log = dir.join("sync.log");
-    let started = Instant::now();
-    let child = Command::new(agent)
-        .arg("--config")
-        .arg(dir.join("agent.toml"))
-        .arg("sync")
-        .env("SHOAL_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("create the sync's log"))
-        .spawn()
-        .expect("spawn shoal-agent");
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: rusage is plain data, zero-initialised is valid; wait4 fills it for our own child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointers to locals; pid is our unreaped child.
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let wall = started.elapsed();
-    assert_eq!(waited, pid, "wait4 failed");
+    let cost = run_measured(
+        Command::new(agent)
+            .arg("--config")
+            .arg(dir.join("agent.toml"))
+            .arg("sync")
+            .env("SHOAL_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("create the sync's log")),
+    );
     assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        cost.succeeded,
         "shoal-agent sync failed:\n{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
@@ -125,8 +114,8 @@ fn sync(agent: &Path, dir: &Path) -> SyncRun {
     assert_eq!(result["status"], "converged", "{result}");
     let step = |name: &str| result["timings"][name].as_u64().unwrap_or(0);
     SyncRun {
-        wall,
-        cpu: timeval(usage.ru_utime) + timeval(usage.ru_stime),
+        wall: cost.wall,
+        cpu: cost.cpu,
         steps: [
             step("fetch_ms"),
             step("verify_ms"),

@@ -18,6 +18,7 @@ mod device;
 mod git_daemon;
 mod guest;
 mod http_server;
+mod measure;
 mod network;
 mod sandbox;
 mod systemd;
@@ -31,6 +32,7 @@ pub use device::{Device, Run};
 pub use git_daemon::GitDaemon;
 pub use guest::{app_manifest, GuestDevice, GUEST_DIR};
 pub use http_server::{HttpsGitServer, TestCa};
+pub use measure::{run_measured, Cost};
 pub use network::{Hub, HUB_IP};
 pub use sandbox::{gateway_config, Sandbox, GATEWAY_MANIFEST};
 pub use shoal_testkit::{

@@ -2,7 +2,6 @@
 //! leaves (exactly the previous generation), and the operator's error text. Faults that need
 //! root (read-only mounts, a full tmpfs) skip loudly without it, and fail under SHOAL_E2E=1.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -12,6 +11,7 @@ mod attacks;
 use super::*;
 use crate::plan::{observed_paths, plan, Manifest};
 use crate::render::{DesiredFile, DesiredState};
+use shoal_testkit::tree::{Node, Tree};
 use shoal_testkit::{is_root, require_root, Mount};
 
 /// A sandbox device: a root prefix and a state directory, driven like the agent drives them.
@@ -21,18 +21,6 @@ struct Device {
     state: PathBuf,
     generation: u64,
     manifest: Manifest,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Node {
-    File {
-        content: Vec<u8>,
-        mode: u32,
-        uid: u32,
-        gid: u32,
-    },
-    Dir,
-    Symlink(PathBuf),
 }
 
 impl Device {
@@ -93,32 +81,8 @@ impl Device {
     }
 
     /// Every file and directory under the root, by device path.
-    fn snapshot(&self) -> BTreeMap<String, Node> {
-        let mut tree = BTreeMap::new();
-        walk(&self.root, &self.root, &mut tree);
-        tree
-    }
-}
-
-fn walk(root: &Path, dir: &Path, tree: &mut BTreeMap<String, Node>) {
-    for entry in fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        let name = format!("/{}", path.strip_prefix(root).unwrap().display());
-        let meta = fs::symlink_metadata(&path).unwrap();
-        if meta.is_symlink() {
-            tree.insert(name, Node::Symlink(fs::read_link(&path).unwrap()));
-        } else if meta.is_dir() {
-            tree.insert(name, Node::Dir);
-            walk(root, &path, tree);
-        } else {
-            let node = Node::File {
-                content: fs::read(&path).unwrap(),
-                mode: meta.mode() & 0o7777,
-                uid: meta.uid(),
-                gid: meta.gid(),
-            };
-            tree.insert(name, node);
-        }
+    fn snapshot(&self) -> Tree {
+        shoal_testkit::tree::snapshot(&self.root)
     }
 }
 
@@ -133,24 +97,11 @@ fn me() -> (String, String) {
 
 fn file(content: &str, mode: u32) -> DesiredFile {
     let (owner, group) = me();
-    DesiredFile {
-        content: content.as_bytes().to_vec(),
-        mode,
-        owner,
-        group,
-        profile: "base".into(),
-        source: "files/x".into(),
-    }
+    DesiredFile::new(content, mode, owner, group).declared_by("base", "files/x")
 }
 
 fn desired(files: Vec<(&str, DesiredFile)>) -> DesiredState {
-    DesiredState {
-        files: files
-            .into_iter()
-            .map(|(path, file)| (PathBuf::from(path), file))
-            .collect(),
-        ..Default::default()
-    }
+    DesiredState::from_files(files)
 }
 
 #[test]
