@@ -107,6 +107,14 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl PgStore {
+    /// A device record as stored (JSON); one that does not parse is corrupt, named by device.
+    fn decode_record(&self, id: &str, bytes: &[u8]) -> Result<DeviceRecord, StoreError> {
+        serde_json::from_slice(bytes).map_err(|e| {
+            self.inner
+                .corrupt(&format!("the record of device {id:?}"), e)
+        })
+    }
+
     /// Connects to `url` (TLS as its `sslmode` asks, verified against `ca` or the system's roots),
     /// applies the missing schema migrations, and checks that the database is not newer than
     /// this collector. Fails naming the store (never its password) when the database is not
@@ -794,13 +802,8 @@ impl Store for PgStore {
             let row = client.query_opt(&stmt, &[&id]).await?;
             Ok(row.map(|r| (id, r.get::<_, Vec<u8>>(0))))
         })?;
-        raw.map(|(id, bytes)| {
-            serde_json::from_slice(&bytes).map_err(|e| {
-                self.inner
-                    .corrupt(&format!("the record of device {id:?}"), e)
-            })
-        })
-        .transpose()
+        raw.map(|(id, bytes)| self.decode_record(&id, &bytes))
+            .transpose()
     }
 
     fn devices_page(
@@ -824,13 +827,7 @@ impl Store for PgStore {
                 .collect::<Vec<_>>())
         })?;
         rows.into_iter()
-            .map(|(id, bytes)| {
-                let record = serde_json::from_slice(&bytes).map_err(|e| {
-                    self.inner
-                        .corrupt(&format!("the record of device {id:?}"), e)
-                })?;
-                Ok((id, record))
-            })
+            .map(|(id, bytes)| Ok((id.clone(), self.decode_record(&id, &bytes)?)))
             .collect()
     }
 
