@@ -527,6 +527,7 @@ const APPLY_PASSES: &[(&str, usize)] = &[
     ("apply_after_mkdir", 3),
     ("apply_after_resolve", 101),
     ("apply_after_temp_write", 81),
+    ("apply_after_files_syncfs", 1),
     ("apply_after_rename", 81),
     ("apply_after_remove", 20),
     ("apply_after_dir_sync", 1),

@@ -19,6 +19,7 @@ pub const FAIL_POINTS: &[&str] = &[
     "apply_after_mkdir",
     "apply_after_resolve",
     "apply_after_temp_write",
+    "apply_after_files_syncfs",
     "apply_after_rename",
     "apply_after_remove",
     "apply_after_dir_sync",

@@ -379,6 +379,11 @@ impl Located {
         self.dir
     }
 
+    /// The checked directory the path is in.
+    pub(crate) fn dir(&self) -> &Dir {
+        &self.dir
+    }
+
     /// What is at the path (symbolic links not followed), hashing a regular file's content.
     pub(crate) fn inspect(&self) -> Result<DiskEntry, PathError> {
         self.inspect_knowing(None)
@@ -474,7 +479,12 @@ impl Located {
     /// Writes `content` with its final owner and mode into the temp file beside the path and
     /// fsyncs it ([`Dir::write_temp`]), so the rename that follows publishes complete data
     /// and metadata at once.
-    pub(crate) fn write_temp(&self, content: &[u8], want: &DiskFile) -> Result<(), PathError> {
+    pub(crate) fn write_temp(
+        &self,
+        content: &[u8],
+        want: &DiskFile,
+        flush: Flush,
+    ) -> Result<(), PathError> {
         self.dir.write_temp(
             &self.temp_name(),
             |file, temp| {
@@ -482,7 +492,7 @@ impl Located {
                     .map_err(|e| PathError::new("write", temp, e))
             },
             Some(want),
-            Flush::Each,
+            flush,
         )
     }
 

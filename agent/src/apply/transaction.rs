@@ -89,9 +89,13 @@ impl Transaction<'_> {
     ///    on, a crash anywhere is undone by `recover`, which needs only the journal and the
     ///    blobs, both already on disk. Crash before the journal is in place: no managed write
     ///    has happened yet, so no journal is needed (its temp file is swept).
-    /// 3. Side effects: create missing directories, then per path temp file → write → chown
-    ///    → chmod → fsync → rename (or unlink), then fsync every touched directory once.
-    ///    Each rename is atomic, so a path is always a whole old or whole new file; the journal
+    /// 3. Side effects: create missing directories; then every new content into a temp file
+    ///    beside its target (write → chown → chmod, no flush each); one `syncfs` per file
+    ///    system written to, so every temp file's data and inode are on disk; then per path
+    ///    rename (or unlink); then fsync every touched directory once. No rename happens before
+    ///    the `syncfs`, so a name never points at unwritten data (what a per-file fsync would
+    ///    ensure, at one flush per file). Each rename is atomic, so a path is always a whole
+    ///    old or whole new file; the journal
     ///    lists every path, so recovery finds the mixed set and puts it back to N-1. The
     ///    directory fsyncs are batched because no intermediate state needs to be durable
     ///    (recovery undoes it), only the final one, before we return. On any error here the
@@ -324,18 +328,45 @@ impl Transaction<'_> {
             touched.add(located.into_dir())?;
             fail_point!("apply_after_mkdir");
         }
+        // Every new file's content first, in temp files beside their targets, without a
+        // flush each: one `syncfs` per file system then makes them all durable, so that no
+        // rename below can publish a name whose data is not on disk. The targets are not
+        // touched yet; a failure here leaves only temp files, which the rollback removes.
+        let mut staged = Vec::with_capacity(prepared.steps.len());
         for step in &prepared.steps {
             let fault = |e| Fault::classify(e, &step.path, self.to);
             let located = device.locate_existing(&step.path)?;
             fail_point!("apply_after_resolve");
+            if let Some(want) = &step.after {
+                let content = match self.contents.get(&want.sha256) {
+                    Some(content) => Cow::Borrowed(*content),
+                    None => Cow::Owned(store.read(&want.sha256)?),
+                };
+                located
+                    .write_temp(&content, want, Flush::Batch)
+                    .map_err(fault)?;
+                fail_point!("apply_after_temp_write");
+            }
+            staged.push((step, located));
+        }
+        let mut synced: Vec<DirId> = Vec::new();
+        for (_, located) in staged.iter().filter(|(step, _)| step.after.is_some()) {
+            let id = located.dir().id();
+            if !synced.iter().any(|s| s.same_device(&id)) {
+                located
+                    .dir()
+                    .sync_filesystem()
+                    .map_err(|e| Fault::classify(e, &located.path, self.to))?;
+                synced.push(id);
+            }
+        }
+        fail_point!("apply_after_files_syncfs");
+        // Then each path at once: a rename of complete data, or a removal, through the handle
+        // of the directory the walk above checked.
+        for (step, located) in staged {
+            let fault = |e| Fault::classify(e, &step.path, self.to);
             match &step.after {
-                Some(want) => {
-                    let content = match self.contents.get(&want.sha256) {
-                        Some(content) => Cow::Borrowed(*content),
-                        None => Cow::Owned(store.read(&want.sha256)?),
-                    };
-                    located.write_temp(&content, want).map_err(fault)?;
-                    fail_point!("apply_after_temp_write");
+                Some(_) => {
                     located.rename_into_place().map_err(fault)?;
                     fail_point!("apply_after_rename");
                 }
@@ -478,11 +509,16 @@ fn restore_file(
 ) -> Result<(), Fault> {
     let content = store.read(&want.sha256)?;
     let fault = |e| Fault::classify(e, &located.path, generation);
-    match located.write_temp(&content, want).map_err(fault) {
+    match located
+        .write_temp(&content, want, Flush::Each)
+        .map_err(fault)
+    {
         Ok(()) => {}
         Err(full) if full.is_no_space() => {
             located.remove_if_present().map_err(fault)?;
-            located.write_temp(&content, want).map_err(fault)?;
+            located
+                .write_temp(&content, want, Flush::Each)
+                .map_err(fault)?;
         }
         Err(other) => return Err(other),
     }
