@@ -58,7 +58,8 @@ enum Step {
     Accept,
     /// From the ref's rename: render and plan, nothing written.
     Plan,
-    /// The new contents stored as blobs (fsynced), nothing managed touched yet.
+    /// From the `syncfs` that makes the new blobs and the journal's content durable: the blobs
+    /// renamed to their hashes, nothing managed touched yet.
     Apply,
     /// From the journal's rename into place: every managed file written and renamed.
     Files,
@@ -94,7 +95,7 @@ impl fmt::Display for Step {
 /// The step a console line starts (the agent's system calls as strace prints them);
 /// `renames` counts the managed files renamed into place so far in this sync, `files` is how
 /// many the commit declares (every trial rewrites them all).
-fn marker(text: &str, renames: usize, files: usize) -> Option<Step> {
+fn marker(text: &str, renames: usize, files: usize, now: Option<Step>) -> Option<Step> {
     let renamed = text.contains("rename");
     if text.starts_with(&format!("{MARK} sync-begin")) {
         Some(Step::Fetch)
@@ -103,7 +104,13 @@ fn marker(text: &str, renames: usize, files: usize) -> Option<Step> {
     } else if renamed && text.contains("/objects/pack/") && text.contains(".pack\"") {
         Some(Step::Verify)
     } else if text.contains("syncfs(") {
-        Some(Step::Accept)
+        // The mirror's accept, then (once the plan is made) the `syncfs` that makes the new
+        // blobs and the journal's content durable: apply's first traced call. A later one (the
+        // managed files' batch) falls inside `Files` and moves nothing.
+        match now {
+            Some(step) if step >= Step::Plan => Some(Step::Apply),
+            _ => Some(Step::Accept),
+        }
     } else if renamed && text.contains("refs/shoal/fetched\"") {
         Some(Step::Plan)
     } else if (renamed && text.contains("/state/generations/"))
@@ -114,7 +121,8 @@ fn marker(text: &str, renames: usize, files: usize) -> Option<Step> {
         Some(Step::Finish)
     } else if renamed && text.contains("last-result.json") {
         Some(Step::Done)
-    } else if renamed && text.contains("/state/journal.json\"") {
+    } else if renamed && text.contains("journal.json\"") {
+        // `renameat(fd, ".journal.json.shoal-tmp.N", fd, "journal.json")`: the journal in place.
         Some(Step::Files)
     } else if text.contains("/state/blobs/") {
         Some(Step::Apply)
@@ -158,7 +166,7 @@ impl Timeline {
         if line.text.contains(".shoal-new\"") && line.text.contains("rename") {
             self.renames += 1;
         }
-        let step = marker(&line.text, self.renames, self.files)?;
+        let step = marker(&line.text, self.renames, self.files, self.current())?;
         if self.current().is_some_and(|now| step <= now) {
             return None;
         }
