@@ -61,10 +61,6 @@ impl Journal {
         }
     }
 
-    pub(crate) fn path(area: ApplyArea<'_>) -> PathBuf {
-        area.journal()
-    }
-
     /// The journal of an unfinished transaction, if there is one. A journal that cannot be
     /// understood is an error: guessing which files to restore could destroy data.
     pub(crate) fn read(area: ApplyArea<'_>) -> Result<Option<Journal>, ApplyError> {
@@ -121,7 +117,7 @@ impl Journal {
         let about_state = |e: PathError| Fault::Io(e).about_state();
         // Serializing plain data with string keys cannot fail; map it anyway rather than unwrap.
         let json = serde_json::to_vec_pretty(self).map_err(|e| Fault::CorruptState {
-            path: Journal::path(area),
+            path: area.journal(),
             reason: e.to_string(),
         })?;
         let temp = OsString::from(format!("{TEMP_PREFIX}{}", std::process::id()));
@@ -154,7 +150,7 @@ impl Journal {
     /// for a journal whose target generation is recorded: if a power cut brings it back,
     /// `recover` finds that generation recorded and only removes it again.
     pub(crate) fn remove_lazily(area: ApplyArea<'_>) -> Result<bool, PathError> {
-        let journal = Journal::path(area);
+        let journal = area.journal();
         match std::fs::remove_file(&journal) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),

@@ -291,7 +291,7 @@ pub fn recover(
             fault: Box::new(fault),
             from: journal.from,
             to: journal.to,
-            journal: Journal::path(area),
+            journal: area.journal(),
         }),
     }
 }
@@ -312,7 +312,7 @@ pub fn pending(journal: &Path) -> Result<Option<Journal>, ApplyError> {
 pub fn prune_blobs(area: ApplyArea<'_>, keep: &[&Manifest]) -> Result<usize, ApplyError> {
     if let Some(pending) = Journal::read(area)? {
         return Err(ApplyError::Unfinished {
-            journal: Journal::path(area),
+            journal: area.journal(),
             from: pending.from,
             to: pending.to,
         });

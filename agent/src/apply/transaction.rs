@@ -108,7 +108,7 @@ impl Transaction<'_> {
         let from = self.from;
         if let Some(pending) = Journal::read(self.area)? {
             return Err(ApplyError::Unfinished {
-                journal: Journal::path(self.area),
+                journal: self.area.journal(),
                 from: pending.from,
                 to: pending.to,
             });
@@ -157,7 +157,7 @@ impl Transaction<'_> {
                     fault: Box::new(fault),
                     rollback: Box::new(rollback),
                     from,
-                    journal: Journal::path(self.area),
+                    journal: self.area.journal(),
                 },
             });
         }
