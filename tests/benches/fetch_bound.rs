@@ -381,15 +381,14 @@ fn main() {
             plan.push((&NONE, i));
         }
     }
-    for (bounds, i) in plan {
-        let push = &pushes[i];
-        eprintln!("{} under {}…", push.what, bounds.name);
+    // One push served and synced under `bounds`, as a row of the table.
+    let measure = |name: String, push: &Push, bounds: &Bounds| {
         set_bounds(&device, bounds);
         serve(&push.commit);
         let before = disk_usage(&mirror);
         let cost = sync(&device);
-        rows.push(Row {
-            push: format!("unsigned {}", push.what),
+        Row {
+            push: name,
             wire: push.wire,
             bounds: bounds.name,
             verdict: verdict(&device, &cost.stderr),
@@ -399,26 +398,16 @@ fn main() {
             mirror_before: before,
             mirror_after: disk_usage(&mirror),
             wall: cost.wall,
-        });
+        }
+    };
+    for (bounds, i) in plan {
+        let push = &pushes[i];
+        eprintln!("{} under {}…", push.what, bounds.name);
+        rows.push(measure(format!("unsigned {}", push.what), push, bounds));
     }
     // Last, as it changes the device: a legitimate file just under max_object.
-    set_bounds(&device, &DEFAULTS);
     let signed = &pushes[4];
-    serve(&signed.commit);
-    let before = disk_usage(&mirror);
-    let cost = sync(&device);
-    rows.push(Row {
-        push: signed.what.into(),
-        wire: signed.wire,
-        bounds: DEFAULTS.name,
-        verdict: verdict(&device, &cost.stderr),
-        read: read_before_stop(&cost.stderr),
-        peak_kib: cost.peak_kib,
-        anon_kib: cost.anon_kib,
-        mirror_before: before,
-        mirror_after: disk_usage(&mirror),
-        wall: cost.wall,
-    });
+    rows.push(measure(signed.what.into(), signed, &DEFAULTS));
     let hwm_after = vm_kib("VmHWM");
     drop(daemon);
 
