@@ -17,7 +17,7 @@ use shoal_agent::apply::{apply, journal_done, observe, recover, Recovery};
 use shoal_agent::paths;
 use shoal_agent::plan::{observed_paths, plan, Manifest};
 use shoal_agent::render::{DesiredFile, DesiredState};
-use shoal_agent::state::StateDir;
+use shoal_agent::state::{StateDir, StateError};
 use shoal_testkit::tree::{Node, Tree};
 use shoal_testkit::{is_root, require_root, Mount};
 
@@ -296,9 +296,21 @@ impl Run {
         self.dir.join("state")
     }
 
-    /// The state directory, locked as the agent holds it.
+    /// The state directory, locked as the agent holds it. The tests of this file run in
+    /// parallel threads that each spawn children: a child forked by another thread holds a
+    /// copy of every open descriptor, this lock's included, until it execs (close-on-exec),
+    /// so the lock can be briefly busy after our own child died. Wait that out; a lock still
+    /// held after two seconds is a real failure.
     fn state_dir(&self) -> StateDir {
-        StateDir::open(&self.state()).unwrap()
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            match StateDir::open(&self.state()) {
+                Err(StateError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => return other.unwrap(),
+            }
+        }
     }
 
     fn committed(&self) -> Option<u64> {
