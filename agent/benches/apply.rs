@@ -11,9 +11,9 @@
 //!   same filesystem, interleaved with the Shoal runs (the order rotates every round) so noise
 //!   hits both.
 //! - Two diagnostic loops that explain the ratio: the floor plus a copy of every file into a
-//!   blob directory, fsynced one by one (the disk pattern of Shoal's apply: two fsyncs per
-//!   file), and the same with the blob copies made durable by one `syncfs` before renaming
-//!   them (a possible fix).
+//!   blob directory, one file per blob made durable by one `syncfs` before renaming them (the
+//!   blob store before packs), and the floor plus the same copies in one pack file (the blob
+//!   store's pattern now: one file written per transaction).
 //! - **Peak RSS**: each size applied once more in a child process (this binary re-executed with
 //!   `SHOAL_BENCH_APPLY_CHILD` set), its `ru_maxrss` read with `wait4`.
 //!
@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 #[path = "support/floor.rs"]
 mod floor;
 
-use floor::{cpu_time, median, sync_dir, syncfs, temp_beside, write_durably};
+use floor::{cpu_time, median, sync_dir, syncfs, temp_beside};
 use shoal_agent::apply;
 use shoal_agent::plan::{self, sha256_hex, Manifest, ManifestEntry};
 use shoal_agent::render::{DesiredFile, DesiredState};
@@ -236,22 +236,28 @@ fn floor(root: &Path, desired: &DesiredState) -> io::Result<()> {
     )
 }
 
-/// Shoal's disk pattern without its CPU work: every content first copied durably into
-/// `blobs/<sha256>` (its own fsync), the blob directory fsynced, then the floor.
-fn floor_with_blobs(
-    root: &Path,
-    blobs: &Path,
-    desired: &DesiredState,
-    hashes: &[String],
-) -> io::Result<()> {
-    for (file, sha256) in desired.files.values().zip(hashes) {
-        write_durably(&blobs.join(sha256), &file.content, MODE)?;
+/// The blob store's disk pattern without its CPU work: every content copied into one pack
+/// file (no flush), one `syncfs`, the pack renamed and the blob directory fsynced; then the
+/// floor.
+fn floor_with_pack(root: &Path, blobs: &Path, desired: &DesiredState) -> io::Result<()> {
+    let pack = blobs.join("pack");
+    let temp = temp_beside(&pack);
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temp)?;
+    for file in desired.files.values() {
+        out.write_all(&file.content)?;
     }
+    drop(out);
+    syncfs(blobs)?;
+    fs::rename(&temp, &pack)?;
     sync_dir(blobs)?;
     floor(root, desired)
 }
 
-/// The same with the blob copies made durable together: all written to temp files, one
+/// The blob copies one file each, made durable together: all written to temp files, one
 /// `syncfs`, then renamed and the blob directory fsynced once; then the floor.
 fn floor_with_batched_blobs(
     root: &Path,
@@ -297,14 +303,14 @@ fn plain_generation_1(root: &Path, n: usize) {
 enum Contender {
     Shoal,
     Floor,
-    FloorWithBlobs,
+    FloorWithPack,
     FloorWithBatchedBlobs,
 }
 
 const CONTENDERS: [Contender; 4] = [
     Contender::Shoal,
     Contender::Floor,
-    Contender::FloorWithBlobs,
+    Contender::FloorWithPack,
     Contender::FloorWithBatchedBlobs,
 ];
 
@@ -315,8 +321,8 @@ struct Samples {
     shoal_plan: Vec<Duration>,
     floor: Vec<Duration>,
     floor_cpu: Vec<Duration>,
-    floor_blobs: Vec<Duration>,
-    floor_blobs_cpu: Vec<Duration>,
+    floor_pack: Vec<Duration>,
+    floor_pack_cpu: Vec<Duration>,
     floor_batched: Vec<Duration>,
     floor_batched_cpu: Vec<Duration>,
 }
@@ -329,8 +335,8 @@ struct Row {
     shoal_plan: Duration,
     floor: Duration,
     floor_cpu: Duration,
-    floor_blobs: Duration,
-    floor_blobs_cpu: Duration,
+    floor_pack: Duration,
+    floor_pack_cpu: Duration,
     floor_batched: Duration,
     floor_batched_cpu: Duration,
     /// Shoal / floor within each round: lowest, median, highest.
@@ -394,17 +400,17 @@ fn measure(base: &Path, n: usize, rounds: usize) -> Row {
                     samples.floor_cpu.push(cpu_time() - cpu);
                     samples.floor.push(floor_time);
                 }
-                Contender::FloorWithBlobs | Contender::FloorWithBatchedBlobs => {
+                Contender::FloorWithPack | Contender::FloorWithBatchedBlobs => {
                     plain_generation_1(&root, n);
                     let blobs = state.join("blobs");
                     fs::create_dir_all(&blobs).expect("create the blob directory");
                     syncfs(sandbox.path()).expect("syncfs");
                     let cpu = cpu_time();
                     let started = Instant::now();
-                    if let Contender::FloorWithBlobs = contender {
-                        floor_with_blobs(&root, &blobs, &want, &hashes).expect("blob loop");
-                        samples.floor_blobs.push(started.elapsed());
-                        samples.floor_blobs_cpu.push(cpu_time() - cpu);
+                    if let Contender::FloorWithPack = contender {
+                        floor_with_pack(&root, &blobs, &want).expect("pack loop");
+                        samples.floor_pack.push(started.elapsed());
+                        samples.floor_pack_cpu.push(cpu_time() - cpu);
                     } else {
                         floor_with_batched_blobs(&root, &blobs, &want, &hashes)
                             .expect("batched blob loop");
@@ -426,8 +432,8 @@ fn measure(base: &Path, n: usize, rounds: usize) -> Row {
         shoal_plan: median(samples.shoal_plan),
         floor: median(samples.floor),
         floor_cpu: median(samples.floor_cpu),
-        floor_blobs: median(samples.floor_blobs),
-        floor_blobs_cpu: median(samples.floor_blobs_cpu),
+        floor_pack: median(samples.floor_pack),
+        floor_pack_cpu: median(samples.floor_pack_cpu),
         floor_batched: median(samples.floor_batched),
         floor_batched_cpu: median(samples.floor_batched_cpu),
         ratio_range: (
@@ -732,27 +738,27 @@ fn print_timing(fs_name: &str, rows: &[Row], rss: Option<&[RssRow]>, cpu_view: b
         "Where the time goes ({what}, same rounds; the blob loops are the floor plus a copy of \
          each file into a blob directory, written before the targets as apply does):\n"
     );
-    println!("| changed files | floor (1 fsync/file) | + blob copies, fsync each (2 fsyncs/file) | + blob copies, one syncfs | Shoal apply | Shoal / 2-fsync loop |");
+    println!("| changed files | floor (1 fsync/file) | + blob copies one file each, one syncfs | + blob copies in one pack, one syncfs | Shoal apply | Shoal / pack loop |");
     println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
     for row in rows {
-        let [floor, blobs, batched, shoal] = if cpu_view {
+        let [floor, batched, pack, shoal] = if cpu_view {
             [
                 row.floor_cpu,
-                row.floor_blobs_cpu,
                 row.floor_batched_cpu,
+                row.floor_pack_cpu,
                 row.shoal_cpu,
             ]
         } else {
-            [row.floor, row.floor_blobs, row.floor_batched, row.shoal]
+            [row.floor, row.floor_batched, row.floor_pack, row.shoal]
         };
         println!(
             "| {} | {} | {} | {} | {} | {:.2}× |",
             row.files,
             ms(floor),
-            ms(blobs),
             ms(batched),
+            ms(pack),
             ms(shoal),
-            ratio(shoal, blobs),
+            ratio(shoal, pack),
         );
     }
     println!();

@@ -58,8 +58,8 @@ enum Step {
     Accept,
     /// From the ref's rename: render and plan, nothing written.
     Plan,
-    /// From the `syncfs` that makes the new blobs and the journal's content durable: the blobs
-    /// renamed to their hashes, nothing managed touched yet.
+    /// From the `syncfs` that makes the new blobs' pack and the journal's content durable: the
+    /// pack renamed into place, nothing managed touched yet.
     Apply,
     /// From the journal's rename into place: every managed file written and renamed.
     Files,

@@ -68,8 +68,12 @@ pub enum Fault {
         blob: PathBuf,
         to: u64,
     },
-    #[error("{} is corrupt (its content hashes to {actual}); delete it and sync from the repository to store it again", blob.display())]
-    CorruptBlob { blob: PathBuf, actual: String },
+    #[error("the saved content {sha256} in {} is corrupt (it hashes to {actual}); that content cannot be restored offline: sync from the repository instead", place.display())]
+    CorruptBlob {
+        sha256: String,
+        place: PathBuf,
+        actual: String,
+    },
     #[error("{} is unreadable ({reason}); refusing to guess which files existed before Shoal managed them: restore it from a backup, or delete it to make Shoal forget them", path.display())]
     CorruptState { path: PathBuf, reason: String },
     #[error("{} changed while Shoal was saving a copy of it; run sync again", path.display())]

@@ -335,13 +335,8 @@ impl Dir {
         flush: Flush,
     ) -> Result<(), E> {
         let real = self.real.join(temp);
-        unlink_if_present(self, temp, &real)?;
         let result = (|| {
-            let flags =
-                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-            let fd = rustix::fs::openat(&*self.fd, temp, flags, Mode::from_raw_mode(0o600))
-                .map_err(|e| PathError::new("create", &real, e.into()))?;
-            let mut file = File::from(fd);
+            let mut file = self.create_temp(temp)?;
             fill(&mut file, &real)?;
             if let Some(want) = meta {
                 std::os::unix::fs::fchown(&file, Some(want.uid), Some(want.gid))
@@ -359,6 +354,27 @@ impl Dir {
             let _ = unlink_if_present(self, temp, &real);
         }
         result
+    }
+
+    /// Creates `temp` in this directory for writing: 0600 and `O_EXCL` (never through a link;
+    /// secrets never readable by others, even for an instant), a leftover of a crash removed
+    /// first. Not flushed: the caller decides when it is durable.
+    pub(crate) fn create_temp(&self, temp: &OsStr) -> Result<File, PathError> {
+        let real = self.real.join(temp);
+        unlink_if_present(self, temp, &real)?;
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(&*self.fd, temp, flags, Mode::from_raw_mode(0o600))
+            .map_err(|e| PathError::new("create", &real, e.into()))?;
+        Ok(File::from(fd))
+    }
+
+    /// Opens `name` in this directory for reading, without following a link.
+    pub(crate) fn open_read(&self, name: &OsStr) -> Result<File, PathError> {
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(&*self.fd, name, flags, Mode::empty())
+            .map_err(|e| PathError::new("read", &self.real.join(name), e.into()))?;
+        Ok(File::from(fd))
     }
 
     /// The durable write, second half: atomically replaces whatever file is at `name` with

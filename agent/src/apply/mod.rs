@@ -5,7 +5,7 @@
 //! generations (the state module does, between [`apply`] and [`journal_done`]).
 //!
 //! On disk, under `state_dir`:
-//! - `blobs/<sha256>`: write-once file contents (0600, directory 0700).
+//! - `blobs/`: write-once file contents, one pack file per transaction (0600, directory 0700).
 //! - `journal.json`: present only while a transaction is unfinished; see [`Journal`].
 //! - `preexisting.json`: the files that were at a path before Shoal took it over.
 //!
@@ -324,18 +324,8 @@ pub fn prune_blobs(area: ApplyArea<'_>, keep: &[&Manifest]) -> Result<usize, App
         .flat_map(|manifest| manifest.files.values().map(|e| e.sha256.as_str()))
         .chain(preexisting.hashes())
         .collect();
-    let store = BlobStore::open(area).map_err(fail)?;
-    let mut removed = 0;
-    for sha256 in store.hashes().map_err(fail)? {
-        if !live.contains(sha256.as_str()) {
-            store.remove(&sha256).map_err(fail)?;
-            removed += 1;
-        }
-    }
-    if removed > 0 {
-        crate::paths::sync_dir(store.dir()).map_err(|e| fail(e.into()))?;
-    }
-    Ok(removed)
+    let mut store = BlobStore::open(area).map_err(fail)?;
+    store.prune(&live).map_err(fail)
 }
 
 /// Temp files a crash can leave in `state_dir` (`paths::write_atomic` of the journal and of

@@ -186,12 +186,8 @@ fn a_hard_link_at_a_declared_path_is_neither_replaced_nor_saved() {
     );
     assert_eq!(device.snapshot(), before);
     assert_eq!(fs::read_to_string(&secret).unwrap(), "root's secret\n");
-    let saved = device
-        .state
-        .join("blobs")
-        .join(crate::plan::sha256_hex(b"root's secret\n"));
     assert!(
-        !saved.exists(),
+        !device.stored(b"root's secret\n"),
         "the linked file was not copied into the blob store"
     );
 }
