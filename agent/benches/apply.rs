@@ -236,17 +236,22 @@ fn floor(root: &Path, desired: &DesiredState) -> io::Result<()> {
     )
 }
 
+/// A blob temp file as the store creates one: new, 0600.
+fn new_blob_temp(temp: &Path) -> io::Result<fs::File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(temp)
+}
+
 /// The blob store's disk pattern without its CPU work: every content copied into one pack
 /// file (no flush), one `syncfs`, the pack renamed and the blob directory fsynced; then the
 /// floor.
 fn floor_with_pack(root: &Path, blobs: &Path, desired: &DesiredState) -> io::Result<()> {
     let pack = blobs.join("pack");
     let temp = temp_beside(&pack);
-    let mut out = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&temp)?;
+    let mut out = new_blob_temp(&temp)?;
     for file in desired.files.values() {
         out.write_all(&file.content)?;
     }
@@ -269,12 +274,7 @@ fn floor_with_batched_blobs(
     for (file, sha256) in desired.files.values().zip(hashes) {
         let blob = blobs.join(sha256);
         let temp = temp_beside(&blob);
-        let mut out = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temp)?;
-        out.write_all(&file.content)?;
+        new_blob_temp(&temp)?.write_all(&file.content)?;
         temps.push((temp, blob));
     }
     syncfs(blobs)?;
