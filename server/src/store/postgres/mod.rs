@@ -10,8 +10,11 @@
 //! thread and request handlers call them like sled's). It never logs or returns the database
 //! password: every message names the store by `redact_url`.
 
+mod import;
 mod schema;
 mod tls;
+
+pub use import::{ImportRows, Imported, Importer, RowCounts};
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -21,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{GenericClient as _, Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
 use shoal_proto::{KeyId, Status};
 use tokio_postgres::error::SqlState;
 
@@ -666,6 +669,37 @@ impl Inner {
         tx.commit().await.map_err(err)
     }
 
+    /// The counters and the last-seen index as stored (summed over shards), read with `c` (a
+    /// connection, or a transaction that has just written them).
+    async fn tally_in(&self, c: &impl GenericClient) -> Result<Tally, StoreError> {
+        let err = |e: tokio_postgres::Error| self.error("reading the counters", &e);
+        let counters = c
+            .query(
+                "SELECT kind, name, sum(n)::int8 FROM shoal_counter GROUP BY kind, name",
+                &[],
+            )
+            .await
+            .map_err(err)?;
+        let seen = c
+            .query(
+                "SELECT second, sum(n)::int8 FROM shoal_seen GROUP BY second HAVING sum(n) <> 0",
+                &[],
+            )
+            .await
+            .map_err(err)?;
+        let mut tally = Tally::default();
+        for row in counters {
+            let (kind, name): (String, String) = (row.get(0), row.get(1));
+            let counter = parse_counter(&kind, &name)
+                .ok_or_else(|| self.corrupt(&format!("counter {kind}/{name}"), "unknown kind"))?;
+            tally.load_counter(counter, to_u64(row.get(2)));
+        }
+        for row in seen {
+            tally.load_seen_count(to_u64(row.get(0)), to_u64(row.get(1)));
+        }
+        Ok(tally)
+    }
+
     async fn register(
         &self,
         device_id: String,
@@ -922,39 +956,11 @@ impl Store for PgStore {
     }
 
     fn persisted_tally(&self) -> Result<Tally, StoreError> {
-        let (counters, seen) = self.read(move |_, client| async move {
-            let counters = client
-                .query(
-                    "SELECT kind, name, sum(n)::int8 FROM shoal_counter GROUP BY kind, name",
-                    &[],
-                )
-                .await?
-                .into_iter()
-                .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, i64>(2)))
-                .collect::<Vec<_>>();
-            let seen = client
-                .query(
-                    "SELECT second, sum(n)::int8 FROM shoal_seen GROUP BY second HAVING sum(n) <> 0",
-                    &[],
-                )
-                .await?
-                .into_iter()
-                .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1)))
-                .collect::<Vec<_>>();
-            Ok((counters, seen))
-        })?;
-        let mut tally = Tally::default();
-        for (kind, name, n) in counters {
-            let counter = parse_counter(&kind, &name).ok_or_else(|| {
-                self.inner
-                    .corrupt(&format!("counter {kind}/{name}"), "unknown kind")
-            })?;
-            tally.load_counter(counter, to_u64(n));
-        }
-        for (second, n) in seen {
-            tally.load_seen_count(to_u64(second), to_u64(n));
-        }
-        Ok(tally)
+        let inner = self.inner.clone();
+        self.block(async move {
+            let client = inner.client().await?;
+            inner.tally_in(&client).await
+        })
     }
 
     fn healthy(&self) -> bool {
