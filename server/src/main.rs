@@ -74,50 +74,139 @@ enum Command {
         /// The embedded store's directory.
         #[arg(long, value_name = "DIR")]
         from: PathBuf,
-        /// The PostgreSQL database to fill (empty; its schema is created if missing).
-        #[arg(long, value_name = "URL")]
-        to: String,
+        /// The PostgreSQL database to fill (empty; its schema is created if missing). Visible in
+        /// the process list: prefer --to-file or SHOAL_STORE when it holds a password.
+        #[arg(long, value_name = "URL", conflicts_with = "to_file")]
+        to: Option<String>,
+        /// A file holding the target's URL (mode 0600 or 0400, as --store-file).
+        #[arg(long, value_name = "PATH")]
+        to_file: Option<PathBuf>,
         /// PEM file of the CA(s) that sign the database server's certificate.
         #[arg(long, value_name = "FILE")]
         store_ca: Option<PathBuf>,
     },
 }
 
-/// Where the collector keeps its state: exactly one of --data and --store.
+/// Where the collector keeps its state: `--data DIR`, or a PostgreSQL URL given by `--store`,
+/// `--store-file` or the `SHOAL_STORE` environment variable (read only when no flag names a
+/// store). Exactly one.
 #[derive(clap::Args, Clone)]
 struct StoreArgs {
     /// Directory of the embedded store (sled; created if missing; one process at a time).
-    #[arg(long, conflicts_with = "store")]
+    #[arg(long, conflicts_with_all = ["store", "store_file"])]
     data: Option<PathBuf>,
     /// PostgreSQL instead of the embedded store: `postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?sslmode=require]`
-    /// (any number of collectors may share one database). The password never appears in logs.
-    #[arg(long, value_name = "URL")]
+    /// (any number of collectors may share one database). Local users see a command line in the
+    /// process list: prefer --store-file or SHOAL_STORE when the URL holds a password.
+    #[arg(long, value_name = "URL", conflicts_with = "store_file")]
     store: Option<String>,
+    /// A file holding the PostgreSQL URL (one line; only its owner may have access: mode 0600 or
+    /// 0400). Keeps a password out of the process list.
+    #[arg(long, value_name = "PATH")]
+    store_file: Option<PathBuf>,
     /// PEM file of the CA(s) that sign the database server's certificate (TLS with
     /// `sslmode=require`); default: the system's roots.
-    #[arg(long, requires = "store", value_name = "FILE")]
+    #[arg(long, value_name = "FILE")]
     store_ca: Option<PathBuf>,
+}
+
+/// The environment variable that may hold the PostgreSQL URL (never shown by `--help`).
+const STORE_ENV: &str = "SHOAL_STORE";
+
+/// Where the URL came from, for messages: `--store`, `--store-file PATH`, `SHOAL_STORE`.
+fn postgres_url(
+    flag: Option<&str>,
+    file: Option<&Path>,
+    flag_name: &str,
+) -> Result<Option<(String, String)>, Failure> {
+    if let Some(url) = flag {
+        return Ok(Some((url.to_owned(), flag_name.to_owned())));
+    }
+    if let Some(path) = file {
+        return url_from_file(path)
+            .map(|url| Some((url, format!("{flag_name}-file {}", path.display()))));
+    }
+    match std::env::var(STORE_ENV) {
+        Ok(url) if !url.trim().is_empty() => {
+            Ok(Some((url.trim().to_owned(), STORE_ENV.to_owned())))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Reads a URL file: refused (bad usage, naming the file) when its group or others have any
+/// access, since the URL may hold the database password.
+fn url_from_file(path: &Path) -> Result<String, Failure> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let usage = |e: String| Failure::Usage(anyhow::anyhow!(e));
+    let meta = std::fs::metadata(path).map_err(|e| {
+        usage(format!(
+            "cannot read the store URL file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(usage(format!(
+            "the store URL file {} is open to its group or others (mode {mode:04o}) and may hold the database password: chmod 600 {}",
+            path.display(),
+            path.display()
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        usage(format!(
+            "cannot read the store URL file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    match lines.as_slice() {
+        [url] => Ok((*url).to_owned()),
+        [] => Err(usage(format!(
+            "the store URL file {} is empty",
+            path.display()
+        ))),
+        _ => Err(usage(format!(
+            "the store URL file {} holds {} lines; it takes one URL",
+            path.display(),
+            lines.len()
+        ))),
+    }
 }
 
 impl StoreArgs {
     /// Opens the store the flags name (exit 2 for bad flags, 1 when it cannot be opened).
     fn open(&self, doing_sled: &str) -> Result<Arc<dyn Store>, Failure> {
-        match (&self.data, &self.store) {
+        let url = if self.data.is_some() {
+            None
+        } else {
+            postgres_url(self.store.as_deref(), self.store_file.as_deref(), "--store")?
+        };
+        match (&self.data, url) {
             (Some(data), None) => {
+                if self.store_ca.is_some() {
+                    return Err(Failure::Usage(anyhow::anyhow!(
+                        "--store-ca is for a PostgreSQL store; --data names an embedded one"
+                    )));
+                }
                 let store = SledStore::open(data)
                     .with_context(|| format!("opening the store in {}{doing_sled}", data.display()))
                     .map_err(Failure::Op)?;
                 Ok(Arc::new(store))
             }
-            (None, Some(url)) => {
-                check_postgres_url(url, "--store")?;
-                let store = PgStore::connect(url, self.store_ca.as_deref())
+            (None, Some((url, from))) => {
+                check_postgres_url(&url, &from)?;
+                let store = PgStore::connect(&url, self.store_ca.as_deref())
                     .context("opening the store")
                     .map_err(Failure::Op)?;
                 Ok(Arc::new(store))
             }
             _ => Err(Failure::Usage(anyhow::anyhow!(
-                "give exactly one store: --data DIR (embedded) or --store postgres://... (PostgreSQL)"
+                "give exactly one store: --data DIR (embedded), or PostgreSQL by --store URL, --store-file PATH or the {STORE_ENV} environment variable"
             ))),
         }
     }
@@ -169,7 +258,17 @@ fn main() -> ExitCode {
             device_id,
             key,
         } => register_cmd(&store, &device_id, &key),
-        Command::Migrate { from, to, store_ca } => migrate_cmd(&from, &to, store_ca.as_deref()),
+        Command::Migrate {
+            from,
+            to,
+            to_file,
+            store_ca,
+        } => migrate_cmd(
+            &from,
+            to.as_deref(),
+            to_file.as_deref(),
+            store_ca.as_deref(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -292,8 +391,19 @@ fn register_cmd(store: &StoreArgs, device_id: &str, key: &str) -> Result<(), Fai
     Ok(())
 }
 
-fn migrate_cmd(from: &Path, to: &str, ca: Option<&Path>) -> Result<(), Failure> {
-    check_postgres_url(to, "--to")?;
+fn migrate_cmd(
+    from: &Path,
+    to: Option<&str>,
+    to_file: Option<&Path>,
+    ca: Option<&Path>,
+) -> Result<(), Failure> {
+    let Some((to, named)) = postgres_url(to, to_file, "--to")? else {
+        return Err(Failure::Usage(anyhow::anyhow!(
+            "name the target: --to URL, --to-file PATH or the {STORE_ENV} environment variable"
+        )));
+    };
+    let to = to.as_str();
+    check_postgres_url(to, &named)?;
     if !from.join("conf").is_file() {
         return Err(Failure::Usage(anyhow::anyhow!(
             "--from {}: not an embedded store (no sled `conf` file there)",
