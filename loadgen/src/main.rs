@@ -5,6 +5,7 @@
 //! for all. A benchmark tool: it promises measurements, not correctness checks.
 
 mod client;
+mod cpu;
 mod targets;
 
 use std::net::SocketAddr;
@@ -103,23 +104,40 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let bin = targets::collector_bin(args.collector.clone())?;
     let hello = targets::HelloServer::start()?;
-    let ceiling = blast(&[hello.addr], &requests, args.concurrency).await?;
+    let (ceiling, split) = measure(
+        &[hello.addr],
+        &[hello.pid()],
+        None,
+        &requests,
+        args.concurrency,
+    )
+    .await?;
     ceiling.print("hello-world axum (own process; same bodies, same client): the ceiling");
+    println!("{}", split.describe(n));
     drop(hello);
 
     let tmp = TempDir::new("ingest")?;
     let data = tmp.0.join("sled");
     let sled = targets::collector(&bin, &tmp.0, "sled", &["--data", path_str(&data)?])?;
-    let sled_stats = blast(&[sled.addr()], &requests, args.concurrency).await?;
+    let (sled_stats, split) = measure(
+        &[sled.addr()],
+        &[sled.pid()],
+        None,
+        &requests,
+        args.concurrency,
+    )
+    .await?;
     ingest(
         &sled_stats,
         "sled ingest (shoal-collector serve --data, own process)",
     )?;
+    println!("{}", split.describe(n));
     drop(sled);
 
     let mut rates = vec![("sled", sled_stats.rate())];
     if !args.skip_postgres {
         let cluster = targets::durable_cluster()?;
+        let postmaster = cpu::postmaster(&cluster.dir().join("data"));
         for replicas in [1, 2] {
             let url = cluster.create_database();
             let servers = (0..replicas)
@@ -133,10 +151,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr()).collect();
-            let stats = blast(&addrs, &requests, args.concurrency).await?;
+            let pids: Vec<u32> = servers.iter().map(|s| s.pid()).collect();
+            let (stats, split) =
+                measure(&addrs, &pids, postmaster, &requests, args.concurrency).await?;
             let title =
                 format!("PostgreSQL ingest, {replicas} replica(s) (own processes, one database)");
             ingest(&stats, &title)?;
+            println!("{}", split.describe(n));
             rates.push((if replicas == 1 { "pg x1" } else { "pg x2" }, stats.rate()));
         }
         if args.summary_devices > 0 {
@@ -159,6 +180,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
         sled_summary(m).await?;
     }
     Ok(())
+}
+
+/// One measurement: the posts and the CPU each part used meanwhile.
+async fn measure(
+    addrs: &[SocketAddr],
+    servers: &[u32],
+    postmaster: Option<u32>,
+    requests: &[Vec<client::Post>],
+    concurrency: usize,
+) -> anyhow::Result<(Stats, cpu::Split)> {
+    let before = cpu::snapshot(servers, postmaster);
+    let stats = blast(addrs, requests, concurrency).await?;
+    let split = before.until(cpu::snapshot(servers, postmaster));
+    Ok((stats, split))
 }
 
 fn path_str(p: &std::path::Path) -> anyhow::Result<&str> {

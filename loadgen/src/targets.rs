@@ -76,6 +76,12 @@ impl HelloServer {
     }
 }
 
+impl HelloServer {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for HelloServer {
     fn drop(&mut self) {
         // Our own child, by PID.
