@@ -152,12 +152,54 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr()).collect();
             let pids: Vec<u32> = servers.iter().map(|s| s.pid()).collect();
+            let db = db_name(&url)?;
+            let wal = || -> anyhow::Result<f64> {
+                Ok(cluster
+                    .psql(&db, "SELECT pg_current_wal_lsn() - '0/0'")
+                    .parse()?)
+            };
+            let xacts = || -> anyhow::Result<(f64, f64)> {
+                let row = cluster.psql(
+                    &db,
+                    "SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = current_database()",
+                );
+                let (c, r) = row.split_once('|').context("pg_stat_database")?;
+                Ok((c.parse()?, r.parse()?))
+            };
+            let xacts_before = xacts()?;
+            let wal_before = wal()?;
             let (stats, split) =
                 measure(&addrs, &pids, postmaster, &requests, args.concurrency).await?;
+            let wal_bytes = wal()? - wal_before;
+            // The statistics collector reports with a delay of up to a second.
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            let xacts_after = xacts()?;
+            let (commits, rollbacks) = (
+                xacts_after.0 - xacts_before.0,
+                xacts_after.1 - xacts_before.1,
+            );
             let title =
                 format!("PostgreSQL ingest, {replicas} replica(s) (own processes, one database)");
             ingest(&stats, &title)?;
             println!("{}", split.describe(n));
+            let per_row = |table: &str| {
+                cluster.psql(
+                    &db,
+                    &format!(
+                        "SELECT pg_total_relation_size('{table}') / greatest(count(*), 1) FROM {table}"
+                    ),
+                )
+            };
+            println!(
+                "  PostgreSQL: {commits:.0} transactions committed ({:.1} reports each), {rollbacks:.0} rolled back",
+                n as f64 / commits.max(1.0)
+            );
+            println!(
+                "  PostgreSQL: {:.0} bytes of WAL per report; {} bytes per device row, {} per history entry (tables with their indexes)",
+                wal_bytes / n as f64,
+                per_row("shoal_device"),
+                per_row("shoal_history"),
+            );
             rates.push((if replicas == 1 { "pg x1" } else { "pg x2" }, stats.rate()));
         }
         if args.summary_devices > 0 {
@@ -196,6 +238,16 @@ async fn measure(
     Ok((stats, split))
 }
 
+/// The database name of a test cluster's URL (`postgres://USER@HOST/DB?...`).
+fn db_name(url: &str) -> anyhow::Result<String> {
+    Ok(url
+        .split('/')
+        .nth(3)
+        .and_then(|rest| rest.split('?').next())
+        .context("the database's name")?
+        .to_owned())
+}
+
 fn path_str(p: &std::path::Path) -> anyhow::Result<&str> {
     p.to_str().context("a temp path that is not UTF-8")
 }
@@ -225,12 +277,7 @@ async fn summary_on_postgres(
     m: usize,
 ) -> anyhow::Result<()> {
     let url = cluster.create_database();
-    let db = url
-        .split('/')
-        .nth(3)
-        .and_then(|rest| rest.split('?').next())
-        .context("the database's name")?
-        .to_owned();
+    let db = db_name(&url)?;
     // The collector creates the schema; the fleet is seeded behind it (reads go to the database).
     let server = targets::collector(bin, &tmp.0, "pg-summary", &["--store", &url])?;
     eprintln!("seeding {m} devices into PostgreSQL (SQL)...");
