@@ -7,6 +7,7 @@
 mod client;
 mod cpu;
 mod targets;
+mod verify_bench;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -54,6 +55,10 @@ struct Args {
     /// time the summary and the store's opening.
     #[arg(long, value_name = "M")]
     sled_summary_devices: Option<usize>,
+    /// Only measure what a signature check costs per report, one by one and in batches, over
+    /// this many signed reports.
+    #[arg(long, value_name = "N")]
+    verify_bench: Option<usize>,
     /// Internal: run the hello-world server (the child process of a measurement).
     #[arg(long, hide = true)]
     serve_hello: bool,
@@ -63,6 +68,9 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.serve_hello {
         return targets::serve_hello();
+    }
+    if let Some(n) = args.verify_bench {
+        return verify_bench::run(n);
     }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(run(args))
