@@ -48,6 +48,13 @@ struct Args {
     /// Devices seeded into PostgreSQL for the summary's latency (0: skip).
     #[arg(long, default_value_t = 1_000_000)]
     summary_devices: usize,
+    /// Print, after each PostgreSQL measurement, the statements that took the database's time.
+    #[arg(long)]
+    statements: bool,
+    /// Measure the ingest rounds (hello-world, sled, PostgreSQL) this many times in a row and
+    /// print the median ratios: the machine's load changes between measurements.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
     /// Skip every PostgreSQL measurement.
     #[arg(long)]
     skip_postgres: bool,
@@ -111,118 +118,172 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let bin = targets::collector_bin(args.collector.clone())?;
-    let hello = targets::HelloServer::start()?;
-    let (ceiling, split) = measure(
-        &[hello.addr],
-        &[hello.pid()],
-        None,
-        &requests,
-        args.concurrency,
-    )
-    .await?;
-    ceiling.print("hello-world axum (own process; same bodies, same client): the ceiling");
-    println!("{}", split.describe(n));
-    drop(hello);
-
     let tmp = TempDir::new("ingest")?;
-    let data = tmp.0.join("sled");
-    let sled = targets::collector(&bin, &tmp.0, "sled", &["--data", path_str(&data)?])?;
-    let (sled_stats, split) = measure(
-        &[sled.addr()],
-        &[sled.pid()],
-        None,
-        &requests,
-        args.concurrency,
-    )
-    .await?;
-    ingest(
-        &sled_stats,
-        "sled ingest (shoal-collector serve --data, own process)",
-    )?;
-    println!("{}", split.describe(n));
-    drop(sled);
-
-    let mut rates = vec![("sled", sled_stats.rate())];
-    if !args.skip_postgres {
-        let cluster = targets::durable_cluster()?;
-        let postmaster = cpu::postmaster(&cluster.dir().join("data"));
-        for replicas in [1, 2] {
-            let url = cluster.create_database();
-            let servers = (0..replicas)
-                .map(|r| {
-                    targets::collector(
-                        &bin,
-                        &tmp.0,
-                        &format!("pg{replicas}-{r}"),
-                        &["--store", &url],
-                    )
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr()).collect();
-            let pids: Vec<u32> = servers.iter().map(|s| s.pid()).collect();
-            let db = db_name(&url)?;
-            let wal = || -> anyhow::Result<f64> {
-                Ok(cluster
-                    .psql(&db, "SELECT pg_current_wal_lsn() - '0/0'")
-                    .parse()?)
-            };
-            let xacts = || -> anyhow::Result<(f64, f64)> {
-                let row = cluster.psql(
-                    &db,
-                    "SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = current_database()",
-                );
-                let (c, r) = row.split_once('|').context("pg_stat_database")?;
-                Ok((c.parse()?, r.parse()?))
-            };
-            let xacts_before = xacts()?;
-            let wal_before = wal()?;
-            let (stats, split) =
-                measure(&addrs, &pids, postmaster, &requests, args.concurrency).await?;
-            let wal_bytes = wal()? - wal_before;
-            // The statistics collector reports with a delay of up to a second.
-            tokio::time::sleep(Duration::from_millis(1200)).await;
-            let xacts_after = xacts()?;
-            let (commits, rollbacks) = (
-                xacts_after.0 - xacts_before.0,
-                xacts_after.1 - xacts_before.1,
-            );
-            let title =
-                format!("PostgreSQL ingest, {replicas} replica(s) (own processes, one database)");
-            ingest(&stats, &title)?;
-            println!("{}", split.describe(n));
-            let per_row = |table: &str| {
-                cluster.psql(
-                    &db,
-                    &format!(
-                        "SELECT pg_total_relation_size('{table}') / greatest(count(*), 1) FROM {table}"
-                    ),
-                )
-            };
+    let cluster = if args.skip_postgres {
+        None
+    } else {
+        Some(targets::durable_cluster()?)
+    };
+    let postmaster = cluster
+        .as_ref()
+        .and_then(|c| cpu::postmaster(&c.dir().join("data")));
+    // Ratios of each round: (name, % of hello-world, % of sled).
+    let mut ratios: Vec<Vec<(&str, f64, f64)>> = Vec::new();
+    for round in 1..=args.repeat.max(1) {
+        if args.repeat > 1 {
             println!(
-                "  PostgreSQL: {commits:.0} transactions committed ({:.1} reports each), {rollbacks:.0} rolled back",
-                n as f64 / commits.max(1.0)
+                "round {round} of {}; load average {}",
+                args.repeat,
+                load_average()
             );
-            println!(
-                "  PostgreSQL: {:.0} bytes of WAL per report; {} bytes per device row, {} per history entry (tables with their indexes)",
-                wal_bytes / n as f64,
-                per_row("shoal_device"),
-                per_row("shoal_history"),
-            );
-            rates.push((if replicas == 1 { "pg x1" } else { "pg x2" }, stats.rate()));
         }
-        if args.summary_devices > 0 {
-            summary_on_postgres(&cluster, &bin, &tmp, args.summary_devices).await?;
+        let sled_dir = format!("sled-{round}");
+        let hello = targets::HelloServer::start()?;
+        let (ceiling, split) = measure(
+            &[hello.addr],
+            &[hello.pid()],
+            None,
+            &requests,
+            args.concurrency,
+        )
+        .await?;
+        ceiling.print("hello-world axum (own process; same bodies, same client): the ceiling");
+        println!("{}", split.describe(n));
+        drop(hello);
+
+        let data = tmp.0.join(&sled_dir);
+        let sled = targets::collector(&bin, &tmp.0, &sled_dir, &["--data", path_str(&data)?])?;
+        let (sled_stats, split) = measure(
+            &[sled.addr()],
+            &[sled.pid()],
+            None,
+            &requests,
+            args.concurrency,
+        )
+        .await?;
+        ingest(
+            &sled_stats,
+            "sled ingest (shoal-collector serve --data, own process)",
+        )?;
+        println!("{}", split.describe(n));
+        drop(sled);
+
+        let mut rates = vec![("sled", sled_stats.rate())];
+        if let Some(cluster) = &cluster {
+            for replicas in [1, 2] {
+                let url = cluster.create_database();
+                let servers = (0..replicas)
+                    .map(|r| {
+                        targets::collector(
+                            &bin,
+                            &tmp.0,
+                            &format!("pg{replicas}-{r}-{round}"),
+                            &["--store", &url],
+                        )
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr()).collect();
+                let pids: Vec<u32> = servers.iter().map(|s| s.pid()).collect();
+                let db = db_name(&url)?;
+                let wal = || -> anyhow::Result<f64> {
+                    Ok(cluster
+                        .psql(&db, "SELECT pg_current_wal_lsn() - '0/0'")
+                        .parse()?)
+                };
+                let xacts = || -> anyhow::Result<(f64, f64)> {
+                    let row = cluster.psql(
+                        &db,
+                        "SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = current_database()",
+                    );
+                    let (c, r) = row.split_once('|').context("pg_stat_database")?;
+                    Ok((c.parse()?, r.parse()?))
+                };
+                if args.statements {
+                    cluster.psql(&db, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements");
+                    cluster.psql(&db, "SELECT pg_stat_statements_reset()");
+                }
+                let xacts_before = xacts()?;
+                let wal_before = wal()?;
+                let (stats, split) =
+                    measure(&addrs, &pids, postmaster, &requests, args.concurrency).await?;
+                let wal_bytes = wal()? - wal_before;
+                // The statistics collector reports with a delay of up to a second.
+                tokio::time::sleep(Duration::from_millis(1200)).await;
+                let xacts_after = xacts()?;
+                let (commits, rollbacks) = (
+                    xacts_after.0 - xacts_before.0,
+                    xacts_after.1 - xacts_before.1,
+                );
+                let title = format!(
+                    "PostgreSQL ingest, {replicas} replica(s) (own processes, one database)"
+                );
+                ingest(&stats, &title)?;
+                println!("{}", split.describe(n));
+                let per_row = |table: &str| {
+                    cluster.psql(
+                        &db,
+                        &format!(
+                            "SELECT pg_total_relation_size('{table}') / greatest(count(*), 1) FROM {table}"
+                        ),
+                    )
+                };
+                println!(
+                    "  PostgreSQL: {commits:.0} transactions committed ({:.1} reports each), {rollbacks:.0} rolled back",
+                    n as f64 / commits.max(1.0)
+                );
+                println!(
+                    "  PostgreSQL: {:.0} bytes of WAL per report; {} bytes per device row, {} per history entry (tables with their indexes)",
+                    wal_bytes / n as f64,
+                    per_row("shoal_device"),
+                    per_row("shoal_history"),
+                );
+                if args.statements {
+                    let top = cluster.psql(
+                        &db,
+                        "SELECT round(total_exec_time)::int8 || ' ms in ' || calls || ' calls: ' || \
+                         left(regexp_replace(query, '\\s+', ' ', 'g'), 90) \
+                         FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                         ORDER BY total_exec_time DESC LIMIT 12",
+                    );
+                    for line in top.lines() {
+                        println!("    {line}");
+                    }
+                }
+                rates.push((if replicas == 1 { "pg x1" } else { "pg x2" }, stats.rate()));
+            }
+        }
+        let hello_rate = ceiling.rate();
+        let sled_rate = sled_stats.rate();
+        let mut this = Vec::new();
+        for (name, rate) in &rates {
+            let (of_hello, of_sled) = (100.0 * rate / hello_rate, 100.0 * rate / sled_rate);
+            println!("ratio {name}: {of_hello:.0} % of hello-world, {of_sled:.0} % of sled");
+            this.push((*name, of_hello, of_sled));
+        }
+        ratios.push(this);
+    }
+    if ratios.len() > 1 {
+        for (i, (name, _, _)) in ratios[0].iter().enumerate() {
+            let mut of_hello: Vec<f64> = ratios.iter().map(|r| r[i].1).collect();
+            let mut of_sled: Vec<f64> = ratios.iter().map(|r| r[i].2).collect();
+            of_hello.sort_by(f64::total_cmp);
+            of_sled.sort_by(f64::total_cmp);
+            println!(
+                "median of {} rounds, {name}: {:.0} % of hello-world (range {:.0}-{:.0}), {:.0} % of sled (range {:.0}-{:.0})",
+                ratios.len(),
+                of_hello[of_hello.len() / 2],
+                of_hello[0],
+                of_hello[of_hello.len() - 1],
+                of_sled[of_sled.len() / 2],
+                of_sled[0],
+                of_sled[of_sled.len() - 1],
+            );
         }
     }
-
-    let hello_rate = ceiling.rate();
-    let sled_rate = sled_stats.rate();
-    for (name, rate) in &rates {
-        println!(
-            "ratio {name}: {:.0} % of hello-world, {:.0} % of sled",
-            100.0 * rate / hello_rate,
-            100.0 * rate / sled_rate
-        );
+    if let Some(cluster) = &cluster {
+        if args.summary_devices > 0 {
+            summary_on_postgres(cluster, &bin, &tmp, args.summary_devices).await?;
+        }
     }
     println!("load average at the end {}", load_average());
 

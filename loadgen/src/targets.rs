@@ -110,6 +110,9 @@ pub fn durable_cluster() -> anyhow::Result<PgCluster> {
             ("full_page_writes", "on"),
             ("synchronous_commit", "on"),
             ("shared_buffers", "128MB"),
+            // Where the database's time goes, per statement (printed by --statements).
+            ("shared_preload_libraries", "pg_stat_statements"),
+            ("pg_stat_statements.track", "all"),
         ],
         None,
     )
