@@ -134,6 +134,18 @@ fn postgres_url(
     }
 }
 
+/// Whether `path` is in `$CREDENTIALS_DIRECTORY`, the directory systemd gives a service its
+/// credentials in.
+fn in_credentials_directory(path: &Path) -> bool {
+    let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") else {
+        return false;
+    };
+    match (std::fs::canonicalize(dir), std::fs::canonicalize(path)) {
+        (Ok(dir), Ok(path)) => path.starts_with(dir),
+        _ => false,
+    }
+}
+
 /// Reads a URL file: refused (bad usage, naming the file) when its group or others have any
 /// access, since the URL may hold the database password.
 fn url_from_file(path: &Path) -> Result<String, Failure> {
@@ -146,7 +158,15 @@ fn url_from_file(path: &Path) -> Result<String, Failure> {
         ))
     })?;
     let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
+    // systemd's credentials (LoadCredential=) are private to the service whatever their group
+    // bits show: systemd grants the service's user access with an ACL, whose mask appears as
+    // the group bits (0440). Others must still have none.
+    let forbidden = if in_credentials_directory(path) {
+        0o007
+    } else {
+        0o077
+    };
+    if mode & forbidden != 0 {
         return Err(usage(format!(
             "the store URL file {} is open to its group or others (mode {mode:04o}) and may hold the database password: chmod 600 {}",
             path.display(),

@@ -81,7 +81,8 @@ impl Drop for Serving {
 fn serve(store: &[&str]) -> Command {
     let mut cmd = Command::new(bin());
     cmd.args(["serve", "--listen", "127.0.0.1:0"]).args(store);
-    cmd.env_remove("SHOAL_STORE");
+    cmd.env_remove("SHOAL_STORE")
+        .env_remove("CREDENTIALS_DIRECTORY");
     cmd
 }
 
@@ -135,6 +136,40 @@ async fn the_url_comes_from_a_private_file_or_the_environment_and_never_shows() 
         assert!(err.contains("chmod 600"), "{err}");
         assert!(!err.contains(PASSWORD), "{err}");
     }
+
+    // In systemd's credentials directory the group bits are an ACL's mask (0440), and the file is
+    // the service's alone: accepted there, and nowhere else; others' access is refused there too.
+    let credentials = tmp.path().join("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    let credential = credentials.join("store-url");
+    std::fs::write(&credential, format!("{url}\n")).unwrap();
+    std::fs::set_permissions(&credential, std::fs::Permissions::from_mode(0o440)).unwrap();
+    let mut cmd = serve(&["--store-file", credential.to_str().unwrap()]);
+    cmd.env("CREDENTIALS_DIRECTORY", &credentials);
+    let serving = Serving::start(cmd, &tmp.path().join("credential.log"));
+    reports_and_hides_the_password(&serving, "gw-cred").await;
+    drop(serving);
+    std::fs::set_permissions(&credential, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let out = serve(&["--store-file", credential.to_str().unwrap()])
+        .env("CREDENTIALS_DIRECTORY", &credentials)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o440)).unwrap();
+    let out = serve(&["--store-file", file.to_str().unwrap()])
+        .env("CREDENTIALS_DIRECTORY", &credentials)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "outside the credentials directory, 0440 is refused"
+    );
 
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let serving = Serving::start(
