@@ -122,7 +122,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let cluster = if args.skip_postgres {
         None
     } else {
-        Some(targets::durable_cluster()?)
+        Some(targets::durable_cluster(args.statements)?)
     };
     let postmaster = cluster
         .as_ref()

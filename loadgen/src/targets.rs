@@ -103,20 +103,20 @@ pub fn collector(bin: &Path, dir: &Path, name: &str, store: &[&str]) -> anyhow::
 
 /// A private PostgreSQL cluster as durable as a production one (`fsync`, full page writes and
 /// synchronous commit on: a 200 means the commit is on disk, as sled's flush does).
-pub fn durable_cluster() -> anyhow::Result<PgCluster> {
-    PgCluster::start_with(
-        &[
-            ("fsync", "on"),
-            ("full_page_writes", "on"),
-            ("synchronous_commit", "on"),
-            ("shared_buffers", "128MB"),
-            // Where the database's time goes, per statement (printed by --statements).
-            ("shared_preload_libraries", "pg_stat_statements"),
-            ("pg_stat_statements.track", "all"),
-        ],
-        None,
-    )
-    .context("PostgreSQL is not installed (apt-get install postgresql), or use --skip-postgres")
+/// With `statements`, `pg_stat_statements` is loaded (where the database's time goes).
+pub fn durable_cluster(statements: bool) -> anyhow::Result<PgCluster> {
+    let mut settings = vec![
+        ("fsync", "on"),
+        ("full_page_writes", "on"),
+        ("synchronous_commit", "on"),
+        ("shared_buffers", "128MB"),
+    ];
+    if statements {
+        settings.push(("shared_preload_libraries", "pg_stat_statements"));
+        settings.push(("pg_stat_statements.track", "all"));
+    }
+    PgCluster::start_with(&settings, None)
+        .context("PostgreSQL is not installed (apt-get install postgresql), or use --skip-postgres")
 }
 
 /// Fills database `db` (its schema already migrated by a collector) with `m` devices by SQL
