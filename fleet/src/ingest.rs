@@ -5,7 +5,7 @@
 //! Dependencies run one way: `ingest` knows `record` (what an accepted report becomes) and no
 //! store; the collector's store calls `decide` and records its `Decision`.
 
-use shoal_proto::{EnvelopeError, KeyId, Report, SignedEnvelope, MAX_ENVELOPE_BYTES};
+use shoal_proto::{EnvelopeError, KeyId, Report, SignedEnvelope, Unverified, MAX_ENVELOPE_BYTES};
 
 use crate::record::{DeviceRecord, HistoryEntry, HISTORY_LIMIT};
 
@@ -116,15 +116,40 @@ pub struct Verified {
 
 /// Checks the envelope in `body`: size, version, key id, signature, report validity.
 pub fn verify(body: &[u8]) -> Result<Verified, Rejection> {
+    let unverified = decode(body)?;
+    let key_id = unverified.key_id().clone();
+    let report = unverified.verify()?;
+    Ok(Verified { key_id, report })
+}
+
+/// Everything `verify` checks before the signature: size, version, key id, encodings. The
+/// signature is then checked by `verify_all`, with others.
+pub fn decode(body: &[u8]) -> Result<Unverified, Rejection> {
     if body.len() > MAX_ENVELOPE_BYTES {
         return Err(Rejection::OversizedBody {
             limit: MAX_ENVELOPE_BYTES,
         });
     }
     let envelope = SignedEnvelope::from_json(body)?;
-    let (key_id, key) = envelope.signer()?;
-    let report = envelope.open(&key)?;
-    Ok(Verified { key_id, report })
+    let (_, key) = envelope.signer()?;
+    Ok(envelope.unverified(&key)?)
+}
+
+/// Checks many decoded envelopes' signatures in one batch (`shoal_proto::verify_all`: the same
+/// verdicts as `verify`, at a fraction of the cost per signature) and opens their reports; one
+/// result per envelope, in order.
+pub fn verify_all(batch: Vec<Unverified>) -> Vec<Result<Verified, Rejection>> {
+    let key_ids: Vec<KeyId> = batch.iter().map(|u| u.key_id().clone()).collect();
+    shoal_proto::verify_all(batch)
+        .into_iter()
+        .zip(key_ids)
+        .map(|(opened, key_id)| {
+            Ok(Verified {
+                key_id,
+                report: opened?,
+            })
+        })
+        .collect()
 }
 
 /// What the store knows about the device and key, read under the writer lock.

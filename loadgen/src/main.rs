@@ -1,34 +1,36 @@
-//! `shoal-loadgen`: simulates N devices that sign and post reports to a collector and prints
-//! reports/s and p50/p99 latency; optionally the summary query time over M devices and, as the
-//! ceiling on the same machine, a hello-world axum server's requests/s under the same client.
-//! A benchmark tool: it promises measurements, not correctness checks.
+//! `shoal-loadgen`: simulates N devices that sign and post reports, and prints in one run the
+//! ceiling of the machine (a hello-world axum server), the collector's ingest on sled, on
+//! PostgreSQL with one replica and with two, and the summary's latency over a million devices on
+//! PostgreSQL — each server in a process of its own, the same signed bodies and the same client
+//! for all. A benchmark tool: it promises measurements, not correctness checks.
+
+mod client;
+mod cpu;
+mod targets;
+mod verify_bench;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use axum::body::Bytes;
 use clap::Parser;
-use ed25519_dalek::SigningKey;
-use http_body_util::{BodyExt as _, Full};
-use hyper::Request;
-use hyper_util::rt::TokioIo;
 use shoal_collector::auth::Tokens;
 use shoal_collector::ingest::{Enrollment, Verified};
 use shoal_collector::store::{SledStore, Store as _};
 use shoal_collector::{app, serve, AppState, Config};
-use shoal_proto::{KeyId, Report, SignedEnvelope, Status};
+use shoal_proto::{KeyId, Report, Status};
 
-const ENROLL_TOKEN: &str = "loadgen-enroll-token-000000";
+use client::{blast, device_key, get, sign_all, Stats};
+use targets::{TempDir, ENROLL_TOKEN};
 
 #[derive(Parser)]
 #[command(about = "Load generator for shoal-collector: signed reports from simulated devices")]
 struct Args {
-    /// Collector address (host:port, plain HTTP). Default: start one in-process on a temp dir.
+    /// Only measure ingest into a running collector (host:port, plain HTTP).
     #[arg(long)]
     addr: Option<SocketAddr>,
-    /// Enrollment token the collector accepts (with --addr).
+    /// Enrollment token the collector at --addr accepts.
     #[arg(long, default_value = ENROLL_TOKEN)]
     enroll_token: String,
     /// Simulated devices.
@@ -40,244 +42,332 @@ struct Args {
     /// Concurrent keep-alive connections.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-    /// Also fill an in-process store with this many devices and time GET /api/v1/summary.
+    /// The `shoal-collector` binary (default: beside this program).
+    #[arg(long, value_name = "PATH")]
+    collector: Option<PathBuf>,
+    /// Devices seeded into PostgreSQL for the summary's latency (0: skip).
+    #[arg(long, default_value_t = 1_000_000)]
+    summary_devices: usize,
+    /// Print, after each PostgreSQL measurement, the statements that took the database's time.
     #[arg(long)]
-    summary_devices: Option<usize>,
-    /// Also measure a hello-world axum server with the same client (the ceiling).
+    statements: bool,
+    /// Measure the ingest rounds (hello-world, sled, PostgreSQL) this many times in a row and
+    /// print the median ratios: the machine's load changes between measurements.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    /// Skip every PostgreSQL measurement.
     #[arg(long)]
-    hello: bool,
+    skip_postgres: bool,
+    /// Also fill an in-process sled store with this many devices (through its ingest path) and
+    /// time the summary and the store's opening.
+    #[arg(long, value_name = "M")]
+    sled_summary_devices: Option<usize>,
+    /// Only measure what a signature check costs per report, one by one and in batches, over
+    /// this many signed reports.
+    #[arg(long, value_name = "N")]
+    verify_bench: Option<usize>,
+    /// Internal: run the hello-world server (the child process of a measurement).
+    #[arg(long, hide = true)]
+    serve_hello: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.serve_hello {
+        return targets::serve_hello();
+    }
+    if let Some(n) = args.verify_bench {
+        return verify_bench::run(n);
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(run(args))
 }
 
-struct TempDir(std::path::PathBuf);
-impl TempDir {
-    fn new(tag: &str) -> anyhow::Result<TempDir> {
-        let p = std::env::temp_dir().join(format!("shoal-loadgen-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
-        Ok(TempDir(p))
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-async fn start_collector(data: &std::path::Path) -> anyhow::Result<(SocketAddr, Arc<AppState>)> {
-    let store = SledStore::open(data)?;
-    let state = AppState::new(
-        store,
-        Config {
-            enroll_tokens: Some(Tokens::new([ENROLL_TOKEN])),
-            ..Config::default()
-        },
-    )?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let router = app(state.clone());
-    tokio::spawn(serve::run(listener, None, router, std::future::pending()));
-    Ok((addr, state))
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".to_owned())
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let _tmp;
-    let addr = match args.addr {
-        Some(a) => a,
-        None => {
-            let tmp = TempDir::new("ingest")?;
-            let (addr, _) = start_collector(&tmp.0).await?;
-            _tmp = tmp;
-            addr
-        }
-    };
     println!(
-        "cores: {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        "cores: {}; load average {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average()
     );
-
     eprintln!("signing {} x {} reports...", args.devices, args.rounds);
     let t = Instant::now();
     let requests = sign_all(args.devices, args.rounds, &args.enroll_token);
     eprintln!("signed in {:.1?}", t.elapsed());
     let n: usize = requests.iter().map(Vec::len).sum();
-    let stats = blast(addr, requests, args.concurrency).await?;
-    stats.print(&format!(
-        "ingest: {} devices x {} rounds, {} connections",
+    let what = format!(
+        "{} devices x {} rounds, {} connections",
         args.devices, args.rounds, args.concurrency
-    ));
-    if stats.ok != n {
-        bail!("{} of {n} reports were not accepted", n - stats.ok);
+    );
+    let ingest = |stats: &Stats, title: &str| -> anyhow::Result<()> {
+        stats.print(&format!("{title}: {what}"));
+        if stats.ok != n {
+            bail!("{title}: {} of {n} reports were not accepted", n - stats.ok);
+        }
+        Ok(())
+    };
+
+    if let Some(addr) = args.addr {
+        let stats = blast(&[addr], &requests, args.concurrency).await?;
+        return ingest(&stats, &format!("ingest into {addr}"));
     }
 
-    if args.hello {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let hello_addr = listener.local_addr()?;
-        let hello = axum::Router::new().route(
-            "/api/v1/reports",
-            axum::routing::post(|body: Bytes| async move { format!("{}", body.len()) }),
-        );
-        tokio::spawn(async move { axum::serve(listener, hello).await });
-        let requests = sign_all(args.devices, args.rounds, &args.enroll_token);
-        let stats = blast(hello_addr, requests, args.concurrency).await?;
-        stats.print("hello-world axum (same bodies, same client): the ceiling");
-    }
+    let bin = targets::collector_bin(args.collector.clone())?;
+    let tmp = TempDir::new("ingest")?;
+    let cluster = if args.skip_postgres {
+        None
+    } else {
+        Some(targets::durable_cluster(args.statements)?)
+    };
+    let postmaster = cluster
+        .as_ref()
+        .and_then(|c| cpu::postmaster(&c.dir().join("data")));
+    // Ratios of each round: (name, % of hello-world, % of sled).
+    let mut ratios: Vec<Vec<(&str, f64, f64)>> = Vec::new();
+    for round in 1..=args.repeat.max(1) {
+        if args.repeat > 1 {
+            println!(
+                "round {round} of {}; load average {}",
+                args.repeat,
+                load_average()
+            );
+        }
+        let sled_dir = format!("sled-{round}");
+        let hello = targets::HelloServer::start()?;
+        let (ceiling, split) = measure(
+            &[hello.addr],
+            &[hello.pid()],
+            None,
+            &requests,
+            args.concurrency,
+        )
+        .await?;
+        ceiling.print("hello-world axum (own process; same bodies, same client): the ceiling");
+        println!("{}", split.describe(n));
+        drop(hello);
 
-    if let Some(m) = args.summary_devices {
-        summary_bench(m).await?;
+        let data = tmp.0.join(&sled_dir);
+        let sled = targets::collector(&bin, &tmp.0, &sled_dir, &["--data", path_str(&data)?])?;
+        let (sled_stats, split) = measure(
+            &[sled.addr()],
+            &[sled.pid()],
+            None,
+            &requests,
+            args.concurrency,
+        )
+        .await?;
+        ingest(
+            &sled_stats,
+            "sled ingest (shoal-collector serve --data, own process)",
+        )?;
+        println!("{}", split.describe(n));
+        drop(sled);
+
+        let mut rates = vec![("sled", sled_stats.rate())];
+        if let Some(cluster) = &cluster {
+            for replicas in [1, 2] {
+                let url = cluster.create_database();
+                let servers = (0..replicas)
+                    .map(|r| {
+                        targets::collector(
+                            &bin,
+                            &tmp.0,
+                            &format!("pg{replicas}-{r}-{round}"),
+                            &["--store", &url],
+                        )
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr()).collect();
+                let pids: Vec<u32> = servers.iter().map(|s| s.pid()).collect();
+                let db = db_name(&url)?;
+                let wal = || -> anyhow::Result<f64> {
+                    Ok(cluster
+                        .psql(&db, "SELECT pg_current_wal_lsn() - '0/0'")
+                        .parse()?)
+                };
+                let xacts = || -> anyhow::Result<(f64, f64)> {
+                    let row = cluster.psql(
+                        &db,
+                        "SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = current_database()",
+                    );
+                    let (c, r) = row.split_once('|').context("pg_stat_database")?;
+                    Ok((c.parse()?, r.parse()?))
+                };
+                if args.statements {
+                    cluster.psql(&db, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements");
+                    cluster.psql(&db, "SELECT pg_stat_statements_reset()");
+                }
+                let xacts_before = xacts()?;
+                let wal_before = wal()?;
+                let (stats, split) =
+                    measure(&addrs, &pids, postmaster, &requests, args.concurrency).await?;
+                let wal_bytes = wal()? - wal_before;
+                // The statistics collector reports with a delay of up to a second.
+                tokio::time::sleep(Duration::from_millis(1200)).await;
+                let xacts_after = xacts()?;
+                let (commits, rollbacks) = (
+                    xacts_after.0 - xacts_before.0,
+                    xacts_after.1 - xacts_before.1,
+                );
+                let title = format!(
+                    "PostgreSQL ingest, {replicas} replica(s) (own processes, one database)"
+                );
+                ingest(&stats, &title)?;
+                println!("{}", split.describe(n));
+                let per_row = |table: &str| {
+                    cluster.psql(
+                        &db,
+                        &format!(
+                            "SELECT pg_total_relation_size('{table}') / greatest(count(*), 1) FROM {table}"
+                        ),
+                    )
+                };
+                println!(
+                    "  PostgreSQL: {commits:.0} transactions committed ({:.1} reports each), {rollbacks:.0} rolled back",
+                    n as f64 / commits.max(1.0)
+                );
+                println!(
+                    "  PostgreSQL: {:.0} bytes of WAL per report; {} bytes per device row, {} per history entry (tables with their indexes)",
+                    wal_bytes / n as f64,
+                    per_row("shoal_device"),
+                    per_row("shoal_history"),
+                );
+                if args.statements {
+                    let top = cluster.psql(
+                        &db,
+                        "SELECT round(total_exec_time)::int8 || ' ms in ' || calls || ' calls: ' || \
+                         left(regexp_replace(query, '\\s+', ' ', 'g'), 90) \
+                         FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                         ORDER BY total_exec_time DESC LIMIT 12",
+                    );
+                    for line in top.lines() {
+                        println!("    {line}");
+                    }
+                }
+                rates.push((if replicas == 1 { "pg x1" } else { "pg x2" }, stats.rate()));
+            }
+        }
+        let hello_rate = ceiling.rate();
+        let sled_rate = sled_stats.rate();
+        let mut this = Vec::new();
+        for (name, rate) in &rates {
+            let (of_hello, of_sled) = (100.0 * rate / hello_rate, 100.0 * rate / sled_rate);
+            println!("ratio {name}: {of_hello:.0} % of hello-world, {of_sled:.0} % of sled");
+            this.push((*name, of_hello, of_sled));
+        }
+        ratios.push(this);
+    }
+    if ratios.len() > 1 {
+        for (i, (name, _, _)) in ratios[0].iter().enumerate() {
+            let mut of_hello: Vec<f64> = ratios.iter().map(|r| r[i].1).collect();
+            let mut of_sled: Vec<f64> = ratios.iter().map(|r| r[i].2).collect();
+            of_hello.sort_by(f64::total_cmp);
+            of_sled.sort_by(f64::total_cmp);
+            println!(
+                "median of {} rounds, {name}: {:.0} % of hello-world (range {:.0}-{:.0}), {:.0} % of sled (range {:.0}-{:.0})",
+                ratios.len(),
+                of_hello[of_hello.len() / 2],
+                of_hello[0],
+                of_hello[of_hello.len() - 1],
+                of_sled[of_sled.len() / 2],
+                of_sled[0],
+                of_sled[of_sled.len() - 1],
+            );
+        }
+    }
+    if let Some(cluster) = &cluster {
+        if args.summary_devices > 0 {
+            summary_on_postgres(cluster, &bin, &tmp, args.summary_devices).await?;
+        }
+    }
+    println!("load average at the end {}", load_average());
+
+    if let Some(m) = args.sled_summary_devices {
+        sled_summary(m).await?;
     }
     Ok(())
 }
 
-/// Device i's key is derived from i, so runs are repeatable.
-fn device_key(i: usize) -> SigningKey {
-    let mut seed = [0x42u8; 32];
-    seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
-    SigningKey::from_bytes(&seed)
-}
-
-/// (body, enroll header?) for every report, device-major so each device's sequence is in order
-/// within its connection.
-fn sign_all(devices: usize, rounds: usize, token: &str) -> Vec<Vec<(Bytes, Option<String>)>> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = devices.div_ceil(threads).max(1);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..devices)
-            .step_by(chunk)
-            .map(|start| {
-                s.spawn(move || {
-                    (start..(start + chunk).min(devices))
-                        .map(|i| {
-                            let key = device_key(i);
-                            (1..=rounds as u64)
-                                .map(|seq| {
-                                    let mut r = Report::new(
-                                        format!("load-{i:07}"),
-                                        Status::ALL[(i + seq as usize) % 7],
-                                        seq,
-                                    );
-                                    r.commit = Some(format!("{:040x}", seq));
-                                    r.agent_version = "loadgen".into();
-                                    r.labels.insert("site".into(), format!("s{}", i % 10));
-                                    let body = SignedEnvelope::seal(&key, &r)
-                                        .expect("small report fits")
-                                        .to_json();
-                                    (Bytes::from(body), (seq == 1).then(|| token.to_owned()))
-                                })
-                                .collect::<Vec<_>>()
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("signing thread"))
-            .collect()
-    })
-}
-
-struct Stats {
-    ok: usize,
-    failed: usize,
-    elapsed: Duration,
-    latencies_us: Vec<u64>,
-}
-
-impl Stats {
-    fn print(&self, title: &str) {
-        let mut l = self.latencies_us.clone();
-        l.sort_unstable();
-        let pct = |p: f64| {
-            l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
-                .copied()
-                .unwrap_or(0)
-        };
-        println!("{title}");
-        println!(
-            "  requests: {} ok, {} failed in {:.2?}: {:.0} req/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-            self.ok,
-            self.failed,
-            self.elapsed,
-            (self.ok + self.failed) as f64 / self.elapsed.as_secs_f64(),
-            pct(0.50) as f64 / 1000.0,
-            pct(0.99) as f64 / 1000.0,
-            l.last().copied().unwrap_or(0) as f64 / 1000.0,
-        );
-    }
-}
-
-/// Sends every device's reports over `concurrency` keep-alive connections.
-async fn blast(
-    addr: SocketAddr,
-    devices: Vec<Vec<(Bytes, Option<String>)>>,
+/// One measurement: the posts and the CPU each part used meanwhile.
+async fn measure(
+    addrs: &[SocketAddr],
+    servers: &[u32],
+    postmaster: Option<u32>,
+    requests: &[Vec<client::Post>],
     concurrency: usize,
-) -> anyhow::Result<Stats> {
-    let mut lanes: Vec<Vec<(Bytes, Option<String>)>> = vec![Vec::new(); concurrency.max(1)];
-    let n = lanes.len();
-    for (i, reports) in devices.into_iter().enumerate() {
-        lanes[i % n].extend(reports);
-    }
-    let start = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for lane in lanes {
-        tasks.spawn(async move {
-            let tcp = tokio::net::TcpStream::connect(addr).await?;
-            tcp.set_nodelay(true)?;
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-            tokio::spawn(conn);
-            let mut ok = 0;
-            let mut failed = 0;
-            let mut lat = Vec::with_capacity(lane.len());
-            for (body, enroll) in lane {
-                let mut req = Request::post("/api/v1/reports")
-                    .header("host", "collector")
-                    .header("content-type", "application/json");
-                if let Some(t) = enroll {
-                    req = req.header("x-shoal-enroll", t);
-                }
-                let req = req.body(Full::new(body))?;
-                let t = Instant::now();
-                sender.ready().await?;
-                let resp = sender.send_request(req).await?;
-                let status = resp.status();
-                let _ = resp.into_body().collect().await?;
-                lat.push(t.elapsed().as_micros() as u64);
-                if status.is_success() {
-                    ok += 1;
-                } else {
-                    failed += 1;
-                }
-            }
-            anyhow::Ok((ok, failed, lat))
-        });
-    }
-    let mut stats = Stats {
-        ok: 0,
-        failed: 0,
-        elapsed: Duration::ZERO,
-        latencies_us: Vec::new(),
-    };
-    while let Some(r) = tasks.join_next().await {
-        let (ok, failed, lat) = r??;
-        stats.ok += ok;
-        stats.failed += failed;
-        stats.latencies_us.extend(lat);
-    }
-    stats.elapsed = start.elapsed();
-    Ok(stats)
+) -> anyhow::Result<(Stats, cpu::Split)> {
+    let before = cpu::snapshot(servers, postmaster);
+    let stats = blast(addrs, requests, concurrency).await?;
+    let split = before.until(cpu::snapshot(servers, postmaster));
+    Ok((stats, split))
 }
 
-/// Fills a store with `m` devices through the same ingest path (signatures skipped: they are not
-/// what a summary costs) and times GET /api/v1/summary over HTTP.
-async fn summary_bench(m: usize) -> anyhow::Result<()> {
+/// The database name of a test cluster's URL (`postgres://USER@HOST/DB?...`).
+fn db_name(url: &str) -> anyhow::Result<String> {
+    Ok(url
+        .split('/')
+        .nth(3)
+        .and_then(|rest| rest.split('?').next())
+        .context("the database's name")?
+        .to_owned())
+}
+
+fn path_str(p: &std::path::Path) -> anyhow::Result<&str> {
+    p.to_str().context("a temp path that is not UTF-8")
+}
+
+/// Times `GET /api/v1/summary` 20 times, each on a new connection; checks the total.
+async fn time_summary(addr: SocketAddr, m: usize) -> anyhow::Result<(Duration, Duration)> {
+    let mut times = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        let body = get(addr, "/api/v1/summary").await?;
+        times.push(t.elapsed());
+        let v: serde_json::Value = serde_json::from_slice(&body)?;
+        if v["total"] != m as u64 {
+            bail!("summary total {} != {m}", v["total"]);
+        }
+    }
+    times.sort();
+    Ok((times[times.len() / 2], times[times.len() - 1]))
+}
+
+/// Seeds `m` devices into a fresh database (by SQL: see `targets::seed_fleet`) behind a
+/// collector process and times its summary.
+async fn summary_on_postgres(
+    cluster: &shoal_testkit::PgCluster,
+    bin: &std::path::Path,
+    tmp: &TempDir,
+    m: usize,
+) -> anyhow::Result<()> {
+    let url = cluster.create_database();
+    let db = db_name(&url)?;
+    // The collector creates the schema; the fleet is seeded behind it (reads go to the database).
+    let server = targets::collector(bin, &tmp.0, "pg-summary", &["--store", &url])?;
+    eprintln!("seeding {m} devices into PostgreSQL (SQL)...");
+    let t = Instant::now();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    targets::seed_fleet(cluster, &db, m, now)?;
+    eprintln!("seeded in {:.1?}", t.elapsed());
+    let (p50, max) = time_summary(server.addr(), m).await?;
+    println!(
+        "summary over {m} devices on PostgreSQL (GET /api/v1/summary, collector process, new connection each, 20 runs): p50 {p50:.2?}, max {max:.2?}"
+    );
+    Ok(())
+}
+
+/// Fills an in-process sled store with `m` devices through the same ingest path (signatures
+/// skipped: they are not what a summary costs) and times its opening and GET /api/v1/summary.
+async fn sled_summary(m: usize) -> anyhow::Result<()> {
     let tmp = TempDir::new("summary")?;
-    eprintln!("filling a store with {m} devices...");
+    eprintln!("filling a sled store with {m} devices...");
     let t = Instant::now();
     let dir = tmp.0.clone();
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
@@ -306,33 +396,29 @@ async fn summary_bench(m: usize) -> anyhow::Result<()> {
     eprintln!("filled in {:.1?}", t.elapsed());
     // Restart cost: opening loads the counters and rebuilds the last-seen index.
     let t = Instant::now();
-    let (addr, _state) = start_collector(&tmp.0).await?;
-    println!("store open (restart) with {m} devices: {:.2?}", t.elapsed());
-    let mut times = Vec::new();
-    for _ in 0..20 {
-        let t = Instant::now();
-        let tcp = tokio::net::TcpStream::connect(addr).await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-        tokio::spawn(conn);
-        let resp = sender
-            .send_request(
-                Request::get("/api/v1/summary")
-                    .header("host", "collector")
-                    .body(Full::new(Bytes::new()))?,
-            )
-            .await?;
-        let body = resp.into_body().collect().await?.to_bytes();
-        times.push(t.elapsed());
-        let v: serde_json::Value = serde_json::from_slice(&body)?;
-        if v["total"] != m as u64 {
-            bail!("summary total {} != {m}", v["total"]);
-        }
-    }
-    times.sort();
+    let store = SledStore::open(&tmp.0)?;
+    let state = AppState::new(
+        store,
+        Config {
+            enroll_tokens: Some(Tokens::new([ENROLL_TOKEN])),
+            ..Config::default()
+        },
+    )?;
     println!(
-        "summary over {m} devices (GET /api/v1/summary, new connection each): p50 {:.2?}, max {:.2?}",
-        times[times.len() / 2],
-        times[times.len() - 1]
+        "sled store open (restart) with {m} devices: {:.2?}",
+        t.elapsed()
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(serve::run(
+        listener,
+        None,
+        app(state),
+        std::future::pending(),
+    ));
+    let (p50, max) = time_summary(addr, m).await?;
+    println!(
+        "summary over {m} devices on sled (in-process, new connection each, 20 runs): p50 {p50:.2?}, max {max:.2?}"
     );
     Ok(())
 }

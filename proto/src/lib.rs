@@ -7,8 +7,11 @@ mod key_id;
 mod report;
 
 pub use commit_id::{CommitId, CommitIdError};
+#[cfg(feature = "batch")]
+pub use envelope::verify_all;
 pub use envelope::{
-    EnvelopeError, SignedEnvelope, ENVELOPE_VERSION, MAX_ENVELOPE_BYTES, SIGNING_CONTEXT,
+    EnvelopeError, SignedEnvelope, Unverified, ENVELOPE_VERSION, MAX_ENVELOPE_BYTES,
+    SIGNING_CONTEXT,
 };
 pub use key_id::{KeyId, KeyIdError};
 pub use report::{Report, ReportError, ResourceError, Timings};

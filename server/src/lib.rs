@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod page;
 pub mod serve;
 pub mod store;
+pub mod verifier;
 pub mod writer;
 
 // The decisions and the tally live in the pure crate `shoal-fleet`; the store's and the API's
@@ -24,6 +25,7 @@ pub use api::{app, ApiError};
 use auth::Tokens;
 use metrics::Metrics;
 use store::Store;
+use verifier::Verifier;
 use writer::Writer;
 
 /// Default stale threshold: three missed 60 s sync intervals.
@@ -80,12 +82,13 @@ impl Default for Config {
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub writer: Writer,
+    pub verifier: Verifier,
     pub config: Config,
     pub metrics: Metrics,
 }
 
 impl AppState {
-    /// Starts the ingest writer thread for `store`.
+    /// Starts the ingest writer thread for `store` and the signature checker.
     pub fn new(store: impl Store + 'static, config: Config) -> std::io::Result<Arc<AppState>> {
         AppState::shared(Arc::new(store), config)
     }
@@ -94,6 +97,7 @@ impl AppState {
     pub fn shared(store: Arc<dyn Store>, config: Config) -> std::io::Result<Arc<AppState>> {
         Ok(Arc::new(AppState {
             writer: Writer::spawn(store.clone())?,
+            verifier: Verifier::spawn()?,
             store,
             config,
             metrics: Metrics::default(),

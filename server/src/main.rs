@@ -4,14 +4,14 @@
 //! errors into messages and exit codes (0 ok, 1 failed, 2 bad usage or configuration).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use shoal_collector::auth::Tokens;
-use shoal_collector::store::{PgStore, Registration, SledStore, Store};
+use shoal_collector::store::{migrate, PgStore, Registration, SledStore, Store};
 use shoal_collector::{app, serve, AppState, Clock, Config, DEFAULT_STALE_AFTER_SECS};
 use shoal_proto::KeyId;
 
@@ -67,51 +67,180 @@ enum Command {
         #[arg(long)]
         key: String,
     },
+    /// Copy an embedded store (sled, `--data DIR`; stop its collector first) into an empty
+    /// PostgreSQL database, in one transaction verified by counts (printed; exit 1 on a mismatch,
+    /// and nothing is kept).
+    Migrate {
+        /// The embedded store's directory.
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// The PostgreSQL database to fill (empty; its schema is created if missing). Visible in
+        /// the process list: prefer --to-file or SHOAL_STORE when it holds a password.
+        #[arg(long, value_name = "URL", conflicts_with = "to_file")]
+        to: Option<String>,
+        /// A file holding the target's URL (mode 0600 or 0400, as --store-file).
+        #[arg(long, value_name = "PATH")]
+        to_file: Option<PathBuf>,
+        /// PEM file of the CA(s) that sign the database server's certificate.
+        #[arg(long, value_name = "FILE")]
+        store_ca: Option<PathBuf>,
+    },
 }
 
-/// Where the collector keeps its state: exactly one of --data and --store.
+/// Where the collector keeps its state: `--data DIR`, or a PostgreSQL URL given by `--store`,
+/// `--store-file` or the `SHOAL_STORE` environment variable (read only when no flag names a
+/// store). Exactly one.
 #[derive(clap::Args, Clone)]
 struct StoreArgs {
     /// Directory of the embedded store (sled; created if missing; one process at a time).
-    #[arg(long, conflicts_with = "store")]
+    #[arg(long, conflicts_with_all = ["store", "store_file"])]
     data: Option<PathBuf>,
     /// PostgreSQL instead of the embedded store: `postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?sslmode=require]`
-    /// (any number of collectors may share one database). The password never appears in logs.
-    #[arg(long, value_name = "URL")]
+    /// (any number of collectors may share one database). Local users see a command line in the
+    /// process list: prefer --store-file or SHOAL_STORE when the URL holds a password.
+    #[arg(long, value_name = "URL", conflicts_with = "store_file")]
     store: Option<String>,
+    /// A file holding the PostgreSQL URL (one line; only its owner may have access: mode 0600 or
+    /// 0400). Keeps a password out of the process list.
+    #[arg(long, value_name = "PATH")]
+    store_file: Option<PathBuf>,
     /// PEM file of the CA(s) that sign the database server's certificate (TLS with
     /// `sslmode=require`); default: the system's roots.
-    #[arg(long, requires = "store", value_name = "FILE")]
+    #[arg(long, value_name = "FILE")]
     store_ca: Option<PathBuf>,
+}
+
+/// The environment variable that may hold the PostgreSQL URL (never shown by `--help`).
+const STORE_ENV: &str = "SHOAL_STORE";
+
+/// Where the URL came from, for messages: `--store`, `--store-file PATH`, `SHOAL_STORE`.
+fn postgres_url(
+    flag: Option<&str>,
+    file: Option<&Path>,
+    flag_name: &str,
+) -> Result<Option<(String, String)>, Failure> {
+    if let Some(url) = flag {
+        return Ok(Some((url.to_owned(), flag_name.to_owned())));
+    }
+    if let Some(path) = file {
+        return url_from_file(path)
+            .map(|url| Some((url, format!("{flag_name}-file {}", path.display()))));
+    }
+    match std::env::var(STORE_ENV) {
+        Ok(url) if !url.trim().is_empty() => {
+            Ok(Some((url.trim().to_owned(), STORE_ENV.to_owned())))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Whether `path` is in `$CREDENTIALS_DIRECTORY`, the directory systemd gives a service its
+/// credentials in.
+fn in_credentials_directory(path: &Path) -> bool {
+    let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") else {
+        return false;
+    };
+    match (std::fs::canonicalize(dir), std::fs::canonicalize(path)) {
+        (Ok(dir), Ok(path)) => path.starts_with(dir),
+        _ => false,
+    }
+}
+
+/// Reads a URL file: refused (bad usage, naming the file) when its group or others have any
+/// access, since the URL may hold the database password.
+fn url_from_file(path: &Path) -> Result<String, Failure> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let usage = |e: String| Failure::Usage(anyhow::anyhow!(e));
+    let meta = std::fs::metadata(path).map_err(|e| {
+        usage(format!(
+            "cannot read the store URL file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let mode = meta.permissions().mode() & 0o777;
+    // systemd's credentials (LoadCredential=) are private to the service whatever their group
+    // bits show: systemd grants the service's user access with an ACL, whose mask appears as
+    // the group bits (0440). Others must still have none.
+    let forbidden = if in_credentials_directory(path) {
+        0o007
+    } else {
+        0o077
+    };
+    if mode & forbidden != 0 {
+        return Err(usage(format!(
+            "the store URL file {} is open to its group or others (mode {mode:04o}) and may hold the database password: chmod 600 {}",
+            path.display(),
+            path.display()
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        usage(format!(
+            "cannot read the store URL file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    match lines.as_slice() {
+        [url] => Ok((*url).to_owned()),
+        [] => Err(usage(format!(
+            "the store URL file {} is empty",
+            path.display()
+        ))),
+        _ => Err(usage(format!(
+            "the store URL file {} holds {} lines; it takes one URL",
+            path.display(),
+            lines.len()
+        ))),
+    }
 }
 
 impl StoreArgs {
     /// Opens the store the flags name (exit 2 for bad flags, 1 when it cannot be opened).
     fn open(&self, doing_sled: &str) -> Result<Arc<dyn Store>, Failure> {
-        match (&self.data, &self.store) {
+        let url = if self.data.is_some() {
+            None
+        } else {
+            postgres_url(self.store.as_deref(), self.store_file.as_deref(), "--store")?
+        };
+        match (&self.data, url) {
             (Some(data), None) => {
+                if self.store_ca.is_some() {
+                    return Err(Failure::Usage(anyhow::anyhow!(
+                        "--store-ca is for a PostgreSQL store; --data names an embedded one"
+                    )));
+                }
                 let store = SledStore::open(data)
                     .with_context(|| format!("opening the store in {}{doing_sled}", data.display()))
                     .map_err(Failure::Op)?;
                 Ok(Arc::new(store))
             }
-            (None, Some(url)) => {
-                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-                    return Err(Failure::Usage(anyhow::anyhow!(
-                        "--store takes a PostgreSQL URL (postgres://USER@HOST/DB), not {:?}",
-                        shoal_collector::store::redact_url(url)
-                    )));
-                }
-                let store = PgStore::connect(url, self.store_ca.as_deref())
+            (None, Some((url, from))) => {
+                check_postgres_url(&url, &from)?;
+                let store = PgStore::connect(&url, self.store_ca.as_deref())
                     .context("opening the store")
                     .map_err(Failure::Op)?;
                 Ok(Arc::new(store))
             }
             _ => Err(Failure::Usage(anyhow::anyhow!(
-                "give exactly one store: --data DIR (embedded) or --store postgres://... (PostgreSQL)"
+                "give exactly one store: --data DIR (embedded), or PostgreSQL by --store URL, --store-file PATH or the {STORE_ENV} environment variable"
             ))),
         }
     }
+}
+
+/// A PostgreSQL URL, or bad usage naming `flag` (and not the password).
+fn check_postgres_url(url: &str, flag: &str) -> Result<(), Failure> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(());
+    }
+    Err(Failure::Usage(anyhow::anyhow!(
+        "{flag} takes a PostgreSQL URL (postgres://USER@HOST/DB), not {:?}",
+        shoal_collector::store::redact_url(url)
+    )))
 }
 
 fn main() -> ExitCode {
@@ -149,6 +278,17 @@ fn main() -> ExitCode {
             device_id,
             key,
         } => register_cmd(&store, &device_id, &key),
+        Command::Migrate {
+            from,
+            to,
+            to_file,
+            store_ca,
+        } => migrate_cmd(
+            &from,
+            to.as_deref(),
+            to_file.as_deref(),
+            store_ca.as_deref(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -268,5 +408,72 @@ fn register_cmd(store: &StoreArgs, device_id: &str, key: &str) -> Result<(), Fai
         }
         Err(e) => return Err(Failure::Op(e.into())),
     }
+    Ok(())
+}
+
+fn migrate_cmd(
+    from: &Path,
+    to: Option<&str>,
+    to_file: Option<&Path>,
+    ca: Option<&Path>,
+) -> Result<(), Failure> {
+    let Some((to, named)) = postgres_url(to, to_file, "--to")? else {
+        return Err(Failure::Usage(anyhow::anyhow!(
+            "name the target: --to URL, --to-file PATH or the {STORE_ENV} environment variable"
+        )));
+    };
+    let to = to.as_str();
+    check_postgres_url(to, &named)?;
+    if !from.join("conf").is_file() {
+        return Err(Failure::Usage(anyhow::anyhow!(
+            "--from {}: not an embedded store (no sled `conf` file there)",
+            from.display()
+        )));
+    }
+    let source = SledStore::open(from)
+        .with_context(|| {
+            format!(
+                "opening the store in {} (stop its collector first: the store allows one process)",
+                from.display()
+            )
+        })
+        .map_err(Failure::Op)?;
+    let target = PgStore::connect(to, ca)
+        .context("opening the target")
+        .map_err(Failure::Op)?;
+    eprintln!(
+        "copying {} into {}...",
+        source.describe(),
+        target.describe()
+    );
+    let migrated = migrate::migrate(&source, &target)
+        .context("migrating")
+        .map_err(Failure::Op)?;
+    let (s, t) = (migrated.source, migrated.target);
+    eprintln!("{:<28}{:>12}{:>12}", "", "sled", "PostgreSQL");
+    for (what, a, b) in [
+        ("devices", s.devices, t.devices),
+        (
+            "registered, never reported",
+            s.registered_only,
+            t.registered_only,
+        ),
+        ("pinned keys", s.pins, t.pins),
+        ("history entries", s.history, t.history),
+        ("retired keys", s.retired, t.retired),
+        (
+            "fleet total (counters)",
+            migrated.source_total,
+            migrated.target_total,
+        ),
+    ] {
+        eprintln!("{what:<28}{a:>12}{b:>12}");
+    }
+    if !migrated.source_counters_agree {
+        eprintln!(
+            "note: the sled store's counters disagreed with its records; the copy's were recounted from the records"
+        );
+    }
+    eprintln!("verified: the copy holds every row of the store; committed");
     Ok(())
 }

@@ -288,3 +288,250 @@ async fn a_database_newer_than_the_collector_is_refused_and_left_alone() {
     );
     assert_eq!(cluster.psql(db, "SELECT version FROM shoal_schema"), "7");
 }
+
+/// One of two replica processes killed with SIGKILL while 30 devices report through a "load
+/// balancer" (each device's first choice, the other when it cannot connect): the survivor keeps
+/// serving, the devices redeliver to it, and in the end every report acknowledged by either is
+/// there exactly once and the counters count each device once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_killed_while_the_other_serves_loses_nothing_acknowledged_and_counts_nothing_twice(
+) {
+    const DEVICES: usize = 30;
+    const REPORTS: u64 = 15;
+    let Some(cluster) = PgCluster::shared() else {
+        return;
+    };
+    let url = cluster.create_database();
+    let tmp = tempfile::tempdir().unwrap();
+    let enroll = tmp.path().join("enroll");
+    std::fs::write(&enroll, format!("{ENROLL_TOKEN}\n")).unwrap();
+    let store = StoreFlags(vec!["--store".into(), url]);
+    let args = ["--enroll-token-file", enroll.to_str().unwrap()];
+    let doomed = start_binary(&store, &args, &tmp.path().join("a.log"));
+    let survivor = start_binary(&store, &args, &tmp.path().join("b.log"));
+    let addrs = [doomed.addr(), survivor.addr()];
+
+    // Per device: the highest sequence either replica acknowledged (200), and how many 409s
+    // (a report the killed replica committed but could not acknowledge).
+    let acked: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..DEVICES).map(|_| AtomicUsize::new(0)).collect());
+    let total_acks = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..DEVICES {
+        let mut device = Device::new(&format!("dev-{i:02}"), 700 + i as u64);
+        let bodies: Vec<Vec<u8>> = (0..REPORTS)
+            .map(|n| device.next(Status::ALL[(i + n as usize) % 7], Some("abcd")))
+            .collect();
+        let (acked, total_acks) = (acked.clone(), total_acks.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut choice = i % 2;
+            let mut failovers = 0;
+            for (n, body) in bodies.into_iter().enumerate() {
+                loop {
+                    let client = Client::new(addrs[choice]);
+                    match client
+                        .try_post_report(body.clone(), Some(ENROLL_TOKEN))
+                        .await
+                    {
+                        Ok(r) if r.status == 200 => {
+                            acked[i].fetch_max(n + 1, Ordering::SeqCst);
+                            total_acks.fetch_add(1, Ordering::SeqCst);
+                            break;
+                        }
+                        // Stored by the killed replica, the answer lost: delivered.
+                        Ok(r) if r.status == 409 => break,
+                        Ok(r) => panic!("dev-{i:02}: unexpected answer {}: {}", r.status, r.text()),
+                        // The balancer's health check: this replica is gone, use the other.
+                        Err(_) => {
+                            failovers += 1;
+                            assert!(failovers < 50, "dev-{i:02}: no replica answers");
+                            choice = 1 - choice;
+                        }
+                    }
+                }
+            }
+            failovers
+        }));
+    }
+    while total_acks.load(Ordering::SeqCst) < 120 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let status = tokio::task::spawn_blocking(move || doomed.kill())
+        .await
+        .unwrap();
+    assert!(!status.success(), "killed: {status:?}");
+    // What was acknowledged before the kill is on the survivor now.
+    let at_kill: Vec<usize> = acked.iter().map(|a| a.load(Ordering::SeqCst)).collect();
+    let client = Client::new(survivor.addr());
+    for (i, n) in at_kill.iter().enumerate() {
+        if *n == 0 {
+            continue;
+        }
+        let d = client.get(&format!("/api/v1/devices/dev-{i:02}")).await;
+        assert_eq!(
+            d.status,
+            200,
+            "dev-{i:02} acknowledged {n} but is gone: {}",
+            d.text()
+        );
+        let seq = d.json()["sequence"].as_u64().unwrap();
+        assert!(
+            seq >= *n as u64,
+            "dev-{i:02}: acknowledged {n}, the survivor has {seq}"
+        );
+    }
+    let mut failovers = 0;
+    for t in tasks {
+        failovers += t.await.unwrap();
+    }
+    assert!(failovers > 0, "the kill came too late to move any device");
+
+    let summary = client.get("/api/v1/summary").await.json();
+    assert_eq!(summary["total"], DEVICES, "{summary}");
+    assert_eq!(summary["by_commit"]["abcd"], DEVICES, "{summary}");
+    for i in 0..DEVICES {
+        let last = Status::ALL[(i + REPORTS as usize - 1) % 7];
+        let d = client
+            .get(&format!("/api/v1/devices/dev-{i:02}"))
+            .await
+            .json();
+        assert_eq!(d["status"], last.as_str(), "{d}");
+        let h = client
+            .get(&format!("/api/v1/devices/dev-{i:02}/history"))
+            .await
+            .json();
+        let seqs: Vec<u64> = h["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["report"]["sequence"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            seqs,
+            (1..=REPORTS).rev().collect::<Vec<_>>(),
+            "dev-{i:02}: each once"
+        );
+    }
+    let mut by_status = std::collections::BTreeMap::new();
+    for i in 0..DEVICES {
+        *by_status
+            .entry(Status::ALL[(i + REPORTS as usize - 1) % 7].as_str())
+            .or_insert(0u64) += 1;
+    }
+    for (status, n) in &by_status {
+        assert_eq!(summary["by_status"][status], *n, "{status}: {summary}");
+    }
+    eprintln!("one replica killed: {failovers} deliveries moved to the survivor");
+    assert!(survivor.terminate().success());
+}
+
+/// A CA and a server certificate it signed for 127.0.0.1 (PEM: CA, server chain, server key).
+fn certificates() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "shoal test database CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// TLS to the database: the collector connects with `sslmode=require` and `--store-ca`, and the
+/// server sees its connections encrypted (`pg_stat_ssl`); a CA that did not sign the server's
+/// certificate stops the start (exit 1) with an error that names the certificate check and
+/// `--store-ca`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_database_is_verified_against_the_store_ca() {
+    let (ca, chain, key) = certificates();
+    let Some(cluster) = PgCluster::start_with(
+        &[],
+        Some(shoal_testkit::PgTls {
+            cert_chain_pem: &chain,
+            key_pem: &key,
+        }),
+    ) else {
+        return;
+    };
+    cluster.psql("postgres", "CREATE DATABASE fleet");
+    let tmp = tempfile::tempdir().unwrap();
+    let ca_file = tmp.path().join("db-ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let url = format!(
+        "postgres://shoal@127.0.0.1:{}/fleet?sslmode=require",
+        cluster.port()
+    );
+    let store = StoreFlags(vec![
+        "--store".into(),
+        url.clone(),
+        "--store-ca".into(),
+        ca_file.to_str().unwrap().into(),
+    ]);
+    let enroll = tmp.path().join("enroll");
+    std::fs::write(&enroll, format!("{ENROLL_TOKEN}\n")).unwrap();
+    let server = start_binary(
+        &store,
+        &["--enroll-token-file", enroll.to_str().unwrap()],
+        &tmp.path().join("log"),
+    );
+    let client = Client::new(server.addr());
+    let mut gw = Device::new("gw-tls", 61);
+    let resp = client
+        .post_report(gw.next(Status::Converged, None), Some(ENROLL_TOKEN))
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let connections = |ssl: bool| {
+        cluster.psql(
+            "postgres",
+            &format!(
+                "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+                 WHERE a.application_name = 'shoal-collector' AND s.ssl = {ssl}"
+            ),
+        )
+    };
+    assert_ne!(
+        connections(true),
+        "0",
+        "no TLS connection from the collector"
+    );
+    assert_eq!(
+        connections(false),
+        "0",
+        "a collector connection without TLS"
+    );
+    assert!(server.terminate().success());
+
+    // Another CA: the server's certificate is not trusted, and the start says so.
+    let (other_ca, _, _) = certificates();
+    let other = tmp.path().join("other-ca.pem");
+    std::fs::write(&other, other_ca).unwrap();
+    let out = std::process::Command::new(bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            &url,
+            "--store-ca",
+        ])
+        .arg(&other)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot connect"), "{err}");
+    assert!(
+        err.contains("the database server's certificate is not trusted"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("--store-ca {}", other.display())),
+        "{err}"
+    );
+}

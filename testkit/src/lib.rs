@@ -26,7 +26,7 @@ pub use command::{
     GIT_USER_EMAIL, GIT_USER_NAME,
 };
 pub use mount::Mount;
-pub use postgres::PgCluster;
+pub use postgres::{PgCluster, PgTls};
 pub use repo::{copy_tree, ConfigRepo, MOTD_MANIFEST};
 pub use requirements::{e2e_required, is_root, require_root, require_tool, require_tools};
 pub use signing::{write_allowed_signers, SigningKey};

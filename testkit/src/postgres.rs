@@ -55,12 +55,29 @@ pub struct PgCluster {
     port: u16,
     child: Mutex<Option<Child>>,
     next_db: AtomicU32,
+    /// `-c name=value` settings after the defaults (so they win).
+    settings: Vec<(String, String)>,
+}
+
+/// A server certificate for a TLS test cluster (PEM, made by the test).
+#[derive(Debug, Clone, Copy)]
+pub struct PgTls<'a> {
+    /// The certificate chain, server first.
+    pub cert_chain_pem: &'a str,
+    pub key_pem: &'a str,
 }
 
 impl PgCluster {
     /// A new cluster of the test's own, or `None` after a loud `SKIPPED` line when PostgreSQL is
     /// not installed (a panic under `SHOAL_E2E=1`).
     pub fn start() -> Option<PgCluster> {
+        PgCluster::start_with(&[], None)
+    }
+
+    /// `start` with `-c name=value` settings that override the test defaults (e.g. `fsync=on`
+    /// for a benchmark), and with `tls`, `ssl=on` on that certificate (TCP clients may then use
+    /// TLS; the unix socket never does).
+    pub fn start_with(settings: &[(&str, &str)], tls: Option<PgTls<'_>>) -> Option<PgCluster> {
         let Some(bin) = postgres_bin_dir() else {
             return cannot_run(
                 "PostgreSQL is not installed",
@@ -99,6 +116,33 @@ impl PgCluster {
             String::from_utf8_lossy(&initdb.stdout),
             String::from_utf8_lossy(&initdb.stderr)
         );
+        let mut settings: Vec<(String, String)> = settings
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        if let Some(tls) = tls {
+            // The server refuses a key that others may read; it must own both files.
+            for (name, pem) in [
+                ("server.crt", tls.cert_chain_pem),
+                ("server.key", tls.key_pem),
+            ] {
+                let path = dir.join(name);
+                std::fs::write(&path, pem)
+                    .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+                if is_root() {
+                    chown_tree(&path, UNPRIVILEGED);
+                }
+                let setting = if name == "server.crt" {
+                    "ssl_cert_file"
+                } else {
+                    "ssl_key_file"
+                };
+                settings.push((setting.to_owned(), path.display().to_string()));
+            }
+            settings.push(("ssl".to_owned(), "on".to_owned()));
+        }
         let port = free_port();
         let cluster = PgCluster {
             bin,
@@ -106,6 +150,7 @@ impl PgCluster {
             port,
             child: Mutex::new(None),
             next_db: AtomicU32::new(0),
+            settings,
         };
         cluster.run();
         Some(cluster)
@@ -141,6 +186,11 @@ impl PgCluster {
             // (commits are still written before they return), so skip the fsyncs.
             .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
             .args(["-c", "max_connections=400", "-c", "shared_buffers=32MB"])
+            .args(
+                self.settings
+                    .iter()
+                    .flat_map(|(k, v)| ["-c".to_owned(), format!("{k}={v}")]),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(
@@ -233,6 +283,11 @@ impl PgCluster {
             self.dir.join("socket").display(),
             self.port
         )
+    }
+
+    /// The directory of the cluster's files (its data directory is `data` inside).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The URL of database `db` over TCP on 127.0.0.1.

@@ -6,6 +6,7 @@
 //! atomically: sled in one `apply_batch`, PostgreSQL in one transaction that locks the rows it
 //! decides on. Dependencies run one way: `api` → `writer` → `store` → `shoal-fleet`.
 
+pub mod migrate;
 mod postgres;
 mod sled;
 pub mod stage;
@@ -20,7 +21,7 @@ use shoal_fleet::tally::{Summary, Tally};
 /// The records a store keeps (defined in `shoal_fleet::record`: the deciders build them).
 pub use shoal_fleet::record::{DeviceRecord, HistoryEntry};
 
-pub use self::postgres::{redact_url, PgStore};
+pub use self::postgres::{redact_url, ImportRows, Imported, Importer, PgStore, RowCounts};
 pub use self::sled::SledStore;
 
 /// What the collector needs from a store. Every method may block (disk or network): the writer
@@ -224,6 +225,8 @@ pub enum StoreError {
         found: i64,
         known: i64,
     },
+    #[error("{store} is not empty ({found}): migrate copies only into an empty database; create a new one (CREATE DATABASE ... OWNER ...) and migrate into it")]
+    NotEmpty { store: String, found: String },
     #[error("device {device_id} is already pinned to key {pinned}; it cannot be registered with another key")]
     DevicePinned { device_id: String, pinned: String },
     #[error("key {key_id} is already pinned to device {device_id}; one key identifies one device")]

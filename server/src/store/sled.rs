@@ -249,6 +249,62 @@ impl SledStore {
             })
     }
 
+    /// Every pinned key, in device id order: `(device id, key id)` (`migrate` copies them,
+    /// including devices pre-registered that never reported).
+    pub fn pins(&self) -> impl Iterator<Item = Result<(String, String), StoreError>> + '_ {
+        self.db.scan_prefix(b"pin/").map(move |kv| {
+            let (k, v) = kv.map_err(|e| self.sled_err(e))?;
+            let id =
+                String::from_utf8(k["pin/".len()..].to_vec()).map_err(|e| self.corrupt(&k, e))?;
+            let key = String::from_utf8(v.to_vec()).map_err(|e| self.corrupt(&k, e))?;
+            Ok((id, key))
+        })
+    }
+
+    /// Whether the device has a record (it reported at least once).
+    pub fn has_record(&self, id: &str) -> Result<bool, StoreError> {
+        self.db
+            .contains_key(device_key(id))
+            .map_err(|e| self.sled_err(e))
+    }
+
+    /// Every kept history entry of every device: `(device id, slot, entry)`, in device id and
+    /// slot order.
+    pub fn all_history(
+        &self,
+    ) -> impl Iterator<Item = Result<(String, u64, HistoryEntry), StoreError>> + '_ {
+        self.db.scan_prefix(b"history/").map(move |kv| {
+            let (k, v) = kv.map_err(|e| self.sled_err(e))?;
+            // `history/{id}/{slot: 8 bytes}`; device ids never contain `/`.
+            let rest = &k["history/".len()..];
+            let (id, slot) = match rest.len().checked_sub(9) {
+                Some(at) if rest[at] == b'/' => (&rest[..at], &rest[at + 1..]),
+                _ => return Err(self.corrupt(&k, "not history/ID/SLOT")),
+            };
+            let id = String::from_utf8(id.to_vec()).map_err(|e| self.corrupt(&k, e))?;
+            let slot = u64_value(slot).ok_or_else(|| self.corrupt(&k, "slot is not 8 bytes"))?;
+            let entry = serde_json::from_slice(&v).map_err(|e| self.corrupt(&k, e))?;
+            Ok((id, slot, entry))
+        })
+    }
+
+    /// Every retired key's last sequence: `(device id, key id, sequence)`.
+    pub fn all_retired(
+        &self,
+    ) -> impl Iterator<Item = Result<(String, String, u64), StoreError>> + '_ {
+        self.db.scan_prefix(b"retired/").map(move |kv| {
+            let (k, v) = kv.map_err(|e| self.sled_err(e))?;
+            // `retired/{id}/{key id}`: the device id ends at the first `/` (key ids may hold `/`).
+            let rest =
+                std::str::from_utf8(&k["retired/".len()..]).map_err(|e| self.corrupt(&k, e))?;
+            let (id, key) = rest
+                .split_once('/')
+                .ok_or_else(|| self.corrupt(&k, "not retired/ID/KEY"))?;
+            let sequence = u64_value(&v).ok_or_else(|| self.corrupt(&k, "not 8 bytes"))?;
+            Ok((id.to_owned(), key.to_owned(), sequence))
+        })
+    }
+
     /// Adds one staged op to the sled batch (later ops on the same key win).
     fn batch_op(&self, batch: &mut sled::Batch, op: Op) -> Result<(), StoreError> {
         let encode = |key: &[u8], value: Result<Vec<u8>, serde_json::Error>| {

@@ -10,8 +10,11 @@
 //! thread and request handlers call them like sled's). It never logs or returns the database
 //! password: every message names the store by `redact_url`.
 
+mod import;
 mod schema;
 mod tls;
+
+pub use import::{ImportRows, Imported, Importer, RowCounts};
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -21,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{GenericClient as _, Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
 use shoal_proto::{KeyId, Status};
 use tokio_postgres::error::SqlState;
 
@@ -216,6 +219,24 @@ fn retryable(e: &tokio_postgres::Error) -> bool {
     )
 }
 
+/// A query's parameters.
+type Params<'a, const N: usize> = [&'a (dyn tokio_postgres::types::ToSql + Sync); N];
+
+/// Executes `statement` when `needed` (a batch without such rows skips it). Sent at the first
+/// poll, so statements joined in `biased` order reach the server in that order.
+async fn execute_if(
+    tx: &deadpool_postgres::Transaction<'_>,
+    needed: bool,
+    statement: &tokio_postgres::Statement,
+    params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)>,
+) -> Result<u64, tokio_postgres::Error> {
+    if needed {
+        tx.execute(statement, &params).await
+    } else {
+        Ok(0)
+    }
+}
+
 fn counter_row(c: &Counter) -> (&'static str, String) {
     match c {
         Counter::Status(s) => ("status", s.as_str().to_owned()),
@@ -395,18 +416,95 @@ impl Inner {
         ids.dedup();
         keys.sort();
         keys.dedup();
-        let tx = client.transaction().await?;
-        // Locks every row the decisions read, in id order (so two batches cannot deadlock on
-        // them). Rows inserted meanwhile by another replica are caught by the primary key and
-        // the unique pin at write time, and the batch is decided again.
-        let lock = tx
+        // The statements, prepared once per connection (cached): every later round trip of
+        // the batch sends several of them at once (tokio-postgres pipelines the queries of
+        // futures polled together, and the server runs them in the order sent).
+        let lock = client
             .prepare_cached(
                 "SELECT id, pinned_key, record FROM shoal_device \
                  WHERE id = ANY($1) OR pinned_key = ANY($2) ORDER BY id FOR UPDATE",
             )
             .await?;
+        let retired_of = client
+            .prepare_cached(
+                "SELECT device_id, key_id, sequence FROM shoal_retired WHERE device_id = ANY($1)",
+            )
+            .await?;
+        // `AND d.id = ANY($1)` (and its kin below) repeats the join's condition as one the
+        // primary key can serve: a generic plan made while the table was empty would otherwise
+        // join by scanning every device (measured: 0.7 ms per batch at 10^4 devices, growing
+        // with the fleet, after the plan was cached on a fresh database).
+        let update_devices = client
+            .prepare_cached(
+                "UPDATE shoal_device d SET record = u.record \
+                 FROM unnest($1::text[], $2::bytea[]) AS u(id, record) \
+                 WHERE d.id = u.id AND d.id = ANY($1)",
+            )
+            .await?;
+        let insert_devices = client
+            .prepare_cached(
+                "INSERT INTO shoal_device (id, record) SELECT * FROM unnest($1::text[], $2::bytea[])",
+            )
+            .await?;
+        let clear_pins = client
+            .prepare_cached("UPDATE shoal_device SET pinned_key = NULL WHERE id = ANY($1)")
+            .await?;
+        let set_pins = client
+            .prepare_cached(
+                "UPDATE shoal_device d SET pinned_key = u.key \
+                 FROM unnest($1::text[], $2::text[]) AS u(id, key) \
+                 WHERE d.id = u.id AND d.id = ANY($1)",
+            )
+            .await?;
+        let evict_history = client
+            .prepare_cached(
+                "DELETE FROM shoal_history h USING unnest($1::text[], $2::int8[]) AS d(device_id, slot) \
+                 WHERE h.device_id = d.device_id AND h.slot = d.slot AND h.device_id = ANY($1)",
+            )
+            .await?;
+        let put_history = client
+            .prepare_cached(
+                "INSERT INTO shoal_history (device_id, slot, entry) \
+                 SELECT * FROM unnest($1::text[], $2::int8[], $3::bytea[]) \
+                 ON CONFLICT (device_id, slot) DO UPDATE SET entry = excluded.entry",
+            )
+            .await?;
+        let retire_keys = client
+            .prepare_cached(
+                "INSERT INTO shoal_retired (device_id, key_id, sequence) \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::int8[]) \
+                 ON CONFLICT (device_id, key_id) DO UPDATE SET sequence = excluded.sequence",
+            )
+            .await?;
+        let add_counters = client
+            .prepare_cached(
+                "INSERT INTO shoal_counter (kind, name, shard, n) \
+                 SELECT k, nm, $3, d FROM unnest($1::text[], $2::text[], $4::int8[]) AS u(k, nm, d) \
+                 ON CONFLICT (kind, name, shard) DO UPDATE SET n = shoal_counter.n + excluded.n",
+            )
+            .await?;
+        let add_seen = client
+            .prepare_cached(
+                "INSERT INTO shoal_seen (second, shard, n) \
+                 SELECT s, $2, d FROM unnest($1::int8[], $3::int8[]) AS u(s, d) \
+                 ON CONFLICT (second, shard) DO UPDATE SET n = shoal_seen.n + excluded.n",
+            )
+            .await?;
+
+        let tx = client.transaction().await?;
+        // Locks every row the decisions read, in id order (so two batches cannot deadlock on
+        // them). Rows inserted meanwhile by another replica are caught by the primary key and
+        // the unique pin at write time, and the batch is decided again. The retired keys of
+        // the batch's devices come in the same round trip.
+        let lock_params: Params<2> = [&ids, &keys];
+        let retired_params: Params<1> = [&ids];
+        let (locked, retired) = tokio::try_join!(
+            biased;
+            tx.query(&lock, &lock_params),
+            tx.query(&retired_of, &retired_params),
+        )?;
         let mut snapshot = Snapshot::default();
-        for row in tx.query(&lock, &[&ids, &keys]).await? {
+        for row in locked {
             let id: String = row.get(0);
             let pinned: Option<String> = row.get(1);
             let record: Option<Vec<u8>> = row.get(2);
@@ -422,12 +520,7 @@ impl Inner {
                 snapshot.pins.insert(id, key);
             }
         }
-        let retired = tx
-            .prepare_cached(
-                "SELECT device_id, key_id, sequence FROM shoal_retired WHERE device_id = ANY($1)",
-            )
-            .await?;
-        for row in tx.query(&retired, &[&ids]).await? {
+        for row in retired {
             let sequence: i64 = row.get(2);
             snapshot
                 .retired
@@ -493,23 +586,6 @@ impl Inner {
                 new_values.push(value);
             }
         }
-        if !old_ids.is_empty() {
-            let update = tx
-                .prepare_cached(
-                    "UPDATE shoal_device d SET record = u.record \
-                     FROM unnest($1::text[], $2::bytea[]) AS u(id, record) WHERE d.id = u.id",
-                )
-                .await?;
-            tx.execute(&update, &[&old_ids, &old_values]).await?;
-        }
-        if !new_ids.is_empty() {
-            let insert = tx
-                .prepare_cached(
-                    "INSERT INTO shoal_device (id, record) SELECT * FROM unnest($1::text[], $2::bytea[])",
-                )
-                .await?;
-            tx.execute(&insert, &[&new_ids, &new_values]).await?;
-        }
 
         // Pins that move: first every old pin goes, then the new ones are set, so keys moving
         // between devices in one batch never collide with themselves on the unique pin.
@@ -522,26 +598,10 @@ impl Inner {
             .filter(|(id, _)| snapshot.pins.contains_key(*id))
             .map(|(id, _)| id.as_str())
             .collect();
-        if !cleared.is_empty() {
-            let clear = tx
-                .prepare_cached("UPDATE shoal_device SET pinned_key = NULL WHERE id = ANY($1)")
-                .await?;
-            tx.execute(&clear, &[&cleared]).await?;
-        }
         let (pin_ids, pin_keys): (Vec<&str>, Vec<&str>) = moved
             .iter()
             .filter_map(|(id, key)| Some((id.as_str(), key.as_deref()?)))
             .unzip();
-        if !pin_ids.is_empty() {
-            // Every row exists by now: locked above, or inserted with the device's first record.
-            let pin = tx
-                .prepare_cached(
-                    "UPDATE shoal_device d SET pinned_key = u.key \
-                     FROM unnest($1::text[], $2::text[]) AS u(id, key) WHERE d.id = u.id",
-                )
-                .await?;
-            tx.execute(&pin, &[&pin_ids, &pin_keys]).await?;
-        }
 
         let mut put = (Vec::new(), Vec::new(), Vec::new());
         let mut evict = (Vec::new(), Vec::new());
@@ -561,39 +621,9 @@ impl Inner {
                 }
             }
         }
-        if !evict.0.is_empty() {
-            let delete = tx
-                .prepare_cached(
-                    "DELETE FROM shoal_history h USING unnest($1::text[], $2::int8[]) AS d(device_id, slot) \
-                     WHERE h.device_id = d.device_id AND h.slot = d.slot",
-                )
-                .await?;
-            tx.execute(&delete, &[&evict.0, &evict.1]).await?;
-        }
-        if !put.0.is_empty() {
-            let insert = tx
-                .prepare_cached(
-                    "INSERT INTO shoal_history (device_id, slot, entry) \
-                     SELECT * FROM unnest($1::text[], $2::int8[], $3::bytea[]) \
-                     ON CONFLICT (device_id, slot) DO UPDATE SET entry = excluded.entry",
-                )
-                .await?;
-            tx.execute(&insert, &[&put.0, &put.1, &put.2]).await?;
-        }
-
-        if !retire.is_empty() {
-            let ids: Vec<&str> = retire.keys().map(|(d, _)| d.as_str()).collect();
-            let keys: Vec<&str> = retire.keys().map(|(_, k)| k.as_str()).collect();
-            let seqs: Vec<i64> = retire.values().map(|s| to_i64(*s)).collect();
-            let upsert = tx
-                .prepare_cached(
-                    "INSERT INTO shoal_retired (device_id, key_id, sequence) \
-                     SELECT * FROM unnest($1::text[], $2::text[], $3::int8[]) \
-                     ON CONFLICT (device_id, key_id) DO UPDATE SET sequence = excluded.sequence",
-                )
-                .await?;
-            tx.execute(&upsert, &[&ids, &keys, &seqs]).await?;
-        }
+        let retired_ids: Vec<&str> = retire.keys().map(|(d, _)| d.as_str()).collect();
+        let retired_keys: Vec<&str> = retire.keys().map(|(_, k)| k.as_str()).collect();
+        let retired_seqs: Vec<i64> = retire.values().map(|s| to_i64(*s)).collect();
 
         // Counters: added to this batch's shard, in key order.
         let mut counters: Vec<((&'static str, String), i64)> = staged
@@ -603,32 +633,39 @@ impl Inner {
             .map(|(c, d)| (counter_row(c), *d))
             .collect();
         counters.sort();
-        if !counters.is_empty() {
-            let kinds: Vec<&str> = counters.iter().map(|((k, _), _)| *k).collect();
-            let names: Vec<&str> = counters.iter().map(|((_, n), _)| n.as_str()).collect();
-            let deltas: Vec<i64> = counters.iter().map(|(_, d)| *d).collect();
-            let add = tx
-                .prepare_cached(
-                    "INSERT INTO shoal_counter (kind, name, shard, n) \
-                     SELECT k, nm, $3, d FROM unnest($1::text[], $2::text[], $4::int8[]) AS u(k, nm, d) \
-                     ON CONFLICT (kind, name, shard) DO UPDATE SET n = shoal_counter.n + excluded.n",
-                )
-                .await?;
-            tx.execute(&add, &[&kinds, &names, &shard, &deltas]).await?;
-        }
+        let kinds: Vec<&str> = counters.iter().map(|((k, _), _)| *k).collect();
+        let names: Vec<&str> = counters.iter().map(|((_, n), _)| n.as_str()).collect();
+        let deltas: Vec<i64> = counters.iter().map(|(_, d)| *d).collect();
         let seen = staged.delta.seen_changes();
-        if !seen.is_empty() {
-            let seconds: Vec<i64> = seen.keys().map(|s| to_i64(*s)).collect();
-            let deltas: Vec<i64> = seen.values().copied().collect();
-            let add = tx
-                .prepare_cached(
-                    "INSERT INTO shoal_seen (second, shard, n) \
-                     SELECT s, $2, d FROM unnest($1::int8[], $3::int8[]) AS u(s, d) \
-                     ON CONFLICT (second, shard) DO UPDATE SET n = shoal_seen.n + excluded.n",
-                )
-                .await?;
-            tx.execute(&add, &[&seconds, &shard, &deltas]).await?;
-        }
+        let seconds: Vec<i64> = seen.keys().map(|s| to_i64(*s)).collect();
+        let seen_deltas: Vec<i64> = seen.values().copied().collect();
+
+        // Every write in one round trip, sent in this order (which the server keeps): devices
+        // before the pins set on their rows, old pins cleared before new ones are set. The
+        // first statement that fails fails the batch (the rest then fail as aborted).
+        tokio::try_join!(
+            biased;
+            execute_if(&tx, !old_ids.is_empty(), &update_devices, vec![&old_ids, &old_values]),
+            execute_if(&tx, !new_ids.is_empty(), &insert_devices, vec![&new_ids, &new_values]),
+            execute_if(&tx, !cleared.is_empty(), &clear_pins, vec![&cleared]),
+            // Every row exists by now: locked above, or inserted with its first record.
+            execute_if(&tx, !pin_ids.is_empty(), &set_pins, vec![&pin_ids, &pin_keys]),
+            execute_if(&tx, !evict.0.is_empty(), &evict_history, vec![&evict.0, &evict.1]),
+            execute_if(&tx, !put.0.is_empty(), &put_history, vec![&put.0, &put.1, &put.2]),
+            execute_if(
+                &tx,
+                !retired_ids.is_empty(),
+                &retire_keys,
+                vec![&retired_ids, &retired_keys, &retired_seqs]
+            ),
+            execute_if(
+                &tx,
+                !kinds.is_empty(),
+                &add_counters,
+                vec![&kinds, &names, &shard, &deltas]
+            ),
+            execute_if(&tx, !seconds.is_empty(), &add_seen, vec![&seconds, &shard, &seen_deltas]),
+        )?;
         tx.commit().await?;
         Ok(outcomes)
     }
@@ -664,6 +701,37 @@ impl Inner {
             .map_err(err)?;
         }
         tx.commit().await.map_err(err)
+    }
+
+    /// The counters and the last-seen index as stored (summed over shards), read with `c` (a
+    /// connection, or a transaction that has just written them).
+    async fn tally_in(&self, c: &impl GenericClient) -> Result<Tally, StoreError> {
+        let err = |e: tokio_postgres::Error| self.error("reading the counters", &e);
+        let counters = c
+            .query(
+                "SELECT kind, name, sum(n)::int8 FROM shoal_counter GROUP BY kind, name",
+                &[],
+            )
+            .await
+            .map_err(err)?;
+        let seen = c
+            .query(
+                "SELECT second, sum(n)::int8 FROM shoal_seen GROUP BY second HAVING sum(n) <> 0",
+                &[],
+            )
+            .await
+            .map_err(err)?;
+        let mut tally = Tally::default();
+        for row in counters {
+            let (kind, name): (String, String) = (row.get(0), row.get(1));
+            let counter = parse_counter(&kind, &name)
+                .ok_or_else(|| self.corrupt(&format!("counter {kind}/{name}"), "unknown kind"))?;
+            tally.load_counter(counter, to_u64(row.get(2)));
+        }
+        for row in seen {
+            tally.load_seen_count(to_u64(row.get(0)), to_u64(row.get(1)));
+        }
+        Ok(tally)
     }
 
     async fn register(
@@ -922,39 +990,11 @@ impl Store for PgStore {
     }
 
     fn persisted_tally(&self) -> Result<Tally, StoreError> {
-        let (counters, seen) = self.read(move |_, client| async move {
-            let counters = client
-                .query(
-                    "SELECT kind, name, sum(n)::int8 FROM shoal_counter GROUP BY kind, name",
-                    &[],
-                )
-                .await?
-                .into_iter()
-                .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, i64>(2)))
-                .collect::<Vec<_>>();
-            let seen = client
-                .query(
-                    "SELECT second, sum(n)::int8 FROM shoal_seen GROUP BY second HAVING sum(n) <> 0",
-                    &[],
-                )
-                .await?
-                .into_iter()
-                .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1)))
-                .collect::<Vec<_>>();
-            Ok((counters, seen))
-        })?;
-        let mut tally = Tally::default();
-        for (kind, name, n) in counters {
-            let counter = parse_counter(&kind, &name).ok_or_else(|| {
-                self.inner
-                    .corrupt(&format!("counter {kind}/{name}"), "unknown kind")
-            })?;
-            tally.load_counter(counter, to_u64(n));
-        }
-        for (second, n) in seen {
-            tally.load_seen_count(to_u64(second), to_u64(n));
-        }
-        Ok(tally)
+        let inner = self.inner.clone();
+        self.block(async move {
+            let client = inner.client().await?;
+            inner.tally_in(&client).await
+        })
     }
 
     fn healthy(&self) -> bool {

@@ -19,6 +19,8 @@ use tokio_rustls::TlsConnector;
 #[derive(Clone)]
 pub struct RustlsConnector {
     config: Arc<rustls::ClientConfig>,
+    /// What the server's certificate is checked against, for messages.
+    trust: Arc<str>,
 }
 
 impl RustlsConnector {
@@ -59,8 +61,15 @@ impl RustlsConnector {
             .map_err(|e| format!("TLS to the database: {e}"))?
             .with_root_certificates(roots)
             .with_no_client_auth();
+        let trust = match ca {
+            Some(path) => format!("--store-ca {}", path.display()),
+            None => {
+                "the system's CA roots (give the database's CA with --store-ca FILE)".to_owned()
+            }
+        };
         Ok(RustlsConnector {
             config: Arc::new(config),
+            trust: trust.into(),
         })
     }
 }
@@ -81,6 +90,7 @@ where
         Ok(RustlsConnect {
             name,
             connector: TlsConnector::from(self.config.clone()),
+            trust: self.trust.clone(),
         })
     }
 }
@@ -89,6 +99,7 @@ where
 pub struct RustlsConnect {
     name: Result<ServerName<'static>, String>,
     connector: TlsConnector,
+    trust: Arc<str>,
 }
 
 impl<S> TlsConnect<S> for RustlsConnect
@@ -104,7 +115,23 @@ where
             let name = self
                 .name
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-            let tls = self.connector.connect(name, stream).await?;
+            let tls = self.connector.connect(name, stream).await.map_err(|e| {
+                let refused = e
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                    .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)));
+                if refused {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "the database server's certificate is not trusted ({e}): it must be signed by a CA in {} and name the host of the URL",
+                            self.trust
+                        ),
+                    )
+                } else {
+                    e
+                }
+            })?;
             Ok(RustlsStream(Box::new(tls)))
         })
     }
