@@ -269,11 +269,10 @@ impl AgentConfig {
         let text = paths::read_to_string(path).map_err(ConfigError::Read)?;
         let mut config = Self::parse(&text, path)?;
         if let Some(file) = &config.source.auth_file {
-            let credential =
-                Credential::load(file).map_err(|source| ConfigError::Credential {
-                    path: path.to_owned(),
-                    source,
-                })?;
+            let credential = Credential::load(file).map_err(|source| ConfigError::Credential {
+                path: path.to_owned(),
+                source,
+            })?;
             config.source.credential = Some(credential);
         }
         Ok(config)
@@ -407,7 +406,9 @@ fn resolve_local_url(url: &str, base: &Path) -> String {
 pub fn has_scheme(url: &str, scheme: &str) -> bool {
     url.get(..scheme.len())
         .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
-        && url.get(scheme.len()..).is_some_and(|rest| rest.starts_with("://"))
+        && url
+            .get(scheme.len()..)
+            .is_some_and(|rest| rest.starts_with("://"))
 }
 
 fn machine_id() -> Option<String> {

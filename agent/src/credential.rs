@@ -82,7 +82,11 @@ pub enum CredentialError {
     #[error("the auth file {} is not a regular file; point [source] auth_file at the file itself", path.display())]
     NotAFile { path: PathBuf },
     #[error("the auth file {} is owned by uid {owner}, not by the agent's user (uid {agent}); chown it to the agent's user", path.display())]
-    Owner { path: PathBuf, owner: u32, agent: u32 },
+    Owner {
+        path: PathBuf,
+        owner: u32,
+        agent: u32,
+    },
     #[error("the auth file {} has mode {mode:04o}, readable by others than its owner; chmod 600 it", path.display())]
     Mode { path: PathBuf, mode: u32 },
     #[error("the auth file {} is not valid: {message}; it holds either `token = \"...\"` or `username = \"...\"` and `password = \"...\"`", path.display())]
@@ -284,8 +288,14 @@ mod tests {
     #[test]
     fn a_malformed_file_is_named_and_its_content_never_quoted() {
         let cases = [
-            (format!("token = \"{TOKEN}\"\ntokn = \"x\"\n"), "unknown key `tokn`"),
-            ("password = 123456\nusername = \"u\"\n".into(), "`password` must be a quoted string"),
+            (
+                format!("token = \"{TOKEN}\"\ntokn = \"x\"\n"),
+                "unknown key `tokn`",
+            ),
+            (
+                "password = 123456\nusername = \"u\"\n".into(),
+                "`password` must be a quoted string",
+            ),
             (
                 format!("token = \"{TOKEN}\"\nusername = \"u\"\npassword = \"p\"\n"),
                 "sets both `token` and a user name",
@@ -300,12 +310,15 @@ mod tests {
                 "`password` without `username`",
             ),
             (format!("token = {TOKEN}\n"), "not valid TOML at line 1"),
-            (format!("token = \"\"\"\n{TOKEN}\n\"\"\"\n"), "printable ASCII"),
+            (
+                format!("token = \"\"\"\n{TOKEN}\n\"\"\"\n"),
+                "printable ASCII",
+            ),
             (format!("token = \"{TOKEN}\"\ntoken = \"x\"\n"), "line 2"),
         ];
         for (text, expected) in cases {
-            let err = Credential::parse(Secret::new(text.clone()), Path::new("/etc/a.toml"))
-                .unwrap_err();
+            let err =
+                Credential::parse(Secret::new(text.clone()), Path::new("/etc/a.toml")).unwrap_err();
             let message = err.to_string();
             assert!(
                 message.starts_with("the auth file /etc/a.toml is not valid: "),
@@ -334,7 +347,10 @@ mod tests {
             );
         }
         let path = write(dir.path(), &format!("token = \"{TOKEN}\"\n"), 0o400);
-        assert!(Credential::load(&path).is_ok(), "0400 is stricter than 0600");
+        assert!(
+            Credential::load(&path).is_ok(),
+            "0400 is stricter than 0600"
+        );
 
         let link = dir.path().join("link.toml");
         std::os::unix::fs::symlink(&path, &link).unwrap();
@@ -345,7 +361,10 @@ mod tests {
         let message = Credential::load(&dir.path().join("missing"))
             .unwrap_err()
             .to_string();
-        assert!(message.starts_with("cannot read the auth file "), "{message}");
+        assert!(
+            message.starts_with("cannot read the auth file "),
+            "{message}"
+        );
     }
 
     #[test]
