@@ -1,5 +1,5 @@
 //! `HttpsGitServer`: real smart-HTTP git (`git http-backend`) over TLS or plain HTTP on a loopback port, counting what clients ask,
-//! optionally requiring a bearer token or basic auth (answering 401 otherwise) or redirecting every request elsewhere.
+//! optionally requiring a bearer token or basic auth (answering 401 otherwise), forbidding (403) or redirecting every request.
 
 mod cgi;
 mod tls;
@@ -178,6 +178,12 @@ impl HttpsGitServer {
         *self.traffic.gate() = Gate::Require(format!("Basic {encoded}"));
     }
 
+    /// From now on, answers every request with `403 Forbidden`, as a forge does to a valid
+    /// credential without access to the repository.
+    pub fn forbid(&self) {
+        *self.traffic.gate() = Gate::Forbid;
+    }
+
     /// From now on, answers every request with `302 Found` to the same path and query under
     /// `base` (a URL without the trailing slash, such as another server's `http(s)://host:port`).
     pub fn redirect_to(&self, base: &str) {
@@ -249,6 +255,8 @@ enum Gate {
     Open,
     /// This exact `Authorization` header value, else 401.
     Require(String),
+    /// Every request is answered 403.
+    Forbid,
     /// Every request is redirected under this base URL.
     Redirect(String),
 }
@@ -311,6 +319,9 @@ impl Site {
                     challenge.parse().expect("a valid header value"),
                 );
                 return response;
+            }
+            Gate::Forbid => {
+                return cgi::plain_response(StatusCode::FORBIDDEN, "forbidden\n".into());
             }
             Gate::Redirect(base) => {
                 let mut response = cgi::plain_response(StatusCode::FOUND, String::new());

@@ -180,8 +180,21 @@ fn refusals_name_the_credential_by_file_and_kind_and_say_what_they_mean() {
         &format!("(HTTP 401) with user \"{USER}\" from {}", user.display()),
     );
 
-    // A repository that is not there (or that the credential may not see).
+    // A valid credential without access to the repository.
     let right = p.auth_file("git-auth.toml", &format!("token = \"{TOKEN}\"\n"), 0o600);
+    p.server.forbid();
+    let run = p.device("forbidden", &right).sync();
+    run.expect(
+        1,
+        &format!(
+            "the config repository {} refused access (HTTP 403) to the token in {}",
+            p.server.url("config.git"),
+            right.display()
+        ),
+    );
+    assert_not_a_network_error(&run);
+
+    // A repository that is not there (or that the credential may not see).
     p.server.require_bearer(TOKEN);
     let url = p.server.url("missing.git");
     let missing = p.device_for("missing", &url, p.server.ca_pem_path(), &right);
