@@ -338,12 +338,39 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
         .any(|w| w == needle.as_bytes())
 }
 
+/// How a server checks a credential, and what the device's auth file holds.
+struct Access {
+    require: fn(&HttpsGitServer),
+    auth_file: String,
+    /// Every form the secret could leak in (the value, and as it goes on the wire).
+    secrets: Vec<String>,
+}
+
 #[test]
-fn the_secret_appears_in_no_output_of_a_succeeding_or_a_failing_sync() {
+fn the_token_appears_in_no_output_of_a_succeeding_or_a_failing_sync() {
+    secret_appears_in_no_output(Access {
+        require: |server| server.require_bearer(TOKEN),
+        auth_file: format!("token = \"{TOKEN}\"\n"),
+        secrets: vec![TOKEN.to_owned()],
+    });
+}
+
+#[test]
+fn the_password_appears_in_no_output_of_a_succeeding_or_a_failing_sync() {
+    use base64::Engine as _;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    secret_appears_in_no_output(Access {
+        require: |server| server.require_basic(USER, PASSWORD),
+        auth_file: format!("username = \"{USER}\"\npassword = \"{PASSWORD}\"\n"),
+        secrets: vec![PASSWORD.to_owned(), basic],
+    });
+}
+
+fn secret_appears_in_no_output(access: Access) {
     let Some(p) = Private::new() else { return };
     p.push("watched\n");
-    p.server.require_bearer(TOKEN);
-    let auth = p.auth_file("git-auth.toml", &format!("token = \"{TOKEN}\"\n"), 0o600);
+    (access.require)(&p.server);
+    let auth = p.auth_file("git-auth.toml", &access.auth_file, 0o600);
     let device = p.device("dev", &auth);
     // Reports are queued in the outbox (the collector is down), so they are searched too.
     let enroll = p.dir.path().join("enroll-token");
@@ -364,6 +391,7 @@ fn the_secret_appears_in_no_output_of_a_succeeding_or_a_failing_sync() {
     assert_eq!(ok.code, 0, "{}", ok.stderr);
     assert!(ok.stderr.contains("TRACE"), "trace logging is on");
     record("succeeding sync", &ok);
+    // The server stops accepting the credential (revoked); the device still sends it.
     p.server.require_bearer("revoked-the-old-one");
     p.push("watched again\n");
     let failed = device.agent_logging(&["sync"], "trace");
@@ -392,6 +420,8 @@ fn the_secret_appears_in_no_output_of_a_succeeding_or_a_failing_sync() {
     assert!(names.iter().any(|n| n.contains("/outbox/")), "{names:?}");
 
     for (name, bytes) in &outputs {
-        assert!(!contains(bytes, TOKEN), "the token appears in {name}");
+        for secret in &access.secrets {
+            assert!(!contains(bytes, secret), "{secret:?} appears in {name}");
+        }
     }
 }
