@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::credential::{Credential, CredentialError};
 use crate::paths::{self, PathError};
 use crate::render::DeviceIdentity;
 
@@ -31,6 +32,12 @@ pub enum ConfigError {
         path: PathBuf,
         key: &'static str,
         message: String,
+    },
+    #[error("{}: `source.auth_file`: {source}", path.display())]
+    Credential {
+        path: PathBuf,
+        #[source]
+        source: CredentialError,
     },
 }
 
@@ -64,6 +71,10 @@ pub struct SourceConfig {
     pub max_fetch: ByteSize,
     /// The largest single object (a file, once inflated) a fetch may bring.
     pub max_object: ByteSize,
+    /// `[source] auth_file`: where the credential is read from (https sources only).
+    pub auth_file: Option<PathBuf>,
+    /// The credential read from `auth_file` by [`AgentConfig::load`] (never from agent.toml).
+    pub credential: Option<Credential>,
 }
 
 /// A number of bytes, written in the config as `"64MiB"`, `"512KiB"`, `"1GiB"`, `"100B"` or a
@@ -210,6 +221,7 @@ struct RawSource {
     retries: Option<u32>,
     max_fetch: Option<ByteSize>,
     max_object: Option<ByteSize>,
+    auth_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -250,9 +262,20 @@ impl<'de> Deserialize<'de> for HumanDuration {
 pub use shoal_core::duration::parse_duration;
 
 impl AgentConfig {
+    /// Reads and checks the config file, and the credential of `[source] auth_file` if it
+    /// names one: a credential file that others can read, or that is malformed, is a config
+    /// error (the agent does not start).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = paths::read_to_string(path).map_err(ConfigError::Read)?;
-        Self::parse(&text, path)
+        let mut config = Self::parse(&text, path)?;
+        if let Some(file) = &config.source.auth_file {
+            let credential = Credential::load(file).map_err(|source| ConfigError::Credential {
+                path: path.to_owned(),
+                source,
+            })?;
+            config.source.credential = Some(credential);
+        }
+        Ok(config)
     }
 
     /// Parses config text; `path` is used for error messages and to resolve relative paths.
@@ -309,6 +332,15 @@ impl AgentConfig {
         if max_object.bytes() == 0 {
             return Err(invalid("source.max_object", "must be greater than zero"));
         }
+        let url = resolve_local_url(&raw.source.url, base);
+        if raw.source.auth_file.is_some() && !has_scheme(&url, "https") {
+            return Err(invalid(
+                "source.auth_file",
+                "is only used with an https:// source URL: over any other transport the \
+                 credential would travel in clear text or not be used at all; use https:// or \
+                 remove auth_file",
+            ));
+        }
         let keep_generations = raw.apply.keep_generations.unwrap_or(10);
         if keep_generations == 0 {
             return Err(invalid(
@@ -324,7 +356,7 @@ impl AgentConfig {
             state_dir: resolve(raw.state_dir.unwrap_or_else(|| "/var/lib/shoal".into())),
             root: resolve(raw.root.unwrap_or_else(|| "/".into())),
             source: SourceConfig {
-                url: resolve_local_url(&raw.source.url, base),
+                url,
                 reference: raw.source.reference,
                 interval,
                 ca_file: raw.source.ca_file.map(resolve),
@@ -332,6 +364,8 @@ impl AgentConfig {
                 retries: raw.source.retries.unwrap_or(3),
                 max_fetch,
                 max_object,
+                auth_file: raw.source.auth_file.map(resolve),
+                credential: None,
             },
             trust: TrustConfig {
                 allowed_signers: resolve(
@@ -366,6 +400,15 @@ fn resolve_local_url(url: &str, base: &Path) -> String {
     } else {
         url.to_owned()
     }
+}
+
+/// Whether `url` starts with `scheme://`, in any case.
+pub fn has_scheme(url: &str, scheme: &str) -> bool {
+    url.get(..scheme.len())
+        .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+        && url
+            .get(scheme.len()..)
+            .is_some_and(|rest| rest.starts_with("://"))
 }
 
 fn machine_id() -> Option<String> {
@@ -557,6 +600,63 @@ keep_generations = 10
             assert_eq!(size, ByteSize(bytes), "{text}");
             assert_eq!(size.to_string(), shown, "{text}");
         }
+    }
+
+    #[test]
+    fn auth_file_is_for_https_sources_only() {
+        let c = parse(&format!("{MINIMAL}auth_file = \"git-auth.toml\"\n")).unwrap();
+        assert_eq!(
+            c.source.auth_file.as_deref(),
+            Some(Path::new("/etc/shoal/git-auth.toml")),
+            "relative to the config file"
+        );
+        assert!(c.source.credential.is_none(), "parse reads no other file");
+        for url in [
+            "http://git.example.com/fleet/config.git",
+            "git://git.example.com/fleet/config.git",
+            "ssh://git@git.example.com/fleet/config.git",
+            "/srv/config.git",
+        ] {
+            let text = MINIMAL.replace("https://git.example.com/fleet/config.git", url);
+            let message = parse(&format!("{text}auth_file = \"/etc/shoal/git-auth.toml\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.starts_with(
+                    "/etc/shoal/agent.toml: `source.auth_file` is only used with an https:// \
+                     source URL: over any other transport the credential would travel in clear \
+                     text"
+                ),
+                "{url}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn load_reads_the_credential_and_names_both_files_when_it_cannot() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("agent.toml");
+        let auth = dir.path().join("git-auth.toml");
+        std::fs::write(&config, format!("{MINIMAL}auth_file = \"git-auth.toml\"\n")).unwrap();
+        std::fs::write(&auth, "token = \"t0ken-value\"\n").unwrap();
+        std::fs::set_permissions(&auth, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = AgentConfig::load(&config).unwrap();
+        let credential = c.source.credential.as_ref().expect("loaded");
+        assert_eq!(credential.file, auth);
+        assert!(!format!("{c:?}").contains("t0ken-value"), "{c:?}");
+
+        std::fs::set_permissions(&auth, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let message = AgentConfig::load(&config).unwrap_err().to_string();
+        assert_eq!(
+            message,
+            format!(
+                "{}: `source.auth_file`: the auth file {} has mode 0644, readable by others than \
+                 its owner; chmod 600 it",
+                config.display(),
+                auth.display()
+            )
+        );
     }
 
     #[test]

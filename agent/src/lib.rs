@@ -3,6 +3,7 @@
 pub mod apply;
 pub mod cli;
 pub mod config;
+pub mod credential;
 pub mod daemon;
 pub mod errors;
 pub mod fetch;

@@ -102,10 +102,16 @@ verify = "{verify}"
 
     /// Runs `shoal-agent --config <this device> ARGS`.
     pub fn agent(&self, args: &[&str]) -> Run {
+        self.agent_logging(args, "warn")
+    }
+
+    /// Runs `shoal-agent --config <this device> ARGS` with `SHOAL_LOG=filter` (`"trace"` shows
+    /// everything the agent and its libraries log).
+    pub fn agent_logging(&self, args: &[&str], filter: &str) -> Run {
         let mut cmd = Command::new(agent_bin());
         cmd.arg("--config").arg(self.config_path()).args(args);
         // The agent must not depend on the test runner's git config or environment.
-        cmd.env_remove("GIT_DIR").env("SHOAL_LOG", "warn");
+        cmd.env_remove("GIT_DIR").env("SHOAL_LOG", filter);
         let out = output(&mut cmd);
         Run {
             code: out.status.code().unwrap_or(-1),

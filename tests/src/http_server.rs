@@ -1,4 +1,5 @@
-//! `HttpsGitServer`: real smart-HTTP git (`git http-backend`) over TLS or plain HTTP on a loopback port, counting what clients ask.
+//! `HttpsGitServer`: real smart-HTTP git (`git http-backend`) over TLS or plain HTTP on a loopback port, counting what clients ask,
+//! optionally requiring a bearer token or basic auth (answering 401 otherwise), forbidding (403) or redirecting every request.
 
 mod cgi;
 mod tls;
@@ -13,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
+use base64::Engine as _;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Bytes, Incoming};
 use hyper::server::conn::http1;
@@ -151,10 +153,41 @@ impl HttpsGitServer {
         self.traffic.requests().clone()
     }
 
+    /// The `Authorization` header of each request received, in order (`None`: there was none).
+    pub fn authorizations(&self) -> Vec<Option<String>> {
+        self.traffic.authorizations().clone()
+    }
+
     /// Zeroes the counters, e.g. after a first sync, to measure what the next one costs.
     pub fn reset_counters(&self) {
         self.traffic.requests().clear();
+        self.traffic.authorizations().clear();
         self.traffic.bytes_sent.store(0, Ordering::SeqCst);
+    }
+
+    /// From now on, answers 401 to every request without `Authorization: Bearer <token>`
+    /// (replacing any earlier requirement: requiring another token revokes the old one).
+    pub fn require_bearer(&self, token: &str) {
+        *self.traffic.gate() = Gate::Require(format!("Bearer {token}"));
+    }
+
+    /// From now on, answers 401 to every request without HTTP Basic `user:password`.
+    pub fn require_basic(&self, user: &str, password: &str) {
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        *self.traffic.gate() = Gate::Require(format!("Basic {encoded}"));
+    }
+
+    /// From now on, answers every request with `403 Forbidden`, as a forge does to a valid
+    /// credential without access to the repository.
+    pub fn forbid(&self) {
+        *self.traffic.gate() = Gate::Forbid;
+    }
+
+    /// From now on, answers every request with `302 Found` to the same path and query under
+    /// `base` (a URL without the trailing slash, such as another server's `http(s)://host:port`).
+    pub fn redirect_to(&self, base: &str) {
+        *self.traffic.gate() = Gate::Redirect(base.trim_end_matches('/').to_owned());
     }
 
     /// Closes the port and every open connection; later connections are refused. Idempotent.
@@ -205,19 +238,47 @@ fn bind_in_netns(netns: &Path, addr: SocketAddr) -> StdTcpListener {
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// What the server has been asked and has answered, shared with the test thread.
+/// What the server has been asked and has answered, shared with the test thread, and what it
+/// requires of a request.
 #[derive(Default)]
 struct Traffic {
     requests: Mutex<Vec<String>>,
+    authorizations: Mutex<Vec<Option<String>>>,
     bytes_sent: AtomicU64,
+    gate: Mutex<Gate>,
+}
+
+/// What a request must bring to be served.
+#[derive(Default, Clone)]
+enum Gate {
+    #[default]
+    Open,
+    /// This exact `Authorization` header value, else 401.
+    Require(String),
+    /// Every request is answered 403.
+    Forbid,
+    /// Every request is redirected under this base URL.
+    Redirect(String),
+}
+
+// A poisoned log is still a log: the panic that poisoned it is reported on its own.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Traffic {
     fn requests(&self) -> MutexGuard<'_, Vec<String>> {
-        // A poisoned log is still a log: the panic that poisoned it is reported on its own.
-        self.requests
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.requests)
+    }
+
+    fn authorizations(&self) -> MutexGuard<'_, Vec<Option<String>>> {
+        lock(&self.authorizations)
+    }
+
+    fn gate(&self) -> MutexGuard<'_, Gate> {
+        lock(&self.gate)
     }
 }
 
@@ -237,6 +298,42 @@ impl Site {
         self.traffic
             .requests()
             .push(format!("{} {target}", parts.method));
+        let authorization = parts
+            .headers
+            .get(hyper::header::AUTHORIZATION)
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
+        self.traffic.authorizations().push(authorization.clone());
+        let gate = self.traffic.gate().clone();
+        match gate {
+            Gate::Open => {}
+            Gate::Require(expected) if authorization.as_deref() == Some(expected.as_str()) => {}
+            Gate::Require(expected) => {
+                let scheme = expected.split(' ').next().unwrap_or("Basic");
+                let mut response = cgi::plain_response(
+                    StatusCode::UNAUTHORIZED,
+                    "authentication required\n".into(),
+                );
+                let challenge = format!("{scheme} realm=\"shoal-test\"");
+                response.headers_mut().insert(
+                    hyper::header::WWW_AUTHENTICATE,
+                    challenge.parse().expect("a valid header value"),
+                );
+                return response;
+            }
+            Gate::Forbid => {
+                return cgi::plain_response(StatusCode::FORBIDDEN, "forbidden\n".into());
+            }
+            Gate::Redirect(base) => {
+                let mut response = cgi::plain_response(StatusCode::FOUND, String::new());
+                response.headers_mut().insert(
+                    hyper::header::LOCATION,
+                    format!("{base}{target}")
+                        .parse()
+                        .expect("a valid header value"),
+                );
+                return response;
+            }
+        }
         let response = match body.collect().await {
             Ok(body) => cgi::serve(&self.project_root, &parts, body.to_bytes(), peer).await,
             Err(e) => cgi::plain_response(

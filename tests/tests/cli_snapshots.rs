@@ -1,11 +1,15 @@
 //! Snapshots of what the real `shoal-agent` tells an operator: `render`, `verify`, `sync
-//! --dry-run`, `sync`, `status`, `history` (human and `--json`) and the text of every refusal.
+//! --dry-run`, `sync`, `status`, `history` (human and `--json`) and the text of every refusal
+//! (signatures, history, config, the state lock, a private repository's credential).
 //! The snapshots live in `tests/tests/snapshots/`; a change of wording fails here until the new
 //! text is reviewed (`cargo insta review`, or `INSTA_UPDATE=always` and read the diff).
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use shoal_e2e::{gateway_config, Device, Run, Sandbox, SigningKey, Transcript, GATEWAY_MANIFEST};
+use shoal_e2e::{
+    gateway_config, Device, HttpsGitServer, Run, Sandbox, SigningKey, Transcript, GATEWAY_MANIFEST,
+};
 
 /// Values no name covers: times, durations, fingerprints and keys made fresh by each run.
 fn check(snapshot: &str, transcript: &Transcript) {
@@ -264,6 +268,51 @@ fn refusal_locked_state_directory() {
     agent(&s, &mut t, &["sync"]);
     drop(lock);
     check("refusal_locked_state_dir", &t);
+}
+
+#[test]
+fn refusal_private_repository() {
+    let Some((s, mut t, _)) = scene() else { return };
+    let server = HttpsGitServer::start(s.dir.path().join("srv"));
+    t.name(server.url(""), "SERVER/");
+    server.require_bearer("the-right-token");
+    let auth = s.dir.path().join("git-auth.toml");
+    let write_auth = |text: &str, mode: u32| {
+        std::fs::write(&auth, text).expect("write the auth file");
+        std::fs::set_permissions(&auth, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    let device = |repo: &str| {
+        let extra = format!(
+            "ca_file = \"{}\"\nauth_file = \"{}\"",
+            server.ca_pem_path().display(),
+            auth.display()
+        );
+        let signers = s.dir.path().join("allowed_signers");
+        Device::new(
+            s.dir.path().join("private"),
+            &server.url(repo),
+            &signers,
+            "range",
+            &extra,
+        )
+    };
+    let mut sync = |device: &Device| {
+        t.record(&["sync"], &device.sync());
+    };
+
+    write_auth("token = \"a-wrong-token\"\n", 0o600);
+    sync(&device("config.git"));
+    write_auth("username = \"deploy\"\npassword = \"wrong\"\n", 0o600);
+    sync(&device("config.git"));
+    write_auth("token = \"the-right-token\"\n", 0o600);
+    sync(&device("missing.git"));
+    server.forbid();
+    sync(&device("config.git"));
+    write_auth("token = \"the-right-token\"\n", 0o644);
+    sync(&device("config.git"));
+    write_auth("token = \"the-right-token\"\nuser = \"me\"\n", 0o600);
+    sync(&device("config.git"));
+    check("refusal_private_repository", &t);
 }
 
 /// Holds the state directory's lock as another agent would (flock on `state/lock`).

@@ -376,10 +376,27 @@ fn network_and_repository_failures_name_what_is_wrong() {
         "range",
         &format!("ca_file = \"{}\"", other_ca.display()),
     );
-    wrong_ca
-        .sync()
-        .expect(1, "cannot reach the config repository");
+    let run = wrong_ca.sync();
+    run.expect(
+        1,
+        &format!(
+            "the TLS handshake with the config repository {} failed",
+            server.url("config.git")
+        ),
+    )
+    .expect(1, "invalid peer certificate");
+    assert!(!run.stderr.contains("check the network"), "{}", run.stderr);
     assert_eq!(wrong_ca.applied(), None);
+
+    // A host name that does not resolve (`.invalid` never does, RFC 2606).
+    let url = "https://shoal-test.invalid/config.git";
+    let unresolved = s.device(url, "range", "");
+    let run = unresolved.sync();
+    run.expect(
+        1,
+        &format!("cannot resolve the host of the config repository {url} after 1 attempt(s) (DNS)"),
+    );
+    assert_eq!(unresolved.applied(), None);
 }
 
 #[test]

@@ -8,7 +8,7 @@
 //! damaged (`inspect`) is rebuilt from scratch within the same fetch.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,8 @@ use gix::protocol::transport::client::blocking_io::{connect, Transport};
 use gix::remote::Direction;
 use gix::ObjectId;
 
-use crate::config::SourceConfig;
+use crate::config::{self, SourceConfig};
+use crate::credential::Credential;
 use crate::errors::error_chain;
 use crate::paths::{self, PathError};
 use crate::state::MirrorDir;
@@ -24,6 +25,7 @@ use crate::tls::{self, TlsError};
 
 mod bound;
 mod durable;
+mod failure;
 mod inspect;
 
 pub use bound::Exceeded;
@@ -44,6 +46,24 @@ pub enum FetchError {
     },
     #[error("the config repository {url} has no ref {reference}; check [source] ref in the agent config and that the branch was pushed")]
     RefNotFound { url: String, reference: String },
+    #[error("cannot resolve the host of the config repository {url} after {attempts} attempt(s) (DNS): {message}; check the host name in [source] url and the device's DNS resolver")]
+    Dns {
+        url: String,
+        attempts: u32,
+        message: String,
+    },
+    #[error("the TLS handshake with the config repository {url} failed: {message}; check that the server's certificate is valid for its name and signed by a CA the device trusts ([source] ca_file, else the system roots)")]
+    TlsHandshake { url: String, message: String },
+    #[error("the config repository {url} requires authentication (HTTP 401) and no credential is configured; set [source] auth_file to a file holding a token or a user name and password")]
+    AuthenticationRequired { url: String },
+    #[error("authentication failed at the config repository {url} (HTTP 401) with {credential}; the token or password is wrong, expired or revoked: put a valid one in that file")]
+    AuthenticationFailed { url: String, credential: String },
+    #[error("the config repository {url} refused access (HTTP 403) to {credential}; give it read access to the repository on the server")]
+    Forbidden { url: String, credential: String },
+    #[error("the config repository {url} does not exist, or {credential} has no access to it (HTTP 404); check [source] url and the credential's access on the server")]
+    NotFound { url: String, credential: String },
+    #[error("the config repository {url} answered with a redirect, which the agent does not follow while a credential is configured (the credential is sent only to the configured origin); set [source] url to the repository's final address")]
+    Redirected { url: String },
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("the local mirror {} is damaged ({damage}) and could not be set aside to rebuild it: {source}; check the state directory's permissions and disk", path.display())]
@@ -263,11 +283,9 @@ impl Mirror {
                 Err(Attempt::Fatal(e)) => return Err(Failure::Fatal(e)),
                 Err(Attempt::Damaged(damage)) => return Err(Failure::Damaged(damage)),
                 Err(Attempt::Transient(message)) if attempt > source.retries => {
-                    return Err(Failure::Fatal(FetchError::Unreachable {
-                        url: source.url.clone(),
-                        attempts: attempt,
-                        message,
-                    }))
+                    return Err(Failure::Fatal(failure::unreachable(
+                        source, attempt, message,
+                    )))
                 }
                 Err(Attempt::Transient(message)) => {
                     let backoff = Duration::from_millis(500) * 2u32.saturating_pow(attempt - 1);
@@ -318,14 +336,36 @@ impl Mirror {
             })
         };
         let transport = self.connect(&remote, &meter).map_err(transient)?;
-        let mut connection = remote.to_connection_with_transport(transport);
+        // Set when the server answers 401 to the handshake. gix would then ask git's credential
+        // helpers or prompt on a terminal: a device does neither, its credential (if any) was
+        // already sent with the request.
+        let challenged = Arc::new(AtomicBool::new(false));
+        let on_challenge = Arc::clone(&challenged);
+        let mut connection = remote
+            .to_connection_with_transport(transport)
+            .with_credentials(move |_| {
+                on_challenge.store(true, Ordering::SeqCst);
+                Err(gix::Error::from_error(failure::Challenged))
+            });
         if let Some(tls) = tls {
-            let options = self.http_options(&source.url, tls, source.timeout);
+            let options = self.http_options(source, tls).map_err(Attempt::Fatal)?;
             connection.set_transport_options(options);
         }
+        // What a failed HTTP exchange means for the operator: a 401/403/404 or a refused
+        // redirect is not retried as a network failure.
+        let failed = |e: gix::Error, meter: &bound::Meter| {
+            if let Some(refusal) = refused(meter) {
+                return refusal;
+            }
+            let chain = error_chain(&e);
+            match failure::classify(source, &chain, challenged.load(Ordering::SeqCst)) {
+                Some(fatal) => Attempt::Fatal(fatal),
+                None => Attempt::Transient(chain),
+            }
+        };
         let prepare = connection
             .prepare_fetch(gix::progress::Discard, Default::default())
-            .map_err(|e| refused(&meter).unwrap_or_else(|| transient(e)))?;
+            .map_err(|e| failed(e, &meter))?;
         let not_found = || {
             Attempt::Fatal(FetchError::RefNotFound {
                 url: source.url.clone(),
@@ -369,7 +409,7 @@ impl Mirror {
                 if let Some(recorded) = self.recorded {
                     inspect::history(&self.repo, recorded).map_err(Attempt::Damaged)?;
                 }
-                return Err(transient(e));
+                return Err(failed(e, &meter));
             }
         };
         let received_pack = matches!(outcome.status, gix::remote::fetch::Status::Change { .. });
@@ -456,18 +496,27 @@ impl Mirror {
         ))
     }
 
-    /// gix's HTTP options for `url`, with our rustls (ring) configuration and deadlines
-    /// handed to its reqwest backend.
+    /// gix's HTTP options for the source, with our rustls (ring) configuration and deadlines
+    /// handed to its reqwest backend, and the credential, if any, on every request to the
+    /// source's origin.
+    ///
+    /// The credential is sent pre-emptively (not after a 401 challenge), so a sync with nothing
+    /// new stays one round trip. It goes only where the request's scheme, host and port are the
+    /// configured URL's: `origin_of` and `Origin::matches` check every request. Redirects are
+    /// not followed at all while a credential is configured: gix's reqwest backend refuses a
+    /// redirect once a request was configured (`RejectConfiguredHeaders`), and reqwest would
+    /// otherwise keep the header on a same-host redirect; the sync fails naming the redirect
+    /// ([`FetchError::Redirected`]).
     fn http_options(
         &self,
-        url: &str,
+        source: &SourceConfig,
         tls: Arc<rustls::ClientConfig>,
-        timeout: Duration,
-    ) -> Box<dyn std::any::Any> {
+    ) -> Result<Box<dyn std::any::Any>, FetchError> {
         use gix::protocol::transport::client::blocking_io::http;
+        let timeout = source.timeout;
         let mut options = self
             .repo
-            .transport_options(url, None)
+            .transport_options(source.url.as_str(), None)
             .ok()
             .flatten()
             .and_then(|o| o.downcast::<http::Options>().ok())
@@ -477,16 +526,76 @@ impl Mirror {
         // Abort a transfer that stalls below 1 byte/s for `timeout`, like git's lowSpeed*.
         options.low_speed_limit_bytes_per_second = 1;
         options.low_speed_time_seconds = timeout.as_secs().max(1);
+        let configure_request = match &source.credential {
+            Some(credential) => Some(authorize(&source.url, credential)?),
+            None => None,
+        };
         let backend = http::reqwest::Options {
             configure_client: Some(Box::new(move |builder| {
                 Ok(builder
                     .tls_backend_preconfigured((*tls).clone())
                     .connect_timeout(timeout))
             })),
-            configure_request: None,
+            configure_request,
         };
         options.backend = Some(Arc::new(Mutex::new(backend)));
-        Box::new(options)
+        Ok(Box::new(options))
+    }
+}
+
+/// The request hook that adds `credential`'s `Authorization` header to each request whose
+/// origin is `url`'s, and to no other.
+fn authorize(
+    url: &str,
+    credential: &Credential,
+) -> Result<
+    Box<gix::protocol::transport::client::blocking_io::http::reqwest::ConfigureRequestFn>,
+    FetchError,
+> {
+    let origin = Origin::of(url).ok_or_else(|| FetchError::Unreachable {
+        url: url.to_owned(),
+        attempts: 0,
+        message: "invalid URL: it has no host".to_owned(),
+    })?;
+    let mut value = reqwest::header::HeaderValue::from_str(credential.authorization().expose())
+        .map_err(|_| FetchError::AuthenticationFailed {
+            url: url.to_owned(),
+            credential: format!("{credential} (it cannot be sent in an HTTP header)"),
+        })?;
+    // reqwest and http print a sensitive value as `Sensitive` in Debug output.
+    value.set_sensitive(true);
+    Ok(Box::new(move |request: &mut reqwest::blocking::Request| {
+        if origin.matches(request.url()) {
+            request
+                .headers_mut()
+                .insert(reqwest::header::AUTHORIZATION, value.clone());
+        }
+        Ok(())
+    }))
+}
+
+/// Scheme, host and port of a URL: where a credential may be sent.
+#[derive(Debug, PartialEq, Eq)]
+struct Origin {
+    scheme: String,
+    host: String,
+    port: Option<u16>,
+}
+
+impl Origin {
+    fn of(url: &str) -> Option<Origin> {
+        let url = reqwest::Url::parse(url).ok()?;
+        Some(Origin {
+            scheme: url.scheme().to_owned(),
+            host: url.host_str()?.to_owned(),
+            port: url.port_or_known_default(),
+        })
+    }
+
+    fn matches(&self, url: &reqwest::Url) -> bool {
+        url.scheme() == self.scheme
+            && url.host_str() == Some(self.host.as_str())
+            && url.port_or_known_default() == self.port
     }
 }
 
@@ -510,6 +619,45 @@ fn open_isolated(dir: &Path) -> Result<gix::Repository, gix::Error> {
 }
 
 fn is_https(url: &str) -> bool {
-    url.get(..8)
-        .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+    config::has_scheme(url, "https")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credential::Secret;
+
+    #[test]
+    fn the_credential_goes_only_to_the_configured_origin() {
+        let credential = Credential::parse(
+            Secret::new("token = \"s3cret\"".into()),
+            Path::new("/etc/shoal/git-auth.toml"),
+        )
+        .unwrap();
+        let mut hook = authorize("https://git.example.com/fleet/config.git", &credential).unwrap();
+        let mut sent = |url: &str| {
+            let url = reqwest::Url::parse(url).unwrap();
+            let mut request = reqwest::blocking::Request::new(reqwest::Method::GET, url);
+            hook(&mut request).unwrap();
+            request
+                .headers()
+                .get(reqwest::header::AUTHORIZATION)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        for same in [
+            "https://git.example.com/fleet/config.git/info/refs?service=git-upload-pack",
+            "https://git.example.com:443/fleet/config.git/git-upload-pack",
+            "https://GIT.example.com/other/repo.git/info/refs",
+        ] {
+            assert_eq!(sent(same).as_deref(), Some("Bearer s3cret"), "{same}");
+        }
+        for other in [
+            "https://evil.example.com/fleet/config.git/info/refs",
+            "https://git.example.com:8443/fleet/config.git/info/refs",
+            "http://git.example.com/fleet/config.git/info/refs",
+            "https://git.example.com.evil.net/fleet/config.git/info/refs",
+        ] {
+            assert_eq!(sent(other), None, "{other}");
+        }
+    }
 }
