@@ -333,6 +333,14 @@ impl AgentConfig {
             return Err(invalid("source.max_object", "must be greater than zero"));
         }
         let url = resolve_local_url(&raw.source.url, base);
+        if url_has_password(&url) {
+            return Err(invalid(
+                "source.url",
+                "carries a password (scheme://user:password@host): it would show in logs, \
+                 errors and status; remove it from the URL and put the credential in \
+                 `auth_file` (a file of its own, mode 0600)",
+            ));
+        }
         if raw.source.auth_file.is_some() && !has_scheme(&url, "https") {
             return Err(invalid(
                 "source.auth_file",
@@ -400,6 +408,17 @@ fn resolve_local_url(url: &str, base: &Path) -> String {
     } else {
         url.to_owned()
     }
+}
+
+/// Whether `url` has a password in its authority (`scheme://user:password@host/...`).
+fn url_has_password(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
 }
 
 /// Whether `url` starts with `scheme://`, in any case.
@@ -599,6 +618,36 @@ keep_generations = 10
             let size = parse_size(text).unwrap();
             assert_eq!(size, ByteSize(bytes), "{text}");
             assert_eq!(size.to_string(), shown, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_password_in_the_source_url_is_refused_without_repeating_it() {
+        for url in [
+            "https://deploy:hunter2@git.example.com/fleet/config.git",
+            "http://deploy:hunter2@git.example.com:8080/fleet/config.git",
+            "ssh://git:hunter2@git.example.com/fleet/config.git",
+        ] {
+            let text = MINIMAL.replace("https://git.example.com/fleet/config.git", url);
+            let message = parse(&text).unwrap_err().to_string();
+            assert_eq!(
+                message,
+                "/etc/shoal/agent.toml: `source.url` carries a password \
+                 (scheme://user:password@host): it would show in logs, errors and status; \
+                 remove it from the URL and put the credential in `auth_file` (a file of its \
+                 own, mode 0600)",
+                "{url}"
+            );
+            assert!(!message.contains("hunter2"));
+        }
+        // A user name alone is no secret (ssh://git@host is the usual form).
+        for url in [
+            "ssh://git@git.example.com/fleet/config.git",
+            "https://deploy@git.example.com/fleet/config.git",
+            "https://git.example.com/fleet/config.git?a=b:c@d",
+        ] {
+            let text = MINIMAL.replace("https://git.example.com/fleet/config.git", url);
+            assert!(parse(&text).is_ok(), "{url}");
         }
     }
 
