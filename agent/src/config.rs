@@ -469,7 +469,7 @@ keep_generations = 10
             ),
             (
                 format!("{MINIMAL}interval = \"5 minutes\""),
-                "invalid duration \"5 minutes\": unit must be one of ms, s, m, h",
+                "invalid duration \"5 minutes\": unit must be one of ms, s, m, h, d",
             ),
             (
                 format!("{MINIMAL}[trust]\nverify = \"all\""),
