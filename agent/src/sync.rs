@@ -20,7 +20,7 @@ use crate::plan::{self, Manifest, Plan};
 use crate::render::{self, RenderError, VerifiedTree};
 use crate::services::{self, ServiceError, ServicePlan, Systemd};
 use crate::state::{unix_now, Generation, StateDir, StateError, SyncResult};
-use crate::verify::{self, commit_id, TrustPolicy, VerifyError};
+use crate::verify::{self, commit_id, ReleaseContext, TrustPolicy, VerifyError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -97,6 +97,7 @@ impl SyncError {
     /// The report status this error stands for.
     pub fn status(&self) -> Status {
         match self {
+            SyncError::Verify(e) if e.is_stale() => Status::Stale,
             SyncError::Verify(_) => Status::Refused,
             SyncError::Fetch(e) if e.is_refusal() => Status::Refused,
             SyncError::Apply { .. } | SyncError::Unhealthy { .. } => Status::RolledBack,
@@ -205,6 +206,7 @@ fn sync_unheld(
 ) -> Result<SyncOutcome, SyncError> {
     let policy = TrustPolicy::load(&config.trust)?;
     let watermark = state.applied_commit()?;
+    let last_release = state.applied_release()?;
     let (mut mirror, fetched) = timed(&mut timings.fetch_ms, || {
         Mirror::fetch(&state.mirror(), &config.source, watermark, interrupt)
     })?;
@@ -231,10 +233,28 @@ fn sync_unheld(
         }
     }
 
+    // In environment mode the fetched tip is the release tag; its commit is verified through it.
     let verified = timed(&mut timings.verify_ms, || {
-        verify::verify_update(mirror.repo(), &policy, watermark, fetched.tip)
+        match config.source.environment.as_deref() {
+            Some(environment) => {
+                let context = ReleaseContext {
+                    environment,
+                    applied: watermark,
+                    last: last_release.as_ref(),
+                    now: i64::try_from(unix_now()).unwrap_or(i64::MAX),
+                };
+                verify::verify_release(mirror.repo(), &policy, context, fetched.tip)
+            }
+            None => verify::verify_update(mirror.repo(), &policy, watermark, fetched.tip),
+        }
     })
-    .inspect_err(|e| tracing::warn!(error = %e, "refused"));
+    .inspect_err(|e| {
+        if e.is_stale() {
+            tracing::warn!(error = %e, "stale");
+        } else {
+            tracing::warn!(error = %e, "refused");
+        }
+    });
     // The mirror's ref moves only to an accepted tip; a refused one's objects are not kept.
     let verified = match verified {
         Ok(verified) => {
@@ -318,8 +338,13 @@ fn sync_unheld(
     }
     let nothing_to_do = plan.is_empty() && service_plan.is_empty();
     if let Some(current) = current.as_ref().filter(|_| at_tip && nothing_to_do) {
-        if watermark != Some(commit) {
-            // Only after a crash between recording the generation and the watermark.
+        // A fresh release of the applied commit (a release bot re-signing N+1) moves only the
+        // release kept with the watermark: no apply, one small write.
+        let release_moved = verified.release().is_some_and(|release| {
+            last_release.as_ref().map(|last| last.tag.as_str()) != Some(&*release.tag.to_string())
+        });
+        if watermark != Some(commit) || release_moved {
+            // The commit: only after a crash between recording the generation and the watermark.
             state.record_watermark(&verified)?;
         }
         return Ok(SyncOutcome::UpToDate {
@@ -405,6 +430,10 @@ fn sync_unheld(
         commit: id,
         applied_at: unix_now(),
         signer: verified.signer().principal.clone(),
+        release: verified.release().map(|release| shoal_proto::Release {
+            environment: release.name.environment.clone(),
+            number: release.name.number,
+        }),
         manifest: Manifest::from_desired(&desired),
         services: service_records,
     })?;

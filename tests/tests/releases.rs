@@ -1,0 +1,498 @@
+//! Environments bound by signed releases, end to end (issue 13): a device with `[source]
+//! environment = "production"` follows `refs/shoal/releases/production`, served by a real
+//! `git daemon` (and smart HTTP over TLS), and accepts only a release tag made by stock git,
+//! signed by a trusted key, for its own environment, newer than the last one, of a commit that
+//! descends from the applied one, and not expired. Each bad release is refused (or reported
+//! `stale`) with its reason, the device's files, watermark and generation stay as they were, and
+//! every signature verdict agrees with `git verify-tag` on the same allowed_signers.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use shoal_e2e::{
+    agent_bin, gateway_config, isolate_git, output, write_allowed_signers, HttpsGitServer, Run,
+    Sandbox, SigningKey,
+};
+
+const PRODUCTION_REF: &str = "refs/shoal/releases/production";
+const FAR_FUTURE: &str = "2099-01-01T00:00:00Z";
+
+/// A sandbox whose device follows the production environment over `git daemon`, with a
+/// release bot key (trusted) and mallory's key (not trusted) beside the operator's.
+struct Releases {
+    s: Sandbox,
+    bot: SigningKey,
+    mallory: SigningKey,
+    signers: PathBuf,
+}
+
+impl Releases {
+    fn new() -> Option<Releases> {
+        Releases::from(Sandbox::over_git_daemon()?)
+    }
+
+    fn from(s: Sandbox) -> Option<Releases> {
+        let keys = s.dir.path().join("keys");
+        let bot = SigningKey::generate(&keys, "release-bot");
+        let mallory = SigningKey::generate(&keys, "mallory");
+        let signers = s.dir.path().join("allowed_signers");
+        write_allowed_signers(
+            &signers,
+            &[("operator@example", &s.key), ("release-bot@example", &bot)],
+        );
+        s.device.follow_environment("production");
+        Some(Releases {
+            s,
+            bot,
+            mallory,
+            signers,
+        })
+    }
+
+    fn bare(&self) -> PathBuf {
+        self.s.dir.path().join("srv/config.git")
+    }
+
+    /// Commits `motd` signed by the operator and publishes the branches (not a release).
+    fn commit(&self, motd: &str) -> String {
+        self.s.push(&gateway_config(motd), motd.trim())
+    }
+
+    /// A release tag `name` on `target` signed by `key`, tagged at `time` if given, expiring at
+    /// `expires`; returns the tag id. Not published yet.
+    fn tag(
+        &self,
+        key: &SigningKey,
+        name: &str,
+        target: &str,
+        expires: &str,
+        time: Option<i64>,
+    ) -> String {
+        let message = format!("Release {name}\n\nExpires: {expires}");
+        self.s.repo.tag_signed(key, name, target, &message, time)
+    }
+
+    /// Serves `source` (a tag name or an object id) at the production release ref.
+    fn serve(&self, source: &str) {
+        let source = if source.contains('/') {
+            format!("refs/tags/{source}")
+        } else {
+            source.to_owned()
+        };
+        self.s
+            .repo
+            .publish_ref(self.bare(), &source, PRODUCTION_REF);
+    }
+
+    /// `git verify-tag` with the device's allowed_signers.
+    fn git_verifies(&self, tag: &str) -> bool {
+        self.s.repo.git_verifies_tag(&self.signers, tag)
+    }
+
+    /// `shoal-agent verify --release`, trusting the device's signers: a release ref is read where
+    /// it is served (the bare repository), a tag in the work repository.
+    fn agent_verifies(&self, reference: &str, environment: &str) -> Run {
+        let repo = if reference.starts_with("refs/shoal/") {
+            self.bare()
+        } else {
+            self.s.repo.path().to_owned()
+        };
+        let repo = repo.display().to_string();
+        let signers = self.signers.display().to_string();
+        self.s.device.agent(&[
+            "verify",
+            &repo,
+            "--release",
+            reference,
+            "--env",
+            environment,
+            "--allowed-signers",
+            &signers,
+        ])
+    }
+
+    /// What a refused release must leave as it was: the device's files, the watermark (commit
+    /// and release) and the current generation.
+    fn device_state(&self) -> DeviceState {
+        let state = self.s.device.state_dir();
+        let read = |p: &Path| std::fs::read_to_string(p).ok();
+        DeviceState {
+            motd: read(&self.s.root("/etc/motd")),
+            watermark: read(&state.join("applied-commit")),
+            generation: read(&state.join("current-generation")),
+        }
+    }
+
+    /// Syncs, expecting the refusal `needle` (exit 1) and the device unchanged.
+    fn refused(&self, needle: &str) -> Run {
+        let before = self.device_state();
+        let run = self.s.device.sync();
+        run.expect(1, needle);
+        assert_eq!(
+            self.device_state(),
+            before,
+            "a refused release changes nothing"
+        );
+        assert_eq!(self.s.status()["last_result"]["status"], "refused");
+        run
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct DeviceState {
+    motd: Option<String>,
+    watermark: Option<String>,
+    generation: Option<String>,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
+}
+
+/// Runs `shoal-agent release` as an operator does in the work repository, signing with `key`
+/// and pushing to the bare repository devices pull from.
+fn release_command(r: &Releases, key: &SigningKey, args: &[&str]) -> Run {
+    let mut cmd = Command::new(agent_bin());
+    isolate_git(&mut cmd);
+    cmd.arg("release")
+        .arg("--repo")
+        .arg(r.s.repo.path())
+        .arg("--signing-key")
+        .arg(key.private_path())
+        .arg("--push")
+        .arg(r.bare())
+        .args(args);
+    let out = output(&mut cmd);
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn a_device_follows_signed_releases_and_a_fresh_release_of_the_same_commit_applies_nothing() {
+    let Some(s) = Sandbox::new() else { return };
+    let Some(r) = Releases::from(s) else { return };
+    let first = r.commit("first\n");
+    let srv = r.s.dir.path().join("srv");
+    let server = HttpsGitServer::start(&srv);
+    // Over smart HTTP with TLS, as devices pull in the field.
+    let config = std::fs::read_to_string(r.s.device.config_path()).unwrap();
+    let url = srv.join("config.git").display().to_string();
+    let config = config.replace(&url, &server.url("config.git")).replace(
+        "retries = 0\n",
+        &format!(
+            "retries = 0\nca_file = \"{}\"\n",
+            server.ca_pem_path().display()
+        ),
+    );
+    std::fs::write(r.s.device.config_path(), config).unwrap();
+
+    // No release yet: the ref is missing, nothing happens.
+    r.s.device.sync().expect(1, PRODUCTION_REF);
+
+    let made = release_command(&r, &r.bot, &["--env", "production", "--expires", "7d"]);
+    assert_eq!(made.code, 0, "{}", made.stderr);
+    assert_eq!(made.stdout.trim(), "production/1");
+    let tag1 = r.s.repo.git(&["rev-parse", "refs/tags/production/1"]);
+    assert!(r.git_verifies(&tag1));
+    r.agent_verifies(PRODUCTION_REF, "production")
+        .expect(0, "good release production/1");
+
+    r.s.device.sync().expect(0, "applied generation 1");
+    assert_eq!(r.s.read("/etc/motd"), "first\n");
+    let status = r.s.status();
+    assert_eq!(status["commit"], first);
+    assert_eq!(status["release"]["environment"], "production");
+    assert_eq!(status["release"]["number"], 1);
+    assert_eq!(status["release"]["tag"], tag1);
+    let history = r.s.device.agent(&["history"]);
+    history.expect(0, "(production/1)");
+
+    // The bot re-signs N+1 for the same commit: accepted, no apply, no new generation.
+    let made = release_command(&r, &r.bot, &["--env", "production"]);
+    assert_eq!(made.stdout.trim(), "production/2", "{}", made.stderr);
+    let before = r.device_state();
+    server.reset_counters();
+    r.s.device.sync().expect(0, "up to date: generation 1");
+    let requests = server.requests();
+    assert!(
+        requests.len() == 2,
+        "a refresh is the ref advertisement and one small fetch, got {requests:?}"
+    );
+    let after = r.device_state();
+    assert_eq!(
+        (&after.motd, &after.generation),
+        (&before.motd, &before.generation)
+    );
+    assert_eq!(r.s.status()["release"]["number"], 2);
+
+    // Nothing new: one round trip, nothing written.
+    server.reset_counters();
+    let watermark = r.device_state();
+    r.s.device.sync().expect(0, "up to date");
+    assert_eq!(server.requests().len(), 1, "{:?}", server.requests());
+    assert_eq!(r.device_state(), watermark);
+
+    // A new commit, released as N=3: applied.
+    let second = r.commit("second\n");
+    let made = release_command(&r, &r.bot, &["--env", "production", &second]);
+    assert_eq!(made.stdout.trim(), "production/3", "{}", made.stderr);
+    r.s.device.sync().expect(0, "applied generation 2");
+    assert_eq!(r.s.read("/etc/motd"), "second\n");
+    r.s.device.agent(&["history"]).expect(0, "(production/3)");
+}
+
+#[test]
+fn a_staging_commit_served_on_the_production_release_ref_is_refused() {
+    let Some(r) = Releases::new() else { return };
+    let base = r.commit("base\n");
+    r.tag(&r.bot, "production/1", &base, FAR_FUTURE, None);
+    r.serve("production/1");
+    r.s.device.sync().expect(0, "applied generation 1");
+
+    // A validly signed commit from staging, built on the applied one, served as production.
+    r.s.repo.branch("staging");
+    r.s.repo.checkout("staging");
+    let staging = r.commit("staging only\n");
+    assert!(
+        r.s.repo.git_verifies(&r.signers, &staging),
+        "a good commit signature"
+    );
+    r.serve(&staging);
+    r.refused(&format!(
+        "refusing {PRODUCTION_REF}: it points at a commit (a branch or a lightweight tag was pushed there) {staging}, not at a signed release tag"
+    ));
+    assert_eq!(r.s.read("/etc/motd"), "base\n");
+}
+
+#[test]
+fn a_staging_release_published_at_the_production_release_ref_is_refused() {
+    let Some(r) = Releases::new() else { return };
+    let base = r.commit("base\n");
+    r.tag(&r.bot, "production/1", &base, FAR_FUTURE, None);
+    r.serve("production/1");
+    r.s.device.sync().expect(0, "applied generation 1");
+
+    let staging = r.commit("staging\n");
+    let tag = r.tag(&r.bot, "staging/7", &staging, FAR_FUTURE, None);
+    // The signature is good (git agrees): the environment in the signed header is what refuses.
+    assert!(r.git_verifies(&tag));
+    r.serve("staging/7");
+    r.refused(
+        "the release is staging/7, for environment `staging`, but this device follows `production`",
+    );
+    r.agent_verifies(PRODUCTION_REF, "production")
+        .expect(1, "but this device follows `production`");
+}
+
+#[test]
+fn an_older_release_is_refused_after_a_newer_one_same_or_other_commit() {
+    let Some(r) = Releases::new() else { return };
+    let old = r.commit("old\n");
+    let tag1 = r.tag(&r.bot, "production/1", &old, FAR_FUTURE, None);
+    let new = r.commit("new\n");
+    r.tag(&r.bot, "production/2", &new, FAR_FUTURE, None);
+    r.serve("production/2");
+    r.s.device.sync().expect(0, "applied generation 1");
+
+    // N-1 of another (older) commit.
+    assert!(r.git_verifies(&tag1));
+    r.serve("production/1");
+    r.refused("release production/1 is older than production/2, the last release this device accepted (anti-rollback)");
+
+    // N-1 of the same commit.
+    r.tag(&r.bot, "production/1", &new, FAR_FUTURE, None);
+    r.serve("production/1");
+    r.refused("release production/1 is older than production/2");
+
+    // N again, but another tag object (re-signed): a number is used once.
+    r.tag(&r.bot, "production/2", &new, "2098-01-01T00:00:00Z", None);
+    r.serve("production/2");
+    r.refused("release production/2 is not the tag");
+    assert_eq!(r.s.read("/etc/motd"), "new\n");
+}
+
+#[test]
+fn a_release_of_a_commit_not_descending_from_the_applied_one_is_refused() {
+    let Some(r) = Releases::new() else { return };
+    let base = r.commit("base\n");
+    let applied = r.commit("applied\n");
+    r.tag(&r.bot, "production/1", &applied, FAR_FUTURE, None);
+    r.serve("production/1");
+    r.s.device.sync().expect(0, "applied generation 1");
+
+    // A signed commit on a side branch from `base`: a newer, well-signed release of it.
+    r.s.repo.checkout(&base);
+    r.s.repo.git(&["checkout", "-q", "-b", "side"]);
+    let side = r.commit("side\n");
+    let tag = r.tag(&r.bot, "production/2", &side, FAR_FUTURE, None);
+    assert!(r.git_verifies(&tag));
+    r.serve("production/2");
+    r.refused(&format!(
+        "refusing release production/2 (tag {tag}): refusing tip {side}: it does not descend from the applied commit {applied}"
+    ));
+}
+
+#[test]
+fn an_expired_release_is_stale_changes_nothing_and_a_fresh_one_converges() {
+    let Some(r) = Releases::new() else { return };
+    let first = r.commit("first\n");
+    r.tag(&r.bot, "production/1", &first, FAR_FUTURE, None);
+    r.serve("production/1");
+    r.s.device.sync().expect(0, "applied generation 1");
+
+    let second = r.commit("second\n");
+    let tag = r.tag(
+        &r.bot,
+        "production/2",
+        &second,
+        "2020-01-01T00:00:00Z",
+        None,
+    );
+    assert!(
+        r.git_verifies(&tag),
+        "an expired release is still well signed"
+    );
+    r.serve("production/2");
+    let before = r.device_state();
+    r.s.device.sync().expect(
+        1,
+        &format!("not applying release tag {tag} at {PRODUCTION_REF}: release production/2 expired at 2020-01-01T00:00:00Z ("),
+    );
+    assert_eq!(r.device_state(), before, "a stale release changes nothing");
+    let status = r.s.status();
+    assert_eq!(status["last_result"]["status"], "stale");
+    assert!(
+        status["last_result"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ago by this device's clock"),
+        "{status}"
+    );
+    assert_eq!(status["release"]["number"], 1);
+
+    // The bot comes back: a fresh release converges.
+    r.tag(&r.bot, "production/3", &second, FAR_FUTURE, None);
+    r.serve("production/3");
+    r.s.device.sync().expect(0, "applied generation 2");
+    assert_eq!(r.s.read("/etc/motd"), "second\n");
+    assert_eq!(r.s.status()["last_result"]["status"], "converged");
+}
+
+#[test]
+fn a_release_tagged_before_the_last_accepted_one_is_refused() {
+    let Some(r) = Releases::new() else { return };
+    let first = r.commit("first\n");
+    r.tag(&r.bot, "production/1", &first, FAR_FUTURE, Some(now()));
+    r.serve("production/1");
+    r.s.device.sync().expect(0, "applied generation 1");
+
+    let second = r.commit("second\n");
+    let tag = r.tag(
+        &r.bot,
+        "production/2",
+        &second,
+        FAR_FUTURE,
+        Some(now() - 86_400),
+    );
+    assert!(r.git_verifies(&tag));
+    r.serve("production/2");
+    r.refused("the tagger time never goes backwards (anti-rollback)");
+}
+
+#[test]
+fn unsigned_and_lightweight_tags_at_the_release_ref_are_refused() {
+    let Some(r) = Releases::new() else { return };
+    let first = r.commit("first\n");
+    r.tag(&r.bot, "production/1", &first, FAR_FUTURE, None);
+    r.serve("production/1");
+    r.s.device.sync().expect(0, "applied generation 1");
+    let second = r.commit("second\n");
+
+    let unsigned = r.s.repo.tag_unsigned(
+        "production/2",
+        &second,
+        &format!("Release production/2\n\nExpires: {FAR_FUTURE}"),
+    );
+    assert!(!r.git_verifies(&unsigned));
+    r.serve("production/2");
+    r.refused(&format!(
+        "refusing release tag {unsigned} at {PRODUCTION_REF}: the tag is not signed"
+    ));
+    r.agent_verifies(PRODUCTION_REF, "production")
+        .expect(1, "the tag is not signed");
+
+    r.s.repo.tag_lightweight("production/2", &second);
+    r.serve("production/2");
+    r.refused("it points at a commit (a branch or a lightweight tag was pushed there)");
+}
+
+#[test]
+fn a_release_signed_by_a_key_not_allowed_is_refused() {
+    let Some(r) = Releases::new() else { return };
+    let first = r.commit("first\n");
+    r.tag(&r.bot, "production/1", &first, FAR_FUTURE, None);
+    r.serve("production/1");
+    r.s.device.sync().expect(0, "applied generation 1");
+
+    let second = r.commit("second\n");
+    let tag = r.tag(&r.mallory, "production/2", &second, FAR_FUTURE, None);
+    assert!(!r.git_verifies(&tag));
+    r.serve("production/2");
+    r.refused(&format!(
+        "refusing release tag {tag} at {PRODUCTION_REF}: signed by key {} which is not in the trust policy",
+        r.mallory.fingerprint()
+    ));
+    r.agent_verifies("refs/tags/production/2", "production")
+        .expect(1, "which is not in the trust policy");
+}
+
+#[test]
+fn a_release_tag_whose_object_is_not_a_commit_is_refused() {
+    let Some(r) = Releases::new() else { return };
+    let first = r.commit("first\n");
+    r.tag(&r.bot, "production/1", &first, FAR_FUTURE, None);
+    r.serve("production/1");
+    r.s.device.sync().expect(0, "applied generation 1");
+
+    let tree = r.s.repo.git(&["rev-parse", "HEAD^{tree}"]);
+    let tag = r.tag(&r.bot, "production/2", &tree, FAR_FUTURE, None);
+    assert!(
+        r.git_verifies(&tag),
+        "well signed; what it points at is the problem"
+    );
+    r.serve("production/2");
+    r.refused("release production/2 points at a tree, not a commit");
+}
+
+#[test]
+fn a_tampered_release_tag_is_refused() {
+    let Some(r) = Releases::new() else { return };
+    let first = r.commit("first\n");
+    r.tag(&r.bot, "production/1", &first, FAR_FUTURE, None);
+    r.serve("production/1");
+    r.s.device.sync().expect(0, "applied generation 1");
+
+    // A mirror that stretches the expiry of a signed release (the freeze, disguised).
+    let second = r.commit("second\n");
+    let message = "Release production/2\n\nExpires: 2030-01-01T00:00:00Z";
+    let tag =
+        r.s.repo
+            .tag_edited(&r.bot, "production/2", &second, message, |raw| {
+                String::from_utf8(raw)
+                    .unwrap()
+                    .replace("2030-01-01", "2099-01-01")
+                    .into_bytes()
+            });
+    assert!(!r.git_verifies(&tag));
+    r.serve(&tag);
+    r.refused(&format!(
+        "refusing release tag {tag} at {PRODUCTION_REF}: the signature by key {} does not match the tag's contents",
+        r.bot.fingerprint()
+    ));
+}
