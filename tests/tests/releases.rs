@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use shoal_e2e::{
-    agent_bin, gateway_config, isolate_git, output, write_allowed_signers, HttpsGitServer, Run,
-    Sandbox, SigningKey,
+    agent_bin, gateway_config, isolate_git, output, require_tools, write_allowed_signers,
+    CollectorSpec, HttpsGitServer, Run, Sandbox, SigningKey,
 };
 
 const PRODUCTION_REF: &str = "refs/shoal/releases/production";
@@ -145,6 +145,24 @@ struct DeviceState {
     generation: Option<String>,
 }
 
+/// Files of a directory tree with their size and mtime: a sync that writes nothing leaves it equal.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read_dir") {
+            let entry = entry.expect("entry");
+            let meta = entry.metadata().expect("metadata");
+            if meta.is_dir() {
+                stack.push(entry.path());
+            }
+            out.push((entry.path(), meta.len(), meta.modified().expect("mtime")));
+        }
+    }
+    out.sort();
+    out
+}
+
 fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -231,12 +249,16 @@ fn a_device_follows_signed_releases_and_a_fresh_release_of_the_same_commit_appli
     );
     assert_eq!(r.s.status()["release"]["number"], 2);
 
-    // Nothing new: one round trip, nothing written.
+    // Nothing new: one round trip, nothing written anywhere in the state directory.
     server.reset_counters();
-    let watermark = r.device_state();
+    let before = snapshot(&r.s.device.state_dir());
     r.s.device.sync().expect(0, "up to date");
     assert_eq!(server.requests().len(), 1, "{:?}", server.requests());
-    assert_eq!(r.device_state(), watermark);
+    assert_eq!(
+        snapshot(&r.s.device.state_dir()),
+        before,
+        "a no-op sync writes nothing"
+    );
 
     // A new commit, released as N=3: applied.
     let second = r.commit("second\n");
@@ -495,4 +517,88 @@ fn a_tampered_release_tag_is_refused() {
         "refusing release tag {tag} at {PRODUCTION_REF}: the signature by key {} does not match the tag's contents",
         r.bot.fingerprint()
     ));
+}
+
+#[test]
+fn a_halted_release_stops_devices_that_have_not_applied_its_commit() {
+    let Some(r) = Releases::new() else { return };
+    let first = r.commit("first\n");
+    r.tag(&r.bot, "production/1", &first, FAR_FUTURE, None);
+    r.serve("production/1");
+    r.s.device.sync().expect(0, "applied generation 1");
+
+    let second = r.commit("second\n");
+    let halted = format!("Release production/2\n\nExpires: {FAR_FUTURE}\nHalt: true");
+    r.s.repo
+        .tag_signed(&r.bot, "production/2", &second, &halted, None);
+    r.serve("production/2");
+    r.refused("release production/2 is halted (Halt: true)");
+    assert_eq!(r.s.read("/etc/motd"), "first\n");
+
+    // Halting the release of the commit a device runs keeps it there, fresh.
+    let halted = format!("Release production/3\n\nExpires: {FAR_FUTURE}\nHalt: true");
+    r.s.repo
+        .tag_signed(&r.bot, "production/3", &first, &halted, None);
+    r.serve("production/3");
+    r.s.device.sync().expect(0, "up to date: generation 1");
+    assert_eq!(r.s.status()["release"]["number"], 3);
+}
+
+#[test]
+fn a_stale_device_is_reported_with_its_release_and_counted_by_the_collector() {
+    if !require_tools(&["curl"]) {
+        return;
+    }
+    let Some(r) = Releases::new() else { return };
+    let enroll = r.s.dir.path().join("enroll-token");
+    std::fs::write(&enroll, "enroll-token-0123456789abcdef\n").expect("token");
+    let spec = CollectorSpec::local(r.s.dir.path().join("collector-data"), enroll.clone());
+    let collector = spec.start();
+    r.s.device.report_to(collector.url(), &enroll);
+
+    let first = r.commit("first\n");
+    r.tag(&r.bot, "production/1", &first, FAR_FUTURE, None);
+    r.serve("production/1");
+    r.s.device.sync().expect(0, "delivered to the collector");
+    let seen = collector.get("/api/v1/devices/dev-1");
+    assert_eq!(seen["status"], "converged", "{seen}");
+    assert_eq!(seen["commit"], first.as_str(), "{seen}");
+    assert_eq!(
+        seen["release"],
+        serde_json::json!({"environment": "production", "number": 1})
+    );
+
+    // The bot stopped: the last release the server has is expired.
+    let second = r.commit("second\n");
+    r.tag(
+        &r.bot,
+        "production/2",
+        &second,
+        "2020-01-01T00:00:00Z",
+        None,
+    );
+    r.serve("production/2");
+    r.s.device.sync().expect(1, "delivered to the collector");
+    let seen = collector.get("/api/v1/devices/dev-1");
+    assert_eq!(seen["status"], "stale", "{seen}");
+    assert_eq!(seen["commit"], first.as_str(), "{seen}");
+    assert_eq!(seen["release"]["number"], 1, "{seen}");
+    let message = seen["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("release production/2 expired at 2020-01-01T00:00:00Z ("),
+        "{seen}"
+    );
+    assert_eq!(collector.get("/api/v1/summary")["by_status"]["stale"], 1);
+    let listed = collector.get("/api/v1/devices?status=stale");
+    assert_eq!(listed["devices"][0]["device_id"], "dev-1", "{listed}");
+
+    // A fresh release: converged again, with its number.
+    r.tag(&r.bot, "production/3", &second, FAR_FUTURE, None);
+    r.serve("production/3");
+    r.s.device.sync().expect(0, "delivered to the collector");
+    let seen = collector.get("/api/v1/devices/dev-1");
+    assert_eq!(seen["status"], "converged", "{seen}");
+    assert_eq!(seen["commit"], second.as_str(), "{seen}");
+    assert_eq!(seen["release"]["number"], 3, "{seen}");
+    assert_eq!(collector.get("/api/v1/summary")["by_status"]["stale"], 0);
 }
