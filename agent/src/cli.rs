@@ -359,7 +359,23 @@ fn status_command(config_path: &Path, json: bool) -> Result<(), CliError> {
     let release = state.applied_release().map_err(failed)?;
     let pending = apply::pending(&state.apply_journal_path()).map_err(failed)?;
     let queued = state.queued_reports().map_err(failed)?.len();
-    let fetched = Mirror::open_existing(&state.mirror_path()).and_then(|m| m.fetched_tip());
+    let mirror = Mirror::open_existing(&state.mirror_path());
+    let fetched = mirror.as_ref().and_then(|m| m.fetched_tip());
+    // In environment mode the mirror records the release tag: show its commit as the fetched
+    // commit, and the tag beside it.
+    let fetched_tag = mirror.as_ref().zip(fetched).and_then(|(m, id)| {
+        let object = m.repo().find_object(id).ok()?;
+        (object.kind == gix::object::Kind::Tag).then_some(id)
+    });
+    let fetched = match (mirror.as_ref(), fetched_tag) {
+        (Some(m), Some(tag)) => m
+            .repo()
+            .find_object(tag)
+            .ok()
+            .and_then(|o| o.peel_to_commit().ok())
+            .map(|c| c.id),
+        _ => fetched,
+    };
     if json {
         let value = json!({
             "device_id": config.device_id,
@@ -374,6 +390,7 @@ fn status_command(config_path: &Path, json: bool) -> Result<(), CliError> {
             })),
             "applied_commit": watermark.map(|c| c.to_string()),
             "fetched_commit": fetched.map(|c| c.to_string()),
+            "fetched_release_tag": fetched_tag.map(|t| t.to_string()),
             "hold": hold,
             "last_result": last,
             "sync_in_progress": syncing,
