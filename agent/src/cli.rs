@@ -302,8 +302,13 @@ fn sync_command(
         SyncOutcome::Held { generation } => {
             eprintln!("held at generation {generation} by `shoal-agent rollback`; run `shoal-agent resume` to follow the branch again")
         }
-        SyncOutcome::UpToDate { generation, commit } => {
-            eprintln!("up to date: generation {generation}, commit {commit}")
+        SyncOutcome::UpToDate {
+            generation,
+            commit,
+            release,
+        } => {
+            let release = release.map_or(String::new(), |r| format!(", release {r}"));
+            eprintln!("up to date: generation {generation}, commit {commit}{release}")
         }
         SyncOutcome::DryRun {
             commit,
@@ -326,12 +331,14 @@ fn sync_command(
             previous,
             commit,
             signer,
+            release,
             plan,
             services,
         } => {
             let was = previous.map_or("first sync".to_owned(), |p| format!("was generation {p}"));
+            let release = release.map_or(String::new(), |r| format!(" (release {r})"));
             eprintln!(
-                "applied generation {generation}: commit {commit} signed by {signer} ({was})\n{}",
+                "applied generation {generation}: commit {commit}{release} signed by {signer} ({was})\n{}",
                 plan_text(&plan, &services)
             );
         }

@@ -21,6 +21,7 @@ use crate::render::{self, RenderError, VerifiedTree};
 use crate::services::{self, ServiceError, ServicePlan, Systemd};
 use crate::state::{unix_now, Generation, StateDir, StateError, SyncResult};
 use crate::verify::{self, commit_id, ReleaseContext, TrustPolicy, VerifyError};
+use shoal_core::release::ReleaseName;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -111,8 +112,14 @@ impl SyncError {
 pub enum SyncOutcome {
     /// The device is held on a generation by `shoal-agent rollback`; nothing was fetched.
     Held { generation: u64 },
-    /// The device already matches the verified tip; nothing was written.
-    UpToDate { generation: u64, commit: ObjectId },
+    /// The device already matches the verified tip; nothing was written (but the release kept
+    /// with the watermark, when a fresh release of the same commit came).
+    UpToDate {
+        generation: u64,
+        commit: ObjectId,
+        /// The release accepted (environment mode).
+        release: Option<ReleaseName>,
+    },
     /// A dry run: what the sync would do.
     DryRun {
         commit: ObjectId,
@@ -125,6 +132,8 @@ pub enum SyncOutcome {
         previous: Option<u64>,
         commit: ObjectId,
         signer: String,
+        /// The release that named the commit (environment mode).
+        release: Option<ReleaseName>,
         plan: Plan,
         services: ServicePlan,
     },
@@ -350,6 +359,7 @@ fn sync_unheld(
         return Ok(SyncOutcome::UpToDate {
             generation: current.number,
             commit,
+            release: verified.release().map(|r| r.name.clone()),
         });
     }
 
@@ -451,6 +461,7 @@ fn sync_unheld(
         previous: current.map(|g| g.number),
         commit,
         signer: verified.signer().principal.clone(),
+        release: verified.release().map(|r| r.name.clone()),
         plan,
         services: service_plan,
     })

@@ -236,7 +236,10 @@ fn a_device_follows_signed_releases_and_a_fresh_release_of_the_same_commit_appli
     assert_eq!(made.stdout.trim(), "production/2", "{}", made.stderr);
     let before = r.device_state();
     server.reset_counters();
-    r.s.device.sync().expect(0, "up to date: generation 1");
+    r.s.device
+        .sync()
+        .expect(0, "up to date: generation 1")
+        .expect(0, &format!("commit {first}, release production/2"));
     let requests = server.requests();
     assert!(
         requests.len() == 2,
@@ -264,7 +267,10 @@ fn a_device_follows_signed_releases_and_a_fresh_release_of_the_same_commit_appli
     let second = r.commit("second\n");
     let made = release_command(&r, &r.bot, &["--env", "production", &second]);
     assert_eq!(made.stdout.trim(), "production/3", "{}", made.stderr);
-    r.s.device.sync().expect(0, "applied generation 2");
+    r.s.device.sync().expect(
+        0,
+        &format!("applied generation 2: commit {second} (release production/3)"),
+    );
     assert_eq!(r.s.read("/etc/motd"), "second\n");
     r.s.device.agent(&["history"]).expect(0, "(production/3)");
 }
