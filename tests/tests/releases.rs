@@ -608,3 +608,51 @@ fn a_stale_device_is_reported_with_its_release_and_counted_by_the_collector() {
     assert_eq!(seen["release"]["number"], 3, "{seen}");
     assert_eq!(collector.get("/api/v1/summary")["by_status"]["stale"], 0);
 }
+
+#[test]
+fn the_release_command_counts_on_from_the_remote_and_refuses_bad_input() {
+    let Some(r) = Releases::new() else { return };
+    let first = r.commit("first\n");
+    let made = release_command(&r, &r.bot, &["--env", "production"]);
+    assert_eq!(made.stdout.trim(), "production/1", "{}", made.stderr);
+    let remote_ref = |r: &Releases| {
+        r.s.repo
+            .git(&["ls-remote", &r.bare().display().to_string(), PRODUCTION_REF])
+    };
+    let published = remote_ref(&r);
+
+    // A fresh CI checkout knows no release: the next number comes from the remote.
+    r.s.repo.git(&["tag", "-d", "production/1"]);
+    r.s.repo.git(&["update-ref", "-d", PRODUCTION_REF]);
+    let made = release_command(&r, &r.bot, &["--env", "production", "--halt", "--json"]);
+    assert_eq!(made.code, 0, "{}", made.stderr);
+    let json: serde_json::Value = serde_json::from_str(&made.stdout).expect("release --json");
+    assert_eq!(json["release"]["number"], 2, "{json}");
+    assert_eq!(json["commit"], first.as_str(), "{json}");
+    let tag = json["tag"].as_str().expect("tag id");
+    assert!(r.git_verifies(tag));
+    let raw = String::from_utf8(r.s.repo.raw_tag(tag)).unwrap();
+    assert!(raw.contains("\ntag production/2\n"), "{raw}");
+    assert!(
+        raw.contains("\nExpires: ") && raw.contains("\nHalt: true\n"),
+        "{raw}"
+    );
+    assert_ne!(remote_ref(&r), published);
+    assert!(
+        remote_ref(&r).starts_with(tag),
+        "the release ref points at the new tag"
+    );
+
+    // Bad input: exit 2, nothing made or pushed.
+    let published = remote_ref(&r);
+    release_command(&r, &r.bot, &["--env", "prod/1"])
+        .expect(2, "\"prod/1\" is not an environment name");
+    release_command(&r, &r.bot, &["--env", "production", "no-such-rev"])
+        .expect(2, "\"no-such-rev\" does not name a commit");
+    let tree = r.s.repo.git(&["rev-parse", "HEAD^{tree}"]);
+    release_command(&r, &r.bot, &["--env", "production", &tree])
+        .expect(2, "does not name a commit");
+    release_command(&r, &r.bot, &["--env", "production", "--expires", "7 days"])
+        .expect(2, "invalid duration");
+    assert_eq!(remote_ref(&r), published);
+}
