@@ -291,6 +291,7 @@ fn a_staging_commit_served_on_the_production_release_ref_is_refused() {
         r.s.repo.git_verifies(&r.signers, &staging),
         "a good commit signature"
     );
+    assert!(!r.git_verifies(&staging), "git verify-tag: not a tag");
     r.serve(&staging);
     r.refused(&format!(
         "refusing {PRODUCTION_REF}: it points at a commit (a branch or a lightweight tag was pushed there) {staging}, not at a signed release tag"
@@ -455,7 +456,8 @@ fn unsigned_and_lightweight_tags_at_the_release_ref_are_refused() {
     r.agent_verifies(PRODUCTION_REF, "production")
         .expect(1, "the tag is not signed");
 
-    r.s.repo.tag_lightweight("production/2", &second);
+    let lightweight = r.s.repo.tag_lightweight("production/2", &second);
+    assert!(!r.git_verifies(&lightweight), "git verify-tag: not a tag");
     r.serve("production/2");
     r.refused("it points at a commit (a branch or a lightweight tag was pushed there)");
 }
