@@ -152,7 +152,8 @@ mod tests {
         assert!(!html.contains("<script>"));
         assert!(html.contains("&lt;script&gt;"));
         assert!(html.contains("/etc/a&amp;b: &quot;quoted&quot;"));
-        assert!(html.contains(r#"<tr class="stale">"#));
+        // A device not heard from: its row is greyed (not the `stale` status, an expired release).
+        assert!(html.contains(r#"<tr class="unseen">"#));
         assert!(html.contains(r#"<span class="s failed">failed</span>"#));
     }
 }
