@@ -658,3 +658,25 @@ fn the_release_command_counts_on_from_the_remote_and_refuses_bad_input() {
         .expect(2, "invalid duration");
     assert_eq!(remote_ref(&r), published);
 }
+
+#[test]
+fn a_release_over_an_unsigned_commit_is_refused_in_range_mode() {
+    let Some(r) = Releases::new() else { return };
+    let first = r.commit("first\n");
+    r.tag(&r.bot, "production/1", &first, FAR_FUTURE, None);
+    r.serve("production/1");
+    r.s.device.sync().expect(0, "applied generation 1");
+
+    // An unsigned commit, then a signed one on top, released: the tag and the tip are good, the
+    // history between the applied commit and the tip is not (`verify = "range"`).
+    r.s.repo.write("files/motd", "unsigned\n");
+    let unsigned = r.s.repo.commit_unsigned("unsigned");
+    let tip = r.commit("signed on top\n");
+    let tag = r.tag(&r.bot, "production/2", &tip, FAR_FUTURE, None);
+    assert!(r.git_verifies(&tag));
+    assert!(!r.s.repo.git_verifies(&r.signers, &unsigned));
+    r.serve("production/2");
+    r.refused(&format!(
+        "refusing release production/2 (tag {tag}): refusing tip {tip}: commit {unsigned} between the applied commit {first} and the tip is not trusted: the commit is not signed"
+    ));
+}
