@@ -52,6 +52,10 @@ pub enum Command {
         /// Run by `shoal-agent run` for each sync: the daemon reports to the collector itself.
         #[arg(long, hide = true, conflicts_with = "dry_run")]
         from_daemon: bool,
+        /// Offline: take the tracked ref (branch or release ref) and its objects from this
+        /// `git bundle` file instead of the server; verified and applied exactly the same way.
+        #[arg(long, value_name = "FILE", conflicts_with = "from_daemon")]
+        from_bundle: Option<PathBuf>,
     },
     /// Show the current generation, commit, last result, hold and any unfinished apply.
     Status {
@@ -213,7 +217,14 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             dry_run,
             json,
             from_daemon,
-        } => sync_command(&cli.config, dry_run, json, !from_daemon),
+            from_bundle,
+        } => sync_command(
+            &cli.config,
+            dry_run,
+            json,
+            !from_daemon,
+            from_bundle.as_deref(),
+        ),
         Command::History { json } => history_command(&cli.config, json),
         Command::Rollback { to } => rollback_command(&cli.config, to),
         Command::Resume => resume_command(&cli.config),
@@ -291,10 +302,11 @@ fn sync_command(
     dry_run: bool,
     json: bool,
     report: bool,
+    bundle: Option<&Path>,
 ) -> Result<(), CliError> {
     let config = AgentConfig::load(config_path)?;
     let interrupt = AtomicBool::new(false);
-    let result = sync::sync_once(&config, dry_run, &interrupt);
+    let result = sync::sync_once(&config, dry_run, bundle, &interrupt);
     if report && !dry_run {
         report_after_sync(&config);
     }

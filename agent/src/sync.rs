@@ -140,10 +140,12 @@ pub enum SyncOutcome {
 }
 
 /// Runs one sync. With `dry_run`, everything up to and including the plan happens, but the
-/// device and its state do not change.
+/// device and its state do not change. With `bundle`, the tracked ref and its objects come from
+/// that `git bundle` file instead of the server (offline); everything else is the same.
 pub fn sync_once(
     config: &AgentConfig,
     dry_run: bool,
+    bundle: Option<&Path>,
     interrupt: &AtomicBool,
 ) -> Result<SyncOutcome, SyncError> {
     let span =
@@ -165,7 +167,15 @@ pub fn sync_once(
     }
 
     let mut timings = Timings::default();
-    let result = sync_unheld(config, &state, dry_run, interrupt, &span, &mut timings);
+    let result = sync_unheld(
+        config,
+        &state,
+        dry_run,
+        bundle,
+        interrupt,
+        &span,
+        &mut timings,
+    );
     if !dry_run {
         match &result {
             Ok(SyncOutcome::Applied { commit, plan, .. }) => {
@@ -209,6 +219,7 @@ fn sync_unheld(
     config: &AgentConfig,
     state: &StateDir,
     dry_run: bool,
+    bundle: Option<&Path>,
     interrupt: &AtomicBool,
     span: &tracing::Span,
     timings: &mut Timings,
@@ -216,8 +227,11 @@ fn sync_unheld(
     let policy = TrustPolicy::load(&config.trust)?;
     let watermark = state.applied_commit()?;
     let last_release = state.applied_release()?;
-    let (mut mirror, fetched) = timed(&mut timings.fetch_ms, || {
-        Mirror::fetch(&state.mirror(), &config.source, watermark, interrupt)
+    let (mut mirror, fetched) = timed(&mut timings.fetch_ms, || match bundle {
+        Some(file) => {
+            Mirror::from_bundle(&state.mirror(), file, &config.source, watermark, interrupt)
+        }
+        None => Mirror::fetch(&state.mirror(), &config.source, watermark, interrupt),
     })?;
     span.record("commit", tracing::field::display(fetched.tip));
     if let Some(damage) = &fetched.healed {

@@ -680,3 +680,101 @@ fn a_release_over_an_unsigned_commit_is_refused_in_range_mode() {
         "refusing release production/2 (tag {tag}): refusing tip {tip}: commit {unsigned} between the applied commit {first} and the tip is not trusted: the commit is not signed"
     ));
 }
+
+/// Offline: `sync --from-bundle` takes a `git bundle` holding the release ref; it is verified and
+/// applied exactly like a fetch, with no network (the server and the collector are unreachable,
+/// so reports wait in the outbox), and each bad release in a bundle is refused the same way.
+#[test]
+fn offline_bundles_are_verified_like_a_fetch_and_bad_releases_in_them_refused() {
+    let Some(r) = Releases::new() else { return };
+    let config = std::fs::read_to_string(r.s.device.config_path()).unwrap();
+    let served = r.s.daemon.as_ref().expect("git daemon").url("config.git");
+    assert!(config.contains(&served), "{config}");
+    std::fs::write(
+        r.s.device.config_path(),
+        config.replace(&served, "git://127.0.0.1:9/config.git"),
+    )
+    .unwrap();
+    let token = r.s.dir.path().join("enroll-token");
+    std::fs::write(&token, "enroll-token-0123456789abcdef\n").unwrap();
+    r.s.device.report_to("http://127.0.0.1:9", &token);
+    // A bundle of the release ref pointing at tag `name` (`base..` for an incremental one).
+    let bundle = |file: &str, name: &str, base: Option<&str>| -> String {
+        r.s.repo
+            .git(&["update-ref", PRODUCTION_REF, &format!("refs/tags/{name}")]);
+        let path = r.s.dir.path().join(file).display().to_string();
+        let range = match base {
+            Some(base) => format!("{base}..{PRODUCTION_REF}"),
+            None => PRODUCTION_REF.to_owned(),
+        };
+        r.s.repo.git(&["bundle", "create", "-q", &path, &range]);
+        path
+    };
+    let sync = |file: &str| r.s.device.agent(&["sync", "--from-bundle", file]);
+    let refused = |file: &str, needle: &str| {
+        let before = r.device_state();
+        sync(file).expect(1, needle);
+        assert_eq!(r.device_state(), before, "a refused bundle changes nothing");
+    };
+
+    let first = r.commit("first\n");
+    r.tag(&r.bot, "production/1", &first, FAR_FUTURE, None);
+    let one = bundle("one.bundle", "production/1", None);
+    sync(&one)
+        .expect(0, "applied generation 1")
+        .expect(0, "queued for later");
+    assert_eq!(r.s.read("/etc/motd"), "first\n");
+    assert!(r.s.status()["queued_reports"].as_u64().unwrap() >= 1);
+    // The same bundle again: up to date, nothing written.
+    sync(&one).expect(0, "up to date: generation 1");
+
+    // Incremental: only what the device lacks, from its applied commit.
+    let second = r.commit("second\n");
+    r.tag(&r.bot, "production/2", &second, FAR_FUTURE, None);
+    let two = bundle("two.bundle", "production/2", Some(&first));
+    sync(&two).expect(0, "applied generation 2");
+    assert_eq!(r.s.read("/etc/motd"), "second\n");
+
+    // The older release, a staging release at the production ref, an expired one.
+    refused(&one, "release production/1 is older than production/2");
+    let third = r.commit("third\n");
+    r.tag(&r.bot, "staging/9", &third, FAR_FUTURE, None);
+    refused(
+        &bundle("staging.bundle", "staging/9", Some(&second)),
+        "but this device follows `production`",
+    );
+    r.tag(&r.bot, "production/3", &third, "2020-01-01T00:00:00Z", None);
+    let before = r.device_state();
+    sync(&bundle("expired.bundle", "production/3", Some(&second)))
+        .expect(1, "release production/3 expired at 2020-01-01T00:00:00Z");
+    assert_eq!(r.device_state(), before);
+    assert_eq!(r.s.status()["last_result"]["status"], "stale");
+
+    // A bundle without the release ref, and one that needs a commit the device does not have.
+    let branch_only = r.s.dir.path().join("branch.bundle").display().to_string();
+    r.s.repo
+        .git(&["bundle", "create", "-q", &branch_only, "refs/heads/main"]);
+    refused(
+        &branch_only,
+        &format!("has no ref {PRODUCTION_REF}; it holds refs/heads/main"),
+    );
+    let fourth = r.commit("fourth\n");
+    r.tag(&r.bot, "production/4", &fourth, FAR_FUTURE, None);
+    refused(
+        &bundle("gap.bundle", "production/4", Some(&third)),
+        &format!("needs commit {third}, which this device does not have"),
+    );
+    // Not a bundle at all.
+    let junk = r.s.dir.path().join("junk.bundle");
+    std::fs::write(&junk, "PK\u{3}\u{4} not a bundle").unwrap();
+    refused(&junk.display().to_string(), "is not a git bundle");
+    // The whole history in one bundle converges, within the fetch's bounds only.
+    let four = bundle("four.bundle", "production/4", None);
+    let config = std::fs::read_to_string(r.s.device.config_path()).unwrap();
+    let bounded = config.replace("retries = 0\n", "retries = 0\nmax_fetch = \"200B\"\n");
+    std::fs::write(r.s.device.config_path(), &bounded).unwrap();
+    refused(&four, "more than max_fetch = 200 bytes");
+    std::fs::write(r.s.device.config_path(), &config).unwrap();
+    sync(&four).expect(0, "applied generation 3");
+    assert_eq!(r.s.read("/etc/motd"), "fourth\n");
+}
