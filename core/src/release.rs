@@ -286,15 +286,14 @@ pub fn format_rfc3339_utc(time: i64) -> String {
     format_utc(time)
 }
 
-/// A span of seconds as an operator reads it: `3d 4h`, `2h 5m`, `40s`.
-pub fn format_age(seconds: i64) -> String {
-    let s = seconds.max(0);
-    let (d, h, m) = (s / 86_400, s / 3600 % 24, s / 60 % 60);
-    match (d, h, m) {
-        (0, 0, 0) => format!("{s}s"),
-        (0, 0, m) => format!("{m}m {}s", s % 60),
-        (0, h, m) => format!("{h}h {m}m"),
-        (d, h, _) => format!("{d}d {h}h"),
+/// How long ago an expiry was, in whole days: `less than a day`, `1 day`, `12 days`. Coarse on
+/// purpose: the message is the device's recorded result and its report, so a finer figure would
+/// make every sync of a stale device a write and a new report; a day's step is one of each.
+pub fn format_days(seconds: i64) -> String {
+    match seconds.max(0) / 86_400 {
+        0 => "less than a day".to_owned(),
+        1 => "1 day".to_owned(),
+        days => format!("{days} days"),
     }
 }
 
@@ -351,7 +350,7 @@ pub enum Refusal {
     },
     #[error("release {release} is halted (Halt: true); devices that have not applied its commit wait for a release without a halt")]
     Halted { release: ReleaseName },
-    #[error("release {release} expired at {} ({} ago by this device's clock); the device stays at what it applied: the release bot has stopped re-signing or the server is serving an old release (a freeze); make a fresh release (`shoal-agent release`), and check the device's clock if it is wrong", format_utc(*expires), format_age(now - expires))]
+    #[error("release {release} expired at {} ({} ago by this device's clock); the device stays at what it applied: the release bot has stopped re-signing or the server is serving an old release (a freeze); make a fresh release (`shoal-agent release`), and check the device's clock if it is wrong", format_utc(*expires), format_days(now - expires))]
     Expired {
         release: ReleaseName,
         expires: i64,

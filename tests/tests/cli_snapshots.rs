@@ -18,7 +18,7 @@ fn check(snapshot: &str, transcript: &Transcript) {
             "[TIME]",
         ),
         (r"\b1\d{9}\b", "[UNIX_TIME]"),
-        (r"\(\d+d \d+h ago", "([AGE] ago"),
+        (r"\(\d+ days? ago", "([AGE] ago"),
         (r#""(\w+_ms)": \d+"#, "\"$1\": [MS]"),
         (r"\b\d+(\.\d+)?\s?(ns|µs|us|ms|s)\b", "[DURATION]"),
         (r"SHA256:[A-Za-z0-9+/]{43}", "SHA256:[FINGERPRINT]"),

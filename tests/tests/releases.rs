@@ -404,6 +404,17 @@ fn an_expired_release_is_stale_changes_nothing_and_a_fresh_one_converges() {
         "{status}"
     );
     assert_eq!(status["release"]["number"], 1);
+    // Stale again at the next sync: the same result, not recorded again (the age is in days).
+    let result = r.s.device.state_dir().join("last-result.json");
+    let recorded = std::fs::metadata(&result).unwrap().modified().unwrap();
+    r.s.device
+        .sync()
+        .expect(1, "release production/2 expired at");
+    assert_eq!(
+        std::fs::metadata(&result).unwrap().modified().unwrap(),
+        recorded
+    );
+    assert_eq!(r.device_state(), before);
 
     // The bot comes back: a fresh release converges.
     r.tag(&r.bot, "production/3", &second, FAR_FUTURE, None);

@@ -261,7 +261,8 @@ mod tests {
 
         for (bad, problem) in [
             ("", "it is empty"),
-            ("PK\x03\x04zip", "its first line is"),
+            ("PK\x03\x04zip\n", "its first line is"),
+            ("PK\x03\x04zip", "not terminated"),
             (
                 "# v2 git bundle\n@object-format=sha1\n\n",
                 "a v2 bundle has no capabilities",
