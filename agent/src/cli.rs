@@ -52,6 +52,10 @@ pub enum Command {
         /// Run by `shoal-agent run` for each sync: the daemon reports to the collector itself.
         #[arg(long, hide = true, conflicts_with = "dry_run")]
         from_daemon: bool,
+        /// Offline: take the tracked ref (branch or release ref) and its objects from this
+        /// `git bundle` file instead of the server; verified and applied exactly the same way.
+        #[arg(long, value_name = "FILE", conflicts_with = "from_daemon")]
+        from_bundle: Option<PathBuf>,
     },
     /// Show the current generation, commit, last result, hold and any unfinished apply.
     Status {
@@ -73,19 +77,56 @@ pub enum Command {
     Resume,
     /// Create the device identity key (if missing) and print its public key for enrollment.
     Keygen,
-    /// Check a commit's signature against a trust policy (for the config repo's own CI).
+    /// Check a commit's signature, or a release, against a trust policy (for the config repo's
+    /// own CI).
     Verify {
         /// The repository to check (a work tree or a bare repository).
         path: PathBuf,
         /// The commit to check.
         #[arg(long, default_value = "HEAD")]
         rev: String,
+        /// Check a release instead: the tag (or release ref) REF, as a device following its
+        /// environment would (signature, environment, expiry, and its commit as with --rev).
+        #[arg(long, value_name = "REF", conflicts_with = "rev")]
+        release: Option<String>,
+        /// With --release: the environment the release must be for (default: the one in
+        /// refs/shoal/releases/NAME, else the tag's own).
+        #[arg(long, requires = "release")]
+        env: Option<String>,
         /// Also check every commit since this one, and that REV descends from it.
         #[arg(long)]
         since: Option<String>,
         /// The allowed_signers file; defaults to `[trust] allowed_signers` of the agent config.
         #[arg(long)]
         allowed_signers: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the next release of an environment: a signed tag ENV/N on REV with an Expires:
+    /// trailer, at refs/shoal/releases/ENV (runs git; for operators and CI, not devices).
+    Release {
+        /// The environment (devices with `[source] environment = "ENV"` follow it).
+        #[arg(long = "env")]
+        environment: String,
+        /// How long the release stays fresh: devices report `stale` after that.
+        #[arg(long, default_value = "7d", value_parser = crate::config::parse_duration)]
+        expires: std::time::Duration,
+        /// Add `Halt: true`: devices that have not applied the commit stay where they are.
+        #[arg(long)]
+        halt: bool,
+        /// The SSH key to sign with (else git's user.signingkey).
+        #[arg(long)]
+        signing_key: Option<PathBuf>,
+        /// Fetch the current release from this remote first, then push the tag and the release
+        /// ref there.
+        #[arg(long, value_name = "REMOTE")]
+        push: Option<String>,
+        /// The repository (default: the current directory).
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        /// The commit to release.
+        #[arg(default_value = "HEAD")]
+        rev: String,
         #[arg(long)]
         json: bool,
     },
@@ -176,7 +217,14 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             dry_run,
             json,
             from_daemon,
-        } => sync_command(&cli.config, dry_run, json, !from_daemon),
+            from_bundle,
+        } => sync_command(
+            &cli.config,
+            dry_run,
+            json,
+            !from_daemon,
+            from_bundle.as_deref(),
+        ),
         Command::History { json } => history_command(&cli.config, json),
         Command::Rollback { to } => rollback_command(&cli.config, to),
         Command::Resume => resume_command(&cli.config),
@@ -185,15 +233,50 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Verify {
             path,
             rev,
+            release,
+            env,
             since,
             allowed_signers,
             json,
-        } => verify_command(
-            &cli.config,
-            &path,
-            &rev,
-            since.as_deref(),
-            allowed_signers,
+        } => match release {
+            Some(release) => verify_release_command(
+                &cli.config,
+                &path,
+                &release,
+                env.as_deref(),
+                since.as_deref(),
+                allowed_signers,
+                json,
+            ),
+            None => verify_command(
+                &cli.config,
+                &path,
+                &rev,
+                since.as_deref(),
+                allowed_signers,
+                json,
+            ),
+        },
+        Command::Release {
+            environment,
+            expires,
+            halt,
+            signing_key,
+            push,
+            repo,
+            rev,
+            json,
+        } => release_command(
+            &crate::release::ReleaseRequest {
+                repo: &repo,
+                environment: &environment,
+                rev: &rev,
+                expires_in: expires,
+                halt,
+                signing_key: signing_key.as_deref(),
+                push: push.as_deref(),
+                now: i64::try_from(crate::state::unix_now()).unwrap_or(i64::MAX),
+            },
             json,
         ),
         Command::Render {
@@ -219,10 +302,11 @@ fn sync_command(
     dry_run: bool,
     json: bool,
     report: bool,
+    bundle: Option<&Path>,
 ) -> Result<(), CliError> {
     let config = AgentConfig::load(config_path)?;
     let interrupt = AtomicBool::new(false);
-    let result = sync::sync_once(&config, dry_run, &interrupt);
+    let result = sync::sync_once(&config, dry_run, bundle, &interrupt);
     if report && !dry_run {
         report_after_sync(&config);
     }
@@ -230,8 +314,13 @@ fn sync_command(
         SyncOutcome::Held { generation } => {
             eprintln!("held at generation {generation} by `shoal-agent rollback`; run `shoal-agent resume` to follow the branch again")
         }
-        SyncOutcome::UpToDate { generation, commit } => {
-            eprintln!("up to date: generation {generation}, commit {commit}")
+        SyncOutcome::UpToDate {
+            generation,
+            commit,
+            release,
+        } => {
+            let release = release.map_or(String::new(), |r| format!(", release {r}"));
+            eprintln!("up to date: generation {generation}, commit {commit}{release}")
         }
         SyncOutcome::DryRun {
             commit,
@@ -254,12 +343,14 @@ fn sync_command(
             previous,
             commit,
             signer,
+            release,
             plan,
             services,
         } => {
             let was = previous.map_or("first sync".to_owned(), |p| format!("was generation {p}"));
+            let release = release.map_or(String::new(), |r| format!(" (release {r})"));
             eprintln!(
-                "applied generation {generation}: commit {commit} signed by {signer} ({was})\n{}",
+                "applied generation {generation}: commit {commit}{release} signed by {signer} ({was})\n{}",
                 plan_text(&plan, &services)
             );
         }
@@ -284,17 +375,41 @@ fn status_command(config_path: &Path, json: bool) -> Result<(), CliError> {
     let hold = state.hold().map_err(failed)?;
     let last = state.last_result().map_err(failed)?;
     let watermark = state.applied_commit().map_err(failed)?;
+    let release = state.applied_release().map_err(failed)?;
     let pending = apply::pending(&state.apply_journal_path()).map_err(failed)?;
     let queued = state.queued_reports().map_err(failed)?.len();
-    let fetched = Mirror::open_existing(&state.mirror_path()).and_then(|m| m.fetched_tip());
+    let mirror = Mirror::open_existing(&state.mirror_path());
+    let fetched = mirror.as_ref().and_then(|m| m.fetched_tip());
+    // In environment mode the mirror records the release tag: show its commit as the fetched
+    // commit, and the tag beside it.
+    let fetched_tag = mirror.as_ref().zip(fetched).and_then(|(m, id)| {
+        let object = m.repo().find_object(id).ok()?;
+        (object.kind == gix::object::Kind::Tag).then_some(id)
+    });
+    let fetched = match (mirror.as_ref(), fetched_tag) {
+        (Some(m), Some(tag)) => m
+            .repo()
+            .find_object(tag)
+            .ok()
+            .and_then(|o| o.peel_to_commit().ok())
+            .map(|c| c.id),
+        _ => fetched,
+    };
     if json {
         let value = json!({
             "device_id": config.device_id,
-            "source": { "url": config.source.url, "ref": config.source.reference },
+            "source": { "url": config.source.url, "ref": config.source.reference, "environment": config.source.environment },
             "generation": current.as_ref().map(|g| g.number),
             "commit": current.as_ref().map(|g| g.commit.clone()),
+            "release": release.as_ref().map(|r| json!({
+                "environment": r.name.environment,
+                "number": r.name.number,
+                "tag": r.tag,
+                "tagged_at": r.tagger_time,
+            })),
             "applied_commit": watermark.map(|c| c.to_string()),
             "fetched_commit": fetched.map(|c| c.to_string()),
+            "fetched_release_tag": fetched_tag.map(|t| t.to_string()),
             "hold": hold,
             "last_result": last,
             "sync_in_progress": syncing,
@@ -312,6 +427,9 @@ fn status_command(config_path: &Path, json: bool) -> Result<(), CliError> {
     match &current {
         Some(g) => eprintln!("generation  {} (commit {})", g.number, g.commit),
         None => eprintln!("generation  none (never applied)"),
+    }
+    if let Some(r) = &release {
+        eprintln!("release     {} (tag {})", r.name, r.tag);
     }
     if let Some(h) = hold {
         eprintln!("hold        held at generation {h}; `shoal-agent resume` releases it");
@@ -347,6 +465,7 @@ fn history_command(config_path: &Path, json: bool) -> Result<(), CliError> {
                     "commit": g.commit,
                     "applied_at": g.applied_at,
                     "signer": g.signer,
+                    "release": g.release,
                     "files": g.manifest.files.len(),
                     "current": Some(g.number) == current,
                     "held": Some(g.number) == hold,
@@ -362,8 +481,12 @@ fn history_command(config_path: &Path, json: bool) -> Result<(), CliError> {
             (true, false) => "*",
             _ => "",
         };
+        let release = g
+            .release
+            .as_ref()
+            .map_or(String::new(), |r| format!(" ({r})"));
         eprintln!(
-            "{:>4} {:<6} {} {:>4} files  applied {} by {}",
+            "{:>4} {:<6} {}{release} {:>4} files  applied {} by {}",
             g.number,
             marker,
             g.commit,
@@ -441,14 +564,11 @@ fn failed(e: impl std::fmt::Display) -> CliError {
     CliError::Failed(e.to_string())
 }
 
-fn verify_command(
+/// The trust policy `verify` uses: `--allowed-signers`, else the agent config's.
+fn verify_policy(
     config_path: &Path,
-    repo_path: &Path,
-    rev: &str,
-    since: Option<&str>,
     allowed_signers: Option<PathBuf>,
-    json: bool,
-) -> Result<(), CliError> {
+) -> Result<TrustPolicy, CliError> {
     let trust = match allowed_signers {
         Some(path) => TrustConfig {
             allowed_signers: path,
@@ -463,7 +583,140 @@ fn verify_command(
             }
         }
     };
-    let policy = TrustPolicy::load(&trust)?;
+    Ok(TrustPolicy::load(&trust)?)
+}
+
+/// `verify --release REF`: the verdict a device of the environment would reach on the release,
+/// from scratch (no last release; `--since` as its applied commit) at this machine's clock.
+fn verify_release_command(
+    config_path: &Path,
+    repo_path: &Path,
+    reference: &str,
+    environment: Option<&str>,
+    since: Option<&str>,
+    allowed_signers: Option<PathBuf>,
+    json: bool,
+) -> Result<(), CliError> {
+    let policy = verify_policy(config_path, allowed_signers)?;
+    let repo = open_repo(repo_path)?;
+    let tag = repo
+        .rev_parse_single(reference)
+        .map_err(|e| {
+            CliError::Usage(format!(
+                "cannot resolve release {reference:?}: {}",
+                error_chain(&e)
+            ))
+        })?
+        .detach();
+    let from_ref = reference
+        .strip_prefix(shoal_core::release::RELEASE_REF_PREFIX)
+        .map(str::to_owned);
+    // Without --env or a release ref, the tag's own environment: what CI checks then is the
+    // signature, the format, the expiry and the commit.
+    let from_tag = || {
+        repo.find_object(tag).ok().and_then(|o| {
+            shoal_core::release::parse_tag(&o.data)
+                .ok()
+                .map(|t| t.name.environment)
+        })
+    };
+    let environment = environment
+        .map(str::to_owned)
+        .or(from_ref)
+        .or_else(from_tag)
+        .ok_or_else(|| {
+            CliError::Usage(format!(
+                "{reference:?} is not a release tag with an environment in its name; pass --env NAME"
+            ))
+        })?;
+    let base = since.map(|s| resolve_commit(&repo, s)).transpose()?;
+    let context = verify::ReleaseContext {
+        environment: &environment,
+        applied: base,
+        last: None,
+        now: i64::try_from(crate::state::unix_now()).unwrap_or(i64::MAX),
+    };
+    let verified = verify::verify_release(&repo, &policy, context, tag)?;
+    let release = verified
+        .release()
+        .expect("verify_release attaches the release it accepted");
+    if json {
+        let value = json!({
+            "release": { "environment": release.name.environment, "number": release.name.number },
+            "tag": release.tag.to_string(),
+            "commit": verified.commit().to_string(),
+            "expires": shoal_core::release::format_rfc3339_utc(release.expires),
+            "tag_principal": release.signer.principal,
+            "tag_fingerprint": release.signer.fingerprint,
+            "principal": verified.signer().principal,
+            "commits_checked": verified.commits_checked(),
+        });
+        println!("{value:#}");
+    } else {
+        println!("{}", release.signer.principal);
+        eprintln!(
+            "good release {} (tag {}) by {} ({}): commit {} signed by {}, {} commit(s) checked; expires {}",
+            release.name,
+            release.tag,
+            release.signer.principal,
+            release.signer.fingerprint,
+            verified.commit(),
+            verified.signer().principal,
+            verified.commits_checked(),
+            shoal_core::release::format_rfc3339_utc(release.expires),
+        );
+    }
+    Ok(())
+}
+
+fn release_command(
+    request: &crate::release::ReleaseRequest<'_>,
+    json: bool,
+) -> Result<(), CliError> {
+    let made = crate::release::make(request).map_err(|e| {
+        if e.is_usage() {
+            CliError::Usage(e.to_string())
+        } else {
+            failed(e)
+        }
+    })?;
+    let expires = shoal_core::release::format_rfc3339_utc(made.expires);
+    if json {
+        let value = json!({
+            "release": { "environment": made.name.environment, "number": made.name.number },
+            "tag": made.tag,
+            "commit": made.commit,
+            "expires": expires,
+            "pushed": made.pushed,
+        });
+        println!("{value:#}");
+    } else {
+        println!("{}", made.name);
+        let where_to = if made.pushed {
+            "pushed"
+        } else {
+            "not pushed; publish it with git push <remote> +refs/tags/NAME:refs/shoal/releases/ENV"
+        };
+        eprintln!(
+            "made release {} (tag {}) of commit {}, expires {expires}; at {} ({where_to})",
+            made.name,
+            made.tag,
+            made.commit,
+            shoal_core::release::release_ref(&made.name.environment),
+        );
+    }
+    Ok(())
+}
+
+fn verify_command(
+    config_path: &Path,
+    repo_path: &Path,
+    rev: &str,
+    since: Option<&str>,
+    allowed_signers: Option<PathBuf>,
+    json: bool,
+) -> Result<(), CliError> {
+    let policy = verify_policy(config_path, allowed_signers)?;
     let repo = open_repo(repo_path)?;
     let tip = resolve_commit(&repo, rev)?;
     let base = since.map(|s| resolve_commit(&repo, s)).transpose()?;

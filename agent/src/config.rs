@@ -59,7 +59,12 @@ pub struct AgentConfig {
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
     pub url: String,
+    /// The ref fetched: `[source] ref` (branch mode), or the environment's release ref
+    /// `refs/shoal/releases/NAME` (environment mode).
     pub reference: String,
+    /// `[source] environment`: the device follows signed releases of this environment instead of
+    /// a branch (DESIGN.md, "Environments and releases").
+    pub environment: Option<String>,
     pub interval: Duration,
     /// PEM file of CA certificates trusted for an https source instead of the system roots.
     pub ca_file: Option<PathBuf>,
@@ -214,7 +219,8 @@ struct RawConfig {
 struct RawSource {
     url: String,
     #[serde(rename = "ref")]
-    reference: String,
+    reference: Option<String>,
+    environment: Option<String>,
     interval: Option<HumanDuration>,
     ca_file: Option<PathBuf>,
     timeout: Option<HumanDuration>,
@@ -314,12 +320,34 @@ impl AgentConfig {
         if raw.source.url.trim().is_empty() {
             return Err(invalid("source.url", "must not be empty"));
         }
-        if !raw.source.reference.starts_with("refs/") {
-            return Err(invalid(
-                "source.ref",
-                "must be a full ref name such as \"refs/heads/production\"",
-            ));
-        }
+        let reference = match (raw.source.reference, &raw.source.environment) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "source.ref",
+                    "and `source.environment` are both set; set only one: `ref` follows a branch, `environment` follows the signed releases at refs/shoal/releases/NAME",
+                ))
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "source",
+                    "needs `ref` (a branch, such as \"refs/heads/production\") or `environment` (signed releases, such as \"production\")",
+                ))
+            }
+            (Some(reference), None) => {
+                if !reference.starts_with("refs/") {
+                    return Err(invalid(
+                        "source.ref",
+                        "must be a full ref name such as \"refs/heads/production\"",
+                    ));
+                }
+                reference
+            }
+            (None, Some(environment)) => {
+                shoal_core::release::check_environment_name(environment)
+                    .map_err(|message| invalid("source.environment", &message))?;
+                shoal_core::release::release_ref(environment)
+            }
+        };
         let interval = raw.source.interval.map_or(Duration::from_secs(60), |d| d.0);
         if interval.is_zero() {
             return Err(invalid("source.interval", "must be greater than zero"));
@@ -365,7 +393,8 @@ impl AgentConfig {
             root: resolve(raw.root.unwrap_or_else(|| "/".into())),
             source: SourceConfig {
                 url,
-                reference: raw.source.reference,
+                reference,
+                environment: raw.source.environment,
                 interval,
                 ca_file: raw.source.ca_file.map(resolve),
                 timeout: raw.source.timeout.map_or(Duration::from_secs(60), |d| d.0),
@@ -483,6 +512,18 @@ ref = "refs/heads/production"
         );
         assert_eq!(c.apply.keep_generations, 10);
         assert!(c.collector.is_none());
+        assert_eq!(c.source.environment, None);
+    }
+
+    #[test]
+    fn an_environment_follows_its_release_ref() {
+        let c = parse(&MINIMAL.replace(
+            "ref = \"refs/heads/production\"",
+            "environment = \"production\"",
+        ))
+        .unwrap();
+        assert_eq!(c.source.environment.as_deref(), Some("production"));
+        assert_eq!(c.source.reference, "refs/shoal/releases/production");
     }
 
     #[test]
@@ -531,13 +572,25 @@ keep_generations = 10
             ),
             (
                 format!("{MINIMAL}interval = \"5 minutes\""),
-                "invalid duration \"5 minutes\": unit must be one of ms, s, m, h",
+                "invalid duration \"5 minutes\": unit must be one of ms, s, m, h, d",
             ),
             (
                 format!("{MINIMAL}[trust]\nverify = \"all\""),
                 "unknown variant `all`, expected `tip` or `range`",
             ),
             (MINIMAL.replace("[source]\n", ""), "unknown field `url`"),
+            (
+                MINIMAL.replace("ref = ", "environment = \"production\"\nref = "),
+                "`source.ref` and `source.environment` are both set; set only one",
+            ),
+            (
+                MINIMAL.replace("ref = \"refs/heads/production\"", ""),
+                "`source` needs `ref` (a branch, such as \"refs/heads/production\") or `environment`",
+            ),
+            (
+                MINIMAL.replace("ref = \"refs/heads/production\"", "environment = \"prod/1\""),
+                "`source.environment` \"prod/1\" is not an environment name",
+            ),
             (
                 "device_id = ".to_owned(),
                 "TOML parse error at line 1, column 13",

@@ -98,6 +98,14 @@ async fn run_loop(config: Arc<AgentConfig>) -> Result<(), DaemonError> {
                 failures = 0;
                 describe(&config)
             }
+            // An expired release is a server that stopped releasing, not a failure to back off
+            // from: keep looking every interval, so a fresh release converges the device soon.
+            Ok(Ok(_)) if last_status(&config) == Some(shoal_proto::Status::Stale) => {
+                failures = 0;
+                let what = describe(&config);
+                tracing::warn!(last = %what, "stale release");
+                what
+            }
             Ok(Ok(exit)) => {
                 failures = failures.saturating_add(1);
                 let what = describe(&config);
@@ -187,6 +195,12 @@ fn sync_in_child(config: &AgentConfig) -> std::io::Result<ExitStatus> {
         // `sync` prints nothing on stdout without --json; anything there is noise for the journal.
         .stdout(std::process::Stdio::null())
         .status()
+}
+
+/// The status the last sync recorded, if it can be read.
+fn last_status(config: &AgentConfig) -> Option<shoal_proto::Status> {
+    let (state, _) = crate::state::StateView::open(&config.state_dir).ok()?;
+    state.last_result().ok()?.map(|r| r.status)
 }
 
 /// The device's state after a sync, for systemd's STATUS= line, from the state directory.

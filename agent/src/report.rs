@@ -149,7 +149,13 @@ impl Answer {
 
 /// What makes a report news: anything but the sequence and the time.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Fingerprint(Status, Option<u64>, Option<String>, Vec<ResourceError>);
+struct Fingerprint(
+    Status,
+    Option<u64>,
+    Option<String>,
+    Option<shoal_proto::Release>,
+    Vec<ResourceError>,
+);
 
 impl Reporter {
     /// `None` when the agent config has no `[collector]`.
@@ -240,6 +246,7 @@ impl Reporter {
             report.status,
             report.generation,
             report.commit.clone(),
+            report.release.clone(),
             report.errors.clone(),
         );
         let envelope = SignedEnvelope::seal(&self.identity.key, &report)
@@ -405,6 +412,10 @@ fn build(device: &DeviceIdentity, state: &StateView, sequence: u64) -> Result<Re
     report.agent_version = env!("CARGO_PKG_VERSION").to_owned();
     report.generation = current.as_ref().map(|g| g.number);
     report.commit = current.map(|g| g.commit.into());
+    report.release = state.applied_release()?.map(|last| shoal_proto::Release {
+        environment: last.name.environment,
+        number: last.name.number,
+    });
     report.sent_at = unix_now();
     // The steps of the sync that produced this state (a heartbeat repeats them).
     report.timings = last.as_ref().map(|r| r.timings.clone()).unwrap_or_default();

@@ -7,7 +7,8 @@
 //!
 //! Everything is a small fsynced, atomically renamed file, so a sync with nothing to do only
 //! reads, and the agent's memory does not carry a database's caches between syncs:
-//! `applied-commit` (the anti-rollback watermark), `current-generation`, `hold`,
+//! `applied-commit` (the anti-rollback watermark: the commit, and in environment mode a second
+//! line with the last accepted release), `current-generation`, `hold`,
 //! `last-result.json`, `report-sequence`, `generations/N.json` (each generation's manifest),
 //! `bad/<commit>` (why a commit was recorded as bad), `outbox/<sequence>.json` (sealed
 //! reports waiting for the collector's acknowledgement), `enrolled` (the collector and device
@@ -28,6 +29,7 @@ use crate::paths::{self, PathError};
 use crate::plan::Manifest;
 use crate::services::{PlanRecord, ServicePlan, ServiceRecord};
 use crate::verify::Verified;
+use shoal_core::release::{LastRelease, ReleaseName};
 
 const WATERMARK_FILE: &str = "applied-commit";
 const CURRENT_FILE: &str = "current-generation";
@@ -62,6 +64,8 @@ pub enum StateError {
     DaemonRunning { dir: PathBuf },
     #[error("{} is corrupt ({content:?} is not a commit id); refusing to guess the applied commit (anti-rollback fails closed): write the commit the device really runs into it", path.display())]
     CorruptWatermark { path: PathBuf, content: String },
+    #[error("{} is corrupt: its release line {content:?} is not `release ENVIRONMENT N TAG TAGGER_TIME`; refusing to guess the last accepted release (anti-rollback fails closed): write the release the device really follows (`git cat-file tag` of its tag gives N and the tagger time), or remove the line to accept the next valid release whatever its number", path.display())]
+    CorruptRelease { path: PathBuf, content: String },
     #[error(
         "generation {number} does not exist; `shoal-agent history` lists the generations kept"
     )]
@@ -78,6 +82,9 @@ pub struct Generation {
     /// Unix seconds when it was applied.
     pub applied_at: u64,
     pub signer: String,
+    /// The release that named the commit (environment mode), absent in branch mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<shoal_proto::Release>,
     pub manifest: Manifest,
     /// The services it declared, by unit (their unit files are in `manifest`). Absent from
     /// generations recorded before services were managed.
@@ -121,6 +128,21 @@ pub struct SyncResult {
 pub struct Enrolled {
     pub collector: String,
     pub key_id: KeyId,
+}
+
+/// `release ENVIRONMENT N TAG TAGGER_TIME`, as `record_watermark` writes it.
+fn parse_release_line(line: &str) -> Option<LastRelease> {
+    let fields: Vec<&str> = line.split(' ').collect();
+    let ["release", environment, number, tag, tagger_time] = fields[..] else {
+        return None;
+    };
+    let name = ReleaseName::parse(&format!("{environment}/{number}")).ok()?;
+    ObjectId::from_hex(tag.as_bytes()).ok()?;
+    Some(LastRelease {
+        name,
+        tag: tag.to_owned(),
+        tagger_time: tagger_time.parse().ok()?,
+    })
 }
 
 /// The state directory, read-only: every method reads, none writes (not even a lock file), so
@@ -188,11 +210,22 @@ impl StateDir {
     }
 
     /// Moves the watermark to a commit `verify` accepted (durable on return): nothing else can
-    /// move it. A corrupt watermark is not overwritten: reading it first fails closed.
+    /// move it. A corrupt watermark is not overwritten: reading it first fails closed. In
+    /// environment mode the release the commit came with is kept beside it in the same file
+    /// (one rename moves both); a branch-mode verdict keeps the release already recorded, so a
+    /// device switched back to an environment does not forget how far it had come.
     pub fn record_watermark(&self, commit: &Verified) -> Result<(), StateError> {
-        self.applied_commit()?;
+        let previous = self.read_watermark()?.and_then(|(_, release)| release);
+        let release = commit.release().map(|r| r.last()).or(previous);
+        let mut text = format!("{}\n", commit.commit());
+        if let Some(release) = release {
+            text.push_str(&format!(
+                "release {} {} {} {}\n",
+                release.name.environment, release.name.number, release.tag, release.tagger_time
+            ));
+        }
         let path = self.dir.join(WATERMARK_FILE);
-        paths::write_atomic(&path, format!("{}\n", commit.commit()).as_bytes())?;
+        paths::write_atomic(&path, text.as_bytes())?;
         Ok(())
     }
 
@@ -437,17 +470,47 @@ impl StateView {
     /// The newest commit this device ever applied (anti-rollback watermark). A corrupt file is
     /// an error, never "no watermark".
     pub fn applied_commit(&self) -> Result<Option<ObjectId>, StateError> {
+        Ok(self.read_watermark()?.map(|(commit, _)| commit))
+    }
+
+    /// The last release this device accepted (environment mode), kept with the watermark. A
+    /// corrupt record is an error, never "no release".
+    pub fn applied_release(&self) -> Result<Option<LastRelease>, StateError> {
+        Ok(self.read_watermark()?.and_then(|(_, release)| release))
+    }
+
+    /// The watermark file: the commit on the first line, the release (if any) on the second.
+    /// Anything else fails closed.
+    fn read_watermark(&self) -> Result<Option<(ObjectId, Option<LastRelease>)>, StateError> {
         let path = self.dir.join(WATERMARK_FILE);
         let Some(text) = paths::read_optional(&path)? else {
             return Ok(None);
         };
-        let content = text.trim();
-        ObjectId::from_hex(content.as_bytes())
-            .map(Some)
-            .map_err(|_| StateError::CorruptWatermark {
+        let mut lines = text.trim().lines();
+        let content = lines.next().unwrap_or("").trim();
+        let commit =
+            ObjectId::from_hex(content.as_bytes()).map_err(|_| StateError::CorruptWatermark {
+                path: path.clone(),
+                content: text.trim().to_owned(),
+            })?;
+        let release = match lines.next() {
+            None => None,
+            Some(line) => {
+                Some(
+                    parse_release_line(line).ok_or_else(|| StateError::CorruptRelease {
+                        path: path.clone(),
+                        content: line.to_owned(),
+                    })?,
+                )
+            }
+        };
+        if let Some(extra) = lines.next() {
+            return Err(StateError::CorruptRelease {
                 path,
-                content: content.to_owned(),
-            })
+                content: extra.to_owned(),
+            });
+        }
+        Ok(Some((commit, release)))
     }
 
     pub fn current(&self) -> Result<Option<Generation>, StateError> {
@@ -788,6 +851,83 @@ mod tests {
             std::fs::read_to_string(dir.path().join(WATERMARK_FILE)).unwrap(),
             "not a commit\n"
         );
+    }
+}
+
+#[cfg(test)]
+mod release_tests {
+    use super::*;
+    use crate::verify::AcceptedRelease;
+    use shoal_core::signature::Signer;
+
+    const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+    const TAG: &str = "89abcdef0123456789abcdef0123456789abcdef";
+
+    fn release(number: u64) -> AcceptedRelease {
+        AcceptedRelease {
+            name: ReleaseName {
+                environment: "production".into(),
+                number,
+            },
+            tag: ObjectId::from_hex(TAG.as_bytes()).unwrap(),
+            tagger_time: 1_700_000_000,
+            expires: 1_800_000_000,
+            signer: Signer {
+                principal: "bot".into(),
+                fingerprint: String::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn the_release_is_kept_with_the_watermark_and_survives_a_branch_mode_verdict() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let commit = ObjectId::from_hex(COMMIT.as_bytes()).unwrap();
+        state
+            .record_watermark(&Verified::for_tests_with_release(
+                commit,
+                "ops",
+                release(42),
+            ))
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(WATERMARK_FILE)).unwrap(),
+            format!("{COMMIT}\nrelease production 42 {TAG} 1700000000\n")
+        );
+        assert_eq!(state.applied_commit().unwrap(), Some(commit));
+        assert_eq!(state.applied_release().unwrap(), Some(release(42).last()));
+        // A device switched to branch mode keeps how far its environment had come.
+        state
+            .record_watermark(&Verified::for_tests(commit, "ops"))
+            .unwrap();
+        assert_eq!(state.applied_release().unwrap(), Some(release(42).last()));
+    }
+
+    #[test]
+    fn a_corrupt_release_line_fails_closed_and_is_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let path = dir.path().join(WATERMARK_FILE);
+        for bad in [
+            format!("{COMMIT}\nrelease production forty-two {TAG} 1\n"),
+            format!("{COMMIT}\nrelease production 42 {TAG}\n"),
+            format!("{COMMIT}\nrelease production 42 {TAG} 1\nmore\n"),
+        ] {
+            std::fs::write(&path, &bad).unwrap();
+            let err = state.applied_commit().unwrap_err().to_string();
+            assert!(err.contains("anti-rollback fails closed"), "{err}");
+            assert!(state.applied_release().is_err());
+            let commit = ObjectId::from_hex(COMMIT.as_bytes()).unwrap();
+            assert!(state
+                .record_watermark(&Verified::for_tests_with_release(
+                    commit,
+                    "ops",
+                    release(43)
+                ))
+                .is_err());
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), bad);
+        }
     }
 }
 

@@ -20,7 +20,8 @@ use crate::plan::{self, Manifest, Plan};
 use crate::render::{self, RenderError, VerifiedTree};
 use crate::services::{self, ServiceError, ServicePlan, Systemd};
 use crate::state::{unix_now, Generation, StateDir, StateError, SyncResult};
-use crate::verify::{self, commit_id, TrustPolicy, VerifyError};
+use crate::verify::{self, commit_id, ReleaseContext, TrustPolicy, VerifyError};
+use shoal_core::release::ReleaseName;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -97,6 +98,7 @@ impl SyncError {
     /// The report status this error stands for.
     pub fn status(&self) -> Status {
         match self {
+            SyncError::Verify(e) if e.is_stale() => Status::Stale,
             SyncError::Verify(_) => Status::Refused,
             SyncError::Fetch(e) if e.is_refusal() => Status::Refused,
             SyncError::Apply { .. } | SyncError::Unhealthy { .. } => Status::RolledBack,
@@ -110,8 +112,14 @@ impl SyncError {
 pub enum SyncOutcome {
     /// The device is held on a generation by `shoal-agent rollback`; nothing was fetched.
     Held { generation: u64 },
-    /// The device already matches the verified tip; nothing was written.
-    UpToDate { generation: u64, commit: ObjectId },
+    /// The device already matches the verified tip; nothing was written (but the release kept
+    /// with the watermark, when a fresh release of the same commit came).
+    UpToDate {
+        generation: u64,
+        commit: ObjectId,
+        /// The release accepted (environment mode).
+        release: Option<ReleaseName>,
+    },
     /// A dry run: what the sync would do.
     DryRun {
         commit: ObjectId,
@@ -124,16 +132,20 @@ pub enum SyncOutcome {
         previous: Option<u64>,
         commit: ObjectId,
         signer: String,
+        /// The release that named the commit (environment mode).
+        release: Option<ReleaseName>,
         plan: Plan,
         services: ServicePlan,
     },
 }
 
 /// Runs one sync. With `dry_run`, everything up to and including the plan happens, but the
-/// device and its state do not change.
+/// device and its state do not change. With `bundle`, the tracked ref and its objects come from
+/// that `git bundle` file instead of the server (offline); everything else is the same.
 pub fn sync_once(
     config: &AgentConfig,
     dry_run: bool,
+    bundle: Option<&Path>,
     interrupt: &AtomicBool,
 ) -> Result<SyncOutcome, SyncError> {
     let span =
@@ -155,7 +167,15 @@ pub fn sync_once(
     }
 
     let mut timings = Timings::default();
-    let result = sync_unheld(config, &state, dry_run, interrupt, &span, &mut timings);
+    let result = sync_unheld(
+        config,
+        &state,
+        dry_run,
+        bundle,
+        interrupt,
+        &span,
+        &mut timings,
+    );
     if !dry_run {
         match &result {
             Ok(SyncOutcome::Applied { commit, plan, .. }) => {
@@ -199,14 +219,19 @@ fn sync_unheld(
     config: &AgentConfig,
     state: &StateDir,
     dry_run: bool,
+    bundle: Option<&Path>,
     interrupt: &AtomicBool,
     span: &tracing::Span,
     timings: &mut Timings,
 ) -> Result<SyncOutcome, SyncError> {
     let policy = TrustPolicy::load(&config.trust)?;
     let watermark = state.applied_commit()?;
-    let (mut mirror, fetched) = timed(&mut timings.fetch_ms, || {
-        Mirror::fetch(&state.mirror(), &config.source, watermark, interrupt)
+    let last_release = state.applied_release()?;
+    let (mut mirror, fetched) = timed(&mut timings.fetch_ms, || match bundle {
+        Some(file) => {
+            Mirror::from_bundle(&state.mirror(), file, &config.source, watermark, interrupt)
+        }
+        None => Mirror::fetch(&state.mirror(), &config.source, watermark, interrupt),
     })?;
     span.record("commit", tracing::field::display(fetched.tip));
     if let Some(damage) = &fetched.healed {
@@ -231,10 +256,28 @@ fn sync_unheld(
         }
     }
 
+    // In environment mode the fetched tip is the release tag; its commit is verified through it.
     let verified = timed(&mut timings.verify_ms, || {
-        verify::verify_update(mirror.repo(), &policy, watermark, fetched.tip)
+        match config.source.environment.as_deref() {
+            Some(environment) => {
+                let context = ReleaseContext {
+                    environment,
+                    applied: watermark,
+                    last: last_release.as_ref(),
+                    now: i64::try_from(unix_now()).unwrap_or(i64::MAX),
+                };
+                verify::verify_release(mirror.repo(), &policy, context, fetched.tip)
+            }
+            None => verify::verify_update(mirror.repo(), &policy, watermark, fetched.tip),
+        }
     })
-    .inspect_err(|e| tracing::warn!(error = %e, "refused"));
+    .inspect_err(|e| {
+        if e.is_stale() {
+            tracing::warn!(error = %e, "stale");
+        } else {
+            tracing::warn!(error = %e, "refused");
+        }
+    });
     // The mirror's ref moves only to an accepted tip; a refused one's objects are not kept.
     let verified = match verified {
         Ok(verified) => {
@@ -318,13 +361,19 @@ fn sync_unheld(
     }
     let nothing_to_do = plan.is_empty() && service_plan.is_empty();
     if let Some(current) = current.as_ref().filter(|_| at_tip && nothing_to_do) {
-        if watermark != Some(commit) {
-            // Only after a crash between recording the generation and the watermark.
+        // A fresh release of the applied commit (a release bot re-signing N+1) moves only the
+        // release kept with the watermark: no apply, one small write.
+        let release_moved = verified.release().is_some_and(|release| {
+            last_release.as_ref().map(|last| last.tag.as_str()) != Some(&*release.tag.to_string())
+        });
+        if watermark != Some(commit) || release_moved {
+            // The commit: only after a crash between recording the generation and the watermark.
             state.record_watermark(&verified)?;
         }
         return Ok(SyncOutcome::UpToDate {
             generation: current.number,
             commit,
+            release: verified.release().map(|r| r.name.clone()),
         });
     }
 
@@ -405,6 +454,10 @@ fn sync_unheld(
         commit: id,
         applied_at: unix_now(),
         signer: verified.signer().principal.clone(),
+        release: verified.release().map(|release| shoal_proto::Release {
+            environment: release.name.environment.clone(),
+            number: release.name.number,
+        }),
         manifest: Manifest::from_desired(&desired),
         services: service_records,
     })?;
@@ -422,6 +475,7 @@ fn sync_unheld(
         previous: current.map(|g| g.number),
         commit,
         signer: verified.signer().principal.clone(),
+        release: verified.release().map(|r| r.name.clone()),
         plan,
         services: service_plan,
     })

@@ -1,9 +1,9 @@
 //! Durations as operators write them in `agent.toml` and `shoal.toml`: a whole number and a unit
-//! (`500ms`, `30s`, `5m`, `1h`).
+//! (`500ms`, `30s`, `5m`, `1h`, `7d`).
 
 use std::time::Duration;
 
-/// Parses `30s`, `500ms`, `5m` or `1h`; the error says what was expected.
+/// Parses `30s`, `500ms`, `5m`, `1h` or `7d`; the error says what was expected.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -18,9 +18,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => 1_000,
         "m" => 60_000,
         "h" => 3_600_000,
+        "d" => 86_400_000,
         _ => {
             return Err(format!(
-                "invalid duration {text:?}: unit must be one of ms, s, m, h"
+                "invalid duration {text:?}: unit must be one of ms, s, m, h, d"
             ))
         }
     };

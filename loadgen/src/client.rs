@@ -40,7 +40,7 @@ pub fn sign_all(devices: usize, rounds: usize, token: &str) -> Vec<Vec<Post>> {
                                 .map(|seq| {
                                     let mut r = Report::new(
                                         format!("load-{i:07}"),
-                                        Status::ALL[(i + seq as usize) % 7],
+                                        Status::ALL[(i + seq as usize) % Status::ALL.len()],
                                         seq,
                                     );
                                     r.commit = Some(format!("{:040x}", seq));

@@ -374,7 +374,11 @@ async fn sled_summary(m: usize) -> anyhow::Result<()> {
         let store = SledStore::open(&dir)?;
         let mut batch = Vec::with_capacity(1000);
         for i in 0..m {
-            let mut r = Report::new(format!("fleet-{i:07}"), Status::ALL[i % 7], 1);
+            let mut r = Report::new(
+                format!("fleet-{i:07}"),
+                Status::ALL[i % Status::ALL.len()],
+                1,
+            );
             r.commit = Some(format!("{:040x}", i % 5));
             // One key per device: a key is pinned to one device.
             let key_id = KeyId::of(&device_key(i).verifying_key());

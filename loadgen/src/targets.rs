@@ -128,9 +128,10 @@ pub fn seed_fleet(cluster: &PgCluster, db: &str, m: usize, now: u64) -> anyhow::
         .iter()
         .map(|s| format!("'{}'", s.as_str()))
         .collect();
+    let kinds = Status::ALL.len();
     let sql = format!(
         "CREATE TEMP TABLE seed AS SELECT i, \
-             (ARRAY[{statuses}])[1 + i % 7] AS status, \
+             (ARRAY[{statuses}])[1 + i % {kinds}] AS status, \
              lpad(to_hex(i % 5), 40, '0') AS commit, \
              {now} - i % 600 AS seen \
            FROM generate_series(0, {last}) AS i; \

@@ -14,7 +14,7 @@ pub use envelope::{
     SIGNING_CONTEXT,
 };
 pub use key_id::{KeyId, KeyIdError};
-pub use report::{Report, ReportError, ResourceError, Timings};
+pub use report::{Release, Report, ReportError, ResourceError, Timings};
 
 use serde::{Deserialize, Serialize};
 
@@ -29,11 +29,15 @@ pub enum Status {
     Held,
     Refused,
     Drifted,
+    /// The release the device follows has expired (environment mode): nothing was applied, the
+    /// device stays where it was, and the server may be frozen (DESIGN.md, "Environments and
+    /// releases").
+    Stale,
 }
 
 impl Status {
     /// Every status, in a stable order (summaries and metrics list them all, zeros included).
-    pub const ALL: [Status; 7] = [
+    pub const ALL: [Status; 8] = [
         Status::Converged,
         Status::Applying,
         Status::Failed,
@@ -41,6 +45,7 @@ impl Status {
         Status::Held,
         Status::Refused,
         Status::Drifted,
+        Status::Stale,
     ];
 
     /// The wire name (`rolled_back`), the same string serde uses.
@@ -53,6 +58,7 @@ impl Status {
             Status::Held => "held",
             Status::Refused => "refused",
             Status::Drifted => "drifted",
+            Status::Stale => "stale",
         }
     }
 

@@ -28,6 +28,9 @@ pub struct Report {
     /// The commit (hex object id) of that generation, when it has one.
     #[serde(default)]
     pub commit: Option<String>,
+    /// The release the device last accepted (environment mode), beside the commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<Release>,
     pub status: Status,
     /// What failed, one entry per resource (file, unit, commit) at fault.
     #[serde(default)]
@@ -41,6 +44,19 @@ pub struct Report {
     /// collector's `last_seen` uses its own clock).
     #[serde(default)]
     pub sent_at: u64,
+}
+
+/// A release: the environment and its number N (`production/42`), as the signed tag names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    pub environment: String,
+    pub number: u64,
+}
+
+impl std::fmt::Display for Release {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.environment, self.number)
+    }
 }
 
 /// One resource that failed and why.
@@ -82,6 +98,7 @@ impl Report {
             agent_version: String::new(),
             generation: None,
             commit: None,
+            release: None,
             status,
             errors: Vec::new(),
             timings: Timings::default(),
@@ -124,6 +141,21 @@ impl Report {
                 ));
             }
         }
+        if let Some(release) = &self.release {
+            let environment = &release.environment;
+            let valid = !environment.is_empty()
+                && environment.len() <= 64
+                && !environment.starts_with(['.', '-'])
+                && environment
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            if !valid || release.number == 0 {
+                return Err(invalid(
+                    "release",
+                    format!("{release} is not an environment and a release number from 1"),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -157,6 +189,10 @@ mod tests {
         r.agent_version = "0.1.0".into();
         r.generation = Some(4);
         r.commit = Some("0123456789abcdef0123456789abcdef01234567".into());
+        r.release = Some(Release {
+            environment: "production".into(),
+            number: 42,
+        });
         r.errors.push(ResourceError {
             resource: "telemetry.service".into(),
             message: "health check timed out after 30s".into(),
@@ -191,6 +227,18 @@ mod tests {
             r.validate(),
             Err(ReportError::Invalid {
                 field: "commit",
+                ..
+            })
+        ));
+        r.commit = None;
+        r.release = Some(Release {
+            environment: "prod<script>".into(),
+            number: 1,
+        });
+        assert!(matches!(
+            r.validate(),
+            Err(ReportError::Invalid {
+                field: "release",
                 ..
             })
         ));

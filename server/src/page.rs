@@ -50,7 +50,7 @@ th{background:#f4f4f4}code{font-size:.9em}
 .s{padding:.1rem .5rem;border-radius:.6rem;font-weight:600;color:#fff}
 .converged{background:#2e7d32}.applying{background:#1565c0}.failed{background:#c62828}
 .rolled_back{background:#ef6c00}.held{background:#6a1b9a}.refused{background:#ad1457}.drifted{background:#f9a825;color:#222}
-.stale td{color:#888}.counts span{margin-right:1rem}
+.s.stale{background:#546e7a}.unseen td{color:#888}.counts span{margin-right:1rem}
 </style></head><body>
 <h1>Shoal fleet</h1>
 "#,
@@ -82,6 +82,11 @@ th{background:#f4f4f4}code{font-size:.9em}
     for (id, r) in shown {
         let stale = summary.now.saturating_sub(r.last_seen) > summary.stale_after_secs;
         let commit = r.report.commit.as_deref().unwrap_or("-");
+        let release = r
+            .report
+            .release
+            .as_ref()
+            .map_or(String::new(), |release| format!(" ({release})"));
         let labels: Vec<String> = r
             .report
             .labels
@@ -96,13 +101,14 @@ th{background:#f4f4f4}code{font-size:.9em}
             .collect();
         let _ = writeln!(
             h,
-            r#"<tr{}><td><code>{}</code></td><td><span class="s {}">{}</span></td><td><code title="{}">{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
-            if stale { r#" class="stale""# } else { "" },
+            r#"<tr{}><td><code>{}</code></td><td><span class="s {}">{}</span></td><td><code title="{}">{}</code>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
+            if stale { r#" class="unseen""# } else { "" },
             esc(id),
             r.report.status,
             r.report.status,
             esc(commit),
             esc(&commit[..commit.len().min(12)]),
+            esc(&release),
             r.report
                 .generation
                 .map_or("-".to_owned(), |g| g.to_string()),
@@ -146,7 +152,8 @@ mod tests {
         assert!(!html.contains("<script>"));
         assert!(html.contains("&lt;script&gt;"));
         assert!(html.contains("/etc/a&amp;b: &quot;quoted&quot;"));
-        assert!(html.contains(r#"<tr class="stale">"#));
+        // A device not heard from: its row is greyed (not the `stale` status, an expired release).
+        assert!(html.contains(r#"<tr class="unseen">"#));
         assert!(html.contains(r#"<span class="s failed">failed</span>"#));
     }
 }

@@ -169,7 +169,12 @@ async fn database_restarted_during_ingest_loses_no_acknowledged_report_and_count
     for i in 0..DEVICES {
         let mut device = Device::new(&format!("dev-{i:02}"), 500 + i as u64);
         let bodies: Vec<Vec<u8>> = (0..REPORTS)
-            .map(|n| device.next(Status::ALL[(i + n as usize) % 7], Some("abcd")))
+            .map(|n| {
+                device.next(
+                    Status::ALL[(i + n as usize) % Status::ALL.len()],
+                    Some("abcd"),
+                )
+            })
             .collect();
         let client = if i % 2 == 0 { a.client() } else { b.client() };
         let (acked, unavailable) = (acked.clone(), unavailable.clone());

@@ -389,7 +389,60 @@ async fn without_a_token_file_reads_are_open_and_without_enroll_tokens_only_regi
     server.stop().await;
 }
 
+/// A device whose release expired reports `stale` with the release beside the commit: the
+/// collector counts it by status, filters on it, and shows both on the page.
+async fn a_stale_release_is_counted_filtered_and_shown(backend: Backend) {
+    let dir = TestStore::fresh(backend);
+    let server = TestServer::start(&dir, config_with_tokens()).await;
+    let client = server.client();
+    let mut gw = Device::new("gw-1", 1);
+    let mut stale = gw.report(Status::Stale, Some(COMMIT_A));
+    stale.release = Some(shoal_proto::Release {
+        environment: "production".into(),
+        number: 42,
+    });
+    stale.errors.push(shoal_proto::ResourceError {
+        resource: "release production/42".into(),
+        message: "release production/42 expired at 2024-05-01T12:00:00Z (2h 5m ago by this device's clock)".into(),
+    });
+    let body = gw.seal(&stale);
+    assert_enrolls(&server, &gw, body).await;
+    let mut other = Device::new("gw-2", 2);
+    let body = other.next(Status::Converged, Some(COMMIT_B));
+    assert_enrolls(&server, &other, body).await;
+
+    let summary = client.get("/api/v1/summary").await.json();
+    assert_eq!(summary["by_status"]["stale"], 1);
+    assert_eq!(summary["by_status"]["converged"], 1);
+    let devices = client.get("/api/v1/devices?status=stale").await.json();
+    let ids: Vec<_> = devices["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["device_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["gw-1"]);
+    let device = client.get("/api/v1/devices/gw-1").await.json();
+    assert_eq!(device["status"], "stale");
+    assert_eq!(device["release"]["environment"], "production");
+    assert_eq!(device["release"]["number"], 42);
+    let metrics = client.get("/metrics").await.text();
+    assert!(
+        metrics.contains("shoal_devices{status=\"stale\"} 1\n"),
+        "{metrics}"
+    );
+    let page = client.get("/?status=stale").await.text();
+    assert!(
+        page.contains(r#"<span class="s stale">stale</span>"#),
+        "{page}"
+    );
+    assert!(page.contains("(production/42)"), "{page}");
+    assert!(!page.contains("gw-2"), "{page}");
+    server.stop().await;
+}
+
 both_stores!(
+    a_stale_release_is_counted_filtered_and_shown,
     enrollment_token_pins_the_key_to_the_device,
     pre_registered_key_is_accepted_without_a_token,
     every_reject_path_is_a_4xx_with_a_reason_and_changes_nothing,

@@ -211,7 +211,12 @@ async fn kill_9_mid_stream_loses_no_acknowledged_report_and_counts_none_twice(ba
         .map(|i| {
             let mut d = Device::new(&format!("dev-{i:02}"), 1000 + i as u64);
             let bodies = (0..REPORTS)
-                .map(|n| d.next(Status::ALL[(i + n as usize) % 7], Some("abcd")))
+                .map(|n| {
+                    d.next(
+                        Status::ALL[(i + n as usize) % Status::ALL.len()],
+                        Some("abcd"),
+                    )
+                })
                 .collect();
             (d.id.clone(), bodies)
         })
@@ -307,7 +312,7 @@ async fn kill_9_mid_stream_loses_no_acknowledged_report_and_counts_none_twice(ba
     assert_eq!(summary["by_commit"]["abcd"], DEVICES);
     let mut by_status = std::collections::BTreeMap::new();
     for i in 0..DEVICES {
-        let last = Status::ALL[(i + REPORTS as usize - 1) % 7];
+        let last = Status::ALL[(i + REPORTS as usize - 1) % Status::ALL.len()];
         *by_status.entry(last.as_str()).or_insert(0u64) += 1;
     }
     for (status, n) in &by_status {

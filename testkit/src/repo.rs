@@ -183,6 +183,93 @@ impl ConfigRepo {
             .success()
     }
 
+    /// Makes the annotated tag `name` on `target` with `message`, signed with `key` as stock git
+    /// does (`git tag -s`, `gpg.format=ssh`), tagged at `unix_time` (UTC) if given; replaces a tag
+    /// of that name. Returns the tag object's id.
+    pub fn tag_signed(
+        &self,
+        key: &SigningKey,
+        name: &str,
+        target: &str,
+        message: &str,
+        unix_time: Option<i64>,
+    ) -> String {
+        let mut cmd = self.git_cmd();
+        cmd.args(key.git_signing_config());
+        cmd.args(["tag", "-f", "-s", "-m", message, name, target]);
+        if let Some(time) = unix_time {
+            cmd.env("GIT_COMMITTER_DATE", format!("@{time} +0000"));
+        }
+        run(&mut cmd);
+        self.git(&["rev-parse", &format!("refs/tags/{name}")])
+    }
+
+    /// An annotated tag without a signature (`git tag -a`); returns the tag object's id.
+    pub fn tag_unsigned(&self, name: &str, target: &str, message: &str) -> String {
+        self.git(&["tag", "-f", "-a", "--no-sign", "-m", message, name, target]);
+        self.git(&["rev-parse", &format!("refs/tags/{name}")])
+    }
+
+    /// A lightweight tag (a ref straight to `target`, no tag object); returns `target`'s id.
+    pub fn tag_lightweight(&self, name: &str, target: &str) -> String {
+        self.git(&["tag", "-f", name, target]);
+        self.git(&["rev-parse", &format!("refs/tags/{name}")])
+    }
+
+    /// Signs the tag `name` like [`tag_signed`](Self::tag_signed), then rewrites the tag object
+    /// with `edit` applied to its bytes (the signature left as it was), moves `refs/tags/name`
+    /// to the rewritten object and returns its id: a tag changed after it was signed.
+    pub fn tag_edited(
+        &self,
+        key: &SigningKey,
+        name: &str,
+        target: &str,
+        message: &str,
+        edit: impl FnOnce(Vec<u8>) -> Vec<u8>,
+    ) -> String {
+        let signed = self.tag_signed(key, name, target, message, None);
+        let edited = edit(self.raw_tag(&signed));
+        let id = run_bytes(
+            self.git_cmd()
+                .args(["hash-object", "-t", "tag", "-w", "--stdin"]),
+            &edited,
+        );
+        let id = String::from_utf8_lossy(&id).trim().to_owned();
+        self.git(&["update-ref", &format!("refs/tags/{name}"), &id, &signed]);
+        id
+    }
+
+    /// The raw tag object `rev` (`git cat-file tag`), byte for byte.
+    pub fn raw_tag(&self, rev: &str) -> Vec<u8> {
+        self.git_bytes(&["cat-file", "tag", rev], &[])
+    }
+
+    /// Whether the reference verifier, `git verify-tag` trusting `allowed_signers`, accepts `rev`.
+    pub fn git_verifies_tag(&self, allowed_signers: impl AsRef<Path>, rev: &str) -> bool {
+        let trust = format!(
+            "gpg.ssh.allowedSignersFile={}",
+            allowed_signers.as_ref().display()
+        );
+        output(self.git_cmd().args(["-c", &trust, "verify-tag", rev]))
+            .status
+            .success()
+    }
+
+    /// Force-pushes `source` (a ref or object id here) to the ref `destination` of the bare
+    /// repository `bare_dir`, as an operator publishes a release
+    /// (`+refs/tags/production/42:refs/shoal/releases/production`).
+    pub fn publish_ref(&self, bare_dir: impl AsRef<Path>, source: &str, destination: &str) {
+        let bare_dir = bare_dir.as_ref();
+        if !bare_dir.join("HEAD").exists() {
+            run(git_command().args(["init", "-q", "--bare"]).arg(bare_dir));
+        }
+        run(self
+            .git_cmd()
+            .args(["push", "-q", "--force"])
+            .arg(bare_dir)
+            .arg(format!("+{source}:{destination}")));
+    }
+
     /// Force-pushes every branch and tag to the bare repository `bare_dir` (made if missing) and
     /// deletes there the branches deleted here, so servers exporting it show exactly this repo.
     pub fn publish_to(&self, bare_dir: impl AsRef<Path>) {

@@ -1,6 +1,7 @@
-//! Benchmark (not a test): what a no-op sync costs the device and the network, next to plain
-//! `git fetch` into a mirror of the same repository over the same HTTPS server, and how long
-//! verifying a range of 1,000 signed commits takes next to `git verify-commit`.
+//! Benchmark (not a test): what a no-op sync costs the device and the network (following the
+//! branch, and following a signed release in environment mode), next to plain `git fetch` into a
+//! mirror of the same repository over the same HTTPS server, and how long verifying a range of
+//! 1,000 signed commits takes next to `git verify-commit`.
 //!
 //! Run: `cargo bench -p shoal-e2e --bench signed_fetch` (add `-- --quick` for fewer rounds).
 
@@ -74,6 +75,8 @@ fn main() {
 
     eprintln!("making a repository of {COMMITS} signed commits over 100 files (git commit -S)…");
     let repo = ConfigRepo::init(root.join("work"));
+    // A manifest declaring nothing: the syncs measured are no-ops, but the first one renders.
+    repo.write("shoal.toml", "version = 1\n");
     for i in 0..100 {
         repo.write(format!("files/f{i:03}"), format!("file {i}\n"));
     }
@@ -107,6 +110,40 @@ fn main() {
         c.arg("--config").arg(device.config_path()).arg("sync");
         c
     });
+
+    // Environment mode: the same tip released as production/1 (a signed tag at the release
+    // ref); each no-op sync also checks the tag's signature and expiry.
+    repo.tag_signed(
+        &key,
+        "production/1",
+        &tip,
+        "Release production/1\n\nExpires: 2099-01-01T00:00:00Z",
+        None,
+    );
+    repo.publish_ref(
+        &bare,
+        "refs/tags/production/1",
+        "refs/shoal/releases/production",
+    );
+    let env_device = Device::new(
+        root.join("device-env"),
+        &url,
+        &signers,
+        "range",
+        &format!("ca_file = \"{}\"", ca.display()),
+    );
+    env_device.follow_environment("production");
+    env_device.sync().expect(0, "first sync");
+    let noop_env = rounds(
+        "shoal-agent sync (no-op, environment mode)",
+        n,
+        &server,
+        || {
+            let mut c = Command::new(&agent);
+            c.arg("--config").arg(env_device.config_path()).arg("sync");
+            c
+        },
+    );
 
     // Plain git: a bare mirror fetched the same way.
     let mirror = root.join("git-mirror.git");
@@ -160,7 +197,7 @@ fn main() {
     );
     println!("| what | wall | CPU (user+sys) | HTTP requests | response bytes |");
     println!("| --- | --- | --- | --- | --- |");
-    for row in [&noop_agent, &noop_git] {
+    for row in [&noop_agent, &noop_env, &noop_git] {
         println!(
             "| {} | {} | {} | {:.0} | {:.0} |",
             row.what,

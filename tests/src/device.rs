@@ -92,6 +92,18 @@ verify = "{verify}"
         std::fs::write(self.config_path(), config).expect("write agent.toml");
     }
 
+    /// Makes the device follow the signed releases of `environment` (`[source] environment`)
+    /// instead of the branch.
+    pub fn follow_environment(&self, environment: &str) {
+        let config = std::fs::read_to_string(self.config_path()).expect("read agent.toml");
+        assert!(config.contains("ref = \"refs/heads/main\"\n"), "{config}");
+        let config = config.replace(
+            "ref = \"refs/heads/main\"\n",
+            &format!("environment = \"{environment}\"\n"),
+        );
+        std::fs::write(self.config_path(), config).expect("write agent.toml");
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.join("agent.toml")
     }

@@ -22,6 +22,7 @@ fn check(snapshot: &str, transcript: &Transcript) {
             "[TIME]",
         ),
         (r"\b1\d{9}\b", "[UNIX_TIME]"),
+        (r"\(\d+ days? ago", "([AGE] ago"),
         (r#""(\w+_ms)": \d+"#, "\"$1\": [MS]"),
         (r"\b\d+(\.\d+)?\s?(ns|µs|us|ms|s)\b", "[DURATION]"),
         (r"SHA256:[A-Za-z0-9+/]{43}", "SHA256:[FINGERPRINT]"),
@@ -123,6 +124,57 @@ fn sync_dry_run_then_sync_then_status_and_history() {
     agent(&s, &mut t, &["history"]);
     agent(&s, &mut t, &["history", "--json"]);
     check("history", &t);
+}
+
+/// Environment mode: a release applied, then shown by status and history; a release of another
+/// environment refused; an expired release reported stale; and `verify --release`.
+#[test]
+fn environment_mode_releases_status_history_refusal_and_stale() {
+    let Some((s, mut t, first)) = scene() else {
+        return;
+    };
+    s.device.follow_environment("production");
+    let bare = s.dir.path().join("srv/config.git");
+    let release = |name: &str, commit: &str, expires: &str| {
+        let message = format!("Release {name}\n\nExpires: {expires}");
+        let tag = s
+            .repo
+            .tag_signed(&s.key, name, commit, &message, Some(1_700_000_000));
+        s.repo.publish_ref(
+            &bare,
+            &format!("refs/tags/{name}"),
+            "refs/shoal/releases/production",
+        );
+        tag
+    };
+    let tag = release("production/1", &first, "2099-01-01T00:00:00Z");
+    t.name(&tag, "production/1 tag");
+    agent(&s, &mut t, &["sync"]).assert_ok();
+    agent(&s, &mut t, &["status"]);
+    agent(&s, &mut t, &["history"]);
+    let repo = bare.display().to_string();
+    let signers = s.dir.path().join("allowed_signers").display().to_string();
+    let verify = [
+        "verify",
+        &repo,
+        "--release",
+        "refs/shoal/releases/production",
+        "--allowed-signers",
+        &signers,
+    ];
+    agent(&s, &mut t, &verify).assert_ok();
+    agent(&s, &mut t, &[&verify[..], &["--json"]].concat()).assert_ok();
+
+    let second = s.push(&gateway_config("second\n"), "second");
+    t.name(&second, "second");
+    let tag = release("staging/2", &second, "2099-01-01T00:00:00Z");
+    t.name(&tag, "staging/2 tag");
+    assert_eq!(agent(&s, &mut t, &["sync"]).code, 1);
+    let tag = release("production/2", &second, "2020-01-01T00:00:00Z");
+    t.name(&tag, "production/2 tag");
+    assert_eq!(agent(&s, &mut t, &["sync"]).code, 1);
+    agent(&s, &mut t, &["status", "--json"]);
+    check("environment_mode", &t);
 }
 
 /// The device at `[first]`, then `make` publishes a tip it must refuse; the transcript of the

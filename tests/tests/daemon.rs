@@ -1,5 +1,6 @@
 //! `shoal-agent run` as systemd would run it: READY=1 on the notify socket, a sync at start and
-//! at once on SIGHUP, one daemon per state directory, and a clean stop on SIGTERM.
+//! at once on SIGHUP, one daemon per state directory, and a clean stop on SIGTERM; in
+//! environment mode, no backoff while the release is stale.
 
 use std::os::unix::net::UnixDatagram;
 use std::process::{Child, Command, Stdio};
@@ -107,4 +108,94 @@ fn daemon_notifies_ready_syncs_on_sighup_refuses_a_second_instance_and_stops_on_
     let mut daemon = daemon;
     let status = daemon.0.wait().expect("wait");
     assert!(status.success(), "SIGTERM is a clean stop: {status:?}");
+}
+
+/// Every notification until `count` of them contain `needle`, or a panic after `timeout`.
+fn wait_for_many(socket: &UnixDatagram, needle: &str, count: usize, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let mut seen = 0;
+    while seen < count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "only {seen} of {count} notifications containing {needle:?} within {timeout:?}"
+        );
+        wait_for(socket, needle, left);
+        seen += 1;
+    }
+}
+
+/// Environment mode under the daemon: a stale release is not a failure to back off from. The
+/// daemon keeps looking every interval while the release is expired, so a fresh release is
+/// applied at the next one (with the failure backoff, the sixth look alone would take 31
+/// intervals).
+#[test]
+fn a_stale_release_keeps_the_daemon_at_its_interval_and_a_fresh_release_converges() {
+    if !require_tools(&["kill"]) {
+        return;
+    }
+    let Some(s) = Sandbox::new() else { return };
+    let device = &s.device;
+    device.follow_environment("production");
+    let config = std::fs::read_to_string(device.config_path()).expect("read");
+    std::fs::write(
+        device.config_path(),
+        config.replace("interval = \"60s\"", "interval = \"1s\""),
+    )
+    .expect("write");
+    let bare = s.dir.path().join("srv/config.git");
+    let release = |name: &str, commit: &str, expires: &str| {
+        let message = format!("Release {name}\n\nExpires: {expires}");
+        s.repo.tag_signed(&s.key, name, commit, &message, None);
+        s.repo.publish_ref(
+            &bare,
+            &format!("refs/tags/{name}"),
+            "refs/shoal/releases/production",
+        );
+    };
+    let one = s.push(&[("shoal.toml", MOTD_MANIFEST), ("motd", "one\n")], "one");
+    release("production/1", &one, "2099-01-01T00:00:00Z");
+
+    let socket_path = s.dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let daemon = Daemon(
+        Command::new(agent_bin())
+            .arg("--config")
+            .arg(device.config_path())
+            .arg("run")
+            .env("NOTIFY_SOCKET", &socket_path)
+            .env("SHOAL_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn shoal-agent run"),
+    );
+    wait_for(
+        &socket,
+        "STATUS=converged: generation 1",
+        Duration::from_secs(30),
+    );
+
+    let two = s.push(&[("motd", "two\n")], "two");
+    release("production/2", &two, "2020-01-01T00:00:00Z");
+    wait_for_many(
+        &socket,
+        "STATUS=stale: not applying release tag",
+        6,
+        Duration::from_secs(20),
+    );
+    assert_eq!(s.read("/etc/motd"), "one\n");
+
+    release("production/3", &two, "2099-01-01T00:00:00Z");
+    wait_for(
+        &socket,
+        "STATUS=converged: generation 2",
+        Duration::from_secs(10),
+    );
+    assert_eq!(s.read("/etc/motd"), "two\n");
+    signal(&daemon.0, "TERM");
+    wait_for(&socket, "STOPPING=1", Duration::from_secs(20));
 }

@@ -164,12 +164,17 @@ fn pack_agrees_with_index(data: &Path, index: &Path, hash: gix::hash::Kind) -> R
 /// parents present. If `applied` is not an ancestor the walk covers the whole history, which must
 /// be readable too; whether the tip may be trusted is then `verify`'s call.
 ///
+/// A release tag (environment mode) is read and followed to its commit first.
+///
 /// Returns the number of commits read.
 pub fn tip(
     repo: &gix::Repository,
     tip: ObjectId,
     applied: Option<ObjectId>,
 ) -> Result<usize, Damage> {
+    let Some(tip) = peel_release(repo, tip)? else {
+        return Ok(0);
+    };
     let Some(commit) = read_commit(repo, tip, "the fetched tip commit")? else {
         // Not a commit, or a malformed one, as the server sent it: nothing here to heal;
         // `verify` refuses it by name.
@@ -179,6 +184,24 @@ pub fn tip(
     match applied {
         Some(applied) => walk(repo, tip, commit.parents, Some(applied)),
         None => Ok(1),
+    }
+}
+
+/// `id` itself when it is not a tag; the commit a tag points at when it is one (a release, in
+/// environment mode); `None` when the tag points at something else or does not parse but is
+/// exactly what the server sent: `verify` refuses such a release by name.
+fn peel_release(repo: &gix::Repository, id: ObjectId) -> Result<Option<ObjectId>, Damage> {
+    let what = "the fetched release tag";
+    // An object that cannot be read is named by the caller, as the tip commit it expects.
+    let Ok(object) = repo.find_object(id) else {
+        return Ok(Some(id));
+    };
+    if object.kind != gix::object::Kind::Tag {
+        return Ok(Some(id));
+    }
+    match gix::objs::TagRef::from_bytes(&object.data, repo.object_hash()) {
+        Ok(tag) if tag.target_kind == gix::object::Kind::Commit => Ok(Some(tag.target())),
+        _ => as_sent(repo, id, object.kind, &object.data, what).map(|()| None),
     }
 }
 
@@ -337,6 +360,9 @@ fn tree(repo: &gix::Repository, root: ObjectId, commit: ObjectId) -> Result<(), 
 /// The whole history of `tip`, every commit read: run when gix fails half-way through a fetch,
 /// to tell a damaged mirror (negotiation walks the local history) from a network failure.
 pub fn history(repo: &gix::Repository, tip: ObjectId) -> Result<usize, Damage> {
+    let Some(tip) = peel_release(repo, tip)? else {
+        return Ok(0);
+    };
     match read_commit(repo, tip, "the recorded tip commit")? {
         Some(commit) => walk(repo, tip, commit.parents, None),
         None => Ok(0),

@@ -24,11 +24,13 @@ use crate::state::MirrorDir;
 use crate::tls::{self, TlsError};
 
 mod bound;
+mod bundle;
 mod durable;
 mod failure;
 mod inspect;
 
 pub use bound::Exceeded;
+pub use bundle::BundleError;
 pub use inspect::Damage;
 
 /// Where the fetched (not yet verified) tip of the tracked ref is kept in the mirror.
@@ -82,6 +84,10 @@ pub enum FetchError {
     },
     #[error("{reason}; the fetch from {url} was stopped, nothing it sent is kept and the device is unchanged; {}", reason.advice())]
     Refused { url: String, reason: Exceeded },
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error("the local mirror {} is damaged ({damage}); a bundle cannot rebuild it unless it holds the whole history: sync from the server once, or make a whole bundle (`git bundle create FILE REF`)", path.display())]
+    DamagedForBundle { path: PathBuf, damage: Box<Damage> },
     #[error(
         "cannot record the fetched tip {tip} durably in the local mirror: {source}; check the disk"
     )]
@@ -96,7 +102,11 @@ impl FetchError {
     /// Whether the server sent what the agent refuses to take before the signature can be
     /// checked (a refusal of the push, not a failure to be retried).
     pub fn is_refusal(&self) -> bool {
-        matches!(self, FetchError::Refused { .. })
+        match self {
+            FetchError::Refused { .. } => true,
+            FetchError::Bundle(e) => e.is_refusal(),
+            _ => false,
+        }
     }
 }
 
@@ -222,6 +232,65 @@ impl Mirror {
             })?;
             healed = Some(damage);
         }
+    }
+
+    /// Like [`Mirror::fetch`], from a `git bundle` file instead of the server: no network. The
+    /// bundle's pack goes through the same bounds and lands marked unaccepted, so `verify`,
+    /// [`Mirror::accept`] and [`Mirror::discard`] work on it as on a fetch. A damaged mirror is
+    /// not rebuilt from a bundle (it may hold only the newest commits): the error says so.
+    pub fn from_bundle(
+        mirror: &MirrorDir<'_>,
+        bundle_path: &Path,
+        source: &SourceConfig,
+        applied: Option<ObjectId>,
+        interrupt: &AtomicBool,
+    ) -> Result<(Mirror, Fetched), FetchError> {
+        let started = Instant::now();
+        let dir = mirror.path();
+        let mirror = match Mirror::open_checked(dir, applied) {
+            Ok(mirror) => mirror,
+            Err(Failure::Fatal(e)) => return Err(e),
+            Err(Failure::Damaged(damage)) => {
+                return Err(FetchError::DamagedForBundle {
+                    path: dir.to_owned(),
+                    damage: Box::new(damage),
+                })
+            }
+        };
+        let limits = bound::Limits {
+            max_fetch: source.max_fetch,
+            max_object: source.max_object,
+        };
+        let tip = bundle::import(
+            &mirror.repo,
+            dir,
+            bundle_path,
+            &source.reference,
+            limits,
+            interrupt,
+        )?;
+        // What the pack brought must read back like a fetched tip (a bundle cut short, say).
+        let repo = open_isolated(dir).map_err(|e| FetchError::Mirror {
+            path: dir.to_owned(),
+            message: error_chain(&e),
+        })?;
+        if let Err(damage) = inspect::tip(&repo, tip, applied) {
+            mirror.discard();
+            return Err(FetchError::Bundle(BundleError::Write {
+                path: bundle_path.to_owned(),
+                message: format!("what it holds does not read back: {damage}"),
+            }));
+        }
+        let mirror = Mirror { repo, ..mirror };
+        Ok((
+            mirror,
+            Fetched {
+                tip,
+                received_pack: true,
+                elapsed: started.elapsed(),
+                healed: None,
+            },
+        ))
     }
 
     /// Opens the mirror at `dir`, making an empty bare repository if there is none, and checks

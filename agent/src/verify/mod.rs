@@ -1,13 +1,16 @@
 //! Verify: decides whether a fetched commit may be trusted — SSH commit signatures checked
-//! against the device's `allowed_signers`, plus anti-rollback. Reads git objects, writes nothing.
+//! against the device's `allowed_signers`, plus anti-rollback — and, in environment mode,
+//! whether a release tag may be followed (`release`). Reads git objects, writes nothing.
 //! The signature and `allowed_signers` parsing are `shoal_core::signature`'s (pure); this module
 //! reads the file and the commits.
 
 mod policy;
+mod release;
 
 use std::path::Path;
 
-pub use policy::{commit_id, verify_update, TrustPolicy, Verified, VerifyError};
+pub use policy::{commit_id, verify_update, AcceptedRelease, TrustPolicy, Verified, VerifyError};
+pub use release::{verify_release, ReleaseContext};
 pub use shoal_core::signature::{allowed_signers, sshsig};
 pub use shoal_core::signature::{AllowedSigners, SignatureError, Signer, SignersError};
 

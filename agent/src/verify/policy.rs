@@ -9,6 +9,7 @@ use shoal_proto::CommitId;
 
 use crate::config::{TrustConfig, VerifyMode};
 use crate::errors::error_chain;
+use shoal_core::release::{LastRelease, Refusal, ReleaseError, ReleaseName};
 use shoal_core::signature::sshsig::{self, SignatureError, Signer};
 use shoal_core::signature::{AllowedSigners, SignersError};
 
@@ -38,6 +39,47 @@ pub enum VerifyError {
     Diverged { tip: ObjectId, applied: ObjectId },
     #[error("cannot read commit {commit} from the repository: {message}")]
     Object { commit: ObjectId, message: String },
+    #[error("refusing {reference}: it points at {what} {id}, not at a signed release tag; publish releases with `shoal-agent release` (a tag made with git tag -s, pushed to {reference})")]
+    NotARelease {
+        reference: String,
+        id: ObjectId,
+        what: String,
+    },
+    #[error("refusing release tag {tag} at {reference}: {source}")]
+    ReleaseSignature {
+        reference: String,
+        tag: ObjectId,
+        #[source]
+        source: Box<SignatureError>,
+    },
+    #[error("refusing release tag {tag} at {reference}: {source}")]
+    ReleaseTag {
+        reference: String,
+        tag: ObjectId,
+        #[source]
+        source: Box<ReleaseError>,
+    },
+    #[error("{}release tag {tag} at {reference}: {source}", if source.is_stale() { "not applying " } else { "refusing " })]
+    Release {
+        reference: String,
+        tag: ObjectId,
+        #[source]
+        source: Box<Refusal>,
+    },
+    #[error("refusing release {release} (tag {tag}): {source}")]
+    ReleaseCommit {
+        release: Box<ReleaseName>,
+        tag: ObjectId,
+        #[source]
+        source: Box<VerifyError>,
+    },
+}
+
+impl VerifyError {
+    /// Whether this is an expired release (a freeze, reported `stale`), not a refusal.
+    pub fn is_stale(&self) -> bool {
+        matches!(self, VerifyError::Release { source, .. } if source.is_stale())
+    }
 }
 
 /// The device's trust root and how much history it checks.
@@ -68,6 +110,32 @@ pub struct Verified {
     commit: ObjectId,
     signer: Signer,
     commits_checked: usize,
+    /// The release that named the commit, in environment mode.
+    release: Option<AcceptedRelease>,
+}
+
+/// The release tag a device accepted (environment mode): what it persists with its watermark
+/// and reports beside the commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedRelease {
+    pub name: ReleaseName,
+    /// The tag object's id.
+    pub tag: ObjectId,
+    pub tagger_time: i64,
+    pub expires: i64,
+    /// Who signed the tag.
+    pub signer: Signer,
+}
+
+impl AcceptedRelease {
+    /// The release as the watermark keeps it, for the next release's rules.
+    pub fn last(&self) -> LastRelease {
+        LastRelease {
+            name: self.name.clone(),
+            tag: self.tag.to_string(),
+            tagger_time: self.tagger_time,
+        }
+    }
 }
 
 impl Verified {
@@ -85,6 +153,25 @@ impl Verified {
     pub fn commit_id(&self) -> CommitId {
         commit_id(self.commit)
     }
+    /// The release that named the commit (environment mode), `None` in branch mode.
+    pub fn release(&self) -> Option<&AcceptedRelease> {
+        self.release.as_ref()
+    }
+    /// A `Verified` carrying a release, for unit tests of the state records.
+    #[cfg(test)]
+    pub(crate) fn for_tests_with_release(
+        commit: ObjectId,
+        principal: &str,
+        release: AcceptedRelease,
+    ) -> Verified {
+        Verified::for_tests(commit, principal).with_release(release)
+    }
+    /// This verdict, as the verdict on `release`'s commit: only `verify_release` attaches one,
+    /// after checking the tag.
+    pub(crate) fn with_release(mut self, release: AcceptedRelease) -> Verified {
+        self.release = Some(release);
+        self
+    }
 
     /// A `Verified` for unit tests of the code that consumes one (the state records): only
     /// test builds have it.
@@ -97,6 +184,7 @@ impl Verified {
                 fingerprint: String::new(),
             },
             commits_checked: 1,
+            release: None,
         }
     }
 }
@@ -128,6 +216,7 @@ pub fn verify_update(
             commit: tip,
             signer,
             commits_checked: 1,
+            release: None,
         });
     };
     if applied == tip {
@@ -135,6 +224,7 @@ pub fn verify_update(
             commit: tip,
             signer,
             commits_checked: 1,
+            release: None,
         });
     }
     check_descends(repo, applied, tip)?;
@@ -160,6 +250,7 @@ pub fn verify_update(
         commit: tip,
         signer,
         commits_checked,
+        release: None,
     })
 }
 

@@ -5,4 +5,4 @@ pub mod allowed_signers;
 pub mod sshsig;
 
 pub use allowed_signers::{AllowedSigners, SignersError};
-pub use sshsig::{SignatureError, Signer};
+pub use sshsig::{SignatureError, Signed, Signer};

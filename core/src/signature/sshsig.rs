@@ -22,32 +22,35 @@ const SSH_ARMOR: &str = "-----BEGIN SSH SIGNATURE-----";
 const SSH_ARMOR_END: &str = "-----END SSH SIGNATURE-----";
 const PGP_ARMOR: &str = "-----BEGIN PGP SIGNATURE-----";
 
-/// Why a commit's signature is not accepted. Messages are for the operator; the caller adds
-/// the commit id.
+/// Why a commit's (or a release tag's) signature is not accepted. Messages are for the operator;
+/// the caller adds the object's id. `object` says which kind of object was signed, so the advice
+/// names the right git command.
 #[derive(Debug, thiserror::Error)]
 pub enum SignatureError {
-    #[error("the commit is not signed; sign it with a key from the trust policy (git config gpg.format ssh, then git commit -S)")]
-    Unsigned,
-    #[error("the commit is signed with OpenPGP, only SSH signatures are trusted; re-sign it with an SSH key from the trust policy (git config gpg.format ssh)")]
-    OpenPgp,
+    #[error("the {object} is not signed; sign it with a key from the trust policy (git config gpg.format ssh, then {})", object.sign_command())]
+    Unsigned { object: Signed },
+    #[error("the {object} is signed with OpenPGP, only SSH signatures are trusted; re-sign it with an SSH key from the trust policy (git config gpg.format ssh)")]
+    OpenPgp { object: Signed },
     #[error("the commit's signature is not an SSH signature (it starts with `{first_line}`), only SSH signatures are trusted; re-sign it with an SSH key (git config gpg.format ssh)")]
     UnknownSignatureFormat { first_line: String },
     #[error("the commit has more than one `{header}` header, so which signature counts is ambiguous; re-create the commit with a single signature")]
     DuplicateSignature { header: &'static str },
     #[error("the commit object is malformed ({problem}); re-create the commit with git")]
     MalformedCommit { problem: &'static str },
-    #[error("the commit's SSH signature cannot be parsed ({reason}); re-sign the commit (git commit --amend -S)")]
-    MalformedSignature { reason: String },
-    #[error("the commit's SSH signature has format version {version}, only version 1 is supported; re-sign it with OpenSSH's ssh-keygen (git commit -S)")]
-    UnsupportedVersion { version: u32 },
-    #[error("the commit is signed with a `{algorithm}` key, only ssh-ed25519 keys are trusted; re-sign it with an ed25519 key listed in the trust policy")]
-    UnsupportedKeyType { algorithm: String },
-    #[error("the commit's SSH signature hashes with `{hash}`, only sha256 and sha512 are accepted; re-sign it with OpenSSH's ssh-keygen (git commit -S)")]
-    UnsupportedHash { hash: String },
-    #[error("the signature was made in namespace `{namespace}`, not `git`, so it does not sign a commit; re-sign the commit with git commit -S")]
-    WrongNamespace { namespace: String },
-    #[error("the signature by key {fingerprint} does not match the commit's contents: the commit was changed after it was signed, or the signature is corrupt; do not trust this commit, find out who changed it, and push a freshly signed one")]
-    BadSignature { fingerprint: String },
+    #[error("the tag object is malformed ({problem}); re-create the tag with git tag -s (or shoal-agent release)")]
+    MalformedTag { problem: &'static str },
+    #[error("the {object}'s SSH signature cannot be parsed ({reason}); re-sign the {object} ({})", object.resign_command())]
+    MalformedSignature { object: Signed, reason: String },
+    #[error("the {object}'s SSH signature has format version {version}, only version 1 is supported; re-sign it with OpenSSH's ssh-keygen ({})", object.sign_command())]
+    UnsupportedVersion { object: Signed, version: u32 },
+    #[error("the {object} is signed with a `{algorithm}` key, only ssh-ed25519 keys are trusted; re-sign it with an ed25519 key listed in the trust policy")]
+    UnsupportedKeyType { object: Signed, algorithm: String },
+    #[error("the {object}'s SSH signature hashes with `{hash}`, only sha256 and sha512 are accepted; re-sign it with OpenSSH's ssh-keygen ({})", object.sign_command())]
+    UnsupportedHash { object: Signed, hash: String },
+    #[error("the signature was made in namespace `{namespace}`, not `git`, so it does not sign a {object}; re-sign the {object} with {}", object.sign_command())]
+    WrongNamespace { object: Signed, namespace: String },
+    #[error("the signature by key {fingerprint} does not match the {object}'s contents: the {object} was changed after it was signed, or the signature is corrupt; do not trust this {object}, find out who changed it, and push a freshly signed one")]
+    BadSignature { object: Signed, fingerprint: String },
     #[error("signed by key {fingerprint} which is not in the trust policy {}; add it to allowed_signers or re-sign with a trusted key", policy.display())]
     UnknownKey {
         fingerprint: String,
@@ -55,11 +58,55 @@ pub enum SignatureError {
     },
     #[error("key {} is in the trust policy ({}) but its namespaces= option does not allow `git`; add git to that line's namespaces or re-sign with a key trusted for git", .key.fingerprint, .key.at)]
     NamespaceNotAllowed { key: Box<ListedKey> },
-    #[error("key {} is trusted {} ({}), but the commit's committer time is {}; re-sign with a key trusted at that time, or fix the window in allowed_signers", .key.fingerprint, .key.validity, .key.at, format_utc(*.committer_time))]
+    #[error("key {} is trusted {} ({}), but the {object}'s {} is {}; re-sign with a key trusted at that time, or fix the window in allowed_signers", .key.fingerprint, .key.validity, .key.at, object.time_header(), format_utc(*.signed_time))]
     OutsideValidity {
+        object: Signed,
         key: Box<ListedKey>,
-        committer_time: i64,
+        /// The committer (commit) or tagger (tag) time, what the validity window is checked
+        /// against.
+        signed_time: i64,
     },
+}
+
+/// What kind of git object carries the signature: a commit (`gpgsig` header) or an annotated tag
+/// (the signature at the end of its message). Only the messages differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signed {
+    Commit,
+    Tag,
+}
+
+impl Signed {
+    fn sign_command(self) -> &'static str {
+        match self {
+            Signed::Commit => "git commit -S",
+            Signed::Tag => "git tag -s, or shoal-agent release",
+        }
+    }
+
+    fn resign_command(self) -> &'static str {
+        match self {
+            Signed::Commit => "git commit --amend -S",
+            Signed::Tag => "shoal-agent release, or git tag -s -f",
+        }
+    }
+
+    /// The header whose time validity windows are checked against, as git reads it.
+    fn time_header(self) -> &'static str {
+        match self {
+            Signed::Commit => "committer time",
+            Signed::Tag => "tagger time",
+        }
+    }
+}
+
+impl fmt::Display for Signed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Signed::Commit => "commit",
+            Signed::Tag => "tag",
+        })
+    }
 }
 
 /// A key the trust policy lists, but not for this signature: the first line listing it
@@ -141,17 +188,22 @@ pub fn split_commit(raw: &[u8]) -> Result<SignedCommit, SignatureError> {
         }
     }
     if signature_headers == 0 {
-        return Err(SignatureError::Unsigned);
+        return Err(SignatureError::Unsigned {
+            object: Signed::Commit,
+        });
     }
     if signature_headers > 1 {
         return Err(SignatureError::DuplicateSignature { header });
     }
     let signature =
         String::from_utf8(signature).map_err(|_| SignatureError::MalformedSignature {
+            object: Signed::Commit,
             reason: "it is not text".to_owned(),
         })?;
     if signature.starts_with(PGP_ARMOR) {
-        return Err(SignatureError::OpenPgp);
+        return Err(SignatureError::OpenPgp {
+            object: Signed::Commit,
+        });
     }
     if !signature.starts_with(SSH_ARMOR) {
         let first_line = signature
@@ -196,42 +248,142 @@ fn signature_header(raw: &[u8]) -> Result<&'static str, SignatureError> {
 /// The unix time on the first `committer` header, as git reads it (the number after the
 /// last `>`).
 fn committer_time(payload: &[u8]) -> Result<i64, SignatureError> {
-    let mut headers = payload
+    let has_committer = payload
         .split(|&b| b == b'\n')
-        .take_while(|line| !line.is_empty());
-    let Some(committer) = headers.find_map(|line| line.strip_prefix(b"committer ")) else {
+        .take_while(|line| !line.is_empty())
+        .any(|line| line.starts_with(b"committer "));
+    if !has_committer {
         return Err(SignatureError::MalformedCommit {
             problem: "it has no committer",
         });
-    };
-    let after_email = committer
+    }
+    signed_time(payload, "committer ").ok_or(SignatureError::MalformedCommit {
+        problem: "the committer time is not a number of seconds",
+    })
+}
+
+/// The unix time on the first `header` line (`committer ` or `tagger `) of the object's headers:
+/// the number after the last `>`. `None` without such a header or number.
+pub(crate) fn signed_time(payload: &[u8], header: &str) -> Option<i64> {
+    let mut headers = payload
+        .split(|&b| b == b'\n')
+        .take_while(|line| !line.is_empty());
+    let line = headers.find_map(|line| line.strip_prefix(header.as_bytes()))?;
+    let after_email = line
         .iter()
         .rposition(|&b| b == b'>')
-        .map_or(&[][..], |i| &committer[i + 1..]);
+        .map_or(&[][..], |i| &line[i + 1..]);
     let digits: Vec<u8> = after_email
         .iter()
         .skip_while(|&&b| b == b' ')
         .take_while(|b| b.is_ascii_digit())
         .copied()
         .collect();
-    std::str::from_utf8(&digits)
-        .ok()
-        .and_then(|d| d.parse::<i64>().ok())
-        .ok_or(SignatureError::MalformedCommit {
-            problem: "the committer time is not a number of seconds",
-        })
+    std::str::from_utf8(&digits).ok()?.parse::<i64>().ok()
 }
 
 /// Verifies the commit's signature and finds the trusted signer in `signers`.
 pub fn check_commit(signers: &AllowedSigners, raw_commit: &[u8]) -> Result<Signer, SignatureError> {
     let commit = split_commit(raw_commit)?;
-    let sig = parse_signature(&commit.signature)?;
+    check_signed(
+        signers,
+        Signed::Commit,
+        &commit.signature,
+        &commit.payload,
+        commit.committer_time,
+    )
+}
+
+/// An annotated tag object split into the armored signature and the bytes it signs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedTag {
+    /// The armored `-----BEGIN SSH SIGNATURE-----` block at the end of the message.
+    pub signature: String,
+    /// The tag object up to the signature: what the signer signed.
+    pub payload: Vec<u8>,
+    /// Tagger time, unix seconds: what validity windows are checked against.
+    pub tagger_time: i64,
+}
+
+/// Splits `raw` (a tag object body, as `git cat-file tag` prints it) the way git does
+/// (`parse_signed_buffer`): the signature starts at the last line that begins a signature block
+/// (SSH or OpenPGP), and everything before it is the payload. Refuses unsigned tags, OpenPGP
+/// signatures and tags without a tagger time.
+pub fn split_tag(raw: &[u8]) -> Result<SignedTag, SignatureError> {
+    const MARKERS: [&str; 4] = [
+        SSH_ARMOR,
+        PGP_ARMOR,
+        "-----BEGIN PGP MESSAGE-----",
+        "-----BEGIN SIGNED MESSAGE-----",
+    ];
+    let mut start = None;
+    let mut at = 0;
+    while at < raw.len() {
+        if MARKERS.iter().any(|m| raw[at..].starts_with(m.as_bytes())) {
+            start = Some(at);
+        }
+        at = raw[at..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(raw.len(), |i| at + i + 1);
+    }
+    let Some(start) = start else {
+        return Err(SignatureError::Unsigned {
+            object: Signed::Tag,
+        });
+    };
+    let (payload, signature) = raw.split_at(start);
+    if !signature.starts_with(SSH_ARMOR.as_bytes()) {
+        return Err(SignatureError::OpenPgp {
+            object: Signed::Tag,
+        });
+    }
+    let signature =
+        String::from_utf8(signature.to_vec()).map_err(|_| SignatureError::MalformedSignature {
+            object: Signed::Tag,
+            reason: "it is not text".to_owned(),
+        })?;
+    let tagger_time = signed_time(payload, "tagger ").ok_or(SignatureError::MalformedTag {
+        problem: "it has no tagger with a time",
+    })?;
+    Ok(SignedTag {
+        signature,
+        payload: payload.to_vec(),
+        tagger_time,
+    })
+}
+
+/// Verifies an annotated tag's SSH signature (namespace `git`, over the tag object without its
+/// signature block) and finds the trusted signer, as `git verify-tag` with `gpg.format=ssh` does
+/// (validity windows against the tagger time).
+pub fn check_tag(signers: &AllowedSigners, raw_tag: &[u8]) -> Result<Signer, SignatureError> {
+    let tag = split_tag(raw_tag)?;
+    check_signed(
+        signers,
+        Signed::Tag,
+        &tag.signature,
+        &tag.payload,
+        tag.tagger_time,
+    )
+}
+
+/// Verifies `signature` over `payload` and finds the trusted signer in `signers`, the validity
+/// windows checked at `signed_time`.
+fn check_signed(
+    signers: &AllowedSigners,
+    object: Signed,
+    signature: &str,
+    payload: &[u8],
+    signed_time: i64,
+) -> Result<Signer, SignatureError> {
+    let sig = parse_signature(signature, object)?;
     let key = sig.public_key();
     let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
 
     // Verify the bytes before consulting the policy, so every policy error below speaks of a
     // signature that really was made by that key.
-    verify(&sig, &commit.payload).map_err(|_| SignatureError::BadSignature {
+    verify(&sig, payload).map_err(|_| SignatureError::BadSignature {
+        object,
         fingerprint: fingerprint.clone(),
     })?;
 
@@ -257,15 +409,16 @@ pub fn check_commit(signers: &AllowedSigners, raw_commit: &[u8]) -> Result<Signe
     };
     match for_git
         .iter()
-        .find(|entry| entry.validity().contains(commit.committer_time))
+        .find(|entry| entry.validity().contains(signed_time))
     {
         Some(entry) => Ok(Signer {
             principal: entry.principal().to_owned(),
             fingerprint,
         }),
         None => Err(SignatureError::OutsideValidity {
+            object,
             key: listed_key(signers, first_for_git, fingerprint),
-            committer_time: commit.committer_time,
+            signed_time,
         }),
     }
 }
@@ -287,26 +440,30 @@ fn listed_key(
 
 /// Parses the armored SSHSIG and refuses what we do not trust: other versions, key types,
 /// hashes and namespaces.
-fn parse_signature(armored: &str) -> Result<SshSig, SignatureError> {
-    let sig = SshSig::from_pem(armored).map_err(|e| explain_parse_error(armored, e))?;
+fn parse_signature(armored: &str, object: Signed) -> Result<SshSig, SignatureError> {
+    let sig = SshSig::from_pem(armored).map_err(|e| explain_parse_error(armored, object, e))?;
     if sig.version() != SshSig::VERSION {
         return Err(SignatureError::UnsupportedVersion {
+            object,
             version: sig.version(),
         });
     }
     if sig.public_key().algorithm() != Algorithm::Ed25519 {
         return Err(SignatureError::UnsupportedKeyType {
+            object,
             algorithm: sig.public_key().algorithm().to_string(),
         });
     }
     // HashAlg has only Sha256 and Sha512 today; a newer ssh-key may add more.
     if !matches!(sig.hash_alg(), HashAlg::Sha256 | HashAlg::Sha512) {
         return Err(SignatureError::UnsupportedHash {
+            object,
             hash: sig.hash_alg().to_string(),
         });
     }
     if sig.namespace() != GIT_NAMESPACE {
         return Err(SignatureError::WrongNamespace {
+            object,
             namespace: sig.namespace().to_owned(),
         });
     }
@@ -316,27 +473,34 @@ fn parse_signature(armored: &str) -> Result<SshSig, SignatureError> {
 /// ssh-key's errors do not say which field it disliked; read the envelope's leading fields
 /// ourselves to tell the operator. The verdict does not depend on this: the signature has
 /// already been refused.
-fn explain_parse_error(armored: &str, error: ssh_key::Error) -> SignatureError {
+fn explain_parse_error(armored: &str, object: Signed, error: ssh_key::Error) -> SignatureError {
     if let ssh_key::Error::Version { number } = error {
-        return SignatureError::UnsupportedVersion { version: number };
+        return SignatureError::UnsupportedVersion {
+            object,
+            version: number,
+        };
     }
     match Envelope::peek(armored) {
         Some(envelope) if envelope.version != SshSig::VERSION => {
             SignatureError::UnsupportedVersion {
+                object,
                 version: envelope.version,
             }
         }
         Some(envelope) if envelope.key_type != Algorithm::Ed25519.as_str() => {
             SignatureError::UnsupportedKeyType {
+                object,
                 algorithm: envelope.key_type,
             }
         }
         Some(envelope) if envelope.hash != "sha256" && envelope.hash != "sha512" => {
             SignatureError::UnsupportedHash {
+                object,
                 hash: envelope.hash,
             }
         }
         _ => SignatureError::MalformedSignature {
+            object,
             reason: error.to_string(),
         },
     }
@@ -573,6 +737,94 @@ mod tests {
         }
     }
 
+    impl Fixture {
+        /// Our verdict on the tag `id` under the allowed_signers `policy`, after asserting that
+        /// `git verify-tag` with the same file says ok / not ok just like us.
+        fn check_tag(&self, policy: &str, id: &str) -> Result<Signer, SignatureError> {
+            let path = self.path("allowed_signers");
+            fs::write(&path, policy).unwrap();
+            let signers = AllowedSigners::from_bytes(fs::read(&path).unwrap(), &path).unwrap();
+            let ours = check_tag(&signers, &self.repo.raw_tag(id));
+            let git = self.run(
+                "git",
+                &[
+                    "-c",
+                    &format!("gpg.ssh.allowedSignersFile={}", path.display()),
+                    "verify-tag",
+                    id,
+                ],
+                b"",
+            );
+            assert_eq!(
+                ours.is_ok(),
+                git.status.success(),
+                "we said {ours:?}; git verify-tag said: {}",
+                String::from_utf8_lossy(&git.stderr)
+            );
+            ours
+        }
+    }
+
+    #[test]
+    fn tag_signatures_agree_with_git_verify_tag() {
+        let f = Fixture::new();
+        let alice = f.key("alice", "ed25519");
+        let mallory = f.key("mallory", "ed25519");
+        f.commit("base", Some(&alice));
+        let policy = format!("alice namespaces=\"git\" {}\n", alice.public_line());
+        let message = "Release production/1\n\nExpires: 2030-01-01T00:00:00Z";
+        let tag = |name: &str, key: &SigningKey| {
+            f.repo
+                .tag_signed(key, name, "HEAD", message, Some(COMMIT_TIME))
+        };
+
+        let good = tag("production/1", &alice);
+        assert_eq!(f.check_tag(&policy, &good).unwrap().principal, "alice");
+        let split = split_tag(&f.repo.raw_tag(&good)).unwrap();
+        assert_eq!(split.tagger_time, COMMIT_TIME);
+        assert!(split.payload.ends_with(b"Expires: 2030-01-01T00:00:00Z\n"));
+
+        let foreign = tag("production/2", &mallory);
+        let err = f.check_tag(&policy, &foreign).unwrap_err();
+        assert!(matches!(err, SignatureError::UnknownKey { .. }), "{err}");
+
+        let tampered = f
+            .repo
+            .tag_edited(&alice, "production/3", "HEAD", message, |raw| {
+                replace(&raw, b"2030-01-01", b"2099-01-01")
+            });
+        let err = f.check_tag(&policy, &tampered).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("the signature by key {} does not match the tag's contents: the tag was changed after it was signed, or the signature is corrupt; do not trust this tag, find out who changed it, and push a freshly signed one", alice.fingerprint())
+        );
+
+        let unsigned = f.repo.tag_unsigned("production/4", "HEAD", message);
+        let err = f.check_tag(&policy, &unsigned).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the tag is not signed; sign it with a key from the trust policy (git config gpg.format ssh, then git tag -s, or shoal-agent release)"
+        );
+
+        // Validity windows are checked against the tagger time, as git does.
+        let expired_key = format!(
+            "alice namespaces=\"git\",valid-before=\"20230101\" {}\n",
+            alice.public_line()
+        );
+        let err = f.check_tag(&expired_key, &good).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("but the tag's tagger time is 2023-11-14T22:13:20Z"),
+            "{err}"
+        );
+
+        // A commit id is not a tag: nothing to split.
+        assert!(matches!(
+            split_tag(&f.head()),
+            Err(SignatureError::Unsigned { .. })
+        ));
+    }
+
     /// `raw` with a signature header inserted where git puts it: after the last header.
     fn with_signature(raw: &[u8], header: &str, armored: &str) -> Vec<u8> {
         let end = raw.windows(2).position(|w| w == b"\n\n").unwrap() + 1;
@@ -664,7 +916,7 @@ mod tests {
         let err = f
             .check(&format!("alice {}", alice.public_line()), &raw)
             .unwrap_err();
-        assert!(matches!(err, SignatureError::Unsigned), "{err:?}");
+        assert!(matches!(err, SignatureError::Unsigned { .. }), "{err:?}");
         assert_eq!(
             err.to_string(),
             "the commit is not signed; sign it with a key from the trust policy (git config gpg.format ssh, then git commit -S)"
@@ -846,7 +1098,7 @@ mod tests {
             )
             .unwrap_err();
         assert!(
-            matches!(err, SignatureError::UnsupportedVersion { version: 2 }),
+            matches!(err, SignatureError::UnsupportedVersion { version: 2, .. }),
             "{err:?}"
         );
 

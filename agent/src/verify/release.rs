@@ -1,0 +1,100 @@
+//! The trust decision for a release (environment mode): may the device follow the tag at
+//! `refs/shoal/releases/NAME`? The tag must be a signed annotated tag (`check_tag`, as
+//! `git verify-tag`), for this device's environment and newer than the last accepted release
+//! (`shoal_core::release::decide`, the clock passed in), and its commit must pass
+//! `verify_update` (anti-rollback and signatures, tip or range) as a branch tip would. Reads the
+//! mirror's objects; writes nothing.
+
+use gix::ObjectId;
+use shoal_core::release::{self, Context, LastRelease};
+use shoal_core::signature::sshsig;
+
+use super::policy::{verify_update, AcceptedRelease, TrustPolicy, Verified, VerifyError};
+use crate::errors::error_chain;
+
+/// What the device knows when it looks at a release: its environment, the commit and release it
+/// accepted last, and its clock (unix seconds).
+#[derive(Debug, Clone, Copy)]
+pub struct ReleaseContext<'a> {
+    pub environment: &'a str,
+    pub applied: Option<ObjectId>,
+    pub last: Option<&'a LastRelease>,
+    pub now: i64,
+}
+
+/// Decides whether the device may follow the release tag `tag` (the object its release ref
+/// names). On success the `Verified` is the tag's commit's, carrying the release.
+pub fn verify_release(
+    repo: &gix::Repository,
+    policy: &TrustPolicy,
+    context: ReleaseContext<'_>,
+    tag: ObjectId,
+) -> Result<Verified, VerifyError> {
+    let reference = release::release_ref(context.environment);
+    let object = repo.find_object(tag).map_err(|e| VerifyError::Object {
+        commit: tag,
+        message: error_chain(&e),
+    })?;
+    if object.kind != gix::object::Kind::Tag {
+        let what = match object.kind {
+            gix::object::Kind::Commit => {
+                "a commit (a branch or a lightweight tag was pushed there)".to_owned()
+            }
+            kind => format!("a {kind}"),
+        };
+        return Err(VerifyError::NotARelease {
+            reference,
+            id: tag,
+            what,
+        });
+    }
+    // The signature first: nothing in the tag is believed before it is checked.
+    let signer = sshsig::check_tag(&policy.signers, &object.data).map_err(|source| {
+        VerifyError::ReleaseSignature {
+            reference: reference.clone(),
+            tag,
+            source: Box::new(source),
+        }
+    })?;
+    let parsed = release::parse_tag(&object.data).map_err(|source| VerifyError::ReleaseTag {
+        reference: reference.clone(),
+        tag,
+        source: Box::new(source),
+    })?;
+    let applied = context.applied.map(|id| id.to_string());
+    release::decide(
+        &parsed,
+        &tag.to_string(),
+        Context {
+            environment: context.environment,
+            last: context.last,
+            applied: applied.as_deref(),
+            now: context.now,
+        },
+    )
+    .map_err(|source| VerifyError::Release {
+        reference: reference.clone(),
+        tag,
+        source: Box::new(source),
+    })?;
+    // `decide` refused every type but `commit`, and parse_tag checked the id is hex.
+    let commit = ObjectId::from_hex(parsed.object.as_bytes()).map_err(|e| VerifyError::Object {
+        commit: tag,
+        message: format!("the tag's object id does not parse: {e}"),
+    })?;
+    let accepted = AcceptedRelease {
+        name: parsed.name.clone(),
+        tag,
+        tagger_time: parsed.tagger_time,
+        expires: parsed.expires,
+        signer,
+    };
+    let verified = verify_update(repo, policy, context.applied, commit).map_err(|source| {
+        VerifyError::ReleaseCommit {
+            release: Box::new(parsed.name),
+            tag,
+            source: Box::new(source),
+        }
+    })?;
+    Ok(verified.with_release(accepted))
+}
