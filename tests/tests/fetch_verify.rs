@@ -480,3 +480,70 @@ fn verify_command_checks_a_users_repo_for_ci() {
         ])
         .expect(2, "cannot resolve revision");
 }
+
+/// Issue 13: a repository made with `git init --object-format=sha256` is refused with a message
+/// naming the limitation (the agent's gix is built with SHA-1 only), over every transport, and
+/// is not retried as a network failure; `git verify-commit` accepts the same commit, so the
+/// refusal is the agent's limitation and not the repository's fault. Nothing is written.
+#[test]
+fn a_sha256_repository_is_refused_naming_the_limitation_and_nothing_is_written() {
+    if !require_tools(&["git", "ssh-keygen"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let operator = SigningKey::generate(dir.path().join("keys"), "operator");
+    let allowed_signers = dir.path().join("allowed_signers");
+    write_allowed_signers(&allowed_signers, &[("operator@example", &operator)]);
+    let repo = ConfigRepo::init_with(dir.path().join("work"), &["--object-format=sha256"]);
+    repo.write("shoal.toml", "version = 1\n");
+    let commit = repo.commit_signed(&operator, "sha256 config");
+    assert_eq!(commit.len(), 64, "a SHA-256 commit id: {commit}");
+    assert!(
+        repo.git_verifies(&allowed_signers, &commit),
+        "git verify-commit accepts the SHA-256 commit"
+    );
+    let srv = dir.path().join("srv");
+    let bare = srv.join("config.git");
+    let init = std::process::Command::new("git")
+        .args(["init", "-q", "--bare", "--object-format=sha256"])
+        .arg(&bare)
+        .status()
+        .expect("git init --bare");
+    assert!(init.success());
+    repo.publish_to(&bare);
+
+    let daemon = GitDaemon::start(&srv);
+    for (name, url) in [
+        ("git daemon", daemon.url("config.git")),
+        ("path", bare.display().to_string()),
+    ] {
+        let device = Device::new(
+            dir.path()
+                .join(format!("device-{}", name.replace(' ', "-"))),
+            &url,
+            &allowed_signers,
+            "tip",
+            "",
+        );
+        let run = device.sync();
+        run.expect(
+            1,
+            &format!(
+                "the config repository {url} uses SHA-256 object ids (made with git init \
+             --object-format=sha256), which this agent does not support: its git library (gix \
+             0.90) is built with SHA-1 only"
+            ),
+        );
+        assert!(
+            !run.stderr.contains("cannot reach"),
+            "{name}: not a network failure: {}",
+            run.stderr
+        );
+        for record in ["applied-commit", "current-generation", "generations"] {
+            assert!(
+                !device.state_dir().join(record).exists(),
+                "{name}: {record} was written"
+            );
+        }
+    }
+}

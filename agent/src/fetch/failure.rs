@@ -50,6 +50,7 @@ pub fn classify(source: &SourceConfig, chain: &str, challenged: bool) -> Option<
         {
             Some(FetchError::Redirected { url })
         }
+        _ if is_sha256(chain) => Some(FetchError::Sha256Unsupported { url }),
         _ if is_tls(chain) => Some(FetchError::TlsHandshake {
             url,
             message: chain.to_owned(),
@@ -88,6 +89,12 @@ pub fn http_status(chain: &str) -> Option<u16> {
 /// hyper-util names a failed lookup `dns error`; getaddrinfo's own text follows it.
 fn is_dns(chain: &str) -> bool {
     chain.contains("dns error") || chain.contains("failed to lookup address information")
+}
+
+/// A ref advertisement with 64-hex object ids, which a SHA-1-only gix cannot decode (gix-hash:
+/// `A hash sized 64 hexadecimal characters is invalid`).
+fn is_sha256(chain: &str) -> bool {
+    chain.contains("A hash sized 64 hexadecimal characters is invalid")
 }
 
 /// rustls's certificate and handshake failures, as reqwest passes them on.

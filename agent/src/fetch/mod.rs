@@ -64,6 +64,8 @@ pub enum FetchError {
     Forbidden { url: String, credential: String },
     #[error("the config repository {url} does not exist, or {credential} has no access to it (HTTP 404); check [source] url and the credential's access on the server")]
     NotFound { url: String, credential: String },
+    #[error("the config repository {url} uses SHA-256 object ids (made with git init --object-format=sha256), which this agent does not support: its git library (gix 0.90) is built with SHA-1 only, and its SHA-256 support is not yet complete enough to verify and apply on a device; serve the configuration from a SHA-1 repository (git's default)")]
+    Sha256Unsupported { url: String },
     #[error("the config repository {url} answered with a redirect, which the agent does not follow while a credential is configured (the credential is sent only to the configured origin); set [source] url to the repository's final address")]
     Redirected { url: String },
     #[error(transparent)]
