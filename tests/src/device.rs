@@ -112,6 +112,25 @@ verify = "{verify}"
         self.dir.join("state")
     }
 
+    /// Every entry under the state directory with its size and mtime, sorted: a sync that
+    /// writes nothing leaves it equal.
+    pub fn state_files(&self) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.state_dir()];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).expect("read_dir") {
+                let entry = entry.expect("entry");
+                let meta = entry.metadata().expect("metadata");
+                if meta.is_dir() {
+                    stack.push(entry.path());
+                }
+                out.push((entry.path(), meta.len(), meta.modified().expect("mtime")));
+            }
+        }
+        out.sort();
+        out
+    }
+
     /// Runs `shoal-agent --config <this device> ARGS`.
     pub fn agent(&self, args: &[&str]) -> Run {
         self.agent_logging(args, "warn")

@@ -2,7 +2,7 @@
 //! over real git servers (smart HTTP over TLS, plain HTTP, git daemon, file), accepts only
 //! trusted, forward-moving history, and agrees with `git verify-commit` on every verdict.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use shoal_e2e::{
     require_tools, write_allowed_signers, ConfigRepo, Device, GitDaemon, HttpsGitServer, SigningKey,
@@ -76,24 +76,6 @@ impl Scenario {
     }
 }
 
-/// Files of a directory tree with their size and mtime: a sync that writes nothing leaves it equal.
-fn snapshot(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).expect("read_dir") {
-            let entry = entry.expect("entry");
-            let meta = entry.metadata().expect("metadata");
-            if meta.is_dir() {
-                stack.push(entry.path());
-            }
-            out.push((entry.path(), meta.len(), meta.modified().expect("mtime")));
-        }
-    }
-    out.sort();
-    out
-}
-
 #[test]
 fn https_first_sync_accepts_signed_tip_and_noop_sync_costs_one_advertisement_and_no_writes() {
     let Some(s) = Scenario::new() else { return };
@@ -106,7 +88,7 @@ fn https_first_sync_accepts_signed_tip_and_noop_sync_costs_one_advertisement_and
     assert_eq!(device.applied().as_deref(), Some(first.as_str()));
     s.git_agrees(&first, true);
 
-    let before = snapshot(&device.state_dir());
+    let before = device.state_files();
     server.reset_counters();
     device.sync().assert_ok().expect(0, "up to date");
     let requests = server.requests();
@@ -114,11 +96,7 @@ fn https_first_sync_accepts_signed_tip_and_noop_sync_costs_one_advertisement_and
         requests.len() == 1 && requests[0].starts_with("GET "),
         "a no-op sync is one round trip (the ref advertisement), got {requests:?}"
     );
-    assert_eq!(
-        snapshot(&device.state_dir()),
-        before,
-        "a no-op sync writes nothing"
-    );
+    assert_eq!(device.state_files(), before, "a no-op sync writes nothing");
 
     let second = s.push_signed("second");
     device

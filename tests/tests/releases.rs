@@ -27,6 +27,16 @@ struct Releases {
 }
 
 impl Releases {
+    /// The device at generation 1: commit `first`, released as production/1 (far from expiry)
+    /// and applied; returns that commit.
+    fn at_release_1(&self) -> String {
+        let first = self.commit("first\n");
+        self.tag(&self.bot, "production/1", &first, FAR_FUTURE, None);
+        self.serve("production/1");
+        self.s.device.sync().expect(0, "applied generation 1");
+        first
+    }
+
     fn new() -> Option<Releases> {
         Releases::from(Sandbox::over_git_daemon()?)
     }
@@ -145,24 +155,6 @@ struct DeviceState {
     generation: Option<String>,
 }
 
-/// Files of a directory tree with their size and mtime: a sync that writes nothing leaves it equal.
-fn snapshot(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).expect("read_dir") {
-            let entry = entry.expect("entry");
-            let meta = entry.metadata().expect("metadata");
-            if meta.is_dir() {
-                stack.push(entry.path());
-            }
-            out.push((entry.path(), meta.len(), meta.modified().expect("mtime")));
-        }
-    }
-    out.sort();
-    out
-}
-
 fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -254,11 +246,11 @@ fn a_device_follows_signed_releases_and_a_fresh_release_of_the_same_commit_appli
 
     // Nothing new: one round trip, nothing written anywhere in the state directory.
     server.reset_counters();
-    let before = snapshot(&r.s.device.state_dir());
+    let before = r.s.device.state_files();
     r.s.device.sync().expect(0, "up to date");
     assert_eq!(server.requests().len(), 1, "{:?}", server.requests());
     assert_eq!(
-        snapshot(&r.s.device.state_dir()),
+        r.s.device.state_files(),
         before,
         "a no-op sync writes nothing"
     );
@@ -370,10 +362,7 @@ fn a_release_of_a_commit_not_descending_from_the_applied_one_is_refused() {
 #[test]
 fn an_expired_release_is_stale_changes_nothing_and_a_fresh_one_converges() {
     let Some(r) = Releases::new() else { return };
-    let first = r.commit("first\n");
-    r.tag(&r.bot, "production/1", &first, FAR_FUTURE, None);
-    r.serve("production/1");
-    r.s.device.sync().expect(0, "applied generation 1");
+    r.at_release_1();
 
     let second = r.commit("second\n");
     let tag = r.tag(
@@ -448,10 +437,7 @@ fn a_release_tagged_before_the_last_accepted_one_is_refused() {
 #[test]
 fn unsigned_and_lightweight_tags_at_the_release_ref_are_refused() {
     let Some(r) = Releases::new() else { return };
-    let first = r.commit("first\n");
-    r.tag(&r.bot, "production/1", &first, FAR_FUTURE, None);
-    r.serve("production/1");
-    r.s.device.sync().expect(0, "applied generation 1");
+    r.at_release_1();
     let second = r.commit("second\n");
 
     let unsigned = r.s.repo.tag_unsigned(
@@ -476,10 +462,7 @@ fn unsigned_and_lightweight_tags_at_the_release_ref_are_refused() {
 #[test]
 fn a_release_signed_by_a_key_not_allowed_is_refused() {
     let Some(r) = Releases::new() else { return };
-    let first = r.commit("first\n");
-    r.tag(&r.bot, "production/1", &first, FAR_FUTURE, None);
-    r.serve("production/1");
-    r.s.device.sync().expect(0, "applied generation 1");
+    r.at_release_1();
 
     let second = r.commit("second\n");
     let tag = r.tag(&r.mallory, "production/2", &second, FAR_FUTURE, None);
@@ -496,10 +479,7 @@ fn a_release_signed_by_a_key_not_allowed_is_refused() {
 #[test]
 fn a_release_tag_whose_object_is_not_a_commit_is_refused() {
     let Some(r) = Releases::new() else { return };
-    let first = r.commit("first\n");
-    r.tag(&r.bot, "production/1", &first, FAR_FUTURE, None);
-    r.serve("production/1");
-    r.s.device.sync().expect(0, "applied generation 1");
+    r.at_release_1();
 
     let tree = r.s.repo.git(&["rev-parse", "HEAD^{tree}"]);
     let tag = r.tag(&r.bot, "production/2", &tree, FAR_FUTURE, None);
@@ -514,10 +494,7 @@ fn a_release_tag_whose_object_is_not_a_commit_is_refused() {
 #[test]
 fn a_tampered_release_tag_is_refused() {
     let Some(r) = Releases::new() else { return };
-    let first = r.commit("first\n");
-    r.tag(&r.bot, "production/1", &first, FAR_FUTURE, None);
-    r.serve("production/1");
-    r.s.device.sync().expect(0, "applied generation 1");
+    r.at_release_1();
 
     // A mirror that stretches the expiry of a signed release (the freeze, disguised).
     let second = r.commit("second\n");
@@ -541,10 +518,7 @@ fn a_tampered_release_tag_is_refused() {
 #[test]
 fn a_halted_release_stops_devices_that_have_not_applied_its_commit() {
     let Some(r) = Releases::new() else { return };
-    let first = r.commit("first\n");
-    r.tag(&r.bot, "production/1", &first, FAR_FUTURE, None);
-    r.serve("production/1");
-    r.s.device.sync().expect(0, "applied generation 1");
+    let first = r.at_release_1();
 
     let second = r.commit("second\n");
     let halted = format!("Release production/2\n\nExpires: {FAR_FUTURE}\nHalt: true");
@@ -673,10 +647,7 @@ fn the_release_command_counts_on_from_the_remote_and_refuses_bad_input() {
 #[test]
 fn a_release_over_an_unsigned_commit_is_refused_in_range_mode() {
     let Some(r) = Releases::new() else { return };
-    let first = r.commit("first\n");
-    r.tag(&r.bot, "production/1", &first, FAR_FUTURE, None);
-    r.serve("production/1");
-    r.s.device.sync().expect(0, "applied generation 1");
+    let first = r.at_release_1();
 
     // An unsigned commit, then a signed one on top, released: the tag and the tip are good, the
     // history between the applied commit and the tip is not (`verify = "range"`).
