@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod auth;
+mod batch;
 pub mod metrics;
 pub mod page;
 pub mod serve;

@@ -32,25 +32,13 @@ pub struct Stopped;
 impl Verifier {
     /// Starts the checker thread.
     pub fn spawn() -> std::io::Result<Verifier> {
-        let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
-        std::thread::Builder::new()
-            .name("shoal-verifier".into())
-            .spawn(move || {
-                while let Some(first) = rx.blocking_recv() {
-                    let mut jobs = vec![first];
-                    while jobs.len() < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(job) => jobs.push(job),
-                            Err(_) => break,
-                        }
-                    }
-                    let (envelopes, replies): (Vec<_>, Vec<_>) =
-                        jobs.into_iter().map(|j| (j.envelope, j.reply)).unzip();
-                    for (reply, result) in replies.into_iter().zip(ingest::verify_all(envelopes)) {
-                        let _ = reply.send(result);
-                    }
-                }
-            })?;
+        let tx = crate::batch::spawn("shoal-verifier", QUEUE, MAX_BATCH, |jobs: Vec<Job>| {
+            let (envelopes, replies): (Vec<_>, Vec<_>) =
+                jobs.into_iter().map(|j| (j.envelope, j.reply)).unzip();
+            for (reply, result) in replies.into_iter().zip(ingest::verify_all(envelopes)) {
+                let _ = reply.send(result);
+            }
+        })?;
         Ok(Verifier { tx })
     }
 

@@ -38,21 +38,9 @@ fn stopped() -> StoreError {
 impl Writer {
     /// Starts the writer thread for `store`.
     pub fn spawn(store: Arc<dyn Store>) -> std::io::Result<Writer> {
-        let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
-        std::thread::Builder::new()
-            .name("shoal-ingest-writer".into())
-            .spawn(move || {
-                while let Some(first) = rx.blocking_recv() {
-                    let mut jobs = vec![first];
-                    while jobs.len() < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(job) => jobs.push(job),
-                            Err(_) => break,
-                        }
-                    }
-                    write(store.as_ref(), jobs);
-                }
-            })?;
+        let tx = crate::batch::spawn("shoal-ingest-writer", QUEUE, MAX_BATCH, move |jobs| {
+            write(store.as_ref(), jobs)
+        })?;
         Ok(Writer { tx })
     }
 
