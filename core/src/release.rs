@@ -9,7 +9,7 @@
 
 use std::fmt;
 
-use crate::signature::allowed_signers::{days_from_civil, days_in_month, format_utc};
+use crate::signature::allowed_signers::{format_utc, unix_time};
 use crate::signature::sshsig::split_tag;
 
 /// Where a device following environment `NAME` finds its release: `refs/shoal/releases/NAME`.
@@ -266,19 +266,7 @@ pub fn parse_rfc3339_utc(text: &str) -> Option<i64> {
     };
     let (year, month, day) = (field(0, 4)?, field(5, 7)?, field(8, 10)?);
     let (hour, minute, second) = (field(11, 13)?, field(14, 16)?, field(17, 19)?);
-    if !(1..=12).contains(&month)
-        || day == 0
-        || day > days_in_month(year, month)
-        || hour > 23
-        || minute > 59
-        || second > 59
-    {
-        return None;
-    }
-    Some(
-        days_from_civil(i64::from(year), month, day) * 86_400
-            + i64::from(hour * 3600 + minute * 60 + second),
-    )
+    unix_time(year, month, day, hour, minute, second)
 }
 
 /// Unix seconds as `2024-05-01T12:00:00Z`, the form of the `Expires:` trailer.

@@ -451,6 +451,20 @@ fn parse_time(text: &str) -> Option<i64> {
         12 => (field(8, 10)?, field(10, 12)?, 0),
         _ => (field(8, 10)?, field(10, 12)?, field(12, 14)?),
     };
+    let time = unix_time(year, month, day, hour, minute, second)?;
+    (time > 0).then_some(time)
+}
+
+/// Unix seconds of a UTC date and time, `None` unless it is a real one (month 1-12, the
+/// month's days, 00:00:00-23:59:59; no leap second).
+pub(crate) fn unix_time(
+    year: u32,
+    month: u32,
+    day: u32,
+    hour: u32,
+    minute: u32,
+    second: u32,
+) -> Option<i64> {
     if !(1..=12).contains(&month)
         || day == 0
         || day > days_in_month(year, month)
@@ -461,11 +475,10 @@ fn parse_time(text: &str) -> Option<i64> {
         return None;
     }
     let days = days_from_civil(i64::from(year), month, day);
-    let time = days * 86_400 + i64::from(hour * 3600 + minute * 60 + second);
-    (time > 0).then_some(time)
+    Some(days * 86_400 + i64::from(hour * 3600 + minute * 60 + second))
 }
 
-pub(crate) fn days_in_month(year: u32, month: u32) -> u32 {
+fn days_in_month(year: u32, month: u32) -> u32 {
     match month {
         2 if year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400)) => {
             29
