@@ -708,60 +708,48 @@ mod tests {
         /// Our verdict on `raw` under the allowed_signers `policy`, after asserting that
         /// `git verify-commit` with the same file says ok / not ok just like us.
         fn check(&self, policy: &str, raw: &[u8]) -> Result<Signer, SignatureError> {
-            let path = self.path("allowed_signers");
-            fs::write(&path, policy).unwrap();
-            let ours = check_commit(
-                &AllowedSigners::from_bytes(std::fs::read(&path).unwrap(), &path).unwrap(),
-                raw,
-            );
-
+            let signers = self.signers(policy);
+            let ours = check_commit(&signers, raw);
             let id = self.ok(
                 "git",
                 &["hash-object", "-t", "commit", "-w", "--stdin"],
                 raw,
             );
             let id = String::from_utf8(id).unwrap();
-            let signers_file = format!("gpg.ssh.allowedSignersFile={}", path.display());
-            let git = self.run(
-                "git",
-                &["-c", &signers_file, "verify-commit", id.trim()],
-                b"",
-            );
-            assert_eq!(
-                ours.is_ok(),
-                git.status.success(),
-                "we said {ours:?}; git verify-commit said: {}",
-                String::from_utf8_lossy(&git.stderr)
-            );
+            self.git_agrees("verify-commit", id.trim(), &ours);
             ours
         }
-    }
 
-    impl Fixture {
         /// Our verdict on the tag `id` under the allowed_signers `policy`, after asserting that
         /// `git verify-tag` with the same file says ok / not ok just like us.
         fn check_tag(&self, policy: &str, id: &str) -> Result<Signer, SignatureError> {
+            let signers = self.signers(policy);
+            let ours = check_tag(&signers, &self.repo.raw_tag(id));
+            self.git_agrees("verify-tag", id, &ours);
+            ours
+        }
+
+        /// `policy` written as the fixture's allowed_signers file, and parsed.
+        fn signers(&self, policy: &str) -> AllowedSigners {
             let path = self.path("allowed_signers");
             fs::write(&path, policy).unwrap();
-            let signers = AllowedSigners::from_bytes(fs::read(&path).unwrap(), &path).unwrap();
-            let ours = check_tag(&signers, &self.repo.raw_tag(id));
-            let git = self.run(
-                "git",
-                &[
-                    "-c",
-                    &format!("gpg.ssh.allowedSignersFile={}", path.display()),
-                    "verify-tag",
-                    id,
-                ],
-                b"",
+            AllowedSigners::from_bytes(fs::read(&path).unwrap(), &path).unwrap()
+        }
+
+        /// Asserts that `git <verify> id` with the fixture's allowed_signers file accepts
+        /// exactly when we did.
+        fn git_agrees(&self, verify: &str, id: &str, ours: &Result<Signer, SignatureError>) {
+            let signers_file = format!(
+                "gpg.ssh.allowedSignersFile={}",
+                self.path("allowed_signers").display()
             );
+            let git = self.run("git", &["-c", &signers_file, verify, id], b"");
             assert_eq!(
                 ours.is_ok(),
                 git.status.success(),
-                "we said {ours:?}; git verify-tag said: {}",
+                "we said {ours:?}; git {verify} said: {}",
                 String::from_utf8_lossy(&git.stderr)
             );
-            ours
         }
     }
 
