@@ -368,23 +368,14 @@ async fn one_replica_killed_while_the_other_serves_loses_nothing_acknowledged_an
     // What was acknowledged before the kill is on the survivor now.
     let at_kill: Vec<usize> = acked.iter().map(|a| a.load(Ordering::SeqCst)).collect();
     let client = Client::new(survivor.addr());
-    for (i, n) in at_kill.iter().enumerate() {
-        if *n == 0 {
-            continue;
-        }
-        let d = client.get(&format!("/api/v1/devices/dev-{i:02}")).await;
-        assert_eq!(
-            d.status,
-            200,
-            "dev-{i:02} acknowledged {n} but is gone: {}",
-            d.text()
-        );
-        let seq = d.json()["sequence"].as_u64().unwrap();
-        assert!(
-            seq >= *n as u64,
-            "dev-{i:02}: acknowledged {n}, the survivor has {seq}"
-        );
-    }
+    assert_acknowledged_kept(
+        &client,
+        at_kill
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (format!("dev-{i:02}"), *n as u64)),
+    )
+    .await;
     let mut failovers = 0;
     for t in tasks {
         failovers += t.await.unwrap();

@@ -274,23 +274,14 @@ async fn kill_9_mid_stream_loses_no_acknowledged_report_and_counts_none_twice(ba
 
     let server = start_binary(&data, &args, &tmp.path().join("log2"));
     let client = Client::new(server.addr());
-    for ((id, _), done) in outboxes.iter().zip(&delivered) {
-        if *done == 0 {
-            continue;
-        }
-        let d = client.get(&format!("/api/v1/devices/{id}")).await;
-        assert_eq!(
-            d.status,
-            200,
-            "{id} was acknowledged but is gone: {}",
-            d.text()
-        );
-        let seq = d.json()["sequence"].as_u64().unwrap();
-        assert!(
-            seq >= *done as u64,
-            "{id}: acknowledged {done}, collector has {seq}"
-        );
-    }
+    assert_acknowledged_kept(
+        &client,
+        outboxes
+            .iter()
+            .zip(&delivered)
+            .map(|((id, _), done)| (id.to_string(), *done as u64)),
+    )
+    .await;
     let tasks: Vec<_> = outboxes
         .iter()
         .zip(&delivered)

@@ -61,6 +61,28 @@ pub enum Backend {
 }
 
 /// Whether the shared PostgreSQL cluster runs (else a loud skip; a panic under SHOAL_E2E=1).
+/// Nothing acknowledged is lost: each device in `acknowledged` (id, reports the collector
+/// answered 200 to) is known to the collector behind `client` with at least that sequence.
+pub async fn assert_acknowledged_kept(
+    client: &Client,
+    acknowledged: impl IntoIterator<Item = (String, u64)>,
+) {
+    for (id, n) in acknowledged {
+        if n == 0 {
+            continue;
+        }
+        let d = client.get(&format!("/api/v1/devices/{id}")).await;
+        assert_eq!(
+            d.status,
+            200,
+            "{id} was acknowledged {n} times but is gone: {}",
+            d.text()
+        );
+        let seq = d.json()["sequence"].as_u64().unwrap();
+        assert!(seq >= n, "{id}: acknowledged {n}, the collector has {seq}");
+    }
+}
+
 pub fn postgres_available() -> bool {
     PgCluster::shared().is_some()
 }
