@@ -288,11 +288,13 @@ impl BlobStore {
         Ok(())
     }
 
-    /// Removes temp files left by a crash while storing blobs.
-    pub(crate) fn sweep(&self) -> Result<(), Fault> {
-        for name in names(&self.dir)? {
+    /// Removes temp files left by a crash while storing blobs. Run at every start, so it only
+    /// lists the directory: no pack's index is read.
+    pub(crate) fn sweep(area: ApplyArea<'_>) -> Result<(), Fault> {
+        let dir = area.blobs();
+        for name in names(&dir)? {
             if name.starts_with('.') && name.ends_with(TEMP_SUFFIX) {
-                remove_if_present(&self.dir.join(name))?;
+                remove_if_present(&dir.join(name))?;
             }
         }
         Ok(())

@@ -346,7 +346,7 @@ fn sweep_temp_files(area: ApplyArea<'_>) {
         }
     }
     if area.blobs().is_dir() {
-        if let Err(e) = BlobStore::open(area).and_then(|store| store.sweep()) {
+        if let Err(e) = BlobStore::sweep(area) {
             tracing::warn!(error = %e, "could not sweep the blob store");
         }
     }

@@ -167,3 +167,19 @@ fn a_damaged_pack_fails_the_read_naming_it_and_never_returns_other_bytes() {
         b"first content\n"
     );
 }
+
+#[test]
+fn recover_sweeps_a_pack_a_crash_left_half_written_and_the_store_ignores_it() {
+    let dir = tempfile::tempdir().unwrap();
+    store_batch(dir.path(), &[b"kept\n"]);
+    // A crash before the rename: the pack's temp file, its index never written.
+    fs::write(dir.path().join("blobs/.pack-new.tmp"), b"SHOALPK1half").unwrap();
+    assert_eq!(read(dir.path(), b"kept\n").unwrap(), b"kept\n");
+    let root = dir.path().join("root");
+    fs::create_dir_all(&root).unwrap();
+    assert!(recover(&root, area(dir.path()), |_| false)
+        .unwrap()
+        .is_none());
+    assert_eq!(files_in(dir.path()).len(), 1, "{:?}", files_in(dir.path()));
+    assert_eq!(read(dir.path(), b"kept\n").unwrap(), b"kept\n");
+}
