@@ -3,6 +3,7 @@
 //! environment mode, no backoff while the release is stale.
 
 use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,30 @@ fn signal(child: &Child, sig: &str) {
 }
 
 /// Reads notifications until one contains `needle`, or panics after `timeout`.
+/// The socket the test listens on as systemd would (`NOTIFY_SOCKET`), in `dir`.
+fn notify_socket(dir: &Path) -> (PathBuf, UnixDatagram) {
+    let path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&path).expect("bind notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    (path, socket)
+}
+
+/// `shoal-agent run` for the device configured at `config`, notifying `socket`.
+fn run_daemon(config: &Path, socket: &Path, stderr: Stdio) -> Child {
+    Command::new(agent_bin())
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .env("NOTIFY_SOCKET", socket)
+        .env("SHOAL_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn shoal-agent run")
+}
+
 fn wait_for(socket: &UnixDatagram, needle: &str, timeout: Duration) -> String {
     let deadline = Instant::now() + timeout;
     let mut seen = Vec::new();
@@ -60,23 +85,8 @@ fn daemon_notifies_ready_syncs_on_sighup_refuses_a_second_instance_and_stops_on_
     )
     .expect("write");
 
-    let socket_path = s.dir.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).expect("bind notify socket");
-    socket
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("timeout");
-    let spawn = || {
-        Command::new(agent_bin())
-            .arg("--config")
-            .arg(device.config_path())
-            .arg("run")
-            .env("NOTIFY_SOCKET", &socket_path)
-            .env("SHOAL_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn shoal-agent run")
-    };
+    let (socket_path, socket) = notify_socket(s.dir.path());
+    let spawn = || run_daemon(&device.config_path(), &socket_path, Stdio::piped());
     let daemon = Daemon(spawn());
     wait_for(&socket, "READY=1", Duration::from_secs(20));
     wait_for(
@@ -156,23 +166,12 @@ fn a_stale_release_keeps_the_daemon_at_its_interval_and_a_fresh_release_converge
     let one = s.push(&[("shoal.toml", MOTD_MANIFEST), ("motd", "one\n")], "one");
     release("production/1", &one, "2099-01-01T00:00:00Z");
 
-    let socket_path = s.dir.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).expect("bind notify socket");
-    socket
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("timeout");
-    let daemon = Daemon(
-        Command::new(agent_bin())
-            .arg("--config")
-            .arg(device.config_path())
-            .arg("run")
-            .env("NOTIFY_SOCKET", &socket_path)
-            .env("SHOAL_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn shoal-agent run"),
-    );
+    let (socket_path, socket) = notify_socket(s.dir.path());
+    let daemon = Daemon(run_daemon(
+        &device.config_path(),
+        &socket_path,
+        Stdio::null(),
+    ));
     wait_for(
         &socket,
         "STATUS=converged: generation 1",
