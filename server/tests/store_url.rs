@@ -119,11 +119,14 @@ async fn the_url_comes_from_a_private_file_or_the_environment_and_never_shows() 
 
     // Open to the group or to others: refused, naming the file and the cure, before any
     // connection.
-    for mode in [0o644, 0o640, 0o604, 0o660] {
-        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
-        let out = serve(&["--store-file", file.to_str().unwrap()])
-            .output()
-            .unwrap();
+    // `credentials`: the CREDENTIALS_DIRECTORY the collector is started with, if any.
+    let refused = |file: &Path, mode: u32, credentials: Option<&Path>| {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode)).unwrap();
+        let mut cmd = serve(&["--store-file", file.to_str().unwrap()]);
+        if let Some(dir) = credentials {
+            cmd.env("CREDENTIALS_DIRECTORY", dir);
+        }
+        let out = cmd.output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{mode:o}: {err}");
         assert!(
@@ -135,6 +138,9 @@ async fn the_url_comes_from_a_private_file_or_the_environment_and_never_shows() 
         );
         assert!(err.contains("chmod 600"), "{err}");
         assert!(!err.contains(PASSWORD), "{err}");
+    };
+    for mode in [0o644, 0o640, 0o604, 0o660] {
+        refused(&file, mode, None);
     }
 
     // In systemd's credentials directory the group bits are an ACL's mask (0440), and the file is
@@ -149,27 +155,9 @@ async fn the_url_comes_from_a_private_file_or_the_environment_and_never_shows() 
     let serving = Serving::start(cmd, &tmp.path().join("credential.log"));
     reports_and_hides_the_password(&serving, "gw-cred").await;
     drop(serving);
-    std::fs::set_permissions(&credential, std::fs::Permissions::from_mode(0o444)).unwrap();
-    let out = serve(&["--store-file", credential.to_str().unwrap()])
-        .env("CREDENTIALS_DIRECTORY", &credentials)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o440)).unwrap();
-    let out = serve(&["--store-file", file.to_str().unwrap()])
-        .env("CREDENTIALS_DIRECTORY", &credentials)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "outside the credentials directory, 0440 is refused"
-    );
+    refused(&credential, 0o444, Some(&credentials));
+    // Outside the credentials directory, 0440 is refused.
+    refused(&file, 0o440, Some(&credentials));
 
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let serving = Serving::start(
