@@ -371,10 +371,16 @@ impl Dir {
 
     /// Opens `name` in this directory for reading, without following a link.
     pub(crate) fn open_read(&self, name: &OsStr) -> Result<File, PathError> {
-        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-        let fd = rustix::fs::openat(&*self.fd, name, flags, Mode::empty())
+        let fd = self
+            .open_fd(name)
             .map_err(|e| PathError::new("read", &self.real.join(name), e.into()))?;
         Ok(File::from(fd))
+    }
+
+    /// `name` opened for reading: never through a link, and without blocking on a FIFO.
+    fn open_fd(&self, name: &OsStr) -> rustix::io::Result<OwnedFd> {
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        rustix::fs::openat(&*self.fd, name, flags, Mode::empty())
     }
 
     /// The durable write, second half: atomically replaces whatever file is at `name` with
@@ -470,8 +476,9 @@ impl Located {
     /// Opens what `stat` described without following a link and without blocking on a FIFO
     /// swapped in since, and checks that it is the same file.
     fn open_file(&self, stat: &Stat) -> Result<File, PathError> {
-        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-        let fd = rustix::fs::openat(&*self.dir.fd, &self.name, flags, Mode::empty())
+        let fd = self
+            .dir
+            .open_fd(&self.name)
             .map_err(|e| PathError::new("read", &self.real, e.into()))?;
         let opened =
             rustix::fs::fstat(&fd).map_err(|e| PathError::new("read", &self.real, e.into()))?;
