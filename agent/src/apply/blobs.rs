@@ -292,9 +292,10 @@ impl BlobStore {
     /// lists the directory: no pack's index is read.
     pub(crate) fn sweep(area: ApplyArea<'_>) -> Result<(), Fault> {
         let dir = area.blobs();
+        let handle = Dir::open_trusted(&dir, "open the blob store")?;
         for name in names(&dir)? {
             if name.starts_with('.') && name.ends_with(TEMP_SUFFIX) {
-                remove_if_present(&dir.join(name))?;
+                handle.remove(OsStr::new(&name))?;
             }
         }
         Ok(())
@@ -342,7 +343,8 @@ impl BlobStore {
         let mut removed_any = false;
         for sha256 in &dead {
             if self.places.remove(sha256) == Some(Place::Loose) {
-                remove_if_present(&self.path(sha256)?)?;
+                self.check(sha256)?;
+                self.handle.remove(OsStr::new(sha256))?;
                 removed_any = true;
             }
         }
@@ -463,13 +465,4 @@ fn names(dir: &Path) -> Result<Vec<String>, Fault> {
         names.push(entry.file_name().to_string_lossy().into_owned());
     }
     Ok(names)
-}
-
-fn remove_if_present(path: &Path) -> Result<(), Fault> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            Err(PathError::new("remove", path, e).into())
-        }
-        _ => Ok(()),
-    }
 }
