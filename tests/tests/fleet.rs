@@ -4,6 +4,10 @@
 //! `role=gateway`, one `role=sensor`. The scenarios run in order on the same fleet, as an
 //! operator's week would, and each checks what the collector's API says against the devices.
 //!
+//! After the branch scenarios the fleet moves to signed releases (`environment = "production"`):
+//! a staging release served at the production ref is refused everywhere, and a release bot that
+//! stops re-signing leaves the fleet `stale` until a fresh release arrives.
+//!
 //! Syncs are asked for with `systemctl reload shoal-agent` (SIGHUP, what an operator or a push
 //! hook would do) instead of waiting out the interval; everything else is the agent on its own.
 
@@ -339,14 +343,38 @@ health_timeout = "5s"
     /// Waits until the collector shows each of `devices` with `status` at `commit`; on timeout,
     /// panics with what the collector and each device's agent said.
     fn wait_for(&self, devices: &[&str], status: &str, commit: &str) {
+        self.wait_until(devices, &format!("{status} at {commit}"), |seen| {
+            seen["status"] == status && seen["commit"] == commit
+        });
+    }
+
+    /// Waits until the collector shows each of `devices` with `status` at `commit`, under the
+    /// release `environment/number`.
+    fn wait_for_release(&self, devices: &[&str], status: &str, commit: &str, release: &str) {
+        let (environment, number) = release.split_once('/').expect("ENV/N");
+        let number: u64 = number.parse().expect("N");
+        self.wait_until(
+            devices,
+            &format!("{status} at {commit} under release {release}"),
+            |seen| {
+                seen["status"] == status
+                    && seen["commit"] == commit
+                    && seen["release"]["environment"] == environment
+                    && seen["release"]["number"] == number
+            },
+        );
+    }
+
+    /// Waits until the collector's view of each of `devices` (`what`) satisfies `shows`; on
+    /// timeout, panics with what the collector and each device's agent said.
+    fn wait_until(&self, devices: &[&str], what: &str, shows: impl Fn(&Value) -> bool) {
         let deadline = Instant::now() + CONVERGE;
         loop {
             let pending: Vec<String> = devices
                 .iter()
                 .filter_map(|id| {
                     let seen = self.seen(id);
-                    (seen["status"] != status || seen["commit"] != commit)
-                        .then(|| format!("{id}: {seen}"))
+                    (!shows(&seen)).then(|| format!("{id}: {seen}"))
                 })
                 .collect();
             if pending.is_empty() {
@@ -354,13 +382,43 @@ health_timeout = "5s"
             }
             if Instant::now() > deadline {
                 panic!(
-                    "after {CONVERGE:?} the collector does not show {devices:?} {status} at {commit}:\n{}\n\n{}",
+                    "after {CONVERGE:?} the collector does not show {devices:?} {what}:\n{}\n\n{}",
                     pending.join("\n"),
                     self.diagnostics()
                 );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Moves `device` from the branch to the signed releases of `environment` (what an operator
+    /// does once a release bot exists) and restarts its agent, which syncs at start.
+    fn follow_environment(&self, device: &FleetDevice, environment: &str) {
+        let config = device.read(CONFIG);
+        let branch = "ref = \"refs/heads/main\"\n";
+        assert!(config.contains(branch), "{}: {config}", device.id);
+        let config = config.replace(branch, &format!("environment = \"{environment}\"\n"));
+        std::fs::write(device.here(CONFIG), config).expect("agent.toml");
+        device
+            .host
+            .systemctl(&["restart", "shoal-agent.service"]);
+    }
+
+    /// Signs the release tag `name` (`ENV/N`) of `commit`, expiring at `expires` (unix seconds),
+    /// and serves it at `refs/shoal/releases/SERVED_AS`, as a release bot (or a hostile mirror)
+    /// would. Returns the tag's id.
+    fn release(&self, name: &str, commit: &str, expires: i64, served_as: &str) -> String {
+        let message = format!(
+            "Release {name}\n\nExpires: {}",
+            shoal_core::release::format_rfc3339_utc(expires)
+        );
+        let tag = self.repo.tag_signed(&self.key, name, commit, &message, None);
+        self.repo.publish_ref(
+            self.work.path().join("srv/config.git"),
+            &tag,
+            &format!("refs/shoal/releases/{served_as}"),
+        );
+        tag
     }
 
     fn diagnostics(&self) -> String {
@@ -672,4 +730,104 @@ fn a_fleet_of_three_converges_refuses_rolls_back_and_catches_up() {
     }
     let summary = fleet.collector().get("/api/v1/summary");
     assert_eq!(summary["by_commit"][&c7], 3, "{summary}");
+
+    // 8. The operator moves the fleet to signed releases (`environment = "production"`): the
+    //    release bot releases c7 as production/1; every device takes it without a new
+    //    generation, and the collector shows the release beside the commit.
+    let generations: Vec<u64> = all
+        .iter()
+        .map(|id| fleet.seen(id)["generation"].as_u64().expect("generation"))
+        .collect();
+    let far = unix_now() + 365 * 86_400;
+    fleet.release("production/1", &c7, far, "production");
+    for device in &fleet.devices {
+        fleet.follow_environment(device, "production");
+    }
+    fleet.wait_for_release(&all, "converged", &c7, "production/1");
+    for (id, generation) in all.iter().zip(&generations) {
+        assert_eq!(
+            fleet.seen(id)["generation"].as_u64(),
+            Some(*generation),
+            "{id}: a release of the applied commit applies nothing"
+        );
+    }
+
+    // 9. The hub's git server serves a staging release (signed by the same trusted key, built
+    //    on the applied commit) at the production release ref: every device refuses it, keeps
+    //    its files and reports `refused` with the reason.
+    let mut r9 = r7.clone();
+    r9.release = "9 (staging)\n";
+    let staging = fleet.push(&r9, "staging: release 9", true);
+    fleet.release("staging/4", &staging, far, "production");
+    fleet.sync_all();
+    fleet.wait_for_release(&all, "refused", &c7, "production/1");
+    for device in &fleet.devices {
+        assert_eq!(device.read("/etc/fleet/release"), "7\n", "{}", device.id);
+        let seen = fleet.seen(device.id);
+        let errors = seen["errors"].to_string();
+        assert!(
+            errors.contains("the release is staging/4, for environment `staging`, but this device follows `production`"),
+            "{}: {seen}",
+            device.id
+        );
+    }
+
+    // 10. The release bot promotes it as production/2, expiring in a minute, then stops
+    //     re-signing: the devices converge, then report `stale` once it expires (their files
+    //     stay), and converge again on a fresh release of the same commit without applying.
+    let expires = unix_now() + 60;
+    fleet.release("production/2", &staging, expires, "production");
+    fleet.sync_all();
+    fleet.wait_for_release(&all, "converged", &staging, "production/2");
+    let generations: Vec<u64> = all
+        .iter()
+        .map(|id| fleet.seen(id)["generation"].as_u64().expect("generation"))
+        .collect();
+    while unix_now() <= expires {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    fleet.sync_all();
+    fleet.wait_for_release(&all, "stale", &staging, "production/2");
+    let summary = fleet.collector().get("/api/v1/summary");
+    assert_eq!(summary["by_status"]["stale"], 3, "{summary}");
+    let listed = fleet.collector().get("/api/v1/devices?status=stale");
+    assert_eq!(
+        listed["devices"].as_array().map(Vec::len),
+        Some(3),
+        "{listed}"
+    );
+    for device in &fleet.devices {
+        assert_eq!(device.read("/etc/fleet/release"), "9 (staging)\n");
+        let message = fleet.seen(device.id)["errors"][0]["message"].to_string();
+        assert!(
+            message.contains(&format!(
+                "release production/2 expired at {}",
+                shoal_core::release::format_rfc3339_utc(expires)
+            )),
+            "{}: {message}",
+            device.id
+        );
+    }
+    fleet.release("production/3", &staging, far, "production");
+    fleet.sync_all();
+    fleet.wait_for_release(&all, "converged", &staging, "production/3");
+    for (id, generation) in all.iter().zip(&generations) {
+        assert_eq!(
+            fleet.seen(id)["generation"].as_u64(),
+            Some(*generation),
+            "{id}: a re-signed release of the applied commit applies nothing"
+        );
+        assert_no_report_twice(&fleet, id);
+    }
+    assert_eq!(
+        fleet.collector().get("/api/v1/summary")["by_status"]["stale"],
+        0
+    );
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs() as i64
 }

@@ -121,6 +121,54 @@ impl Releases {
         ])
     }
 
+    /// Cuts the device off: its git server and its collector are unreachable addresses, so only
+    /// a bundle can bring it anything and its reports wait in the outbox.
+    fn offline(&self) {
+        let config = std::fs::read_to_string(self.s.device.config_path()).unwrap();
+        let served = self.s.daemon.as_ref().expect("git daemon").url("config.git");
+        assert!(config.contains(&served), "{config}");
+        std::fs::write(
+            self.s.device.config_path(),
+            config.replace(&served, "git://127.0.0.1:9/config.git"),
+        )
+        .unwrap();
+        let token = self.s.dir.path().join("enroll-token");
+        std::fs::write(&token, "enroll-token-0123456789abcdef\n").unwrap();
+        self.s.device.report_to("http://127.0.0.1:9", &token);
+    }
+
+    /// A bundle file holding the release ref pointing at `source` (a tag name or an object id),
+    /// with only what descends from `base` when given (an incremental bundle); returns its path.
+    fn bundle(&self, file: &str, source: &str, base: Option<&str>) -> String {
+        let source = if source.contains('/') {
+            format!("refs/tags/{source}")
+        } else {
+            source.to_owned()
+        };
+        self.s.repo.git(&["update-ref", PRODUCTION_REF, &source]);
+        let path = self.s.dir.path().join(file).display().to_string();
+        let range = match base {
+            Some(base) => format!("{base}..{PRODUCTION_REF}"),
+            None => PRODUCTION_REF.to_owned(),
+        };
+        self.s.repo.git(&["bundle", "create", "-q", &path, &range]);
+        path
+    }
+
+    /// `sync --from-bundle FILE`, expecting the refusal `needle` (exit 1) and the device unchanged.
+    fn refused_bundle(&self, file: &str, needle: &str) {
+        let before = self.device_state();
+        self.s
+            .device
+            .agent(&["sync", "--from-bundle", file])
+            .expect(1, needle);
+        assert_eq!(
+            self.device_state(),
+            before,
+            "a refused bundle changes nothing"
+        );
+    }
+
     /// What a refused release must leave as it was: the device's files, the watermark (commit
     /// and release) and the current generation.
     fn device_state(&self) -> DeviceState {
@@ -669,35 +717,10 @@ fn a_release_over_an_unsigned_commit_is_refused_in_range_mode() {
 #[test]
 fn offline_bundles_are_verified_like_a_fetch_and_bad_releases_in_them_refused() {
     let Some(r) = Releases::new() else { return };
-    let config = std::fs::read_to_string(r.s.device.config_path()).unwrap();
-    let served = r.s.daemon.as_ref().expect("git daemon").url("config.git");
-    assert!(config.contains(&served), "{config}");
-    std::fs::write(
-        r.s.device.config_path(),
-        config.replace(&served, "git://127.0.0.1:9/config.git"),
-    )
-    .unwrap();
-    let token = r.s.dir.path().join("enroll-token");
-    std::fs::write(&token, "enroll-token-0123456789abcdef\n").unwrap();
-    r.s.device.report_to("http://127.0.0.1:9", &token);
-    // A bundle of the release ref pointing at tag `name` (`base..` for an incremental one).
-    let bundle = |file: &str, name: &str, base: Option<&str>| -> String {
-        r.s.repo
-            .git(&["update-ref", PRODUCTION_REF, &format!("refs/tags/{name}")]);
-        let path = r.s.dir.path().join(file).display().to_string();
-        let range = match base {
-            Some(base) => format!("{base}..{PRODUCTION_REF}"),
-            None => PRODUCTION_REF.to_owned(),
-        };
-        r.s.repo.git(&["bundle", "create", "-q", &path, &range]);
-        path
-    };
+    r.offline();
+    let bundle = |file: &str, name: &str, base: Option<&str>| r.bundle(file, name, base);
     let sync = |file: &str| r.s.device.agent(&["sync", "--from-bundle", file]);
-    let refused = |file: &str, needle: &str| {
-        let before = r.device_state();
-        sync(file).expect(1, needle);
-        assert_eq!(r.device_state(), before, "a refused bundle changes nothing");
-    };
+    let refused = |file: &str, needle: &str| r.refused_bundle(file, needle);
 
     let first = r.commit("first\n");
     r.tag(&r.bot, "production/1", &first, FAR_FUTURE, None);
@@ -759,4 +782,125 @@ fn offline_bundles_are_verified_like_a_fetch_and_bad_releases_in_them_refused() 
     std::fs::write(r.s.device.config_path(), &config).unwrap();
     sync(&four).expect(0, "applied generation 3");
     assert_eq!(r.s.read("/etc/motd"), "fourth\n");
+}
+
+/// Each bad release the network tests refuse, carried by a bundle instead: the same verdict and
+/// the same message, nothing changed on the device (the bundle path shares the verification, and
+/// this shows it for every case, not only the three above).
+#[test]
+fn every_bad_release_in_a_bundle_is_refused_as_over_the_network() {
+    let Some(r) = Releases::new() else { return };
+    r.offline();
+    let base = r.commit("base\n");
+    let first = r.commit("first\n");
+    let tag1 = r.tag(&r.bot, "production/1", &first, FAR_FUTURE, Some(now()));
+    r.s.device
+        .agent(&["sync", "--from-bundle", &r.bundle("one.bundle", "production/1", None)])
+        .expect(0, "applied generation 1");
+    assert!(r.git_verifies(&tag1));
+    let second = r.commit("second\n");
+
+    // A validly signed commit (a branch or a lightweight tag) at the release ref.
+    r.refused_bundle(
+        &r.bundle("commit.bundle", &second, Some(&first)),
+        "it points at a commit (a branch or a lightweight tag was pushed there)",
+    );
+    // A staging release at the production ref.
+    r.tag(&r.bot, "staging/2", &second, FAR_FUTURE, None);
+    r.refused_bundle(
+        &r.bundle("staging.bundle", "staging/2", Some(&first)),
+        "but this device follows `production`",
+    );
+    // A tagger time before the last accepted one.
+    r.tag(&r.bot, "production/2", &second, FAR_FUTURE, Some(now() - 86_400));
+    r.refused_bundle(
+        &r.bundle("backdated.bundle", "production/2", Some(&first)),
+        "the tagger time never goes backwards (anti-rollback)",
+    );
+    // An unsigned tag.
+    let unsigned = r.s.repo.tag_unsigned(
+        "production/2",
+        &second,
+        &format!("Release production/2\n\nExpires: {FAR_FUTURE}"),
+    );
+    assert!(!r.git_verifies(&unsigned));
+    r.refused_bundle(
+        &r.bundle("unsigned.bundle", "production/2", Some(&first)),
+        "the tag is not signed",
+    );
+    // A tag signed by a key not allowed to release.
+    let tag = r.tag(&r.mallory, "production/2", &second, FAR_FUTURE, None);
+    assert!(!r.git_verifies(&tag));
+    r.refused_bundle(
+        &r.bundle("mallory.bundle", "production/2", Some(&first)),
+        &format!(
+            "signed by key {} which is not in the trust policy",
+            r.mallory.fingerprint()
+        ),
+    );
+    // A tag whose object is a tree.
+    let tree = r.s.repo.git(&["rev-parse", &format!("{second}^{{tree}}")]);
+    r.tag(&r.bot, "production/2", &tree, FAR_FUTURE, None);
+    r.refused_bundle(
+        &r.bundle("tree.bundle", "production/2", None),
+        "release production/2 points at a tree, not a commit",
+    );
+    // A tampered tag (the expiry stretched after signing).
+    let message = "Release production/2\n\nExpires: 2030-01-01T00:00:00Z";
+    let tampered =
+        r.s.repo
+            .tag_edited(&r.bot, "production/2", &second, message, |raw| {
+                String::from_utf8(raw)
+                    .unwrap()
+                    .replace("2030-01-01", "2099-01-01")
+                    .into_bytes()
+            });
+    assert!(!r.git_verifies(&tampered));
+    r.refused_bundle(
+        &r.bundle("tampered.bundle", &tampered, Some(&first)),
+        "does not match the tag's contents",
+    );
+    // A halted release.
+    let halted = format!("Release production/2\n\nExpires: {FAR_FUTURE}\nHalt: true");
+    r.s.repo
+        .tag_signed(&r.bot, "production/2", &second, &halted, None);
+    r.refused_bundle(
+        &r.bundle("halted.bundle", "production/2", Some(&first)),
+        "release production/2 is halted (Halt: true)",
+    );
+    // A release of a commit that does not descend from the applied one.
+    let branch = r.s.repo.git(&["rev-parse", "--abbrev-ref", "HEAD"]);
+    r.s.repo.checkout(&base);
+    r.s.repo.git(&["checkout", "-q", "-b", "side"]);
+    let side = r.commit("side\n");
+    r.tag(&r.bot, "production/2", &side, FAR_FUTURE, None);
+    r.refused_bundle(
+        &r.bundle("side.bundle", "production/2", Some(&base)),
+        &format!("refusing tip {side}: it does not descend from the applied commit {first}"),
+    );
+    r.s.repo.checkout(branch.trim());
+    // A release over an unsigned commit (`verify = "range"`).
+    r.s.repo.write("files/motd", "unsigned\n");
+    let between = r.s.repo.commit_unsigned("unsigned");
+    let tip = r.commit("signed on top\n");
+    r.tag(&r.bot, "production/2", &tip, FAR_FUTURE, None);
+    r.refused_bundle(
+        &r.bundle("range.bundle", "production/2", Some(&first)),
+        &format!("commit {between} between the applied commit {first} and the tip is not trusted: the commit is not signed"),
+    );
+
+    // After all that, a good release in a bundle still applies (its commit built on the applied
+    // one, not on the unsigned commit), and N-1 of its commit is refused.
+    r.s.repo.reset_hard(&first);
+    let good = r.commit("good\n");
+    r.tag(&r.bot, "production/3", &good, FAR_FUTURE, None);
+    r.s.device
+        .agent(&["sync", "--from-bundle", &r.bundle("good.bundle", "production/3", Some(&first))])
+        .expect(0, "applied generation 2");
+    assert_eq!(r.s.read("/etc/motd"), "good\n");
+    r.tag(&r.bot, "production/2", &good, FAR_FUTURE, None);
+    r.refused_bundle(
+        &r.bundle("n-1.bundle", "production/2", Some(&first)),
+        "release production/2 is older than production/3",
+    );
 }
