@@ -399,9 +399,7 @@ health_timeout = "5s"
         assert!(config.contains(branch), "{}: {config}", device.id);
         let config = config.replace(branch, &format!("environment = \"{environment}\"\n"));
         std::fs::write(device.here(CONFIG), config).expect("agent.toml");
-        device
-            .host
-            .systemctl(&["restart", "shoal-agent.service"]);
+        device.host.systemctl(&["restart", "shoal-agent.service"]);
     }
 
     /// Signs the release tag `name` (`ENV/N`) of `commit`, expiring at `expires` (unix seconds),
@@ -412,7 +410,9 @@ health_timeout = "5s"
             "Release {name}\n\nExpires: {}",
             shoal_core::release::format_rfc3339_utc(expires)
         );
-        let tag = self.repo.tag_signed(&self.key, name, commit, &message, None);
+        let tag = self
+            .repo
+            .tag_signed(&self.key, name, commit, &message, None);
         self.repo.publish_ref(
             self.work.path().join("srv/config.git"),
             &tag,

@@ -125,7 +125,12 @@ impl Releases {
     /// a bundle can bring it anything and its reports wait in the outbox.
     fn offline(&self) {
         let config = std::fs::read_to_string(self.s.device.config_path()).unwrap();
-        let served = self.s.daemon.as_ref().expect("git daemon").url("config.git");
+        let served = self
+            .s
+            .daemon
+            .as_ref()
+            .expect("git daemon")
+            .url("config.git");
         assert!(config.contains(&served), "{config}");
         std::fs::write(
             self.s.device.config_path(),
@@ -795,7 +800,11 @@ fn every_bad_release_in_a_bundle_is_refused_as_over_the_network() {
     let first = r.commit("first\n");
     let tag1 = r.tag(&r.bot, "production/1", &first, FAR_FUTURE, Some(now()));
     r.s.device
-        .agent(&["sync", "--from-bundle", &r.bundle("one.bundle", "production/1", None)])
+        .agent(&[
+            "sync",
+            "--from-bundle",
+            &r.bundle("one.bundle", "production/1", None),
+        ])
         .expect(0, "applied generation 1");
     assert!(r.git_verifies(&tag1));
     let second = r.commit("second\n");
@@ -812,7 +821,13 @@ fn every_bad_release_in_a_bundle_is_refused_as_over_the_network() {
         "but this device follows `production`",
     );
     // A tagger time before the last accepted one.
-    r.tag(&r.bot, "production/2", &second, FAR_FUTURE, Some(now() - 86_400));
+    r.tag(
+        &r.bot,
+        "production/2",
+        &second,
+        FAR_FUTURE,
+        Some(now() - 86_400),
+    );
     r.refused_bundle(
         &r.bundle("backdated.bundle", "production/2", Some(&first)),
         "the tagger time never goes backwards (anti-rollback)",
@@ -895,7 +910,11 @@ fn every_bad_release_in_a_bundle_is_refused_as_over_the_network() {
     let good = r.commit("good\n");
     r.tag(&r.bot, "production/3", &good, FAR_FUTURE, None);
     r.s.device
-        .agent(&["sync", "--from-bundle", &r.bundle("good.bundle", "production/3", Some(&first))])
+        .agent(&[
+            "sync",
+            "--from-bundle",
+            &r.bundle("good.bundle", "production/3", Some(&first)),
+        ])
         .expect(0, "applied generation 2");
     assert_eq!(r.s.read("/etc/motd"), "good\n");
     r.tag(&r.bot, "production/2", &good, FAR_FUTURE, None);
