@@ -176,7 +176,7 @@ pub fn collector_bin(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     };
     if !bin.is_file() {
         bail!(
-            "no collector binary at {} (cargo build --release -p shoal-collector, or --collector PATH)",
+            "no collector binary at {} (cargo build --profile server -p shoal-collector, or --collector PATH)",
             bin.display()
         );
     }
