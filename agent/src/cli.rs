@@ -748,21 +748,39 @@ fn render_command(
     identity: &DeviceIdentity,
     json: bool,
 ) -> Result<(), CliError> {
-    let desired = match rev {
-        None => render::preview(&PreviewSource::Dir(repo_path), identity)?,
+    let (desired, commit) = match rev {
+        None => (
+            render::preview(&PreviewSource::Dir(repo_path), identity)?,
+            None,
+        ),
         Some(rev) => {
             let repo = open_repo(repo_path)?;
             let commit = resolve_commit(&repo, rev)?;
             let tree = CommitPreview::at_commit(&repo, commit)
                 .map_err(|e| CliError::Failed(format!("cannot read the tree of {commit}: {e}")))?;
             let preview = render::preview(&PreviewSource::Commit(tree), identity)?;
-            preview
+            (preview, Some(commit))
         }
     };
+    // A device's wave depends on the commit id, so only a commit (`--rev`) has one.
+    let wave = commit.and_then(|c| desired.wave(identity, &c.to_string()));
     if json {
-        println!("{:#}", desired.to_json());
+        let mut value = desired.to_json();
+        if let Some(wave) = &wave {
+            value["wave"] = json!(wave);
+        }
+        println!("{value:#}");
     } else {
         eprint!("{}", desired.summary());
+        if let Some(wave) = wave {
+            eprintln!(
+                "rollout: wave {:?} (#{}, bucket {}), opens {}s after the release's tagger time (or after the device first verifies the commit)",
+                wave.name,
+                wave.index + 1,
+                wave.bucket,
+                wave.after.as_secs()
+            );
+        }
     }
     Ok(())
 }

@@ -14,6 +14,7 @@ pub use shoal_core::render::{
     ServiceState, TemplateError, TreeError, DEFAULT_HEALTH_TIMEOUT, DEFAULT_MODE, DEFAULT_OWNER,
     MANIFEST, SUPPORTED_VERSION,
 };
+pub use shoal_core::render::{Rollout, WaveAssignment};
 pub use tree::{CommitPreview, PreviewSource, VerifiedTree};
 
 /// The desired state of the device `identity` according to the `shoal.toml` of a verified
@@ -90,5 +91,10 @@ impl Preview {
     /// The JSON form `DesiredState::to_json` gives.
     pub fn to_json(&self) -> serde_json::Value {
         self.0.to_json()
+    }
+    /// The device's wave of the tree's `[rollout]` for `commit`; `None` without a rollout.
+    pub fn wave(&self, identity: &DeviceIdentity, commit: &str) -> Option<WaveAssignment> {
+        let rollout = self.0.rollout.as_ref()?;
+        Some(rollout.wave_for(identity, commit))
     }
 }

@@ -24,6 +24,10 @@ pub struct DeviceIdentity {
 pub struct DesiredState {
     pub files: BTreeMap<PathBuf, DesiredFile>,
     pub services: BTreeMap<String, DesiredService>,
+    /// The commit's `[rollout]`, the same for every device (which wave a device is in depends
+    /// on the commit id, which render does not know); `None` when it has none: all at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<super::Rollout>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -172,6 +176,7 @@ impl DesiredState {
                 .map(|(path, file)| (path.into(), file))
                 .collect(),
             services: BTreeMap::new(),
+            rollout: None,
         }
     }
 

@@ -8,9 +8,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::desired::{DeviceIdentity, HealthCheck, ServiceState};
+use super::rollout::{RawRollout, Rollout};
 use super::rules;
 use super::{Entry, Location, RenderError};
 
@@ -24,6 +25,7 @@ pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub(crate) struct Manifest {
     pub profiles: Vec<Profile>,
+    pub rollout: Option<Rollout>,
 }
 
 #[derive(Debug)]
@@ -46,17 +48,50 @@ impl Profile {
     }
 }
 
-#[derive(Debug)]
-pub(crate) enum Selector {
+/// Which devices a profile (or a rollout wave) selects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Selector {
     All,
     /// Every listed condition must hold; at least one is present.
     Where {
+        #[serde(skip_serializing_if = "Option::is_none")]
         labels: Option<BTreeMap<String, String>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
         devices: Option<Vec<String>>,
     },
 }
 
 impl Selector {
+    /// A `match` as written, validated: the field at fault and what is wrong on error.
+    pub(crate) fn from_raw(raw: RawSelector) -> Result<Selector, (&'static str, String)> {
+        match raw {
+            RawSelector::All => Ok(Selector::All),
+            RawSelector::Where(RawWhere {
+                labels: None,
+                devices: None,
+            }) => Err((
+                "match",
+                "must name `labels` or `devices`, or be \"*\"".into(),
+            )),
+            RawSelector::Where(RawWhere { labels, devices }) => {
+                if labels.as_ref().is_some_and(BTreeMap::is_empty) {
+                    return Err((
+                        "match.labels",
+                        "is empty; write match = \"*\" to select every device".into(),
+                    ));
+                }
+                if devices.as_ref().is_some_and(Vec::is_empty) {
+                    return Err((
+                        "match.devices",
+                        "is empty, so it selects no device; list device ids".into(),
+                    ));
+                }
+                Ok(Selector::Where { labels, devices })
+            }
+        }
+    }
+
     pub fn matches(&self, identity: &DeviceIdentity) -> bool {
         match self {
             Selector::All => true,
@@ -113,6 +148,7 @@ struct RawManifest {
     _version: IgnoredAny,
     #[serde(default)]
     profile: Vec<RawProfile>,
+    rollout: Option<RawRollout>,
 }
 
 #[derive(Deserialize)]
@@ -168,14 +204,14 @@ struct RawHealth {
 }
 
 /// `match = "*"` or `match = { labels = {...}, devices = [...] }`.
-enum RawSelector {
+pub(crate) enum RawSelector {
     All,
     Where(RawWhere),
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawWhere {
+pub(crate) struct RawWhere {
     labels: Option<BTreeMap<String, String>>,
     devices: Option<Vec<String>>,
 }
@@ -252,7 +288,8 @@ impl Manifest {
             }
             profiles.push(validate_profile(index, raw)?);
         }
-        Ok(Manifest { profiles })
+        let rollout = raw.rollout.map(RawRollout::validate).transpose()?;
+        Ok(Manifest { profiles, rollout })
     }
 }
 
@@ -269,37 +306,15 @@ fn validate_profile(index: usize, raw: RawProfile) -> Result<Profile, RenderErro
             message,
         };
 
-    let selector = match raw.selector {
-        RawSelector::All => Selector::All,
-        RawSelector::Where(RawWhere {
-            labels: None,
-            devices: None,
-        }) => {
-            return Err(invalid(
-                None,
-                "match",
-                "must name `labels` or `devices`, or be \"*\"".into(),
-            ))
-        }
-        RawSelector::Where(RawWhere { labels, devices }) => {
-            if labels.as_ref().is_some_and(BTreeMap::is_empty) {
-                return Err(invalid(
-                    None,
-                    "match.labels",
-                    "is empty; write match = \"*\" to select every device".into(),
-                ));
-            }
-            if devices.as_ref().is_some_and(Vec::is_empty) {
-                return Err(invalid(
-                    None,
-                    "match.devices",
-                    "is empty, so the profile selects no device; list device ids, or remove the profile"
-                        .into(),
-                ));
-            }
-            Selector::Where { labels, devices }
-        }
-    };
+    let selector = Selector::from_raw(raw.selector).map_err(|(field, message)| {
+        // For a profile, the cure for an empty device list is also to remove the profile.
+        let message = if field == "match.devices" {
+            format!("{message}, or remove the profile")
+        } else {
+            message
+        };
+        invalid(None, field, message)
+    })?;
 
     let mut files = Vec::with_capacity(raw.file.len());
     let mut paths: BTreeMap<PathBuf, usize> = BTreeMap::new();

@@ -8,10 +8,13 @@
 
 mod desired;
 mod manifest;
+mod rollout;
 pub(crate) mod rules;
 mod template;
 mod tree;
 
+#[cfg(test)]
+mod rollout_tests;
 #[cfg(test)]
 mod tests;
 
@@ -22,7 +25,10 @@ use std::path::{Path, PathBuf};
 pub use desired::{
     DesiredFile, DesiredService, DesiredState, DeviceIdentity, HealthCheck, ServiceState,
 };
-pub use manifest::{DEFAULT_HEALTH_TIMEOUT, DEFAULT_MODE, DEFAULT_OWNER, SUPPORTED_VERSION};
+pub use manifest::{
+    Selector, DEFAULT_HEALTH_TIMEOUT, DEFAULT_MODE, DEFAULT_OWNER, SUPPORTED_VERSION,
+};
+pub use rollout::{bucket, Rollout, Wave, WaveAssignment, WaveAt, WaveSelect, MAX_AFTER};
 pub use rules::check_repo_path;
 pub use template::TemplateError;
 pub use tree::{refuse_path, RepoTree, TreeError};
@@ -55,6 +61,12 @@ pub enum RenderError {
         at: Option<Location>,
         /// 1-based line and column.
         position: Option<(usize, usize)>,
+        message: String,
+    },
+    /// A `[rollout]` that cannot assign every device one wave, or a wave that breaks a rule.
+    #[error("shoal.toml: [rollout]{}: {message}", at.as_ref().map(|w| format!(" {w}")).unwrap_or_default())]
+    Rollout {
+        at: Option<rollout::WaveAt>,
         message: String,
     },
     /// A value that breaks a rule: `message` reads after the field's name.
@@ -212,7 +224,9 @@ fn render_tree(
             }
         }
     }
-    desired.finish()
+    let mut desired = desired.finish()?;
+    desired.rollout = manifest.rollout;
+    Ok(desired)
 }
 
 fn template_error(at: &Location, file: &FileDecl, error: TemplateError) -> RenderError {
