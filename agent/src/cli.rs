@@ -322,6 +322,18 @@ fn sync_command(
             let release = release.map_or(String::new(), |r| format!(", release {r}"));
             eprintln!("up to date: generation {generation}, commit {commit}{release}")
         }
+        SyncOutcome::Pending {
+            commit,
+            pending,
+            message,
+        } => {
+            if json {
+                let value = json!({ "commit": commit.to_string(), "pending": pending });
+                println!("{value:#}");
+            }
+            let dry = if dry_run { "dry run: " } else { "" };
+            eprintln!("{dry}pending: {message}");
+        }
         SyncOutcome::DryRun {
             commit,
             plan,

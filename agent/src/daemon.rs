@@ -135,7 +135,12 @@ async fn run_loop(config: Arc<AgentConfig>) -> Result<(), DaemonError> {
             tracing::info!("SIGHUP during the sync: syncing again now");
             continue;
         }
-        let delay = next_delay(config.source.interval, failures);
+        // A commit waiting for its rollout wave: wake when the wave opens (not a poll), unless
+        // the interval comes first (a newer commit may have arrived meanwhile).
+        let delay = match wave_opens_in(&config) {
+            Some(opens) => next_delay(config.source.interval, failures).min(opens),
+            None => next_delay(config.source.interval, failures),
+        };
         tracing::debug!(?delay, failures, "next sync");
         let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
@@ -155,6 +160,21 @@ async fn run_loop(config: Arc<AgentConfig>) -> Result<(), DaemonError> {
     notifier.send("STOPPING=1");
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// How long until the wave of the commit the device waits for opens (a second past it), if the
+/// last sync ended `pending`.
+fn wave_opens_in(config: &AgentConfig) -> Option<Duration> {
+    let (state, _) = crate::state::StateView::open(&config.state_dir).ok()?;
+    let last = state.last_result().ok()??;
+    let opens_at = last
+        .pending
+        .filter(|_| last.status == shoal_proto::Status::Pending)?
+        .opens_at;
+    let wait = opens_at
+        .saturating_sub(crate::state::unix_now())
+        .saturating_add(1);
+    Some(Duration::from_secs(wait))
 }
 
 /// Reports after a sync; returns the reporter to keep its sequence block and what it last sent.

@@ -417,6 +417,9 @@ fn build(device: &DeviceIdentity, state: &StateView, sequence: u64) -> Result<Re
         number: last.name.number,
     });
     report.sent_at = unix_now();
+    if status == Status::Pending {
+        report.pending = last.as_ref().and_then(|r| r.pending.clone());
+    }
     // The steps of the sync that produced this state (a heartbeat repeats them).
     report.timings = last.as_ref().map(|r| r.timings.clone()).unwrap_or_default();
     if let Some(message) = last.as_ref().and_then(|r| r.message.clone()) {

@@ -93,6 +93,7 @@ pub fn rollback(config: &AgentConfig, to: Option<u64>) -> Result<RolledBack, Rol
         )),
         at: unix_now(),
         timings: Default::default(),
+        pending: None,
     })?;
     Ok(RolledBack {
         from: current.number,

@@ -52,6 +52,9 @@ const APPLY_JOURNAL_FILE: &str = "journal.json";
 const BLOBS_DIR: &str = "blobs";
 const PREEXISTING_FILE: &str = "preexisting.json";
 const SERVICES_JOURNAL_FILE: &str = "services-journal.json";
+/// `COMMIT UNIX_SECONDS`: when this device first verified the commit it waits to apply (branch
+/// mode's rollout start; a release's tagger time is the start in environment mode).
+const ROLLOUT_START_FILE: &str = "rollout-start";
 const SERVICES_JOURNAL_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +123,9 @@ pub struct SyncResult {
     /// written before timings were recorded).
     #[serde(default)]
     pub timings: shoal_proto::Timings,
+    /// With status `pending`: the commit that waits, its wave and when the wave opens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<shoal_proto::Pending>,
 }
 
 /// The collector (its configured URL) and device key (`ed25519:...`) that collector acknowledged
@@ -283,6 +289,30 @@ impl StateDir {
         Ok(())
     }
 
+    /// When this device first verified `commit` for its rollout, if that is the commit it
+    /// recorded (a newer commit starts its own wave timer). An unreadable record counts as none:
+    /// starting the timer again only delays the device, never hurries it.
+    pub fn rollout_start(&self, commit: &CommitId) -> Result<Option<u64>, StateError> {
+        let Some(text) = paths::read_optional(&self.dir.join(ROLLOUT_START_FILE))? else {
+            return Ok(None);
+        };
+        let mut fields = text.split_whitespace();
+        let (Some(recorded), Some(at)) = (fields.next(), fields.next()) else {
+            return Ok(None);
+        };
+        Ok((recorded == commit.as_str())
+            .then(|| at.parse().ok())
+            .flatten())
+    }
+
+    /// Records that this device first verified `commit` at `at` (durable on return), so a
+    /// restart does not restart its wave's timer.
+    pub fn record_rollout_start(&self, commit: &CommitId, at: u64) -> Result<(), StateError> {
+        let path = self.dir.join(ROLLOUT_START_FILE);
+        paths::write_atomic(&path, format!("{} {at}\n", commit.as_str()).as_bytes())?;
+        Ok(())
+    }
+
     /// Records `commit` as bad with `reason` (durable on return).
     pub fn mark_bad(&self, commit: &CommitId, reason: &str) -> Result<(), StateError> {
         paths::create_dir_all(&self.dir.join(BAD_DIR))?;
@@ -296,7 +326,8 @@ impl StateDir {
         if let Some(last) = self.last_result()? {
             let same = last.status == result.status
                 && last.commit == result.commit
-                && last.message == result.message;
+                && last.message == result.message
+                && last.pending == result.pending;
             if same {
                 return Ok(false);
             }

@@ -120,6 +120,13 @@ pub enum SyncOutcome {
         /// The release accepted (environment mode).
         release: Option<ReleaseName>,
     },
+    /// A verified commit waits for this device's rollout wave to open; nothing was applied.
+    Pending {
+        commit: ObjectId,
+        pending: shoal_proto::Pending,
+        /// Why, for people: the wave, its position and the device's bucket, and the opening.
+        message: String,
+    },
     /// A dry run: what the sync would do.
     DryRun {
         commit: ObjectId,
@@ -196,6 +203,20 @@ pub fn sync_once(
                 None,
                 timings,
             )?,
+            Ok(SyncOutcome::Pending {
+                commit,
+                pending,
+                message,
+            }) => {
+                state.record_result(&SyncResult {
+                    status: Status::Pending,
+                    commit: Some(commit_id(*commit)),
+                    message: Some(message.clone()),
+                    at: unix_now(),
+                    timings,
+                    pending: Some(pending.clone()),
+                })?;
+            }
             Ok(_) => {}
             Err(e) => record(&state, e.status(), None, Some(e.to_string()), timings)?,
         }
@@ -319,6 +340,13 @@ fn sync_unheld(
             });
         }
     };
+
+    // A commit the device is not at waits for the device's wave of its `[rollout]`.
+    if !at_tip {
+        if let Some(outcome) = wait_for_wave(config, state, &verified, &desired, dry_run)? {
+            return Ok(outcome);
+        }
+    }
 
     // From here on unit files and drop-ins are declared files: planned, journaled, rolled back
     // and removed like every other file.
@@ -557,6 +585,68 @@ fn prune(state: &StateDir, keep: usize, generation: u64) -> Result<(), SyncError
     Ok(())
 }
 
+/// The `Pending` outcome when `verified`'s `[rollout]` puts this device in a wave that has not
+/// opened yet; `None` when it may apply now (no rollout, or its wave is open). The wave opens
+/// `after` its start: the release's tagger time (environment mode: the same instant on every
+/// device, signed), else the time this device first verified the commit (branch mode: recorded,
+/// so a restart does not start the timer again; a newer commit starts its own).
+fn wait_for_wave(
+    config: &AgentConfig,
+    state: &StateDir,
+    verified: &verify::Verified,
+    desired: &render::DesiredState,
+    dry_run: bool,
+) -> Result<Option<SyncOutcome>, SyncError> {
+    let Some(rollout) = desired.rollout.as_ref() else {
+        return Ok(None);
+    };
+    let id = verified.commit_id();
+    let wave = rollout.wave_for(&config.identity(), id.as_str());
+    let now = unix_now();
+    let (start, counted_from) = match verified.release() {
+        Some(release) => (
+            u64::try_from(release.tagger_time).unwrap_or(0),
+            format!("the tagger time of release {}", release.name),
+        ),
+        None => {
+            let start = match state.rollout_start(&id)? {
+                Some(start) => start,
+                None => {
+                    if !dry_run {
+                        state.record_rollout_start(&id, now)?;
+                    }
+                    now
+                }
+            };
+            (start, "when this device first verified it".to_owned())
+        }
+    };
+    let opens_at = start.saturating_add(wave.after.as_secs());
+    if now >= opens_at {
+        return Ok(None);
+    }
+    let message = format!(
+        "commit {} waits for its rollout wave {:?} (wave {} of {}, bucket {}), which opens at {} ({}s after {counted_from}); nothing is applied until then",
+        verified.commit(),
+        wave.name,
+        wave.index + 1,
+        rollout.waves.len(),
+        wave.bucket,
+        shoal_core::release::format_rfc3339_utc(i64::try_from(opens_at).unwrap_or(i64::MAX)),
+        wave.after.as_secs(),
+    );
+    tracing::info!(wave = %wave.name, opens_at, "pending");
+    Ok(Some(SyncOutcome::Pending {
+        commit: verified.commit(),
+        pending: shoal_proto::Pending {
+            commit: id.to_string(),
+            wave: wave.name,
+            opens_at,
+        },
+        message,
+    }))
+}
+
 fn record(
     state: &StateDir,
     status: Status,
@@ -570,6 +660,7 @@ fn record(
         message,
         at: unix_now(),
         timings,
+        pending: None,
     })?;
     Ok(())
 }

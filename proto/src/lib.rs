@@ -14,7 +14,7 @@ pub use envelope::{
     SIGNING_CONTEXT,
 };
 pub use key_id::{KeyId, KeyIdError};
-pub use report::{Release, Report, ReportError, ResourceError, Timings};
+pub use report::{Pending, Release, Report, ReportError, ResourceError, Timings};
 
 use serde::{Deserialize, Serialize};
 
@@ -33,11 +33,14 @@ pub enum Status {
     /// device stays where it was, and the server may be frozen (DESIGN.md, "Environments and
     /// releases").
     Stale,
+    /// A verified commit waits for this device's rollout wave to open (`[rollout]` in
+    /// `shoal.toml`): nothing was applied yet; the report's `pending` says which wave and when.
+    Pending,
 }
 
 impl Status {
     /// Every status, in a stable order (summaries and metrics list them all, zeros included).
-    pub const ALL: [Status; 8] = [
+    pub const ALL: [Status; 9] = [
         Status::Converged,
         Status::Applying,
         Status::Failed,
@@ -46,6 +49,7 @@ impl Status {
         Status::Refused,
         Status::Drifted,
         Status::Stale,
+        Status::Pending,
     ];
 
     /// The wire name (`rolled_back`), the same string serde uses.
@@ -59,6 +63,7 @@ impl Status {
             Status::Refused => "refused",
             Status::Drifted => "drifted",
             Status::Stale => "stale",
+            Status::Pending => "pending",
         }
     }
 

@@ -32,6 +32,9 @@ pub struct Report {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release: Option<Release>,
     pub status: Status,
+    /// With status `pending`: the verified commit that waits, its wave and when the wave opens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Pending>,
     /// What failed, one entry per resource (file, unit, commit) at fault.
     #[serde(default)]
     pub errors: Vec<ResourceError>,
@@ -44,6 +47,17 @@ pub struct Report {
     /// collector's `last_seen` uses its own clock).
     #[serde(default)]
     pub sent_at: u64,
+}
+
+/// A verified commit waiting for the device's rollout wave (`[rollout]` in `shoal.toml`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    /// The commit that waits (the report's `commit` is still the applied one).
+    pub commit: String,
+    /// The wave's name in `[rollout] waves`.
+    pub wave: String,
+    /// When the wave opens, unix seconds by the device's clock.
+    pub opens_at: u64,
 }
 
 /// A release: the environment and its number N (`production/42`), as the signed tag names it.
@@ -99,6 +113,7 @@ impl Report {
             generation: None,
             commit: None,
             release: None,
+            pending: None,
             status,
             errors: Vec::new(),
             timings: Timings::default(),
@@ -131,13 +146,24 @@ impl Report {
             return Err(invalid("labels", "a label key is empty".to_owned()));
         }
         if let Some(commit) = &self.commit {
-            let hex = commit.len() >= 4
-                && commit.len() <= 64
-                && commit.bytes().all(|b| b.is_ascii_hexdigit());
-            if !hex {
+            if !is_object_id(commit) {
                 return Err(invalid(
                     "commit",
                     format!("{commit:?} is not a hex object id"),
+                ));
+            }
+        }
+        if let Some(pending) = &self.pending {
+            if !is_object_id(&pending.commit) {
+                return Err(invalid(
+                    "pending",
+                    format!("{:?} is not a hex object id", pending.commit),
+                ));
+            }
+            if pending.wave.is_empty() || pending.wave.chars().count() > 128 {
+                return Err(invalid(
+                    "pending",
+                    "the wave's name must be 1 to 128 characters".to_owned(),
                 ));
             }
         }
@@ -158,6 +184,11 @@ impl Report {
         }
         Ok(())
     }
+}
+
+/// A git object id (or an abbreviation of one): 4 to 64 hex digits.
+fn is_object_id(text: &str) -> bool {
+    text.len() >= 4 && text.len() <= 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// The characters allowed in a device id.

@@ -50,7 +50,7 @@ th{background:#f4f4f4}code{font-size:.9em}
 .s{padding:.1rem .5rem;border-radius:.6rem;font-weight:600;color:#fff}
 .converged{background:#2e7d32}.applying{background:#1565c0}.failed{background:#c62828}
 .rolled_back{background:#ef6c00}.held{background:#6a1b9a}.refused{background:#ad1457}.drifted{background:#f9a825;color:#222}
-.s.stale{background:#546e7a}.unseen td{color:#888}.counts span{margin-right:1rem}
+.s.stale{background:#546e7a}.s.pending{background:#90a4ae;color:#222}.unseen td{color:#888}.counts span{margin-right:1rem}
 </style></head><body>
 <h1>Shoal fleet</h1>
 "#,
