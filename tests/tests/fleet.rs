@@ -6,7 +6,8 @@
 //!
 //! After the branch scenarios the fleet moves to signed releases (`environment = "production"`):
 //! a staging release served at the production ref is refused everywhere, and a release bot that
-//! stops re-signing leaves the fleet `stale` until a fresh release arrives.
+//! stops re-signing leaves the fleet `stale` until a fresh release arrives; a release with a
+//! `[rollout]` goes to its canary while the rest of the fleet reports `pending`.
 //!
 //! Syncs are asked for with `systemctl reload shoal-agent` (SIGHUP, what an operator or a push
 //! hook would do) instead of waiting out the interval; everything else is the agent on its own.
@@ -298,7 +299,22 @@ health_timeout = "5s"
 
     /// Commits `release` signed (or not) and publishes it to the git server's branch.
     fn push(&self, release: &Release, message: &str, signed: bool) -> String {
-        self.repo.write("shoal.toml", MANIFEST);
+        self.push_manifest(release, message, signed, MANIFEST)
+    }
+
+    /// [`push`](Self::push), signed, with `extra` (a `[rollout]`) appended to the manifest.
+    fn push_with(&self, release: &Release, message: &str, extra: &str) -> String {
+        self.push_manifest(release, message, true, &format!("{MANIFEST}{extra}"))
+    }
+
+    fn push_manifest(
+        &self,
+        release: &Release,
+        message: &str,
+        signed: bool,
+        manifest: &str,
+    ) -> String {
+        self.repo.write("shoal.toml", manifest);
         self.repo.write("files/release", release.release);
         self.repo.write("files/gateway.conf", release.gateway_conf);
         self.repo.write("files/sensor.conf", release.sensor_conf);
@@ -821,6 +837,49 @@ fn a_fleet_of_three_converges_refuses_rolls_back_and_catches_up() {
     }
     assert_eq!(
         fleet.collector().get("/api/v1/summary")["by_status"]["stale"],
+        0
+    );
+
+    // 11. A release whose `[rollout]` makes gw-1 the canary and everyone else wait an hour:
+    //     gw-1 applies it, the others verify it, apply nothing and report `pending` with their
+    //     wave; the operator, content with the canary, releases the next commit without waves
+    //     and the whole fleet takes it.
+    let mut r11 = r9.clone();
+    r11.release = "11 (canary)\n";
+    let c11 = fleet.push_with(
+        &r11,
+        "release 11, canary first",
+        "\n[rollout]\nwaves = [ { name = \"canary\", match = { devices = [\"gw-1\"] } },\n          { name = \"everyone\", percent = 100, after = \"1h\" } ]\n",
+    );
+    fleet.release("production/4", &c11, far, "production");
+    fleet.sync_all();
+    fleet.wait_for_release(&["gw-1"], "converged", &c11, "production/4");
+    fleet.wait_until(&["gw-2", "sensor-1"], "pending on release 11", |seen| {
+        seen["status"] == "pending" && seen["pending"]["commit"] == c11.as_str()
+    });
+    for id in ["gw-2", "sensor-1"] {
+        let seen = fleet.seen(id);
+        assert_eq!(seen["commit"], staging.as_str(), "{id}: {seen}");
+        assert_eq!(seen["pending"]["wave"], "everyone", "{id}: {seen}");
+        assert_eq!(fleet.device(id).read("/etc/fleet/release"), "9 (staging)\n");
+    }
+    assert_eq!(
+        fleet.device("gw-1").read("/etc/fleet/release"),
+        "11 (canary)\n"
+    );
+    let summary = fleet.collector().get("/api/v1/summary");
+    assert_eq!(summary["by_status"]["pending"], 2, "{summary}");
+    let mut r12 = r11.clone();
+    r12.release = "12\n";
+    let c12 = fleet.push(&r12, "release 12, everyone", true);
+    fleet.release("production/5", &c12, far, "production");
+    fleet.sync_all();
+    fleet.wait_for_release(&all, "converged", &c12, "production/5");
+    for device in &fleet.devices {
+        assert_eq!(device.read("/etc/fleet/release"), "12\n", "{}", device.id);
+    }
+    assert_eq!(
+        fleet.collector().get("/api/v1/summary")["by_status"]["pending"],
         0
     );
 }

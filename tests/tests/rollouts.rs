@@ -189,6 +189,18 @@ fn in_environment_mode_the_wave_opens_after_the_releases_tagger_time() {
         1,
         "the release applied is still 1"
     );
+
+    // A device clock behind the release bot's (here: a tag made ten minutes in the device's
+    // future) delays it, even for a wave that opens at once: it waits until its own clock
+    // reaches the tagger time. (A clock ahead is the first case above: it applies at once.)
+    let future = push(&s, "from the future\n", &everyone_after("0s"));
+    let tagged = unix_now() + 600;
+    release("production/3", &future, tagged);
+    s.device
+        .sync()
+        .expect(0, &format!("pending: commit {future} waits"));
+    assert_eq!(pending(&s.status()).2, tagged);
+    assert_eq!(s.read("/etc/motd"), "released earlier\n");
 }
 
 /// The daemon, with an interval of an hour, sleeps until the wave opens and applies then,
