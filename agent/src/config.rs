@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::credential::{Credential, CredentialError};
+use crate::credential::{Credential, CredentialError, DeployKey, KnownHosts};
 use crate::paths::{self, PathError};
 use crate::render::DeviceIdentity;
 
@@ -33,9 +33,10 @@ pub enum ConfigError {
         key: &'static str,
         message: String,
     },
-    #[error("{}: `source.auth_file`: {source}", path.display())]
+    #[error("{}: `source.{key}`: {source}", path.display())]
     Credential {
         path: PathBuf,
+        key: &'static str,
         #[source]
         source: CredentialError,
     },
@@ -80,6 +81,19 @@ pub struct SourceConfig {
     pub auth_file: Option<PathBuf>,
     /// The credential read from `auth_file` by [`AgentConfig::load`] (never from agent.toml).
     pub credential: Option<Credential>,
+    /// `[source] ssh_key`: the deploy key (ssh sources only, where it is required).
+    pub ssh_key: Option<PathBuf>,
+    /// `[source] known_hosts`: the server's pinned host key (ssh sources only, required there).
+    pub known_hosts: Option<PathBuf>,
+    /// Both, read and checked by [`AgentConfig::load`].
+    pub ssh: Option<SshAccess>,
+}
+
+/// What the agent's `ssh` is given for an ssh source: the deploy key and the pinned host keys.
+#[derive(Debug, Clone)]
+pub struct SshAccess {
+    pub key: DeployKey,
+    pub known_hosts: KnownHosts,
 }
 
 /// A number of bytes, written in the config as `"64MiB"`, `"512KiB"`, `"1GiB"`, `"100B"` or a
@@ -228,6 +242,8 @@ struct RawSource {
     max_fetch: Option<ByteSize>,
     max_object: Option<ByteSize>,
     auth_file: Option<PathBuf>,
+    ssh_key: Option<PathBuf>,
+    known_hosts: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -277,9 +293,22 @@ impl AgentConfig {
         if let Some(file) = &config.source.auth_file {
             let credential = Credential::load(file).map_err(|source| ConfigError::Credential {
                 path: path.to_owned(),
+                key: "auth_file",
                 source,
             })?;
             config.source.credential = Some(credential);
+        }
+        if let (Some(key), Some(known_hosts)) = (&config.source.ssh_key, &config.source.known_hosts)
+        {
+            let failed = |key, source| ConfigError::Credential {
+                path: path.to_owned(),
+                key,
+                source,
+            };
+            config.source.ssh = Some(SshAccess {
+                key: DeployKey::load(key).map_err(|e| failed("ssh_key", e))?,
+                known_hosts: KnownHosts::load(known_hosts).map_err(|e| failed("known_hosts", e))?,
+            });
         }
         Ok(config)
     }
@@ -377,6 +406,29 @@ impl AgentConfig {
                  remove auth_file",
             ));
         }
+        let ssh_source = is_ssh_url(&url);
+        match (&raw.source.ssh_key, &raw.source.known_hosts) {
+            (Some(_), Some(_)) if ssh_source => {}
+            _ if ssh_source => {
+                return Err(invalid(
+                    "source.url",
+                    "is an ssh URL, which needs `ssh_key` (the deploy key, mode 0600) and \
+                     `known_hosts` (the server's pinned host key, as `ssh-keyscan` prints it) in \
+                     [source]: the agent's ssh runs in batch mode and uses nothing from ~/.ssh",
+                ))
+            }
+            (Some(_), _) => return Err(invalid("source.ssh_key", SSH_ONLY)),
+            (_, Some(_)) => return Err(invalid("source.known_hosts", SSH_ONLY)),
+            (None, None) => {}
+        }
+        for (key, file) in [
+            ("source.ssh_key", &raw.source.ssh_key),
+            ("source.known_hosts", &raw.source.known_hosts),
+        ] {
+            if let Some(file) = file {
+                check_ssh_path(&resolve(file.clone())).map_err(|m| invalid(key, &m))?;
+            }
+        }
         let keep_generations = raw.apply.keep_generations.unwrap_or(10);
         if keep_generations == 0 {
             return Err(invalid(
@@ -403,6 +455,9 @@ impl AgentConfig {
                 max_object,
                 auth_file: raw.source.auth_file.map(resolve),
                 credential: None,
+                ssh_key: raw.source.ssh_key.map(resolve),
+                known_hosts: raw.source.known_hosts.map(resolve),
+                ssh: None,
             },
             trust: TrustConfig {
                 allowed_signers: resolve(
@@ -436,6 +491,30 @@ fn resolve_local_url(url: &str, base: &Path) -> String {
         base.join(url).to_string_lossy().into_owned()
     } else {
         url.to_owned()
+    }
+}
+
+const SSH_ONLY: &str = "is only used with an ssh source URL (ssh://user@host/path or \
+                        user@host:path); remove it, or use an ssh URL";
+
+/// Whether the source is reached over ssh: `ssh://` or the scp-like `user@host:path`.
+pub fn is_ssh_url(url: &str) -> bool {
+    gix::url::parse(gix::bstr::BStr::new(url)).is_ok_and(|u| u.scheme == gix::url::Scheme::Ssh)
+}
+
+/// A path handed to ssh must mean the same file to it: ssh expands `%` and `~` in these
+/// options and splits an `-o` value at white space unless quoted.
+fn check_ssh_path(path: &Path) -> Result<(), String> {
+    let text = path.to_str().ok_or("is not valid UTF-8")?;
+    match text
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "/._-+@,=:".contains(*c)))
+    {
+        Some(c) => Err(format!(
+            "{text:?} contains {c:?}, which ssh would expand or split; use a path of letters, \
+             digits and / . _ - + @ , = :"
+        )),
+        None => Ok(()),
     }
 }
 
@@ -699,7 +778,10 @@ keep_generations = 10
             "https://deploy@git.example.com/fleet/config.git",
             "https://git.example.com/fleet/config.git?a=b:c@d",
         ] {
-            let text = MINIMAL.replace("https://git.example.com/fleet/config.git", url);
+            let mut text = MINIMAL.replace("https://git.example.com/fleet/config.git", url);
+            if is_ssh_url(url) {
+                text.push_str("ssh_key = \"k\"\nknown_hosts = \"h\"\n");
+            }
             assert!(parse(&text).is_ok(), "{url}");
         }
     }
@@ -732,6 +814,65 @@ keep_generations = 10
                 "{url}: {message}"
             );
         }
+    }
+
+    #[test]
+    fn an_ssh_source_needs_its_deploy_key_and_pinned_host_keys_and_only_it_takes_them() {
+        let ssh = MINIMAL.replace(
+            "https://git.example.com/fleet/config.git",
+            "git@git.example.com:fleet/config.git",
+        );
+        let both = "ssh_key = \"deploy_key\"\nknown_hosts = \"known_hosts\"\n";
+        let c = parse(&format!("{ssh}{both}")).unwrap();
+        assert_eq!(
+            c.source.ssh_key.as_deref(),
+            Some(Path::new("/etc/shoal/deploy_key"))
+        );
+        assert_eq!(
+            c.source.known_hosts.as_deref(),
+            Some(Path::new("/etc/shoal/known_hosts"))
+        );
+        assert!(c.source.ssh.is_none(), "parse reads no other file");
+        for text in [
+            ssh.clone(),
+            format!("{ssh}ssh_key = \"k\"\n"),
+            format!("{ssh}known_hosts = \"k\"\n"),
+        ] {
+            let message = parse(&text).unwrap_err().to_string();
+            assert!(
+                message.starts_with(
+                    "/etc/shoal/agent.toml: `source.url` is an ssh URL, which needs `ssh_key` \
+                     (the deploy key, mode 0600) and `known_hosts`"
+                ),
+                "{message}"
+            );
+        }
+        for (line, key) in [
+            ("ssh_key = \"k\"", "source.ssh_key"),
+            ("known_hosts = \"k\"", "source.known_hosts"),
+        ] {
+            let message = parse(&format!("{MINIMAL}{line}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.starts_with(&format!(
+                    "/etc/shoal/agent.toml: `{key}` is only used with an ssh source URL"
+                )),
+                "{message}"
+            );
+        }
+        let message = parse(&format!(
+            "{ssh}ssh_key = \"/etc/shoal/my key\"\nknown_hosts = \"k\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            message.contains("`source.ssh_key` \"/etc/shoal/my key\" contains ' ', which ssh"),
+            "{message}"
+        );
+        assert!(is_ssh_url("ssh://git@host:2222/srv/config.git"));
+        assert!(!is_ssh_url("https://host/config.git"));
+        assert!(!is_ssh_url("/srv/config.git"));
     }
 
     #[test]

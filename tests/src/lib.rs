@@ -21,6 +21,7 @@ mod http_server;
 mod measure;
 mod network;
 mod sandbox;
+mod sshd;
 mod systemd;
 mod transcript;
 mod vm;
@@ -41,6 +42,7 @@ pub use shoal_testkit::{
     write_allowed_signers, Collector, ConfigRepo, Mount, SigningKey, GIT_USER_EMAIL, GIT_USER_NAME,
     MOTD_MANIFEST,
 };
+pub use sshd::SshServer;
 pub use systemd::{long_running_unit, SystemdHost};
 pub use transcript::Transcript;
 pub use vm::{

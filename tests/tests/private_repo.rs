@@ -3,14 +3,17 @@
 //! `[source] auth_file`. It sends the credential with the first request (a no-op sync stays one
 //! round trip), only to the configured origin, names a refused credential by file and kind, keeps
 //! the device as it was when the server starts refusing, refuses to start with a credential file
-//! others can read, and never prints the secret anywhere.
+//! others can read, and never prints the secret anywhere. Over SSH, against a real `sshd` started by
+//! the test: a deploy key (`[source] ssh_key`) and a pinned host key (`[source] known_hosts`); an
+//! unknown or changed host key, a deploy key the server does not know and a server that is down
+//! are each refused naming what failed, the device left as it was, and the key never shown.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use shoal_e2e::{
     gateway_config, require_tools, write_allowed_signers, ConfigRepo, Device, HttpsGitServer, Run,
-    SigningKey,
+    SigningKey, SshServer,
 };
 
 const TOKEN: &str = "shoal-test-t0ken-9f3a51c2";
@@ -372,56 +375,336 @@ fn secret_appears_in_no_output(access: Access) {
     (access.require)(&p.server);
     let auth = p.auth_file("git-auth.toml", &access.auth_file, 0o600);
     let device = p.device("dev", &auth);
-    // Reports are queued in the outbox (the collector is down), so they are searched too.
-    let enroll = p.dir.path().join("enroll-token");
-    std::fs::write(&enroll, "enroll-me\n").expect("write the enroll token");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    device.report_to(&format!("http://127.0.0.1:{port}"), &enroll);
+    let outputs = p.outputs_of_a_good_and_a_failing_sync(&device, || {
+        // The server stops accepting the credential (revoked); the device still sends it.
+        p.server.require_bearer("revoked-the-old-one");
+        "authentication failed"
+    });
+    assert_no_secret_in(&outputs, &access.secrets);
+}
 
-    let mut outputs: Vec<(String, Vec<u8>)> = Vec::new();
-    let mut record = |what: &str, run: &Run| {
-        outputs.push((format!("{what} stdout"), run.stdout.clone().into_bytes()));
-        outputs.push((format!("{what} stderr"), run.stderr.clone().into_bytes()));
-    };
-    // Everything the agent and its libraries (gix, reqwest, hyper, rustls) log.
-    let ok = device.agent_logging(&["sync"], "trace");
-    assert_eq!(ok.code, 0, "{}", ok.stderr);
-    assert!(ok.stderr.contains("TRACE"), "trace logging is on");
-    record("succeeding sync", &ok);
-    // The server stops accepting the credential (revoked); the device still sends it.
-    p.server.require_bearer("revoked-the-old-one");
-    p.push("watched again\n");
-    let failed = device.agent_logging(&["sync"], "trace");
-    assert_eq!(failed.code, 1, "{}", failed.stderr);
-    assert!(
-        failed.stderr.contains("authentication failed"),
-        "{}",
-        failed.stderr
-    );
-    record("failing sync", &failed);
-    for args in [
-        &["status"][..],
-        &["status", "--json"],
-        &["history", "--json"],
-    ] {
-        record(&args.join(" "), &device.agent_logging(args, "trace"));
-    }
-    for (path, bytes) in files_under(&device.state_dir()) {
-        outputs.push((path.display().to_string(), bytes));
-    }
-    let names: Vec<&str> = outputs.iter().map(|(name, _)| name.as_str()).collect();
-    assert!(
-        names.iter().any(|n| n.ends_with("last-result.json")),
-        "{names:?}"
-    );
-    assert!(names.iter().any(|n| n.contains("/outbox/")), "{names:?}");
+impl Private {
+    /// Everything a device shows or keeps around a sync that succeeds and one that fails after
+    /// `break_access` (which returns what the failure says): both syncs' stdout and stderr at
+    /// trace level (the agent and its libraries: gix, reqwest, hyper, rustls, and what ssh says),
+    /// `status`, `status --json`, `history --json`, and every file of the state directory,
+    /// queued reports included (the collector is down, so they stay in the outbox).
+    fn outputs_of_a_good_and_a_failing_sync(
+        &self,
+        device: &Device,
+        break_access: impl FnOnce() -> &'static str,
+    ) -> Vec<(String, Vec<u8>)> {
+        let enroll = self.dir.path().join("enroll-token");
+        std::fs::write(&enroll, "enroll-me\n").expect("write the enroll token");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        device.report_to(&format!("http://127.0.0.1:{port}"), &enroll);
 
-    for (name, bytes) in &outputs {
-        for secret in &access.secrets {
+        let mut outputs: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut record = |what: &str, run: &Run| {
+            outputs.push((format!("{what} stdout"), run.stdout.clone().into_bytes()));
+            outputs.push((format!("{what} stderr"), run.stderr.clone().into_bytes()));
+        };
+        let ok = device.agent_logging(&["sync"], "trace");
+        assert_eq!(ok.code, 0, "{}", ok.stderr);
+        assert!(ok.stderr.contains("TRACE"), "trace logging is on");
+        record("succeeding sync", &ok);
+        let expected = break_access();
+        self.push("watched again\n");
+        let failed = device.agent_logging(&["sync"], "trace");
+        assert_eq!(failed.code, 1, "{}", failed.stderr);
+        assert!(failed.stderr.contains(expected), "{}", failed.stderr);
+        record("failing sync", &failed);
+        for args in [
+            &["status"][..],
+            &["status", "--json"],
+            &["history", "--json"],
+        ] {
+            record(&args.join(" "), &device.agent_logging(args, "trace"));
+        }
+        for (path, bytes) in files_under(&device.state_dir()) {
+            outputs.push((path.display().to_string(), bytes));
+        }
+        let names: Vec<&str> = outputs.iter().map(|(name, _)| name.as_str()).collect();
+        assert!(
+            names.iter().any(|n| n.ends_with("last-result.json")),
+            "{names:?}"
+        );
+        assert!(names.iter().any(|n| n.contains("/outbox/")), "{names:?}");
+        outputs
+    }
+}
+
+fn assert_no_secret_in(outputs: &[(String, Vec<u8>)], secrets: &[String]) {
+    assert!(!secrets.is_empty());
+    for (name, bytes) in outputs {
+        for secret in secrets {
             assert!(!contains(bytes, secret), "{secret:?} appears in {name}");
         }
     }
+}
+
+// ---- SSH: a deploy key and a pinned host key, against a real sshd ----
+
+/// An operator's repository served by a real sshd, a device's deploy key it accepts, and the
+/// known_hosts file pinning its host key.
+struct OverSsh {
+    p: Private,
+    sshd: SshServer,
+    deploy_key: SigningKey,
+    known_hosts: PathBuf,
+}
+
+impl OverSsh {
+    fn new() -> Option<Self> {
+        let p = Private::new()?;
+        let sshd = SshServer::start(p.dir.path().join("srv"))?;
+        let deploy_key = SigningKey::generate(p.dir.path().join("device-keys"), "deploy");
+        sshd.authorize(deploy_key.public_line());
+        let known_hosts = p.dir.path().join("known_hosts");
+        write_mode(
+            &known_hosts,
+            &format!("# pinned\n{}\n", sshd.known_hosts_line()),
+            0o644,
+        );
+        Some(OverSsh {
+            p,
+            sshd,
+            deploy_key,
+            known_hosts,
+        })
+    }
+
+    fn device(&self, name: &str) -> Device {
+        Device::new(
+            self.p.dir.path().join(name),
+            &self.sshd.url("config.git"),
+            &self.p.signers,
+            "range",
+            &format!(
+                "ssh_key = \"{}\"\nknown_hosts = \"{}\"",
+                self.deploy_key.private_path().display(),
+                self.known_hosts.display()
+            ),
+        )
+    }
+
+    /// A device converged to a first commit over ssh, a second commit waiting on the server,
+    /// and its status before anything is broken.
+    fn converged(&self) -> (Device, String, serde_json::Value) {
+        let first = self.p.push("over ssh\n");
+        let device = self.device("dev");
+        device.sync().expect(0, "applied generation 1");
+        assert_eq!(device.applied().as_deref(), Some(first.as_str()));
+        assert_eq!(self.p.motd("dev"), "over ssh\n");
+        let before = status(&device);
+        self.p.push("second over ssh\n");
+        (device, first, before)
+    }
+
+    /// After a refused sync: the watermark, the generation and the files are as they were.
+    fn assert_kept(&self, device: &Device, first: &str, before: &serde_json::Value) {
+        let after = status(device);
+        assert_eq!(after["applied_commit"], first, "watermark kept");
+        assert_eq!(after["generation"], before["generation"], "generation kept");
+        assert_eq!(after["commit"], before["commit"]);
+        assert_eq!(after["last_result"]["status"], "failed", "{after}");
+        assert_eq!(self.p.motd("dev"), "over ssh\n", "files kept");
+    }
+}
+
+fn write_mode(path: &Path, text: &str, mode: u32) {
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+#[test]
+fn ssh_with_a_deploy_key_and_a_pinned_host_key_converges_and_a_noop_sync_is_one_connection() {
+    let Some(s) = OverSsh::new() else { return };
+    let (device, _, _) = s.converged();
+    device.sync().expect(0, "applied generation 2");
+    assert_eq!(s.p.motd("dev"), "second over ssh\n");
+
+    let connections = s.sshd.connections();
+    let files = device.state_files();
+    device.sync().expect(0, "");
+    assert_eq!(
+        s.sshd.connections(),
+        connections + 1,
+        "a no-op sync over ssh is one connection:\n{}",
+        s.sshd.log()
+    );
+    assert_eq!(device.state_files(), files, "a no-op sync writes nothing");
+    assert!(
+        s.sshd.log().contains("Accepted publickey for"),
+        "{}",
+        s.sshd.log()
+    );
+}
+
+#[test]
+fn an_ssh_host_with_no_pinned_key_is_refused_naming_the_known_hosts_file() {
+    let Some(s) = OverSsh::new() else { return };
+    let (device, first, before) = s.converged();
+    // The file now pins only another server's key.
+    let other = SigningKey::generate(s.p.dir.path().join("other-host"), "other-host");
+    write_mode(
+        &s.known_hosts,
+        &format!("git.example.com {}\n", other.public_line()),
+        0o644,
+    );
+    let run = device.sync();
+    run.expect(
+        1,
+        &format!(
+            "the SSH host 127.0.0.1:{port} of the config repository {url} has no key pinned in \
+             {kh}, and the agent trusts no other; nothing was fetched. Add the server's line to \
+             that file (`ssh-keyscan -p PORT HOST`",
+            port = s.sshd.port(),
+            url = s.sshd.url("config.git"),
+            kh = s.known_hosts.display()
+        ),
+    );
+    assert_not_a_network_error(&run);
+    s.assert_kept(&device, &first, &before);
+}
+
+#[test]
+fn a_changed_ssh_host_key_is_refused_naming_both_fingerprints() {
+    let Some(s) = OverSsh::new() else { return };
+    let (device, first, before) = s.converged();
+    // The device pins a key the server does not have: what a device sees when the server (or
+    // something between) presents another key than the one pinned.
+    let pinned = SigningKey::generate(s.p.dir.path().join("old-host"), "old-host");
+    let mut fields = pinned.public_line().split_whitespace();
+    let (kind, key) = (fields.next().unwrap(), fields.next().unwrap());
+    write_mode(
+        &s.known_hosts,
+        &format!("# the server\n[127.0.0.1]:{} {kind} {key}\n", s.sshd.port()),
+        0o644,
+    );
+    let run = device.sync();
+    run.expect(
+        1,
+        &format!(
+            "the SSH host key of 127.0.0.1:{} does not match the one pinned for it in {}: \
+             pinned ED25519 {} (line 2), offered by the server ED25519 {}; nothing was fetched",
+            s.sshd.port(),
+            s.known_hosts.display(),
+            pinned.fingerprint(),
+            s.sshd.host_fingerprint()
+        ),
+    )
+    .expect(1, "someone may be intercepting the connection");
+    assert_not_a_network_error(&run);
+    assert!(
+        !run.stderr.contains("@@@@"),
+        "ssh's own banner is not passed through:\n{}",
+        run.stderr
+    );
+    s.assert_kept(&device, &first, &before);
+}
+
+#[test]
+fn a_deploy_key_the_server_does_not_know_fails_authentication_naming_the_key_file() {
+    let Some(s) = OverSsh::new() else { return };
+    let (device, first, before) = s.converged();
+    // The device's key file now holds a key the server was never given.
+    let stranger = SigningKey::generate(s.p.dir.path().join("stranger"), "stranger");
+    std::fs::copy(stranger.private_path(), s.deploy_key.private_path()).expect("replace the key");
+    let run = device.sync();
+    run.expect(
+        1,
+        &format!(
+            "authentication failed at the config repository {} (SSH) with the deploy key {}; \
+             give the repository the key's public half (`ssh-keygen -y -f FILE`) as a read-only \
+             deploy key",
+            s.sshd.url("config.git"),
+            s.deploy_key.private_path().display()
+        ),
+    );
+    assert_not_a_network_error(&run);
+    s.assert_kept(&device, &first, &before);
+}
+
+#[test]
+fn an_sshd_that_is_down_is_unreachable_and_changes_nothing() {
+    let Some(mut s) = OverSsh::new() else { return };
+    let (device, first, before) = s.converged();
+    s.sshd.stop();
+    device
+        .sync()
+        .expect(
+            1,
+            &format!(
+                "cannot reach the config repository {} after 1 attempt(s)",
+                s.sshd.url("config.git")
+            ),
+        )
+        .expect(1, "Connection refused");
+    s.assert_kept(&device, &first, &before);
+}
+
+#[test]
+fn a_deploy_key_others_can_read_stops_the_agent_naming_the_file() {
+    let Some(s) = OverSsh::new() else { return };
+    s.p.push("private\n");
+    let device = s.device("dev");
+    let key = s.deploy_key.private_path();
+    std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    device.sync().expect(
+        2,
+        &format!(
+            "`source.ssh_key`: the deploy key {} has mode 0640, readable by others than its \
+             owner; chmod 600 it",
+            key.display()
+        ),
+    );
+    assert_eq!(s.sshd.connections(), 0, "nothing was fetched");
+    assert!(!device.state_dir().exists(), "nothing was written");
+
+    std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    write_mode(&s.known_hosts, &s.sshd.known_hosts_line(), 0o666);
+    device.sync().expect(
+        2,
+        &format!(
+            "`source.known_hosts`: cannot use the known_hosts file {}: it has mode 0666, \
+             writable by others than its owner, who could replace the pinned key; chmod 644 it",
+            s.known_hosts.display()
+        ),
+    );
+    std::fs::set_permissions(&s.known_hosts, std::fs::Permissions::from_mode(0o644))
+        .expect("chmod");
+    device.sync().expect(0, "applied generation 1");
+}
+
+#[test]
+fn the_deploy_key_appears_in_no_output_of_a_succeeding_or_a_failing_ssh_sync() {
+    let Some(s) = OverSsh::new() else { return };
+    s.p.push("watched\n");
+    let device = s.device("dev");
+    let original = std::fs::read_to_string(s.deploy_key.private_path()).expect("read the key");
+    let outputs = s.p.outputs_of_a_good_and_a_failing_sync(&device, || {
+        let stranger = SigningKey::generate(s.p.dir.path().join("stranger"), "stranger");
+        std::fs::copy(stranger.private_path(), s.deploy_key.private_path())
+            .expect("replace the key");
+        "authentication failed"
+    });
+    // Every line of both keys' base64 bodies: the one that worked and the one that failed.
+    let stranger = std::fs::read_to_string(s.deploy_key.private_path()).expect("read the key");
+    let secrets: Vec<String> = [original, stranger]
+        .iter()
+        .flat_map(|k| secret_lines(k))
+        .collect();
+    assert_no_secret_in(&outputs, &secrets);
+}
+
+/// The body lines of a PEM private key: what must never be shown.
+fn secret_lines(pem: &str) -> Vec<String> {
+    pem.lines()
+        .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+        .map(str::to_owned)
+        .collect()
 }

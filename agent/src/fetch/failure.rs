@@ -88,7 +88,10 @@ pub fn http_status(chain: &str) -> Option<u16> {
 
 /// hyper-util names a failed lookup `dns error`; getaddrinfo's own text follows it.
 fn is_dns(chain: &str) -> bool {
-    chain.contains("dns error") || chain.contains("failed to lookup address information")
+    chain.contains("dns error")
+        || chain.contains("failed to lookup address information")
+        // OpenSSH's own lookup.
+        || chain.contains("Could not resolve hostname")
 }
 
 /// A ref advertisement with 64-hex object ids, which a SHA-1-only gix cannot decode (gix-hash:

@@ -28,6 +28,7 @@ mod bundle;
 mod durable;
 mod failure;
 mod inspect;
+mod ssh;
 
 pub use bound::Exceeded;
 pub use bundle::BundleError;
@@ -66,6 +67,22 @@ pub enum FetchError {
     NotFound { url: String, credential: String },
     #[error("the config repository {url} uses SHA-256 object ids (made with git init --object-format=sha256), which this agent does not support: its git library (gix 0.90) is built with SHA-1 only, and its SHA-256 support is not yet complete enough to verify and apply on a device; serve the configuration from a SHA-1 repository (git's default)")]
     Sha256Unsupported { url: String },
+    #[error("the SSH host key of {host} does not match the one pinned for it in {}: pinned {pinned}, offered by the server {offered}; nothing was fetched. If the server's key was replaced on purpose, check the new fingerprint with the server's operator and put the new key's line in that file; otherwise someone may be intercepting the connection", known_hosts.display())]
+    HostKeyChanged {
+        url: String,
+        host: String,
+        known_hosts: PathBuf,
+        pinned: String,
+        offered: String,
+    },
+    #[error("the SSH host {host} of the config repository {url} has no key pinned in {}, and the agent trusts no other; nothing was fetched. Add the server's line to that file (`ssh-keyscan -p PORT HOST`, its fingerprint checked against the one the server's operator gives you)", known_hosts.display())]
+    UnknownHost {
+        url: String,
+        host: String,
+        known_hosts: PathBuf,
+    },
+    #[error("authentication failed at the config repository {url} (SSH) with the deploy key {}; give the repository the key's public half (`ssh-keygen -y -f FILE`) as a read-only deploy key, or put the key the server knows in that file", key.display())]
+    SshAuthenticationFailed { url: String, key: PathBuf },
     #[error("the config repository {url} answered with a redirect, which the agent does not follow while a credential is configured (the credential is sent only to the configured origin); set [source] url to the repository's final address")]
     Redirected { url: String },
     #[error(transparent)]
@@ -406,7 +423,15 @@ impl Mirror {
                 })
             })
         };
-        let transport = self.connect(&remote, &meter).map_err(transient)?;
+        // What the agent's ssh says, for an ssh source: a refused host key or deploy key is
+        // named from it.
+        let ssh_stderr = source
+            .ssh
+            .as_ref()
+            .map(|access| (access, Arc::new(ssh::Stderr::default())));
+        let transport = self
+            .connect(&remote, source, ssh_stderr.as_ref().map(|(_, s)| s), &meter)
+            .map_err(transient)?;
         // Set when the server answers 401 to the handshake. gix would then ask git's credential
         // helpers or prompt on a terminal: a device does neither, its credential (if any) was
         // already sent with the request.
@@ -428,7 +453,16 @@ impl Mirror {
             if let Some(refusal) = refused(meter) {
                 return refusal;
             }
-            let chain = error_chain(&e);
+            let mut chain = error_chain(&e);
+            if let Some((access, stderr)) = &ssh_stderr {
+                let lines = stderr.lines(Duration::from_secs(2));
+                if let Some(fatal) = ssh::classify(source, access, &lines) {
+                    return Attempt::Fatal(fatal);
+                }
+                if !lines.is_empty() {
+                    chain = format!("{chain}: {}", lines.join("; "));
+                }
+            }
             match failure::classify(source, &chain, challenged.load(Ordering::SeqCst)) {
                 Some(fatal) => Attempt::Fatal(fatal),
                 None => Attempt::Transient(chain),
@@ -543,23 +577,36 @@ impl Mirror {
 
     /// A transport to the remote's URL, as `gix::Remote::connect` makes it, wrapped so that what
     /// it receives is counted against the fetch's bounds (`bound`).
+    ///
+    /// An ssh source goes through the agent's own `ssh` invocation (`ssh::SshTransport`), never
+    /// gix's (which would take `core.sshCommand`, `GIT_SSH_COMMAND` and the user's ssh config).
     fn connect(
         &self,
         remote: &gix::Remote<'_>,
+        source: &SourceConfig,
+        ssh_stderr: Option<&Arc<ssh::Stderr>>,
         meter: &bound::Meter,
     ) -> Result<bound::Metered<Box<dyn Transport + Send>>, gix::Error> {
         let (url, version) = remote.sanitized_url_and_version(Direction::Fetch)?;
-        let ssh = if url.scheme == gix::url::Scheme::Ssh {
-            self.repo.ssh_connect_options()?
+        let transport: Box<dyn Transport + Send> = if url.scheme == gix::url::Scheme::Ssh {
+            let (Some(access), Some(stderr)) = (&source.ssh, ssh_stderr) else {
+                // `config` refuses an ssh source without its key and known_hosts.
+                return Err(gix::Error::from_error(SshNotConfigured));
+            };
+            Box::new(ssh::SshTransport::new(
+                url,
+                access,
+                source.timeout,
+                version,
+                Arc::clone(stderr),
+            ))
         } else {
-            Default::default()
+            let options = connect::Options {
+                version,
+                ..Default::default()
+            };
+            connect::connect(url, options)?
         };
-        let options = connect::Options {
-            version,
-            ssh,
-            ..Default::default()
-        };
-        let transport = connect::connect(url, options)?;
         Ok(bound::Metered::new(
             transport,
             meter.clone(),
@@ -669,6 +716,11 @@ impl Origin {
             && url.port_or_known_default() == self.port
     }
 }
+
+/// An ssh source reached without the settings `config` requires for one (a bug, not a state).
+#[derive(Debug, thiserror::Error)]
+#[error("an ssh source needs [source] ssh_key and known_hosts")]
+struct SshNotConfigured;
 
 enum Attempt {
     Transient(String),
