@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::credential::{Credential, CredentialError, DeployKey, KnownHosts};
+use crate::credential::{Credential, CredentialError, DeployKey, FileKind, KnownHosts};
 use crate::paths::{self, PathError};
+use crate::proxy::ProxySetting;
 use crate::render::DeviceIdentity;
 
 pub const DEFAULT_PATH: &str = "/etc/shoal/agent.toml";
@@ -33,7 +34,7 @@ pub enum ConfigError {
         key: &'static str,
         message: String,
     },
-    #[error("{}: `source.{key}`: {source}", path.display())]
+    #[error("{}: `{key}`: {source}", path.display())]
     Credential {
         path: PathBuf,
         key: &'static str,
@@ -87,6 +88,9 @@ pub struct SourceConfig {
     pub known_hosts: Option<PathBuf>,
     /// Both, read and checked by [`AgentConfig::load`].
     pub ssh: Option<SshAccess>,
+    /// `[source] proxy` (and `proxy_auth_file`): the forward proxy for an http(s) source, over
+    /// `HTTPS_PROXY` from the environment.
+    pub proxy: Option<ProxySetting>,
 }
 
 /// What the agent's `ssh` is given for an ssh source: the deploy key and the pinned host keys.
@@ -202,6 +206,8 @@ pub struct CollectorConfig {
     pub ca_file: Option<PathBuf>,
     /// A file holding the enrollment token presented on first contact (`X-Shoal-Enroll`).
     pub enroll_token_file: Option<PathBuf>,
+    /// `[collector] proxy` (and `proxy_auth_file`), over `HTTPS_PROXY` from the environment.
+    pub proxy: Option<ProxySetting>,
 }
 
 #[derive(Debug, Clone)]
@@ -244,6 +250,8 @@ struct RawSource {
     auth_file: Option<PathBuf>,
     ssh_key: Option<PathBuf>,
     known_hosts: Option<PathBuf>,
+    proxy: Option<String>,
+    proxy_auth_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -259,6 +267,8 @@ struct RawCollector {
     url: String,
     ca_file: Option<PathBuf>,
     enroll_token_file: Option<PathBuf>,
+    proxy: Option<String>,
+    proxy_auth_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -293,7 +303,7 @@ impl AgentConfig {
         if let Some(file) = &config.source.auth_file {
             let credential = Credential::load(file).map_err(|source| ConfigError::Credential {
                 path: path.to_owned(),
-                key: "auth_file",
+                key: "source.auth_file",
                 source,
             })?;
             config.source.credential = Some(credential);
@@ -306,9 +316,31 @@ impl AgentConfig {
                 source,
             };
             config.source.ssh = Some(SshAccess {
-                key: DeployKey::load(key).map_err(|e| failed("ssh_key", e))?,
-                known_hosts: KnownHosts::load(known_hosts).map_err(|e| failed("known_hosts", e))?,
+                key: DeployKey::load(key).map_err(|e| failed("source.ssh_key", e))?,
+                known_hosts: KnownHosts::load(known_hosts)
+                    .map_err(|e| failed("source.known_hosts", e))?,
             });
+        }
+        let proxies = [
+            ("source.proxy_auth_file", config.source.proxy.as_mut()),
+            (
+                "collector.proxy_auth_file",
+                config.collector.as_mut().and_then(|c| c.proxy.as_mut()),
+            ),
+        ];
+        for (key, proxy) in proxies {
+            let Some(proxy) = proxy else { continue };
+            if let Some(file) = &proxy.auth_file {
+                let credential =
+                    Credential::load_as(file, FileKind::ProxyAuthFile).map_err(|source| {
+                        ConfigError::Credential {
+                            path: path.to_owned(),
+                            key,
+                            source,
+                        }
+                    })?;
+                proxy.credential = Some(credential);
+            }
         }
         Ok(config)
     }
@@ -429,6 +461,31 @@ impl AgentConfig {
                 check_ssh_path(&resolve(file.clone())).map_err(|m| invalid(key, &m))?;
             }
         }
+        if raw.source.proxy.is_some() && !(has_scheme(&url, "https") || has_scheme(&url, "http")) {
+            return Err(invalid(
+                "source.proxy",
+                "is only used with an http:// or https:// source URL (git://, ssh and local \
+                 sources are not proxied); remove it",
+            ));
+        }
+        let source_proxy = proxy_setting(
+            "[source] proxy",
+            raw.source.proxy,
+            raw.source.proxy_auth_file.map(resolve),
+        )
+        .map_err(|(key, m)| invalid(["source.proxy", "source.proxy_auth_file"][key], &m))?;
+        let collector = match raw.collector {
+            Some(c) => Some(CollectorConfig {
+                url: c.url.trim_end_matches('/').to_owned(),
+                ca_file: c.ca_file.map(resolve),
+                enroll_token_file: c.enroll_token_file.map(resolve),
+                proxy: proxy_setting("[collector] proxy", c.proxy, c.proxy_auth_file.map(resolve))
+                    .map_err(|(key, m)| {
+                        invalid(["collector.proxy", "collector.proxy_auth_file"][key], &m)
+                    })?,
+            }),
+            None => None,
+        };
         let keep_generations = raw.apply.keep_generations.unwrap_or(10);
         if keep_generations == 0 {
             return Err(invalid(
@@ -458,6 +515,7 @@ impl AgentConfig {
                 ssh_key: raw.source.ssh_key.map(resolve),
                 known_hosts: raw.source.known_hosts.map(resolve),
                 ssh: None,
+                proxy: source_proxy,
             },
             trust: TrustConfig {
                 allowed_signers: resolve(
@@ -467,11 +525,7 @@ impl AgentConfig {
                 ),
                 verify: raw.trust.verify.unwrap_or(VerifyMode::Range),
             },
-            collector: raw.collector.map(|c| CollectorConfig {
-                url: c.url.trim_end_matches('/').to_owned(),
-                ca_file: c.ca_file.map(resolve),
-                enroll_token_file: c.enroll_token_file.map(resolve),
-            }),
+            collector,
             apply: ApplyConfig {
                 health_timeout: raw
                     .apply
@@ -492,6 +546,55 @@ fn resolve_local_url(url: &str, base: &Path) -> String {
     } else {
         url.to_owned()
     }
+}
+
+/// `proxy` and `proxy_auth_file` of one table (`key`: `[source] proxy`), checked: an http(s) URL
+/// with a host and no credential in it, and an auth file only with a proxy. The error is the
+/// index of the faulty key (0: proxy, 1: proxy_auth_file) and the message.
+fn proxy_setting(
+    key: &'static str,
+    url: Option<String>,
+    auth_file: Option<PathBuf>,
+) -> Result<Option<ProxySetting>, (usize, String)> {
+    let Some(url) = url else {
+        return match auth_file {
+            Some(_) => Err((
+                1,
+                "is only used with `proxy` (the proxy it authenticates to); set `proxy` or \
+                 remove it (a proxy from HTTPS_PROXY takes its credential in its own URL)"
+                    .into(),
+            )),
+            None => Ok(None),
+        };
+    };
+    let parsed = reqwest::Url::parse(&url).map_err(|e| {
+        (
+            0,
+            format!("{url:?} is not a URL ({e}); write it as http://HOST:PORT"),
+        )
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none_or(str::is_empty) {
+        return Err((
+            0,
+            "must be an http:// or https:// URL with a host, such as http://proxy.example:3128"
+                .into(),
+        ));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err((
+            0,
+            "carries a user name or password: it would show in logs, errors and status; remove \
+             it from the URL and put the proxy's credential in `proxy_auth_file` (a file of its \
+             own, mode 0600)"
+                .into(),
+        ));
+    }
+    Ok(Some(ProxySetting {
+        key,
+        url: url.trim_end_matches('/').to_owned(),
+        auth_file,
+        credential: None,
+    }))
 }
 
 const SSH_ONLY: &str = "is only used with an ssh source URL (ssh://user@host/path or \
@@ -873,6 +976,55 @@ keep_generations = 10
         assert!(is_ssh_url("ssh://git@host:2222/srv/config.git"));
         assert!(!is_ssh_url("https://host/config.git"));
         assert!(!is_ssh_url("/srv/config.git"));
+    }
+
+    #[test]
+    fn proxies_are_http_urls_without_credentials_and_their_auth_file_needs_them() {
+        let c = parse(&format!(
+            "{MINIMAL}proxy = \"http://proxy.corp:3128/\"\nproxy_auth_file = \"proxy.toml\"\n\
+             [collector]\nurl = \"https://c.example\"\nproxy = \"http://p2:8080\"\n"
+        ))
+        .unwrap();
+        let proxy = c.source.proxy.unwrap();
+        assert_eq!(proxy.url, "http://proxy.corp:3128");
+        assert_eq!(proxy.key, "[source] proxy");
+        assert_eq!(
+            proxy.auth_file.as_deref(),
+            Some(Path::new("/etc/shoal/proxy.toml"))
+        );
+        assert_eq!(c.collector.unwrap().proxy.unwrap().url, "http://p2:8080");
+        let cases = [
+            (
+                format!("{MINIMAL}proxy = \"http://u:hunter2@proxy:3128\"\n"),
+                "`source.proxy` carries a user name or password",
+            ),
+            (
+                format!("{MINIMAL}proxy = \"socks5://proxy:1080\"\n"),
+                "`source.proxy` must be an http:// or https:// URL with a host",
+            ),
+            (
+                format!("{MINIMAL}proxy_auth_file = \"p.toml\"\n"),
+                "`source.proxy_auth_file` is only used with `proxy`",
+            ),
+            (
+                format!(
+                    "{MINIMAL}[collector]\nurl = \"https://c\"\nproxy_auth_file = \"p.toml\"\n"
+                ),
+                "`collector.proxy_auth_file` is only used with `proxy`",
+            ),
+            (
+                format!(
+                    "{}proxy = \"http://proxy:3128\"\n",
+                    MINIMAL.replace("https://git.example.com", "git://git.example.com")
+                ),
+                "`source.proxy` is only used with an http:// or https:// source URL",
+            ),
+        ];
+        for (text, expected) in cases {
+            let message = parse(&text).unwrap_err().to_string();
+            assert!(message.contains(expected), "{message:?} vs {expected:?}");
+            assert!(!message.contains("hunter2"), "{message}");
+        }
     }
 
     #[test]

@@ -7,13 +7,16 @@
 //! the test: a deploy key (`[source] ssh_key`) and a pinned host key (`[source] known_hosts`); an
 //! unknown or changed host key, a deploy key the server does not know and a server that is down
 //! are each refused naming what failed, the device left as it was, and the key never shown.
+//! Through a real forward proxy (`tinyproxy`): `[source] proxy` with its own credential file
+//! (CONNECT for HTTPS), `HTTPS_PROXY` and `NO_PROXY` from the environment, `[collector] proxy`; a
+//! proxy that is down or refuses the credential is named, and its credential is never shown.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use shoal_e2e::{
-    gateway_config, require_tools, write_allowed_signers, ConfigRepo, Device, HttpsGitServer, Run,
-    SigningKey, SshServer,
+    gateway_config, require_tools, write_allowed_signers, ConfigRepo, Device, ForwardProxy,
+    HttpsGitServer, Run, SigningKey, SshServer,
 };
 
 const TOKEN: &str = "shoal-test-t0ken-9f3a51c2";
@@ -707,4 +710,283 @@ fn secret_lines(pem: &str) -> Vec<String> {
         .filter(|l| !l.starts_with("-----") && l.len() >= 16)
         .map(str::to_owned)
         .collect()
+}
+
+// ---- Proxies: a real forward proxy (tinyproxy), CONNECT for HTTPS ----
+
+const PROXY_USER: &str = "fleet";
+const PROXY_PASSWORD: &str = "pr0xy-pa55-4c1d";
+
+/// A private HTTPS repository (token), a forward proxy requiring basic auth, and the device's
+/// proxy credential file.
+struct BehindProxy {
+    p: Private,
+    proxy: ForwardProxy,
+    token_file: PathBuf,
+    proxy_auth: PathBuf,
+}
+
+impl BehindProxy {
+    fn new() -> Option<Self> {
+        let p = Private::new()?;
+        let proxy = ForwardProxy::start_requiring(PROXY_USER, PROXY_PASSWORD)?;
+        p.server.require_bearer(TOKEN);
+        let token_file = p.auth_file("git-auth.toml", &format!("token = \"{TOKEN}\"\n"), 0o600);
+        let proxy_auth = p.auth_file(
+            "proxy-auth.toml",
+            &format!("username = \"{PROXY_USER}\"\npassword = \"{PROXY_PASSWORD}\"\n"),
+            0o600,
+        );
+        Some(BehindProxy {
+            p,
+            proxy,
+            token_file,
+            proxy_auth,
+        })
+    }
+
+    /// A device whose `[source]` ends with `extra` (its proxy settings).
+    fn device(&self, name: &str, extra: &str) -> Device {
+        Device::new(
+            self.p.dir.path().join(name),
+            &self.p.server.url("config.git"),
+            &self.p.signers,
+            "range",
+            &format!(
+                "ca_file = \"{}\"\nauth_file = \"{}\"\n{extra}",
+                self.p.server.ca_pem_path().display(),
+                self.token_file.display()
+            ),
+        )
+    }
+
+    /// `proxy = "…"` and `proxy_auth_file = "…"` for `[source]` or `[collector]`.
+    fn settings(&self) -> String {
+        format!(
+            "proxy = \"{}\"\nproxy_auth_file = \"{}\"",
+            self.proxy.url(),
+            self.proxy_auth.display()
+        )
+    }
+
+    /// The tunnels the proxy opened to the git server.
+    fn tunnels_to_the_server(&self) -> usize {
+        let connect = format!("CONNECT localhost:{} ", self.p.server.port());
+        self.proxy
+            .requests()
+            .iter()
+            .filter(|r| r.starts_with(&connect))
+            .count()
+    }
+}
+
+/// A loopback URL where nothing listens.
+fn dead_url() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    format!("http://127.0.0.1:{port}")
+}
+
+#[test]
+fn a_configured_proxy_carries_the_fetch_through_connect_with_its_own_credential() {
+    let Some(b) = BehindProxy::new() else { return };
+    let first = b.p.push("through the proxy\n");
+    let device = b.device("dev", &b.settings());
+    device.sync().expect(0, "applied generation 1");
+    assert_eq!(device.applied().as_deref(), Some(first.as_str()));
+    assert_eq!(b.p.motd("dev"), "through the proxy\n");
+    assert!(
+        b.tunnels_to_the_server() >= 1,
+        "the fetch went through the proxy's CONNECT: {:?}",
+        b.proxy.requests()
+    );
+    // The repository's token went through the tunnel to the server, not to the proxy.
+    let bearer = format!("Bearer {TOKEN}");
+    assert!(b
+        .p
+        .server
+        .authorizations()
+        .iter()
+        .all(|a| a.as_deref() == Some(bearer.as_str())));
+    assert!(!b.proxy.log().contains(TOKEN));
+
+    // A no-op sync is still one request to the server, in one tunnel.
+    b.p.server.reset_counters();
+    let tunnels = b.tunnels_to_the_server();
+    device.sync().expect(0, "");
+    assert_eq!(b.p.server.request_count(), 1, "{:?}", b.p.server.requests());
+    assert_eq!(b.tunnels_to_the_server(), tunnels + 1);
+}
+
+#[test]
+fn a_proxy_that_is_down_is_named_unreachable_and_changes_nothing() {
+    let Some(mut b) = BehindProxy::new() else {
+        return;
+    };
+    let first = b.p.push("through the proxy\n");
+    let device = b.device("dev", &b.settings());
+    device.sync().expect(0, "applied generation 1");
+    let before = status(&device);
+    b.p.push("while the proxy is down\n");
+    b.proxy.stop();
+    let run = device.sync();
+    run.expect(
+        1,
+        &format!(
+            "the proxy {} (from [source] proxy) is unreachable: the config repository {} could \
+             not be contacted through it after 1 attempt(s): ",
+            b.proxy.url(),
+            b.p.server.url("config.git")
+        ),
+    )
+    .expect(
+        1,
+        "check that the proxy runs and that the device can reach it",
+    );
+    let after = status(&device);
+    assert_eq!(after["applied_commit"], first.as_str(), "watermark kept");
+    assert_eq!(after["generation"], before["generation"], "generation kept");
+    assert_eq!(b.p.motd("dev"), "through the proxy\n", "files kept");
+}
+
+#[test]
+fn a_proxy_that_refuses_the_credential_is_named_with_the_credential_file() {
+    let Some(b) = BehindProxy::new() else { return };
+    b.p.push("through the proxy\n");
+    let wrong = b.p.auth_file(
+        "wrong-proxy-auth.toml",
+        &format!("username = \"{PROXY_USER}\"\npassword = \"not-it\"\n"),
+        0o600,
+    );
+    let device = b.device(
+        "dev",
+        &format!(
+            "proxy = \"{}\"\nproxy_auth_file = \"{}\"",
+            b.proxy.url(),
+            wrong.display()
+        ),
+    );
+    let run = device.sync();
+    // tinyproxy answers a refused credential with 401 (a proxy that says 407 is named as
+    // requiring authentication: `proxy` unit tests).
+    run.expect(
+        1,
+        &format!(
+            "the proxy {} (from [source] proxy) refused or failed the CONNECT to the config \
+             repository {} after 1 attempt(s): ",
+            b.proxy.url(),
+            b.p.server.url("config.git"),
+        ),
+    )
+    .expect(
+        1,
+        &format!(
+            "check that it accepts user \"{PROXY_USER}\" from {} and allows CONNECT to that host \
+             and port",
+            wrong.display()
+        ),
+    );
+    assert!(!run.stderr.contains("not-it"), "{}", run.stderr);
+    assert_eq!(device.applied(), None);
+    assert!(
+        b.p.server.requests().is_empty(),
+        "the server was not reached"
+    );
+}
+
+#[test]
+fn https_proxy_from_the_environment_is_used_and_no_proxy_is_honoured() {
+    let Some(p) = Private::new() else { return };
+    let Some(proxy) = ForwardProxy::start() else {
+        return;
+    };
+    p.push("from the environment\n");
+    let auth = p.auth_file("git-auth.toml", &format!("token = \"{TOKEN}\"\n"), 0o600);
+    p.server.require_bearer(TOKEN);
+    let device = p.device("dev", &auth);
+    let connect = format!("CONNECT localhost:{} ", p.server.port());
+
+    let run = device.agent_with_env(&["sync"], "warn", &[("HTTPS_PROXY", &proxy.url())]);
+    run.expect(0, "applied generation 1");
+    assert!(
+        proxy.requests().iter().any(|r| r.starts_with(&connect)),
+        "HTTPS_PROXY carried the fetch: {:?}",
+        proxy.requests()
+    );
+
+    // A proxy that does not answer, which NO_PROXY bypasses for this host: the sync goes direct.
+    p.push("direct\n");
+    let dead = dead_url();
+    let requests = proxy.requests().len();
+    let run = device.agent_with_env(
+        &["sync"],
+        "warn",
+        &[
+            ("https_proxy", &dead),
+            ("NO_PROXY", "example.org,localhost"),
+        ],
+    );
+    run.expect(0, "applied generation 2");
+    assert_eq!(proxy.requests().len(), requests);
+
+    // Without NO_PROXY the dead proxy is named, with where it came from.
+    p.push("blocked\n");
+    let run = device.agent_with_env(&["sync"], "warn", &[("HTTPS_PROXY", &dead)]);
+    run.expect(
+        1,
+        &format!("the proxy {dead} (from HTTPS_PROXY) is unreachable: the config repository"),
+    );
+    assert_eq!(p.motd("dev"), "direct\n", "files kept");
+}
+
+#[test]
+fn reports_go_through_the_collector_proxy() {
+    let Some(b) = BehindProxy::new() else { return };
+    b.p.push("reported\n");
+    let device = b.device("dev", "");
+    let enroll = b.p.dir.path().join("enroll-token");
+    std::fs::write(&enroll, "enroll-me-through-the-proxy\n").expect("write the enroll token");
+    let collector =
+        shoal_e2e::CollectorSpec::local(b.p.dir.path().join("collector-data"), enroll.clone())
+            .start();
+    device.report_to(collector.url(), &enroll);
+    let config = std::fs::read_to_string(device.config_path()).expect("read agent.toml");
+    std::fs::write(device.config_path(), format!("{config}{}\n", b.settings()))
+        .expect("write agent.toml");
+
+    device.sync().expect(0, "applied generation 1");
+    let seen = collector.get("/api/v1/devices/dev-1");
+    assert_eq!(seen["status"], "converged", "{seen}");
+    let post = format!("POST {}/api/v1/reports ", collector.url());
+    assert!(
+        b.proxy.requests().iter().any(|r| r.starts_with(&post)),
+        "the report went through the proxy: {:?}",
+        b.proxy.requests()
+    );
+    assert_eq!(b.tunnels_to_the_server(), 0, "the fetch is not proxied");
+}
+
+#[test]
+fn the_proxy_credential_appears_in_no_output_of_a_succeeding_or_a_failing_sync() {
+    use base64::Engine as _;
+    let Some(b) = BehindProxy::new() else { return };
+    b.p.push("watched\n");
+    let device = b.device("dev", &b.settings());
+    let outputs = b.p.outputs_of_a_good_and_a_failing_sync(&device, || {
+        // The proxy's password is rotated; the device still sends the old one.
+        std::fs::write(
+            &b.proxy_auth,
+            format!("username = \"{PROXY_USER}\"\npassword = \"{PROXY_PASSWORD}-old\"\n"),
+        )
+        .expect("rewrite the proxy credential");
+        "refused or failed the CONNECT"
+    });
+    let basic =
+        base64::engine::general_purpose::STANDARD.encode(format!("{PROXY_USER}:{PROXY_PASSWORD}"));
+    assert_no_secret_in(
+        &outputs,
+        &[PROXY_PASSWORD.to_owned(), basic, TOKEN.to_owned()],
+    );
 }

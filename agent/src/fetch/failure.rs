@@ -6,6 +6,7 @@
 //! credential: messages name it by file and kind (`credential::Credential`'s `Display`).
 
 use crate::config::SourceConfig;
+use crate::proxy::{self, ProxyFailure, Route};
 
 use super::FetchError;
 
@@ -18,8 +19,22 @@ pub struct Challenged;
 /// The operator's error for a failure that retrying will not fix, or `None` for one that may
 /// pass (to be retried, then reported by [`unreachable`]). `chain` is the failure's
 /// `error_chain`; `challenged` whether the server answered the handshake with 401.
-pub fn classify(source: &SourceConfig, chain: &str, challenged: bool) -> Option<FetchError> {
+pub fn classify(
+    source: &SourceConfig,
+    route: Option<&Route>,
+    chain: &str,
+    challenged: bool,
+) -> Option<FetchError> {
     let url = source.url.clone();
+    if let Some(route) = route {
+        if proxy::failure(chain) == Some(ProxyFailure::Authentication) {
+            return Some(FetchError::ProxyAuthentication {
+                url,
+                proxy: route.to_string(),
+                credential: proxy_credential(route),
+            });
+        }
+    }
     let credential = || match &source.credential {
         Some(credential) => credential.to_string(),
         None => "anonymous access (no [source] auth_file)".to_owned(),
@@ -61,8 +76,36 @@ pub fn classify(source: &SourceConfig, chain: &str, challenged: bool) -> Option<
 
 /// The error for a failure that was retried `attempts` times and did not pass: a name that does
 /// not resolve says DNS, anything else that the server could not be reached.
-pub fn unreachable(source: &SourceConfig, attempts: u32, message: String) -> FetchError {
+pub fn unreachable(
+    source: &SourceConfig,
+    route: Option<&Route>,
+    attempts: u32,
+    message: String,
+) -> FetchError {
     let url = source.url.clone();
+    if let Some(route) = route {
+        let proxy = route.to_string();
+        match proxy::failure(&message) {
+            Some(ProxyFailure::Tunnel) => {
+                return FetchError::ProxyTunnel {
+                    url,
+                    proxy,
+                    credential: proxy_credential(route),
+                    attempts,
+                    message,
+                }
+            }
+            Some(_) => {
+                return FetchError::ProxyUnreachable {
+                    url,
+                    proxy,
+                    attempts,
+                    message,
+                }
+            }
+            None => {}
+        }
+    }
     if is_dns(&message) {
         FetchError::Dns {
             url,
@@ -76,6 +119,14 @@ pub fn unreachable(source: &SourceConfig, attempts: u32, message: String) -> Fet
             message,
         }
     }
+}
+
+/// How messages name the proxy's credential: by file and kind, never its value.
+fn proxy_credential(route: &Route) -> String {
+    route.credential.as_ref().map_or_else(
+        || "a connection without a credential (no proxy_auth_file)".to_owned(),
+        ToString::to_string,
+    )
 }
 
 /// The HTTP status gix reports in `chain` (`Received HTTP status 404`), if any.
@@ -146,7 +197,7 @@ mod tests {
         let user = source(Some("username = \"deploy\"\npassword = \"s3cret-pw\""));
         let anonymous = source(None);
         let text = |source: &SourceConfig, chain: &str, challenged: bool| {
-            classify(source, chain, challenged)
+            classify(source, None, chain, challenged)
                 .map(|e| e.to_string())
                 .unwrap_or_default()
         };
@@ -174,7 +225,7 @@ mod tests {
         );
         for chain in [SERVER_ERROR, DNS, "connection refused"] {
             assert!(
-                classify(&token, chain, false).is_none(),
+                classify(&token, None, chain, false).is_none(),
                 "{chain} is retried"
             );
         }
@@ -190,10 +241,10 @@ mod tests {
     #[test]
     fn what_is_retried_is_named_dns_or_unreachable_at_the_end() {
         let anonymous = source(None);
-        assert!(unreachable(&anonymous, 4, DNS.into())
+        assert!(unreachable(&anonymous, None, 4, DNS.into())
             .to_string()
             .starts_with("cannot resolve the host of the config repository https://git.example.com/config.git after 4 attempt(s) (DNS): "));
-        assert!(unreachable(&anonymous, 1, SERVER_ERROR.into())
+        assert!(unreachable(&anonymous, None, 1, SERVER_ERROR.into())
             .to_string()
             .starts_with("cannot reach the config repository"));
         assert_eq!(http_status(NOT_FOUND), Some(404));

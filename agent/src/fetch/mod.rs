@@ -20,6 +20,7 @@ use crate::config::{self, SourceConfig};
 use crate::credential::Credential;
 use crate::errors::error_chain;
 use crate::paths::{self, PathError};
+use crate::proxy::{self, ProxyError};
 use crate::state::MirrorDir;
 use crate::tls::{self, TlsError};
 
@@ -87,6 +88,29 @@ pub enum FetchError {
     Redirected { url: String },
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+    #[error("{proxy} is unreachable: the config repository {url} could not be contacted through it after {attempts} attempt(s): {message}; check that the proxy runs and that the device can reach it, or correct the setting")]
+    ProxyUnreachable {
+        url: String,
+        proxy: String,
+        attempts: u32,
+        message: String,
+    },
+    #[error("{proxy} refused or failed the CONNECT to the config repository {url} after {attempts} attempt(s): {message}; check that it accepts {credential} and allows CONNECT to that host and port")]
+    ProxyTunnel {
+        url: String,
+        proxy: String,
+        credential: String,
+        attempts: u32,
+        message: String,
+    },
+    #[error("{proxy} requires authentication (HTTP 407) and refused {credential}; put a valid credential in its proxy_auth_file")]
+    ProxyAuthentication {
+        url: String,
+        proxy: String,
+        credential: String,
+    },
     #[error("the local mirror {} is damaged ({damage}) and could not be set aside to rebuild it: {source}; check the state directory's permissions and disk", path.display())]
     SetAside {
         path: PathBuf,
@@ -217,10 +241,15 @@ impl Mirror {
             None if is_https(&source.url) => Some(tls::client_config(None)?),
             None => None,
         };
+        let link = Link {
+            http: is_https(&source.url) || config::has_scheme(&source.url, "http"),
+            tls,
+            proxy: proxy::route_from_env(source.proxy.as_ref(), &source.url)?,
+        };
         let mut healed: Option<Damage> = None;
         loop {
             let attempt = Mirror::open_checked(dir, applied).and_then(|mirror| {
-                let fetched = mirror.fetch_retrying(source, &tls, applied, interrupt)?;
+                let fetched = mirror.fetch_retrying(source, &link, applied, interrupt)?;
                 Ok((mirror, fetched))
             });
             let damage = match attempt {
@@ -359,20 +388,23 @@ impl Mirror {
     fn fetch_retrying(
         &self,
         source: &SourceConfig,
-        tls: &Option<Arc<rustls::ClientConfig>>,
+        link: &Link,
         applied: Option<ObjectId>,
         interrupt: &AtomicBool,
     ) -> Result<Fetched, Failure> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.fetch_once(source, tls.clone(), applied, interrupt) {
+            match self.fetch_once(source, link, applied, interrupt) {
                 Ok(fetched) => return Ok(fetched),
                 Err(Attempt::Fatal(e)) => return Err(Failure::Fatal(e)),
                 Err(Attempt::Damaged(damage)) => return Err(Failure::Damaged(damage)),
                 Err(Attempt::Transient(message)) if attempt > source.retries => {
                     return Err(Failure::Fatal(failure::unreachable(
-                        source, attempt, message,
+                        source,
+                        link.proxy.as_ref(),
+                        attempt,
+                        message,
                     )))
                 }
                 Err(Attempt::Transient(message)) => {
@@ -387,7 +419,7 @@ impl Mirror {
     fn fetch_once(
         &self,
         source: &SourceConfig,
-        tls: Option<Arc<rustls::ClientConfig>>,
+        link: &Link,
         applied: Option<ObjectId>,
         interrupt: &AtomicBool,
     ) -> Result<Fetched, Attempt> {
@@ -443,8 +475,8 @@ impl Mirror {
                 on_challenge.store(true, Ordering::SeqCst);
                 Err(gix::Error::from_error(failure::Challenged))
             });
-        if let Some(tls) = tls {
-            let options = self.http_options(source, tls).map_err(Attempt::Fatal)?;
+        if link.http {
+            let options = self.http_options(source, link).map_err(Attempt::Fatal)?;
             connection.set_transport_options(options);
         }
         // What a failed HTTP exchange means for the operator: a 401/403/404 or a refused
@@ -463,7 +495,8 @@ impl Mirror {
                     chain = format!("{chain}: {}", lines.join("; "));
                 }
             }
-            match failure::classify(source, &chain, challenged.load(Ordering::SeqCst)) {
+            let challenged = challenged.load(Ordering::SeqCst);
+            match failure::classify(source, link.proxy.as_ref(), &chain, challenged) {
                 Some(fatal) => Attempt::Fatal(fatal),
                 None => Attempt::Transient(chain),
             }
@@ -628,7 +661,7 @@ impl Mirror {
     fn http_options(
         &self,
         source: &SourceConfig,
-        tls: Arc<rustls::ClientConfig>,
+        link: &Link,
     ) -> Result<Box<dyn std::any::Any>, FetchError> {
         use gix::protocol::transport::client::blocking_io::http;
         let timeout = source.timeout;
@@ -648,11 +681,22 @@ impl Mirror {
             Some(credential) => Some(authorize(&source.url, credential)?),
             None => None,
         };
+        // The proxy, or none: reqwest's own reading of the environment is off (`proxy`).
+        let proxy = match &link.proxy {
+            Some(route) => Some(route.reqwest_proxy()?),
+            None => None,
+        };
+        let tls = link.tls.clone();
         let backend = http::reqwest::Options {
             configure_client: Some(Box::new(move |builder| {
-                Ok(builder
-                    .tls_backend_preconfigured((*tls).clone())
-                    .connect_timeout(timeout))
+                let mut builder = builder.no_proxy().connect_timeout(timeout);
+                if let Some(proxy) = &proxy {
+                    builder = builder.proxy(proxy.clone());
+                }
+                if let Some(tls) = &tls {
+                    builder = builder.tls_backend_preconfigured((**tls).clone());
+                }
+                Ok(builder)
             })),
             configure_request,
         };
@@ -715,6 +759,14 @@ impl Origin {
             && url.host_str() == Some(self.host.as_str())
             && url.port_or_known_default() == self.port
     }
+}
+
+/// How the agent reaches an http(s) source: its TLS configuration and proxy.
+struct Link {
+    /// Whether the source is http(s) (gix's reqwest backend, configured here).
+    http: bool,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    proxy: Option<proxy::Route>,
 }
 
 /// An ssh source reached without the settings `config` requires for one (a bug, not a state).
