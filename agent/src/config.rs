@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::credential::{Credential, CredentialError, DeployKey, FileKind, KnownHosts};
+use crate::credential::{
+    ClientIdentity, Credential, CredentialError, DeployKey, FileKind, KnownHosts,
+};
 use crate::paths::{self, PathError};
 use crate::proxy::ProxySetting;
 use crate::render::DeviceIdentity;
@@ -91,6 +93,10 @@ pub struct SourceConfig {
     /// `[source] proxy` (and `proxy_auth_file`): the forward proxy for an http(s) source, over
     /// `HTTPS_PROXY` from the environment.
     pub proxy: Option<ProxySetting>,
+    /// `[source] client_cert` and `client_key` (https sources only, both or neither).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Both, read and checked by [`AgentConfig::load`].
+    pub client_identity: Option<ClientIdentity>,
 }
 
 /// What the agent's `ssh` is given for an ssh source: the deploy key and the pinned host keys.
@@ -252,6 +258,8 @@ struct RawSource {
     known_hosts: Option<PathBuf>,
     proxy: Option<String>,
     proxy_auth_file: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -320,6 +328,15 @@ impl AgentConfig {
                 known_hosts: KnownHosts::load(known_hosts)
                     .map_err(|e| failed("source.known_hosts", e))?,
             });
+        }
+        if let Some((cert, key)) = &config.source.client_cert {
+            let identity =
+                ClientIdentity::load(cert, key).map_err(|source| ConfigError::Credential {
+                    path: path.to_owned(),
+                    key: "source.client_key",
+                    source,
+                })?;
+            config.source.client_identity = Some(identity);
         }
         let proxies = [
             ("source.proxy_auth_file", config.source.proxy.as_mut()),
@@ -468,6 +485,26 @@ impl AgentConfig {
                  sources are not proxied); remove it",
             ));
         }
+        let client_cert = match (raw.source.client_cert, raw.source.client_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) if has_scheme(&url, "https") => {
+                Some((resolve(cert), resolve(key)))
+            }
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "source.client_cert",
+                    "is only used with an https:// source URL (a TLS client certificate); \
+                     remove it or use https://",
+                ))
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(invalid(
+                    "source.client_cert",
+                    "and `source.client_key` go together: set both (the PEM certificate and \
+                     its private key, mode 0600) or neither",
+                ))
+            }
+        };
         let source_proxy = proxy_setting(
             "[source] proxy",
             raw.source.proxy,
@@ -516,6 +553,8 @@ impl AgentConfig {
                 known_hosts: raw.source.known_hosts.map(resolve),
                 ssh: None,
                 proxy: source_proxy,
+                client_cert,
+                client_identity: None,
             },
             trust: TrustConfig {
                 allowed_signers: resolve(
@@ -1024,6 +1063,37 @@ keep_generations = 10
             let message = parse(&text).unwrap_err().to_string();
             assert!(message.contains(expected), "{message:?} vs {expected:?}");
             assert!(!message.contains("hunter2"), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_client_certificate_needs_its_key_and_an_https_source() {
+        let c = parse(&format!(
+            "{MINIMAL}client_cert = \"client.pem\"\nclient_key = \"client.key\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.source.client_cert,
+            Some((
+                PathBuf::from("/etc/shoal/client.pem"),
+                PathBuf::from("/etc/shoal/client.key")
+            ))
+        );
+        for (text, expected) in [
+            (
+                format!("{MINIMAL}client_cert = \"client.pem\"\n"),
+                "`source.client_cert` and `source.client_key` go together",
+            ),
+            (
+                format!(
+                    "{}client_cert = \"c\"\nclient_key = \"k\"\n",
+                    MINIMAL.replace("https://", "http://")
+                ),
+                "`source.client_cert` is only used with an https:// source URL",
+            ),
+        ] {
+            let message = parse(&text).unwrap_err().to_string();
+            assert!(message.contains(expected), "{message:?} vs {expected:?}");
         }
     }
 

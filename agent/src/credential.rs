@@ -79,6 +79,8 @@ pub enum FileKind {
     DeployKey,
     /// `[source] proxy_auth_file` / `[collector] proxy_auth_file`.
     ProxyAuthFile,
+    /// `[source] client_key`.
+    ClientKey,
 }
 
 impl FileKind {
@@ -87,6 +89,7 @@ impl FileKind {
             FileKind::AuthFile => "[source] auth_file",
             FileKind::DeployKey => "[source] ssh_key",
             FileKind::ProxyAuthFile => "proxy_auth_file",
+            FileKind::ClientKey => "[source] client_key",
         }
     }
 }
@@ -97,6 +100,7 @@ impl fmt::Display for FileKind {
             FileKind::AuthFile => "auth file",
             FileKind::DeployKey => "deploy key",
             FileKind::ProxyAuthFile => "proxy auth file",
+            FileKind::ClientKey => "client key",
         })
     }
 }
@@ -137,6 +141,12 @@ pub enum CredentialError {
     DeployKey { path: PathBuf, message: String },
     #[error("cannot use the known_hosts file {}: {message}", path.display())]
     KnownHosts { path: PathBuf, message: String },
+    #[error("cannot use the client {what} {}: {message}", path.display())]
+    ClientIdentity {
+        what: &'static str,
+        path: PathBuf,
+        message: String,
+    },
 }
 
 /// Opens `path` for reading as a private file of `kind`: a regular file (a symbolic link is
@@ -330,6 +340,100 @@ impl DeployKey {
         Ok(DeployKey {
             file: path.to_owned(),
         })
+    }
+}
+
+/// `[source] client_cert` + `client_key`: the certificate chain and private key the agent
+/// presents to a server that requires TLS client authentication (mTLS). The key follows the auth
+/// file's rule; `Debug` shows the files only.
+pub struct ClientIdentity {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    certs: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+}
+
+impl Clone for ClientIdentity {
+    fn clone(&self) -> Self {
+        ClientIdentity {
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            certs: self.certs.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+impl fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for ClientIdentity {
+    /// How messages name it: `the client certificate /etc/shoal/client.pem`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the client certificate {}", self.cert_file.display())
+    }
+}
+
+impl ClientIdentity {
+    /// Reads the PEM certificate chain (leaf first) and the PEM private key (PKCS#8, PKCS#1 or
+    /// SEC1), the key under the auth file's rule.
+    pub fn load(cert_file: &Path, key_file: &Path) -> Result<Self, CredentialError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let invalid = |what, path: &Path, message: String| CredentialError::ClientIdentity {
+            what,
+            path: path.to_owned(),
+            message,
+        };
+        let pem = std::fs::read(cert_file)
+            .map_err(|e| invalid("certificate", cert_file, e.to_string()))?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                invalid(
+                    "certificate",
+                    cert_file,
+                    format!("not a PEM certificate file: {e}"),
+                )
+            })?;
+        if certs.is_empty() {
+            return Err(invalid(
+                "certificate",
+                cert_file,
+                "it holds no certificate (PEM `BEGIN CERTIFICATE`)".into(),
+            ));
+        }
+        let text = read_private(key_file, FileKind::ClientKey)?;
+        // pki-types' messages name the PEM section, never the key's bytes.
+        let key = PrivateKeyDer::from_pem_slice(text.expose().as_bytes()).map_err(|_| {
+            invalid(
+                "key",
+                key_file,
+                "it holds no PEM private key (PKCS#8, PKCS#1 or SEC1)".into(),
+            )
+        })?;
+        Ok(ClientIdentity {
+            cert_file: cert_file.to_owned(),
+            key_file: key_file.to_owned(),
+            certs,
+            key,
+        })
+    }
+
+    /// The chain and key for rustls, at the one place they are handed to it.
+    pub fn for_rustls(
+        &self,
+    ) -> (
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    ) {
+        (self.certs.clone(), self.key.clone_key())
     }
 }
 

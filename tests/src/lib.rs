@@ -34,7 +34,7 @@ pub use device::{Device, Run};
 pub use forward_proxy::ForwardProxy;
 pub use git_daemon::GitDaemon;
 pub use guest::{app_manifest, GuestDevice, GUEST_DIR};
-pub use http_server::{HttpsGitServer, TestCa};
+pub use http_server::{ClientCert, HttpsGitServer, TestCa};
 pub use measure::{run_measured, Cost};
 pub use network::{Hub, HUB_IP};
 pub use sandbox::{gateway_config, Sandbox, GATEWAY_MANIFEST};

@@ -10,13 +10,15 @@
 //! Through a real forward proxy (`tinyproxy`): `[source] proxy` with its own credential file
 //! (CONNECT for HTTPS), `HTTPS_PROXY` and `NO_PROXY` from the environment, `[collector] proxy`; a
 //! proxy that is down or refuses the credential is named, and its credential is never shown.
+//! mTLS: a server requiring a client certificate (`[source] client_cert`/`client_key`) converges
+//! with one its CA signed; none, or one of another CA, is named as refused client authentication.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use shoal_e2e::{
-    gateway_config, require_tools, write_allowed_signers, ConfigRepo, Device, ForwardProxy,
-    HttpsGitServer, Run, SigningKey, SshServer,
+    gateway_config, require_tools, write_allowed_signers, ClientCert, ConfigRepo, Device,
+    ForwardProxy, HttpsGitServer, Run, SigningKey, SshServer, TestCa,
 };
 
 const TOKEN: &str = "shoal-test-t0ken-9f3a51c2";
@@ -988,5 +990,96 @@ fn the_proxy_credential_appears_in_no_output_of_a_succeeding_or_a_failing_sync()
     assert_no_secret_in(
         &outputs,
         &[PROXY_PASSWORD.to_owned(), basic, TOKEN.to_owned()],
+    );
+}
+
+// ---- mTLS: a server that requires a client certificate ----
+
+/// A private repository whose server requires a client certificate signed by `clients`, and a
+/// device presenting `cert` (or none).
+fn mtls_device(
+    p: &Private,
+    server: &HttpsGitServer,
+    name: &str,
+    cert: Option<&ClientCert>,
+) -> Device {
+    let mut extra = format!("ca_file = \"{}\"", server.ca_pem_path().display());
+    if let Some(cert) = cert {
+        extra.push_str(&format!(
+            "\nclient_cert = \"{}\"\nclient_key = \"{}\"",
+            cert.cert_path.display(),
+            cert.key_path.display()
+        ));
+    }
+    Device::new(
+        p.dir.path().join(name),
+        &server.url("config.git"),
+        &p.signers,
+        "range",
+        &extra,
+    )
+}
+
+#[test]
+fn a_client_certificate_the_server_requires_converges() {
+    let Some(p) = Private::new() else { return };
+    let first = p.push("mutual\n");
+    let clients = TestCa::for_names(&["shoal-device-ca"]);
+    let server = HttpsGitServer::start_requiring_client_cert(p.dir.path().join("srv"), &clients);
+    let cert = clients.issue_client(&p.dir.path().join("client"), "dev-1");
+    let device = mtls_device(&p, &server, "dev", Some(&cert));
+    device.sync().expect(0, "applied generation 1");
+    assert_eq!(device.applied().as_deref(), Some(first.as_str()));
+    assert_eq!(p.motd("dev"), "mutual\n");
+}
+
+#[test]
+fn no_client_certificate_or_one_of_another_ca_is_named_as_client_authentication() {
+    let Some(p) = Private::new() else { return };
+    p.push("mutual\n");
+    let clients = TestCa::for_names(&["shoal-device-ca"]);
+    let server = HttpsGitServer::start_requiring_client_cert(p.dir.path().join("srv"), &clients);
+    let url = server.url("config.git");
+
+    let run = mtls_device(&p, &server, "none", None).sync();
+    run.expect(
+        1,
+        &format!(
+            "the config repository {url} refused the TLS client authentication of the agent, \
+             which has no client certificate ([source] client_cert): "
+        ),
+    )
+    .expect(
+        1,
+        "set [source] client_cert and client_key to one it accepts",
+    );
+    assert_not_a_network_error(&run);
+
+    let stranger_ca = TestCa::for_names(&["another-ca"]);
+    let stranger = stranger_ca.issue_client(&p.dir.path().join("stranger"), "dev-1");
+    let device = mtls_device(&p, &server, "stranger", Some(&stranger));
+    let run = device.sync();
+    run.expect(
+        1,
+        &format!(
+            "the config repository {url} refused the TLS client authentication of the client \
+             certificate {}: ",
+            stranger.cert_path.display()
+        ),
+    );
+    assert_not_a_network_error(&run);
+    assert_eq!(device.applied(), None);
+    assert!(server.requests().is_empty(), "no request got through");
+
+    // The client key follows the auth file's rule.
+    std::fs::set_permissions(&stranger.key_path, std::fs::Permissions::from_mode(0o644))
+        .expect("chmod");
+    device.sync().expect(
+        2,
+        &format!(
+            "`source.client_key`: the client key {} has mode 0644, readable by others than its \
+             owner; chmod 600 it",
+            stranger.key_path.display()
+        ),
     );
 }

@@ -66,6 +66,19 @@ pub fn classify(
             Some(FetchError::Redirected { url })
         }
         _ if is_sha256(chain) => Some(FetchError::Sha256Unsupported { url }),
+        _ if is_client_auth_refused(chain, source.client_identity.is_some()) => {
+            Some(FetchError::ClientCertificate {
+                url,
+                identity: source.client_identity.as_ref().map_or_else(
+                    || {
+                        "the agent, which has no client certificate ([source] client_cert)"
+                            .to_owned()
+                    },
+                    ToString::to_string,
+                ),
+                message: chain.to_owned(),
+            })
+        }
         _ if is_tls(chain) => Some(FetchError::TlsHandshake {
             url,
             message: chain.to_owned(),
@@ -149,6 +162,28 @@ fn is_dns(chain: &str) -> bool {
 /// `A hash sized 64 hexadecimal characters is invalid`).
 fn is_sha256(chain: &str) -> bool {
     chain.contains("A hash sized 64 hexadecimal characters is invalid")
+}
+
+/// The alerts a server sends when it requires a client certificate and gets none, or one it does
+/// not accept (rustls's names; the agent's own check of the server's certificate says "invalid
+/// peer certificate" instead).
+fn is_client_auth_refused(chain: &str, presented: bool) -> bool {
+    // A certificate whose issuer has the name of one the server trusts but another key fails its
+    // signature check: the server says DecryptError.
+    if presented && chain.contains("received fatal alert: DecryptError") {
+        return true;
+    }
+    [
+        "received fatal alert: CertificateRequired",
+        "received fatal alert: BadCertificate",
+        "received fatal alert: UnknownCA",
+        "received fatal alert: CertificateUnknown",
+        "received fatal alert: CertificateExpired",
+        "received fatal alert: CertificateRevoked",
+        "received fatal alert: AccessDenied",
+    ]
+    .iter()
+    .any(|alert| chain.contains(alert))
 }
 
 /// rustls's certificate and handshake failures, as reqwest passes them on.
@@ -236,6 +271,32 @@ mod tests {
         ] {
             assert!(!message.contains("s3cret"), "{message}");
         }
+    }
+
+    #[test]
+    fn a_refused_client_certificate_is_named_as_client_authentication() {
+        let anonymous = source(None);
+        for alert in ["CertificateRequired", "UnknownCA", "BadCertificate"] {
+            let chain = format!(
+                "client error (SendRequest): connection error: received fatal alert: {alert}"
+            );
+            let message = classify(&anonymous, None, &chain, false)
+                .unwrap()
+                .to_string();
+            assert!(
+                message.starts_with(
+                    "the config repository https://git.example.com/config.git refused the TLS \
+                     client authentication of the agent, which has no client certificate"
+                ),
+                "{message}"
+            );
+        }
+        // Without a certificate of ours, DecryptError is some other handshake failure.
+        let chain = "connection error: received fatal alert: DecryptError";
+        assert!(classify(&anonymous, None, chain, false)
+            .unwrap()
+            .to_string()
+            .starts_with("the TLS handshake with the config repository"));
     }
 
     #[test]

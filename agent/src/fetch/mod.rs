@@ -58,6 +58,12 @@ pub enum FetchError {
     },
     #[error("the TLS handshake with the config repository {url} failed: {message}; check that the server's certificate is valid for its name and signed by a CA the device trusts ([source] ca_file, else the system roots)")]
     TlsHandshake { url: String, message: String },
+    #[error("the config repository {url} refused the TLS client authentication of {identity}: {message}; the server wants a client certificate signed by a CA it trusts: set [source] client_cert and client_key to one it accepts")]
+    ClientCertificate {
+        url: String,
+        identity: String,
+        message: String,
+    },
     #[error("the config repository {url} requires authentication (HTTP 401) and no credential is configured; set [source] auth_file to a file holding a token or a user name and password")]
     AuthenticationRequired { url: String },
     #[error("authentication failed at the config repository {url} (HTTP 401) with {credential}; the token or password is wrong, expired or revoked: put a valid one in that file")]
@@ -236,9 +242,10 @@ impl Mirror {
         // reqwest is built without a compiled-in crypto provider (its default would pull
         // aws-lc); make ring the process default so plain http:// clients build too.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let identity = source.client_identity.as_ref();
         let tls = match source.ca_file.as_deref() {
-            Some(path) => Some(tls::client_config(Some(path))?),
-            None if is_https(&source.url) => Some(tls::client_config(None)?),
+            Some(path) => Some(tls::client_config_with(Some(path), identity)?),
+            None if is_https(&source.url) => Some(tls::client_config_with(None, identity)?),
             None => None,
         };
         let link = Link {
