@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::credential::{Credential, CredentialError};
+use crate::credential::{
+    ClientIdentity, Credential, CredentialError, DeployKey, FileKind, KnownHosts,
+};
 use crate::paths::{self, PathError};
+use crate::proxy::ProxySetting;
 use crate::render::DeviceIdentity;
 
 pub const DEFAULT_PATH: &str = "/etc/shoal/agent.toml";
@@ -33,9 +36,10 @@ pub enum ConfigError {
         key: &'static str,
         message: String,
     },
-    #[error("{}: `source.auth_file`: {source}", path.display())]
+    #[error("{}: `{key}`: {source}", path.display())]
     Credential {
         path: PathBuf,
+        key: &'static str,
         #[source]
         source: CredentialError,
     },
@@ -80,6 +84,26 @@ pub struct SourceConfig {
     pub auth_file: Option<PathBuf>,
     /// The credential read from `auth_file` by [`AgentConfig::load`] (never from agent.toml).
     pub credential: Option<Credential>,
+    /// `[source] ssh_key`: the deploy key (ssh sources only, where it is required).
+    pub ssh_key: Option<PathBuf>,
+    /// `[source] known_hosts`: the server's pinned host key (ssh sources only, required there).
+    pub known_hosts: Option<PathBuf>,
+    /// Both, read and checked by [`AgentConfig::load`].
+    pub ssh: Option<SshAccess>,
+    /// `[source] proxy` (and `proxy_auth_file`): the forward proxy for an http(s) source, over
+    /// `HTTPS_PROXY` from the environment.
+    pub proxy: Option<ProxySetting>,
+    /// `[source] client_cert` and `client_key` (https sources only, both or neither).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Both, read and checked by [`AgentConfig::load`].
+    pub client_identity: Option<ClientIdentity>,
+}
+
+/// What the agent's `ssh` is given for an ssh source: the deploy key and the pinned host keys.
+#[derive(Debug, Clone)]
+pub struct SshAccess {
+    pub key: DeployKey,
+    pub known_hosts: KnownHosts,
 }
 
 /// A number of bytes, written in the config as `"64MiB"`, `"512KiB"`, `"1GiB"`, `"100B"` or a
@@ -188,6 +212,8 @@ pub struct CollectorConfig {
     pub ca_file: Option<PathBuf>,
     /// A file holding the enrollment token presented on first contact (`X-Shoal-Enroll`).
     pub enroll_token_file: Option<PathBuf>,
+    /// `[collector] proxy` (and `proxy_auth_file`), over `HTTPS_PROXY` from the environment.
+    pub proxy: Option<ProxySetting>,
 }
 
 #[derive(Debug, Clone)]
@@ -228,6 +254,12 @@ struct RawSource {
     max_fetch: Option<ByteSize>,
     max_object: Option<ByteSize>,
     auth_file: Option<PathBuf>,
+    ssh_key: Option<PathBuf>,
+    known_hosts: Option<PathBuf>,
+    proxy: Option<String>,
+    proxy_auth_file: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -243,6 +275,8 @@ struct RawCollector {
     url: String,
     ca_file: Option<PathBuf>,
     enroll_token_file: Option<PathBuf>,
+    proxy: Option<String>,
+    proxy_auth_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -277,9 +311,53 @@ impl AgentConfig {
         if let Some(file) = &config.source.auth_file {
             let credential = Credential::load(file).map_err(|source| ConfigError::Credential {
                 path: path.to_owned(),
+                key: "source.auth_file",
                 source,
             })?;
             config.source.credential = Some(credential);
+        }
+        if let (Some(key), Some(known_hosts)) = (&config.source.ssh_key, &config.source.known_hosts)
+        {
+            let failed = |key, source| ConfigError::Credential {
+                path: path.to_owned(),
+                key,
+                source,
+            };
+            config.source.ssh = Some(SshAccess {
+                key: DeployKey::load(key).map_err(|e| failed("source.ssh_key", e))?,
+                known_hosts: KnownHosts::load(known_hosts)
+                    .map_err(|e| failed("source.known_hosts", e))?,
+            });
+        }
+        if let Some((cert, key)) = &config.source.client_cert {
+            let identity =
+                ClientIdentity::load(cert, key).map_err(|source| ConfigError::Credential {
+                    path: path.to_owned(),
+                    key: "source.client_key",
+                    source,
+                })?;
+            config.source.client_identity = Some(identity);
+        }
+        let proxies = [
+            ("source.proxy_auth_file", config.source.proxy.as_mut()),
+            (
+                "collector.proxy_auth_file",
+                config.collector.as_mut().and_then(|c| c.proxy.as_mut()),
+            ),
+        ];
+        for (key, proxy) in proxies {
+            let Some(proxy) = proxy else { continue };
+            if let Some(file) = &proxy.auth_file {
+                let credential =
+                    Credential::load_as(file, FileKind::ProxyAuthFile).map_err(|source| {
+                        ConfigError::Credential {
+                            path: path.to_owned(),
+                            key,
+                            source,
+                        }
+                    })?;
+                proxy.credential = Some(credential);
+            }
         }
         Ok(config)
     }
@@ -377,6 +455,74 @@ impl AgentConfig {
                  remove auth_file",
             ));
         }
+        let ssh_source = is_ssh_url(&url);
+        match (&raw.source.ssh_key, &raw.source.known_hosts) {
+            (Some(_), Some(_)) if ssh_source => {}
+            _ if ssh_source => {
+                return Err(invalid(
+                    "source.url",
+                    "is an ssh URL, which needs `ssh_key` (the deploy key, mode 0600) and \
+                     `known_hosts` (the server's pinned host key, as `ssh-keyscan` prints it) in \
+                     [source]: the agent's ssh runs in batch mode and uses nothing from ~/.ssh",
+                ))
+            }
+            (Some(_), _) => return Err(invalid("source.ssh_key", SSH_ONLY)),
+            (_, Some(_)) => return Err(invalid("source.known_hosts", SSH_ONLY)),
+            (None, None) => {}
+        }
+        for (key, file) in [
+            ("source.ssh_key", &raw.source.ssh_key),
+            ("source.known_hosts", &raw.source.known_hosts),
+        ] {
+            if let Some(file) = file {
+                check_ssh_path(&resolve(file.clone())).map_err(|m| invalid(key, &m))?;
+            }
+        }
+        if raw.source.proxy.is_some() && !(has_scheme(&url, "https") || has_scheme(&url, "http")) {
+            return Err(invalid(
+                "source.proxy",
+                "is only used with an http:// or https:// source URL (git://, ssh and local \
+                 sources are not proxied); remove it",
+            ));
+        }
+        let client_cert = match (raw.source.client_cert, raw.source.client_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) if has_scheme(&url, "https") => {
+                Some((resolve(cert), resolve(key)))
+            }
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "source.client_cert",
+                    "is only used with an https:// source URL (a TLS client certificate); \
+                     remove it or use https://",
+                ))
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(invalid(
+                    "source.client_cert",
+                    "and `source.client_key` go together: set both (the PEM certificate and \
+                     its private key, mode 0600) or neither",
+                ))
+            }
+        };
+        let source_proxy = proxy_setting(
+            "[source] proxy",
+            raw.source.proxy,
+            raw.source.proxy_auth_file.map(resolve),
+        )
+        .map_err(|(key, m)| invalid(["source.proxy", "source.proxy_auth_file"][key], &m))?;
+        let collector = match raw.collector {
+            Some(c) => Some(CollectorConfig {
+                url: c.url.trim_end_matches('/').to_owned(),
+                ca_file: c.ca_file.map(resolve),
+                enroll_token_file: c.enroll_token_file.map(resolve),
+                proxy: proxy_setting("[collector] proxy", c.proxy, c.proxy_auth_file.map(resolve))
+                    .map_err(|(key, m)| {
+                        invalid(["collector.proxy", "collector.proxy_auth_file"][key], &m)
+                    })?,
+            }),
+            None => None,
+        };
         let keep_generations = raw.apply.keep_generations.unwrap_or(10);
         if keep_generations == 0 {
             return Err(invalid(
@@ -403,6 +549,12 @@ impl AgentConfig {
                 max_object,
                 auth_file: raw.source.auth_file.map(resolve),
                 credential: None,
+                ssh_key: raw.source.ssh_key.map(resolve),
+                known_hosts: raw.source.known_hosts.map(resolve),
+                ssh: None,
+                proxy: source_proxy,
+                client_cert,
+                client_identity: None,
             },
             trust: TrustConfig {
                 allowed_signers: resolve(
@@ -412,11 +564,7 @@ impl AgentConfig {
                 ),
                 verify: raw.trust.verify.unwrap_or(VerifyMode::Range),
             },
-            collector: raw.collector.map(|c| CollectorConfig {
-                url: c.url.trim_end_matches('/').to_owned(),
-                ca_file: c.ca_file.map(resolve),
-                enroll_token_file: c.enroll_token_file.map(resolve),
-            }),
+            collector,
             apply: ApplyConfig {
                 health_timeout: raw
                     .apply
@@ -436,6 +584,79 @@ fn resolve_local_url(url: &str, base: &Path) -> String {
         base.join(url).to_string_lossy().into_owned()
     } else {
         url.to_owned()
+    }
+}
+
+/// `proxy` and `proxy_auth_file` of one table (`key`: `[source] proxy`), checked: an http(s) URL
+/// with a host and no credential in it, and an auth file only with a proxy. The error is the
+/// index of the faulty key (0: proxy, 1: proxy_auth_file) and the message.
+fn proxy_setting(
+    key: &'static str,
+    url: Option<String>,
+    auth_file: Option<PathBuf>,
+) -> Result<Option<ProxySetting>, (usize, String)> {
+    let Some(url) = url else {
+        return match auth_file {
+            Some(_) => Err((
+                1,
+                "is only used with `proxy` (the proxy it authenticates to); set `proxy` or \
+                 remove it (a proxy from HTTPS_PROXY takes its credential in its own URL)"
+                    .into(),
+            )),
+            None => Ok(None),
+        };
+    };
+    let parsed = reqwest::Url::parse(&url).map_err(|e| {
+        (
+            0,
+            format!("{url:?} is not a URL ({e}); write it as http://HOST:PORT"),
+        )
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none_or(str::is_empty) {
+        return Err((
+            0,
+            "must be an http:// or https:// URL with a host, such as http://proxy.example:3128"
+                .into(),
+        ));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err((
+            0,
+            "carries a user name or password: it would show in logs, errors and status; remove \
+             it from the URL and put the proxy's credential in `proxy_auth_file` (a file of its \
+             own, mode 0600)"
+                .into(),
+        ));
+    }
+    Ok(Some(ProxySetting {
+        key,
+        url: url.trim_end_matches('/').to_owned(),
+        auth_file,
+        credential: None,
+    }))
+}
+
+const SSH_ONLY: &str = "is only used with an ssh source URL (ssh://user@host/path or \
+                        user@host:path); remove it, or use an ssh URL";
+
+/// Whether the source is reached over ssh: `ssh://` or the scp-like `user@host:path`.
+pub fn is_ssh_url(url: &str) -> bool {
+    gix::url::parse(gix::bstr::BStr::new(url)).is_ok_and(|u| u.scheme == gix::url::Scheme::Ssh)
+}
+
+/// A path handed to ssh must mean the same file to it: ssh expands `%` and `~` in these
+/// options and splits an `-o` value at white space unless quoted.
+fn check_ssh_path(path: &Path) -> Result<(), String> {
+    let text = path.to_str().ok_or("is not valid UTF-8")?;
+    match text
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "/._-+@,=:".contains(*c)))
+    {
+        Some(c) => Err(format!(
+            "{text:?} contains {c:?}, which ssh would expand or split; use a path of letters, \
+             digits and / . _ - + @ , = :"
+        )),
+        None => Ok(()),
     }
 }
 
@@ -699,7 +920,10 @@ keep_generations = 10
             "https://deploy@git.example.com/fleet/config.git",
             "https://git.example.com/fleet/config.git?a=b:c@d",
         ] {
-            let text = MINIMAL.replace("https://git.example.com/fleet/config.git", url);
+            let mut text = MINIMAL.replace("https://git.example.com/fleet/config.git", url);
+            if is_ssh_url(url) {
+                text.push_str("ssh_key = \"k\"\nknown_hosts = \"h\"\n");
+            }
             assert!(parse(&text).is_ok(), "{url}");
         }
     }
@@ -731,6 +955,145 @@ keep_generations = 10
                 ),
                 "{url}: {message}"
             );
+        }
+    }
+
+    #[test]
+    fn an_ssh_source_needs_its_deploy_key_and_pinned_host_keys_and_only_it_takes_them() {
+        let ssh = MINIMAL.replace(
+            "https://git.example.com/fleet/config.git",
+            "git@git.example.com:fleet/config.git",
+        );
+        let both = "ssh_key = \"deploy_key\"\nknown_hosts = \"known_hosts\"\n";
+        let c = parse(&format!("{ssh}{both}")).unwrap();
+        assert_eq!(
+            c.source.ssh_key.as_deref(),
+            Some(Path::new("/etc/shoal/deploy_key"))
+        );
+        assert_eq!(
+            c.source.known_hosts.as_deref(),
+            Some(Path::new("/etc/shoal/known_hosts"))
+        );
+        assert!(c.source.ssh.is_none(), "parse reads no other file");
+        for text in [
+            ssh.clone(),
+            format!("{ssh}ssh_key = \"k\"\n"),
+            format!("{ssh}known_hosts = \"k\"\n"),
+        ] {
+            let message = parse(&text).unwrap_err().to_string();
+            assert!(
+                message.starts_with(
+                    "/etc/shoal/agent.toml: `source.url` is an ssh URL, which needs `ssh_key` \
+                     (the deploy key, mode 0600) and `known_hosts`"
+                ),
+                "{message}"
+            );
+        }
+        for (line, key) in [
+            ("ssh_key = \"k\"", "source.ssh_key"),
+            ("known_hosts = \"k\"", "source.known_hosts"),
+        ] {
+            let message = parse(&format!("{MINIMAL}{line}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.starts_with(&format!(
+                    "/etc/shoal/agent.toml: `{key}` is only used with an ssh source URL"
+                )),
+                "{message}"
+            );
+        }
+        let message = parse(&format!(
+            "{ssh}ssh_key = \"/etc/shoal/my key\"\nknown_hosts = \"k\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            message.contains("`source.ssh_key` \"/etc/shoal/my key\" contains ' ', which ssh"),
+            "{message}"
+        );
+        assert!(is_ssh_url("ssh://git@host:2222/srv/config.git"));
+        assert!(!is_ssh_url("https://host/config.git"));
+        assert!(!is_ssh_url("/srv/config.git"));
+    }
+
+    #[test]
+    fn proxies_are_http_urls_without_credentials_and_their_auth_file_needs_them() {
+        let c = parse(&format!(
+            "{MINIMAL}proxy = \"http://proxy.corp:3128/\"\nproxy_auth_file = \"proxy.toml\"\n\
+             [collector]\nurl = \"https://c.example\"\nproxy = \"http://p2:8080\"\n"
+        ))
+        .unwrap();
+        let proxy = c.source.proxy.unwrap();
+        assert_eq!(proxy.url, "http://proxy.corp:3128");
+        assert_eq!(proxy.key, "[source] proxy");
+        assert_eq!(
+            proxy.auth_file.as_deref(),
+            Some(Path::new("/etc/shoal/proxy.toml"))
+        );
+        assert_eq!(c.collector.unwrap().proxy.unwrap().url, "http://p2:8080");
+        let cases = [
+            (
+                format!("{MINIMAL}proxy = \"http://u:hunter2@proxy:3128\"\n"),
+                "`source.proxy` carries a user name or password",
+            ),
+            (
+                format!("{MINIMAL}proxy = \"socks5://proxy:1080\"\n"),
+                "`source.proxy` must be an http:// or https:// URL with a host",
+            ),
+            (
+                format!("{MINIMAL}proxy_auth_file = \"p.toml\"\n"),
+                "`source.proxy_auth_file` is only used with `proxy`",
+            ),
+            (
+                format!(
+                    "{MINIMAL}[collector]\nurl = \"https://c\"\nproxy_auth_file = \"p.toml\"\n"
+                ),
+                "`collector.proxy_auth_file` is only used with `proxy`",
+            ),
+            (
+                format!(
+                    "{}proxy = \"http://proxy:3128\"\n",
+                    MINIMAL.replace("https://git.example.com", "git://git.example.com")
+                ),
+                "`source.proxy` is only used with an http:// or https:// source URL",
+            ),
+        ];
+        for (text, expected) in cases {
+            let message = parse(&text).unwrap_err().to_string();
+            assert!(message.contains(expected), "{message:?} vs {expected:?}");
+            assert!(!message.contains("hunter2"), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_client_certificate_needs_its_key_and_an_https_source() {
+        let c = parse(&format!(
+            "{MINIMAL}client_cert = \"client.pem\"\nclient_key = \"client.key\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.source.client_cert,
+            Some((
+                PathBuf::from("/etc/shoal/client.pem"),
+                PathBuf::from("/etc/shoal/client.key")
+            ))
+        );
+        for (text, expected) in [
+            (
+                format!("{MINIMAL}client_cert = \"client.pem\"\n"),
+                "`source.client_cert` and `source.client_key` go together",
+            ),
+            (
+                format!(
+                    "{}client_cert = \"c\"\nclient_key = \"k\"\n",
+                    MINIMAL.replace("https://", "http://")
+                ),
+                "`source.client_cert` is only used with an https:// source URL",
+            ),
+        ] {
+            let message = parse(&text).unwrap_err().to_string();
+            assert!(message.contains(expected), "{message:?} vs {expected:?}");
         }
     }
 

@@ -11,6 +11,7 @@ pub mod health;
 pub mod notify;
 pub mod paths;
 pub mod plan;
+pub mod proxy;
 pub mod release;
 pub mod render;
 pub mod report;

@@ -16,6 +16,7 @@ use shoal_proto::{KeyId, Report, ResourceError, SignedEnvelope, Status};
 use crate::config::{AgentConfig, CollectorConfig};
 use crate::errors::error_chain;
 use crate::paths::{self, PathError};
+use crate::proxy::{self, ProxyFailure};
 use crate::render::DeviceIdentity;
 use crate::state::{unix_now, Enrolled, StateDir, StateError, StateView};
 use crate::tls;
@@ -124,6 +125,8 @@ pub struct Reporter {
     identity: Identity,
     client: reqwest::blocking::Client,
     collector: CollectorConfig,
+    /// The proxy reports go through, if any (named when it fails).
+    proxy: Option<proxy::Route>,
     /// Whether the collector has accepted this key (read from `enrolled` once per round).
     enrolled: bool,
     sequences: std::ops::Range<u64>,
@@ -168,10 +171,15 @@ impl Reporter {
         let state_dir = config.state_dir.clone();
         let tls = tls::client_config(collector.ca_file.as_deref())
             .map_err(|e| ReportError::Client(e.to_string()))?;
-        let client = reqwest::blocking::Client::builder()
+        // `[collector] proxy`, else HTTPS_PROXY / NO_PROXY from the environment.
+        let proxy = proxy::route_from_env(collector.proxy.as_ref(), &collector.url)
+            .map_err(|e| ReportError::Client(e.to_string()))?;
+        let builder = reqwest::blocking::Client::builder()
             .tls_backend_preconfigured((*tls).clone())
             .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(30))
+            .timeout(Duration::from_secs(30));
+        let client = proxy::configure(builder, proxy.as_ref())
+            .map_err(|e| ReportError::Client(e.to_string()))?
             .build()
             .map_err(|e| ReportError::Client(error_chain(&e)))?;
         Ok(Some(Reporter {
@@ -180,6 +188,7 @@ impl Reporter {
             identity,
             client,
             collector,
+            proxy,
             enrolled: false,
             sequences: 0..0,
             last_sent: None,
@@ -348,9 +357,23 @@ impl Reporter {
                 Err(e) => token_error = Some(e.to_string()),
             }
         }
-        let response = request
-            .send()
-            .map_err(|e| format!("cannot reach the collector {url}: {}", error_chain(&e)))?;
+        let response = request.send().map_err(|e| {
+            let chain = error_chain(&e);
+            match (&self.proxy, proxy::failure(&chain)) {
+                (Some(route), Some(ProxyFailure::Unreachable)) => {
+                    format!("cannot reach the collector {url}: {route} is unreachable: {chain}")
+                }
+                (Some(route), Some(ProxyFailure::Tunnel)) => format!(
+                    "cannot reach the collector {url}: {route} refused or failed the CONNECT: \
+                     {chain}"
+                ),
+                (Some(route), Some(ProxyFailure::Authentication)) => format!(
+                    "cannot reach the collector {url}: {route} requires authentication (HTTP \
+                     407): {chain}; put a valid credential in [collector] proxy_auth_file"
+                ),
+                _ => format!("cannot reach the collector {url}: {chain}"),
+            }
+        })?;
         let status = response.status();
         let body = response.text().unwrap_or_default();
         Ok(Answer {

@@ -1,5 +1,6 @@
 //! Benchmark (not a test): what a no-op sync costs the device and the network (following the
-//! branch, and following a signed release in environment mode), next to plain `git fetch` into a
+//! branch, following a signed release in environment mode, and from a private repository with a
+//! deploy token in `auth_file`), next to plain `git fetch` into a
 //! mirror of the same repository over the same HTTPS server, and how long verifying a range of
 //! 1,000 signed commits takes next to `git verify-commit`.
 //!
@@ -14,6 +15,8 @@ use shoal_e2e::{
 };
 
 const COMMITS: usize = 1_000;
+/// The deploy token of the private server's row.
+const TOKEN: &str = "bench-deploy-t0ken";
 
 fn measure(cmd: &mut Command) -> Cost {
     let cost = run_measured(
@@ -145,6 +148,38 @@ fn main() {
         },
     );
 
+    // A private repository: the same one behind a second server that answers 401 without a
+    // deploy token, and a device with the token in `[source] auth_file`. The token is sent with
+    // the first request, so nothing new is still one request.
+    let private = HttpsGitServer::start(root.join("srv"));
+    private.require_bearer(TOKEN);
+    let auth = root.join("git-auth.toml");
+    std::fs::write(&auth, format!("token = \"{TOKEN}\"\n")).expect("write the auth file");
+    std::fs::set_permissions(&auth, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod the auth file");
+    let auth_device = Device::new(
+        root.join("device-auth"),
+        &private.url("config.git"),
+        &signers,
+        "range",
+        &format!(
+            "ca_file = \"{}\"\nauth_file = \"{}\"",
+            private.ca_pem_path().display(),
+            auth.display()
+        ),
+    );
+    auth_device.sync().expect(0, "first sync");
+    let noop_auth = rounds(
+        "shoal-agent sync (no-op, private: token in auth_file)",
+        n,
+        &private,
+        || {
+            let mut c = Command::new(&agent);
+            c.arg("--config").arg(auth_device.config_path()).arg("sync");
+            c
+        },
+    );
+
     // Plain git: a bare mirror fetched the same way.
     let mirror = root.join("git-mirror.git");
     run(git_command()
@@ -197,7 +232,7 @@ fn main() {
     );
     println!("| what | wall | CPU (user+sys) | HTTP requests | response bytes |");
     println!("| --- | --- | --- | --- | --- |");
-    for row in [&noop_agent, &noop_env, &noop_git] {
+    for row in [&noop_agent, &noop_env, &noop_auth, &noop_git] {
         println!(
             "| {} | {} | {} | {:.0} | {:.0} |",
             row.what,

@@ -39,6 +39,18 @@ impl Run {
     }
 }
 
+/// What the agent reads to pick a proxy (and what reqwest would read on its own).
+const PROXY_VARIABLES: [&str; 8] = [
+    "https_proxy",
+    "HTTPS_PROXY",
+    "http_proxy",
+    "HTTP_PROXY",
+    "all_proxy",
+    "ALL_PROXY",
+    "no_proxy",
+    "NO_PROXY",
+];
+
 /// A device with its own config, state dir and root under `dir`.
 pub struct Device {
     dir: PathBuf,
@@ -139,10 +151,20 @@ verify = "{verify}"
     /// Runs `shoal-agent --config <this device> ARGS` with `SHOAL_LOG=filter` (`"trace"` shows
     /// everything the agent and its libraries log).
     pub fn agent_logging(&self, args: &[&str], filter: &str) -> Run {
+        self.agent_with_env(args, filter, &[])
+    }
+
+    /// Runs `shoal-agent --config <this device> ARGS` with `SHOAL_LOG=filter` and the variables
+    /// `env` (such as `HTTPS_PROXY`). No proxy variable of the test runner's reaches the agent.
+    pub fn agent_with_env(&self, args: &[&str], filter: &str, env: &[(&str, &str)]) -> Run {
         let mut cmd = Command::new(agent_bin());
         cmd.arg("--config").arg(self.config_path()).args(args);
         // The agent must not depend on the test runner's git config or environment.
         cmd.env_remove("GIT_DIR").env("SHOAL_LOG", filter);
+        for name in PROXY_VARIABLES {
+            cmd.env_remove(name);
+        }
+        cmd.envs(env.iter().copied());
         let out = output(&mut cmd);
         Run {
             code: out.status.code().unwrap_or(-1),

@@ -4,7 +4,7 @@
 mod cgi;
 mod tls;
 
-pub use self::tls::TestCa;
+pub use self::tls::{ClientCert, TestCa};
 
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdTcpListener};
@@ -49,12 +49,33 @@ impl HttpsGitServer {
             listener,
             "localhost",
             Some(TestCa::generate()),
+            None,
+        )
+    }
+
+    /// HTTPS like [`start`](Self::start), requiring a client certificate signed by `clients`
+    /// (mTLS): a client without one, or with one of another CA, fails the handshake.
+    pub fn start_requiring_client_cert(project_root: impl AsRef<Path>, clients: &TestCa) -> Self {
+        let ca = TestCa::generate();
+        let config = ca.requiring_clients_of(clients);
+        Self::start_with(
+            project_root.as_ref(),
+            bind_loopback(),
+            "localhost",
+            Some(ca),
+            Some(config),
         )
     }
 
     /// Plain HTTP, for `http://` URLs.
     pub fn start_plain(project_root: impl AsRef<Path>) -> Self {
-        Self::start_with(project_root.as_ref(), bind_loopback(), "127.0.0.1", None)
+        Self::start_with(
+            project_root.as_ref(),
+            bind_loopback(),
+            "127.0.0.1",
+            None,
+            None,
+        )
     }
 
     /// HTTPS on `addr` inside the network namespace `netns` (such as `/proc/PID/ns/net`), for
@@ -69,7 +90,7 @@ impl HttpsGitServer {
     ) -> Self {
         let listener = bind_in_netns(netns, addr);
         let host = addr.ip().to_string();
-        Self::start_with(project_root.as_ref(), listener, &host, Some(ca))
+        Self::start_with(project_root.as_ref(), listener, &host, Some(ca), None)
     }
 
     fn start_with(
@@ -77,6 +98,7 @@ impl HttpsGitServer {
         listener: StdTcpListener,
         host: &str,
         ca: Option<TestCa>,
+        server_config: Option<Arc<rustls::ServerConfig>>,
     ) -> Self {
         // Bound before the thread starts, so the port is known and accepting on return.
         listener
@@ -85,9 +107,9 @@ impl HttpsGitServer {
         let addr = listener
             .local_addr()
             .expect("a bound listener has an address");
-        let acceptor = ca
-            .as_ref()
-            .map(|ca| TlsAcceptor::from(Arc::clone(&ca.server_config)));
+        let acceptor = ca.as_ref().map(|ca| {
+            TlsAcceptor::from(server_config.unwrap_or_else(|| Arc::clone(&ca.server_config)))
+        });
         let traffic = Arc::new(Traffic::default());
         let site = Arc::new(Site {
             project_root: project_root.to_path_buf(),

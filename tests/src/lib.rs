@@ -15,12 +15,14 @@ mod binaries;
 mod bulk;
 mod collector;
 mod device;
+mod forward_proxy;
 mod git_daemon;
 mod guest;
 mod http_server;
 mod measure;
 mod network;
 mod sandbox;
+mod sshd;
 mod systemd;
 mod transcript;
 mod vm;
@@ -29,9 +31,10 @@ pub use binaries::{agent_bin, agent_bin_with_failpoints, collector_bin};
 pub use bulk::{disk_usage, Incompressible};
 pub use collector::CollectorSpec;
 pub use device::{Device, Run};
+pub use forward_proxy::ForwardProxy;
 pub use git_daemon::GitDaemon;
 pub use guest::{app_manifest, GuestDevice, GUEST_DIR};
-pub use http_server::{HttpsGitServer, TestCa};
+pub use http_server::{ClientCert, HttpsGitServer, TestCa};
 pub use measure::{run_measured, Cost};
 pub use network::{Hub, HUB_IP};
 pub use sandbox::{gateway_config, Sandbox, GATEWAY_MANIFEST};
@@ -41,6 +44,7 @@ pub use shoal_testkit::{
     write_allowed_signers, Collector, ConfigRepo, Mount, SigningKey, GIT_USER_EMAIL, GIT_USER_NAME,
     MOTD_MANIFEST,
 };
+pub use sshd::SshServer;
 pub use systemd::{long_running_unit, SystemdHost};
 pub use transcript::Transcript;
 pub use vm::{

@@ -1,6 +1,7 @@
 //! Snapshots of what the real `shoal-agent` tells an operator: `render`, `verify`, `sync
 //! --dry-run`, `sync`, `status`, `history` (human and `--json`) and the text of every refusal
-//! (signatures, history, config, the state lock, a private repository's credential).
+//! (signatures, history, config, the state lock, a private repository's credential, its deploy
+//! key and pinned host key, a proxy, a client certificate).
 //! The snapshots live in `tests/tests/snapshots/`; a change of wording fails here until the new
 //! text is reviewed (`cargo insta review`, or `INSTA_UPDATE=always` and read the diff).
 
@@ -8,7 +9,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use shoal_e2e::{
-    gateway_config, Device, HttpsGitServer, Run, Sandbox, SigningKey, Transcript, GATEWAY_MANIFEST,
+    gateway_config, Device, ForwardProxy, HttpsGitServer, Run, Sandbox, SigningKey, SshServer,
+    Transcript, GATEWAY_MANIFEST,
 };
 
 /// Values no name covers: times, durations, fingerprints and keys made fresh by each run.
@@ -365,6 +367,95 @@ fn refusal_private_repository() {
     write_auth("token = \"the-right-token\"\nuser = \"me\"\n", 0o600);
     sync(&device("config.git"));
     check("refusal_private_repository", &t);
+}
+
+#[test]
+fn refusal_private_repository_over_ssh_through_a_proxy_and_mtls() {
+    let Some((s, mut t, _)) = scene() else { return };
+    let Some(sshd) = SshServer::start(s.dir.path().join("srv")) else {
+        return;
+    };
+    let Some(mut proxy) = ForwardProxy::start_requiring("fleet", "pr0xy") else {
+        return;
+    };
+    let dir = s.dir.path();
+    let server = HttpsGitServer::start(dir.join("srv"));
+    let clients = shoal_e2e::TestCa::for_names(&["shoal-device-ca"]);
+    let mtls = HttpsGitServer::start_requiring_client_cert(dir.join("srv"), &clients);
+    t.name(sshd.url(""), "SSH_SERVER/");
+    t.name(proxy.url(), "PROXY");
+    t.name(server.url(""), "SERVER/");
+    t.name(mtls.url(""), "MTLS_SERVER/");
+    let signers = dir.join("allowed_signers");
+    let key = SigningKey::generate(dir.join("deploy"), "deploy");
+    sshd.authorize(key.public_line());
+    let known_hosts = dir.join("known_hosts");
+    let write = |path: &Path, text: &str, mode: u32| {
+        std::fs::write(path, text).expect("write");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    let mut sync = |name: &str, url: &str, extra: &str| {
+        let device = Device::new(dir.join(name), url, &signers, "range", extra);
+        t.record(&["sync"], &device.sync());
+    };
+    let ssh = format!(
+        "ssh_key = \"{}\"\nknown_hosts = \"{}\"",
+        key.private_path().display(),
+        known_hosts.display()
+    );
+    // SSH: no key pinned for the host; another key pinned for it; a key the server does not know.
+    let other = SigningKey::generate(dir.join("other"), "other");
+    write(
+        &known_hosts,
+        &format!("git.example.com {}\n", other.public_line()),
+        0o644,
+    );
+    sync("ssh-unknown", &sshd.url("config.git"), &ssh);
+    let mut fields = other.public_line().split_whitespace();
+    let (kind, base64) = (fields.next().unwrap(), fields.next().unwrap());
+    write(
+        &known_hosts,
+        &format!("[127.0.0.1]:{} {kind} {base64}\n", sshd.port()),
+        0o644,
+    );
+    sync("ssh-changed", &sshd.url("config.git"), &ssh);
+    write(
+        &known_hosts,
+        &format!("{}\n", sshd.known_hosts_line()),
+        0o644,
+    );
+    let stranger = SigningKey::generate(dir.join("stranger"), "stranger");
+    let stranger_ssh = ssh.replace(
+        &key.private_path().display().to_string(),
+        &stranger.private_path().display().to_string(),
+    );
+    sync("ssh-wrong-key", &sshd.url("config.git"), &stranger_ssh);
+    std::fs::set_permissions(key.private_path(), std::fs::Permissions::from_mode(0o640))
+        .expect("chmod");
+    sync("ssh-key-mode", &sshd.url("config.git"), &ssh);
+    sync("ssh-no-key", &sshd.url("config.git"), "");
+
+    // HTTPS through the proxy: a refused proxy credential, then the proxy down.
+    let proxy_auth = dir.join("proxy-auth.toml");
+    write(
+        &proxy_auth,
+        "username = \"fleet\"\npassword = \"wrong\"\n",
+        0o600,
+    );
+    let through = format!(
+        "ca_file = \"{}\"\nproxy = \"{}\"\nproxy_auth_file = \"{}\"",
+        server.ca_pem_path().display(),
+        proxy.url(),
+        proxy_auth.display()
+    );
+    sync("proxy-refused", &server.url("config.git"), &through);
+    proxy.stop();
+    sync("proxy-down", &server.url("config.git"), &through);
+
+    // mTLS: a server that requires a client certificate, and a device without one.
+    let ca = format!("ca_file = \"{}\"", mtls.ca_pem_path().display());
+    sync("mtls-none", &mtls.url("config.git"), &ca);
+    check("refusal_private_repository_over_ssh_proxy_mtls", &t);
 }
 
 /// Holds the state directory's lock as another agent would (flock on `state/lock`).

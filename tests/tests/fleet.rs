@@ -24,6 +24,8 @@ use shoal_e2e::{
 
 const AGENT: &str = "/usr/local/bin/shoal-agent";
 const CONFIG: &str = "/etc/shoal/agent.toml";
+/// The hub's git server is private: every device fetches with this deploy token (`auth_file`).
+const GIT_TOKEN: &str = "fleet-deploy-t0ken-5e2b9c";
 const ENROLL_TOKEN: &str = "fleet-enroll-token-0123456789abcdef";
 /// Long enough for a sync over the links, a health gate and a report, on a loaded CI machine.
 const CONVERGE: Duration = Duration::from_secs(90);
@@ -183,6 +185,8 @@ impl Fleet {
         std::fs::create_dir_all(&srv).expect("srv");
         let ca = TestCa::for_names(&[&HUB_IP.to_string()]);
         let git = HttpsGitServer::start_in_netns(&srv, &hub.netns(), (HUB_IP, 0).into(), ca);
+        // As a forge serves a private repository: 401 to any request without the token.
+        git.require_bearer(GIT_TOKEN);
         let mut fleet = Fleet {
             work,
             key,
@@ -255,6 +259,11 @@ impl Fleet {
         );
         std::fs::copy(self.git.ca_pem_path(), device.here("/etc/shoal/ca.pem")).expect("ca");
         std::fs::write(device.here("/etc/shoal/enroll-token"), ENROLL_TOKEN).expect("token");
+        // The deploy token, readable by the agent (root) only, as README's private-repo setup says.
+        let auth = device.here("/etc/shoal/git-auth.toml");
+        std::fs::write(&auth, format!("token = \"{GIT_TOKEN}\"\n")).expect("git-auth.toml");
+        std::fs::set_permissions(&auth, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod git-auth.toml");
         let config = format!(
             r#"device_id = "{id}"
 state_dir = "/var/lib/shoal"
@@ -266,6 +275,7 @@ url = "{git}"
 ref = "refs/heads/main"
 interval = "1h"
 ca_file = "/etc/shoal/ca.pem"
+auth_file = "/etc/shoal/git-auth.toml"
 timeout = "5s"
 retries = 1
 

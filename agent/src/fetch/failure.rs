@@ -6,6 +6,7 @@
 //! credential: messages name it by file and kind (`credential::Credential`'s `Display`).
 
 use crate::config::SourceConfig;
+use crate::proxy::{self, ProxyFailure, Route};
 
 use super::FetchError;
 
@@ -18,8 +19,22 @@ pub struct Challenged;
 /// The operator's error for a failure that retrying will not fix, or `None` for one that may
 /// pass (to be retried, then reported by [`unreachable`]). `chain` is the failure's
 /// `error_chain`; `challenged` whether the server answered the handshake with 401.
-pub fn classify(source: &SourceConfig, chain: &str, challenged: bool) -> Option<FetchError> {
+pub fn classify(
+    source: &SourceConfig,
+    route: Option<&Route>,
+    chain: &str,
+    challenged: bool,
+) -> Option<FetchError> {
     let url = source.url.clone();
+    if let Some(route) = route {
+        if proxy::failure(chain) == Some(ProxyFailure::Authentication) {
+            return Some(FetchError::ProxyAuthentication {
+                url,
+                proxy: route.to_string(),
+                credential: proxy_credential(route),
+            });
+        }
+    }
     let credential = || match &source.credential {
         Some(credential) => credential.to_string(),
         None => "anonymous access (no [source] auth_file)".to_owned(),
@@ -51,6 +66,19 @@ pub fn classify(source: &SourceConfig, chain: &str, challenged: bool) -> Option<
             Some(FetchError::Redirected { url })
         }
         _ if is_sha256(chain) => Some(FetchError::Sha256Unsupported { url }),
+        _ if is_client_auth_refused(chain, source.client_identity.is_some()) => {
+            Some(FetchError::ClientCertificate {
+                url,
+                identity: source.client_identity.as_ref().map_or_else(
+                    || {
+                        "the agent, which has no client certificate ([source] client_cert)"
+                            .to_owned()
+                    },
+                    ToString::to_string,
+                ),
+                message: chain.to_owned(),
+            })
+        }
         _ if is_tls(chain) => Some(FetchError::TlsHandshake {
             url,
             message: chain.to_owned(),
@@ -61,8 +89,36 @@ pub fn classify(source: &SourceConfig, chain: &str, challenged: bool) -> Option<
 
 /// The error for a failure that was retried `attempts` times and did not pass: a name that does
 /// not resolve says DNS, anything else that the server could not be reached.
-pub fn unreachable(source: &SourceConfig, attempts: u32, message: String) -> FetchError {
+pub fn unreachable(
+    source: &SourceConfig,
+    route: Option<&Route>,
+    attempts: u32,
+    message: String,
+) -> FetchError {
     let url = source.url.clone();
+    if let Some(route) = route {
+        let proxy = route.to_string();
+        match proxy::failure(&message) {
+            Some(ProxyFailure::Tunnel) => {
+                return FetchError::ProxyTunnel {
+                    url,
+                    proxy,
+                    credential: proxy_credential(route),
+                    attempts,
+                    message,
+                }
+            }
+            Some(_) => {
+                return FetchError::ProxyUnreachable {
+                    url,
+                    proxy,
+                    attempts,
+                    message,
+                }
+            }
+            None => {}
+        }
+    }
     if is_dns(&message) {
         FetchError::Dns {
             url,
@@ -78,6 +134,14 @@ pub fn unreachable(source: &SourceConfig, attempts: u32, message: String) -> Fet
     }
 }
 
+/// How messages name the proxy's credential: by file and kind, never its value.
+fn proxy_credential(route: &Route) -> String {
+    route.credential.as_ref().map_or_else(
+        || "a connection without a credential (no proxy_auth_file)".to_owned(),
+        ToString::to_string,
+    )
+}
+
 /// The HTTP status gix reports in `chain` (`Received HTTP status 404`), if any.
 pub fn http_status(chain: &str) -> Option<u16> {
     const MARK: &str = "Received HTTP status ";
@@ -88,13 +152,38 @@ pub fn http_status(chain: &str) -> Option<u16> {
 
 /// hyper-util names a failed lookup `dns error`; getaddrinfo's own text follows it.
 fn is_dns(chain: &str) -> bool {
-    chain.contains("dns error") || chain.contains("failed to lookup address information")
+    chain.contains("dns error")
+        || chain.contains("failed to lookup address information")
+        // OpenSSH's own lookup.
+        || chain.contains("Could not resolve hostname")
 }
 
 /// A ref advertisement with 64-hex object ids, which a SHA-1-only gix cannot decode (gix-hash:
 /// `A hash sized 64 hexadecimal characters is invalid`).
 fn is_sha256(chain: &str) -> bool {
     chain.contains("A hash sized 64 hexadecimal characters is invalid")
+}
+
+/// The alerts a server sends when it requires a client certificate and gets none, or one it does
+/// not accept (rustls's names; the agent's own check of the server's certificate says "invalid
+/// peer certificate" instead).
+fn is_client_auth_refused(chain: &str, presented: bool) -> bool {
+    // A certificate whose issuer has the name of one the server trusts but another key fails its
+    // signature check: the server says DecryptError.
+    if presented && chain.contains("received fatal alert: DecryptError") {
+        return true;
+    }
+    [
+        "received fatal alert: CertificateRequired",
+        "received fatal alert: BadCertificate",
+        "received fatal alert: UnknownCA",
+        "received fatal alert: CertificateUnknown",
+        "received fatal alert: CertificateExpired",
+        "received fatal alert: CertificateRevoked",
+        "received fatal alert: AccessDenied",
+    ]
+    .iter()
+    .any(|alert| chain.contains(alert))
 }
 
 /// rustls's certificate and handshake failures, as reqwest passes them on.
@@ -143,7 +232,7 @@ mod tests {
         let user = source(Some("username = \"deploy\"\npassword = \"s3cret-pw\""));
         let anonymous = source(None);
         let text = |source: &SourceConfig, chain: &str, challenged: bool| {
-            classify(source, chain, challenged)
+            classify(source, None, chain, challenged)
                 .map(|e| e.to_string())
                 .unwrap_or_default()
         };
@@ -171,7 +260,7 @@ mod tests {
         );
         for chain in [SERVER_ERROR, DNS, "connection refused"] {
             assert!(
-                classify(&token, chain, false).is_none(),
+                classify(&token, None, chain, false).is_none(),
                 "{chain} is retried"
             );
         }
@@ -185,12 +274,38 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_client_certificate_is_named_as_client_authentication() {
+        let anonymous = source(None);
+        for alert in ["CertificateRequired", "UnknownCA", "BadCertificate"] {
+            let chain = format!(
+                "client error (SendRequest): connection error: received fatal alert: {alert}"
+            );
+            let message = classify(&anonymous, None, &chain, false)
+                .unwrap()
+                .to_string();
+            assert!(
+                message.starts_with(
+                    "the config repository https://git.example.com/config.git refused the TLS \
+                     client authentication of the agent, which has no client certificate"
+                ),
+                "{message}"
+            );
+        }
+        // Without a certificate of ours, DecryptError is some other handshake failure.
+        let chain = "connection error: received fatal alert: DecryptError";
+        assert!(classify(&anonymous, None, chain, false)
+            .unwrap()
+            .to_string()
+            .starts_with("the TLS handshake with the config repository"));
+    }
+
+    #[test]
     fn what_is_retried_is_named_dns_or_unreachable_at_the_end() {
         let anonymous = source(None);
-        assert!(unreachable(&anonymous, 4, DNS.into())
+        assert!(unreachable(&anonymous, None, 4, DNS.into())
             .to_string()
             .starts_with("cannot resolve the host of the config repository https://git.example.com/config.git after 4 attempt(s) (DNS): "));
-        assert!(unreachable(&anonymous, 1, SERVER_ERROR.into())
+        assert!(unreachable(&anonymous, None, 1, SERVER_ERROR.into())
             .to_string()
             .starts_with("cannot reach the config repository"));
         assert_eq!(http_status(NOT_FOUND), Some(404));

@@ -20,6 +20,7 @@ use crate::config::{self, SourceConfig};
 use crate::credential::Credential;
 use crate::errors::error_chain;
 use crate::paths::{self, PathError};
+use crate::proxy::{self, ProxyError};
 use crate::state::MirrorDir;
 use crate::tls::{self, TlsError};
 
@@ -28,6 +29,7 @@ mod bundle;
 mod durable;
 mod failure;
 mod inspect;
+mod ssh;
 
 pub use bound::Exceeded;
 pub use bundle::BundleError;
@@ -56,6 +58,12 @@ pub enum FetchError {
     },
     #[error("the TLS handshake with the config repository {url} failed: {message}; check that the server's certificate is valid for its name and signed by a CA the device trusts ([source] ca_file, else the system roots)")]
     TlsHandshake { url: String, message: String },
+    #[error("the config repository {url} refused the TLS client authentication of {identity}: {message}; the server wants a client certificate signed by a CA it trusts: set [source] client_cert and client_key to one it accepts")]
+    ClientCertificate {
+        url: String,
+        identity: String,
+        message: String,
+    },
     #[error("the config repository {url} requires authentication (HTTP 401) and no credential is configured; set [source] auth_file to a file holding a token or a user name and password")]
     AuthenticationRequired { url: String },
     #[error("authentication failed at the config repository {url} (HTTP 401) with {credential}; the token or password is wrong, expired or revoked: put a valid one in that file")]
@@ -66,10 +74,49 @@ pub enum FetchError {
     NotFound { url: String, credential: String },
     #[error("the config repository {url} uses SHA-256 object ids (made with git init --object-format=sha256), which this agent does not support: its git library (gix 0.90) is built with SHA-1 only, and its SHA-256 support is not yet complete enough to verify and apply on a device; serve the configuration from a SHA-1 repository (git's default)")]
     Sha256Unsupported { url: String },
+    #[error("the SSH host key of {host} does not match the one pinned for it in {}: pinned {pinned}, offered by the server {offered}; nothing was fetched. If the server's key was replaced on purpose, check the new fingerprint with the server's operator and put the new key's line in that file; otherwise someone may be intercepting the connection", known_hosts.display())]
+    HostKeyChanged {
+        url: String,
+        host: String,
+        known_hosts: PathBuf,
+        pinned: String,
+        offered: String,
+    },
+    #[error("the SSH host {host} of the config repository {url} has no key pinned in {}, and the agent trusts no other; nothing was fetched. Add the server's line to that file (`ssh-keyscan -p PORT HOST`, its fingerprint checked against the one the server's operator gives you)", known_hosts.display())]
+    UnknownHost {
+        url: String,
+        host: String,
+        known_hosts: PathBuf,
+    },
+    #[error("authentication failed at the config repository {url} (SSH) with the deploy key {}; give the repository the key's public half (`ssh-keygen -y -f FILE`) as a read-only deploy key, or put the key the server knows in that file", key.display())]
+    SshAuthenticationFailed { url: String, key: PathBuf },
     #[error("the config repository {url} answered with a redirect, which the agent does not follow while a credential is configured (the credential is sent only to the configured origin); set [source] url to the repository's final address")]
     Redirected { url: String },
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+    #[error("{proxy} is unreachable: the config repository {url} could not be contacted through it after {attempts} attempt(s): {message}; check that the proxy runs and that the device can reach it, or correct the setting")]
+    ProxyUnreachable {
+        url: String,
+        proxy: String,
+        attempts: u32,
+        message: String,
+    },
+    #[error("{proxy} refused or failed the CONNECT to the config repository {url} after {attempts} attempt(s): {message}; check that it accepts {credential} and allows CONNECT to that host and port")]
+    ProxyTunnel {
+        url: String,
+        proxy: String,
+        credential: String,
+        attempts: u32,
+        message: String,
+    },
+    #[error("{proxy} requires authentication (HTTP 407) and refused {credential}; put a valid credential in its proxy_auth_file")]
+    ProxyAuthentication {
+        url: String,
+        proxy: String,
+        credential: String,
+    },
     #[error("the local mirror {} is damaged ({damage}) and could not be set aside to rebuild it: {source}; check the state directory's permissions and disk", path.display())]
     SetAside {
         path: PathBuf,
@@ -195,15 +242,21 @@ impl Mirror {
         // reqwest is built without a compiled-in crypto provider (its default would pull
         // aws-lc); make ring the process default so plain http:// clients build too.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let identity = source.client_identity.as_ref();
         let tls = match source.ca_file.as_deref() {
-            Some(path) => Some(tls::client_config(Some(path))?),
-            None if is_https(&source.url) => Some(tls::client_config(None)?),
+            Some(path) => Some(tls::client_config_with(Some(path), identity)?),
+            None if is_https(&source.url) => Some(tls::client_config_with(None, identity)?),
             None => None,
+        };
+        let link = Link {
+            http: is_https(&source.url) || config::has_scheme(&source.url, "http"),
+            tls,
+            proxy: proxy::route_from_env(source.proxy.as_ref(), &source.url)?,
         };
         let mut healed: Option<Damage> = None;
         loop {
             let attempt = Mirror::open_checked(dir, applied).and_then(|mirror| {
-                let fetched = mirror.fetch_retrying(source, &tls, applied, interrupt)?;
+                let fetched = mirror.fetch_retrying(source, &link, applied, interrupt)?;
                 Ok((mirror, fetched))
             });
             let damage = match attempt {
@@ -342,20 +395,23 @@ impl Mirror {
     fn fetch_retrying(
         &self,
         source: &SourceConfig,
-        tls: &Option<Arc<rustls::ClientConfig>>,
+        link: &Link,
         applied: Option<ObjectId>,
         interrupt: &AtomicBool,
     ) -> Result<Fetched, Failure> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.fetch_once(source, tls.clone(), applied, interrupt) {
+            match self.fetch_once(source, link, applied, interrupt) {
                 Ok(fetched) => return Ok(fetched),
                 Err(Attempt::Fatal(e)) => return Err(Failure::Fatal(e)),
                 Err(Attempt::Damaged(damage)) => return Err(Failure::Damaged(damage)),
                 Err(Attempt::Transient(message)) if attempt > source.retries => {
                     return Err(Failure::Fatal(failure::unreachable(
-                        source, attempt, message,
+                        source,
+                        link.proxy.as_ref(),
+                        attempt,
+                        message,
                     )))
                 }
                 Err(Attempt::Transient(message)) => {
@@ -370,7 +426,7 @@ impl Mirror {
     fn fetch_once(
         &self,
         source: &SourceConfig,
-        tls: Option<Arc<rustls::ClientConfig>>,
+        link: &Link,
         applied: Option<ObjectId>,
         interrupt: &AtomicBool,
     ) -> Result<Fetched, Attempt> {
@@ -406,7 +462,15 @@ impl Mirror {
                 })
             })
         };
-        let transport = self.connect(&remote, &meter).map_err(transient)?;
+        // What the agent's ssh says, for an ssh source: a refused host key or deploy key is
+        // named from it.
+        let ssh_stderr = source
+            .ssh
+            .as_ref()
+            .map(|access| (access, Arc::new(ssh::Stderr::default())));
+        let transport = self
+            .connect(&remote, source, ssh_stderr.as_ref().map(|(_, s)| s), &meter)
+            .map_err(transient)?;
         // Set when the server answers 401 to the handshake. gix would then ask git's credential
         // helpers or prompt on a terminal: a device does neither, its credential (if any) was
         // already sent with the request.
@@ -418,8 +482,8 @@ impl Mirror {
                 on_challenge.store(true, Ordering::SeqCst);
                 Err(gix::Error::from_error(failure::Challenged))
             });
-        if let Some(tls) = tls {
-            let options = self.http_options(source, tls).map_err(Attempt::Fatal)?;
+        if link.http {
+            let options = self.http_options(source, link).map_err(Attempt::Fatal)?;
             connection.set_transport_options(options);
         }
         // What a failed HTTP exchange means for the operator: a 401/403/404 or a refused
@@ -428,8 +492,18 @@ impl Mirror {
             if let Some(refusal) = refused(meter) {
                 return refusal;
             }
-            let chain = error_chain(&e);
-            match failure::classify(source, &chain, challenged.load(Ordering::SeqCst)) {
+            let mut chain = error_chain(&e);
+            if let Some((access, stderr)) = &ssh_stderr {
+                let lines = stderr.lines(Duration::from_secs(2));
+                if let Some(fatal) = ssh::classify(source, access, &lines) {
+                    return Attempt::Fatal(fatal);
+                }
+                if !lines.is_empty() {
+                    chain = format!("{chain}: {}", lines.join("; "));
+                }
+            }
+            let challenged = challenged.load(Ordering::SeqCst);
+            match failure::classify(source, link.proxy.as_ref(), &chain, challenged) {
                 Some(fatal) => Attempt::Fatal(fatal),
                 None => Attempt::Transient(chain),
             }
@@ -543,23 +617,36 @@ impl Mirror {
 
     /// A transport to the remote's URL, as `gix::Remote::connect` makes it, wrapped so that what
     /// it receives is counted against the fetch's bounds (`bound`).
+    ///
+    /// An ssh source goes through the agent's own `ssh` invocation (`ssh::SshTransport`), never
+    /// gix's (which would take `core.sshCommand`, `GIT_SSH_COMMAND` and the user's ssh config).
     fn connect(
         &self,
         remote: &gix::Remote<'_>,
+        source: &SourceConfig,
+        ssh_stderr: Option<&Arc<ssh::Stderr>>,
         meter: &bound::Meter,
     ) -> Result<bound::Metered<Box<dyn Transport + Send>>, gix::Error> {
         let (url, version) = remote.sanitized_url_and_version(Direction::Fetch)?;
-        let ssh = if url.scheme == gix::url::Scheme::Ssh {
-            self.repo.ssh_connect_options()?
+        let transport: Box<dyn Transport + Send> = if url.scheme == gix::url::Scheme::Ssh {
+            let (Some(access), Some(stderr)) = (&source.ssh, ssh_stderr) else {
+                // `config` refuses an ssh source without its key and known_hosts.
+                return Err(gix::Error::from_error(SshNotConfigured));
+            };
+            Box::new(ssh::SshTransport::new(
+                url,
+                access,
+                source.timeout,
+                version,
+                Arc::clone(stderr),
+            ))
         } else {
-            Default::default()
+            let options = connect::Options {
+                version,
+                ..Default::default()
+            };
+            connect::connect(url, options)?
         };
-        let options = connect::Options {
-            version,
-            ssh,
-            ..Default::default()
-        };
-        let transport = connect::connect(url, options)?;
         Ok(bound::Metered::new(
             transport,
             meter.clone(),
@@ -581,7 +668,7 @@ impl Mirror {
     fn http_options(
         &self,
         source: &SourceConfig,
-        tls: Arc<rustls::ClientConfig>,
+        link: &Link,
     ) -> Result<Box<dyn std::any::Any>, FetchError> {
         use gix::protocol::transport::client::blocking_io::http;
         let timeout = source.timeout;
@@ -601,11 +688,22 @@ impl Mirror {
             Some(credential) => Some(authorize(&source.url, credential)?),
             None => None,
         };
+        // The proxy, or none: reqwest's own reading of the environment is off (`proxy`).
+        let proxy = match &link.proxy {
+            Some(route) => Some(route.reqwest_proxy()?),
+            None => None,
+        };
+        let tls = link.tls.clone();
         let backend = http::reqwest::Options {
             configure_client: Some(Box::new(move |builder| {
-                Ok(builder
-                    .tls_backend_preconfigured((*tls).clone())
-                    .connect_timeout(timeout))
+                let mut builder = builder.no_proxy().connect_timeout(timeout);
+                if let Some(proxy) = &proxy {
+                    builder = builder.proxy(proxy.clone());
+                }
+                if let Some(tls) = &tls {
+                    builder = builder.tls_backend_preconfigured((**tls).clone());
+                }
+                Ok(builder)
             })),
             configure_request,
         };
@@ -669,6 +767,19 @@ impl Origin {
             && url.port_or_known_default() == self.port
     }
 }
+
+/// How the agent reaches an http(s) source: its TLS configuration and proxy.
+struct Link {
+    /// Whether the source is http(s) (gix's reqwest backend, configured here).
+    http: bool,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    proxy: Option<proxy::Route>,
+}
+
+/// An ssh source reached without the settings `config` requires for one (a bug, not a state).
+#[derive(Debug, thiserror::Error)]
+#[error("an ssh source needs [source] ssh_key and known_hosts")]
+struct SshNotConfigured;
 
 enum Attempt {
     Transient(String),
