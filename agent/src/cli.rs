@@ -99,6 +99,11 @@ pub enum Command {
         /// The allowed_signers file; defaults to `[trust] allowed_signers` of the agent config.
         #[arg(long)]
         allowed_signers: Option<PathBuf>,
+        /// Keys refused whatever allowed_signers says (a KRL or a list of public keys, as git's
+        /// gpg.ssh.revocationFile); defaults to `[trust] revoked_keys` of the agent config, or
+        /// none with --allowed-signers.
+        #[arg(long, value_name = "FILE")]
+        revoked_keys: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -196,8 +201,12 @@ impl From<RenderError> for CliError {
 impl CliError {
     /// 2 for bad usage or bad configuration, 1 for a failed operation.
     pub fn exit_code(&self) -> i32 {
-        let bad_trust_root =
-            |e: &VerifyError| matches!(e, VerifyError::Signers(_) | VerifyError::NoSigners { .. });
+        let bad_trust_root = |e: &VerifyError| {
+            matches!(
+                e,
+                VerifyError::Signers(_) | VerifyError::Revoked(_) | VerifyError::NoSigners { .. }
+            )
+        };
         match self {
             CliError::Config(_) | CliError::Usage(_) => 2,
             CliError::Verify(e) if bad_trust_root(e) => 2,
@@ -237,26 +246,26 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             env,
             since,
             allowed_signers,
+            revoked_keys,
             json,
-        } => match release {
-            Some(release) => verify_release_command(
-                &cli.config,
-                &path,
-                &release,
-                env.as_deref(),
-                since.as_deref(),
+        } => {
+            let trust = TrustFiles {
                 allowed_signers,
-                json,
-            ),
-            None => verify_command(
-                &cli.config,
-                &path,
-                &rev,
-                since.as_deref(),
-                allowed_signers,
-                json,
-            ),
-        },
+                revoked_keys,
+            };
+            match release {
+                Some(release) => verify_release_command(
+                    &cli.config,
+                    &path,
+                    &release,
+                    env.as_deref(),
+                    since.as_deref(),
+                    trust,
+                    json,
+                ),
+                None => verify_command(&cli.config, &path, &rev, since.as_deref(), trust, json),
+            }
+        }
         Command::Release {
             environment,
             expires,
@@ -564,15 +573,20 @@ fn failed(e: impl std::fmt::Display) -> CliError {
     CliError::Failed(e.to_string())
 }
 
-/// The trust policy `verify` uses: `--allowed-signers`, else the agent config's.
-fn verify_policy(
-    config_path: &Path,
+/// `verify`'s `--allowed-signers` and `--revoked-keys`.
+struct TrustFiles {
     allowed_signers: Option<PathBuf>,
-) -> Result<TrustPolicy, CliError> {
-    let trust = match allowed_signers {
+    revoked_keys: Option<PathBuf>,
+}
+
+/// The trust policy `verify` uses: `--allowed-signers`, else the agent config's; the
+/// `--revoked-keys` file, else the config's (none when `--allowed-signers` stands in for it).
+fn verify_policy(config_path: &Path, files: TrustFiles) -> Result<TrustPolicy, CliError> {
+    let mut trust = match files.allowed_signers {
         Some(path) => TrustConfig {
             allowed_signers: path,
             verify: VerifyMode::Range,
+            revoked_keys: None,
         },
         None => {
             let config = AgentConfig::load(config_path)
@@ -583,6 +597,9 @@ fn verify_policy(
             }
         }
     };
+    if files.revoked_keys.is_some() {
+        trust.revoked_keys = files.revoked_keys;
+    }
     Ok(TrustPolicy::load(&trust)?)
 }
 
@@ -594,10 +611,10 @@ fn verify_release_command(
     reference: &str,
     environment: Option<&str>,
     since: Option<&str>,
-    allowed_signers: Option<PathBuf>,
+    trust: TrustFiles,
     json: bool,
 ) -> Result<(), CliError> {
-    let policy = verify_policy(config_path, allowed_signers)?;
+    let policy = verify_policy(config_path, trust)?;
     let repo = open_repo(repo_path)?;
     let tag = repo
         .rev_parse_single(reference)
@@ -713,10 +730,10 @@ fn verify_command(
     repo_path: &Path,
     rev: &str,
     since: Option<&str>,
-    allowed_signers: Option<PathBuf>,
+    trust: TrustFiles,
     json: bool,
 ) -> Result<(), CliError> {
-    let policy = verify_policy(config_path, allowed_signers)?;
+    let policy = verify_policy(config_path, trust)?;
     let repo = open_repo(repo_path)?;
     let tip = resolve_commit(&repo, rev)?;
     let base = since.map(|s| resolve_commit(&repo, s)).transpose()?;

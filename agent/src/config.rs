@@ -180,6 +180,8 @@ pub enum VerifyMode {
 pub struct TrustConfig {
     pub allowed_signers: PathBuf,
     pub verify: VerifyMode,
+    /// `revoked_keys`: keys refused everywhere (git's `gpg.ssh.revocationFile` format).
+    pub revoked_keys: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -235,6 +237,7 @@ struct RawSource {
 struct RawTrust {
     allowed_signers: Option<PathBuf>,
     verify: Option<VerifyMode>,
+    revoked_keys: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -411,6 +414,7 @@ impl AgentConfig {
                         .unwrap_or_else(|| "/etc/shoal/allowed_signers".into()),
                 ),
                 verify: raw.trust.verify.unwrap_or(VerifyMode::Range),
+                revoked_keys: raw.trust.revoked_keys.map(resolve),
             },
             collector: raw.collector.map(|c| CollectorConfig {
                 url: c.url.trim_end_matches('/').to_owned(),

@@ -1,5 +1,5 @@
 //! Verify: decides whether a fetched commit may be trusted — SSH commit signatures checked
-//! against the device's `allowed_signers`, plus anti-rollback — and, in environment mode,
+//! against the device's `allowed_signers` minus its `revoked_keys`, plus anti-rollback — and, in environment mode,
 //! whether a release tag may be followed (`release`). Reads git objects, writes nothing.
 //! The signature and `allowed_signers` parsing are `shoal_core::signature`'s (pure); this module
 //! reads the file and the commits.
@@ -13,6 +13,7 @@ pub use policy::{commit_id, verify_update, AcceptedRelease, TrustPolicy, Verifie
 pub use release::{verify_release, ReleaseContext};
 pub use shoal_core::signature::{allowed_signers, sshsig};
 pub use shoal_core::signature::{AllowedSigners, SignatureError, Signer, SignersError};
+pub use shoal_core::signature::{RevokedError, RevokedKeys};
 
 /// Reads and parses the `allowed_signers` file at `path`.
 pub fn load_signers(path: &Path) -> Result<AllowedSigners, SignersError> {
@@ -21,6 +22,15 @@ pub fn load_signers(path: &Path) -> Result<AllowedSigners, SignersError> {
         reason: e.to_string(),
     })?;
     AllowedSigners::from_bytes(bytes, path)
+}
+
+/// Reads and parses the revocation file at `path` (`[trust] revoked_keys`).
+pub fn load_revoked(path: &Path) -> Result<RevokedKeys, RevokedError> {
+    let bytes = std::fs::read(path).map_err(|e| RevokedError::Read {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    RevokedKeys::from_bytes(&bytes, path)
 }
 
 #[cfg(test)]

@@ -11,12 +11,14 @@ use crate::config::{TrustConfig, VerifyMode};
 use crate::errors::error_chain;
 use shoal_core::release::{LastRelease, Refusal, ReleaseError, ReleaseName};
 use shoal_core::signature::sshsig::{self, SignatureError, Signer};
-use shoal_core::signature::{AllowedSigners, SignersError};
+use shoal_core::signature::{AllowedSigners, RevokedError, SignersError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     #[error(transparent)]
     Signers(#[from] SignersError),
+    #[error(transparent)]
+    Revoked(#[from] RevokedError),
     #[error("{} has no trusted signers; add at least one `principal namespaces=\"git\" ssh-ed25519 AAAA…` line", path.display())]
     NoSigners { path: PathBuf },
     #[error("refusing commit {commit}: {source}")]
@@ -90,11 +92,14 @@ pub struct TrustPolicy {
 
 impl TrustPolicy {
     pub fn load(config: &TrustConfig) -> Result<Self, VerifyError> {
-        let signers = super::load_signers(&config.allowed_signers)?;
+        let mut signers = super::load_signers(&config.allowed_signers)?;
         if signers.is_empty() {
             return Err(VerifyError::NoSigners {
                 path: config.allowed_signers.clone(),
             });
+        }
+        if let Some(path) = &config.revoked_keys {
+            signers = signers.with_revoked(super::load_revoked(path)?);
         }
         Ok(TrustPolicy {
             signers,
