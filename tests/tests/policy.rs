@@ -506,3 +506,71 @@ fn verify_policy_explains_each_path_and_approve_makes_the_tag_with_stock_git() {
     org.device.sync().assert_ok();
     assert_eq!(org.device.applied().as_deref(), Some(change.as_str()));
 }
+
+/// `YYYY-MM-DDTHH:MM:SSZ`, `seconds` from now.
+fn in_seconds(seconds: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64;
+    shoal_e2e::run(std::process::Command::new("date").args([
+        "-u",
+        "-d",
+        &format!("@{}", now + seconds),
+        "+%Y-%m-%dT%H:%M:%SZ",
+    ]))
+    .trim()
+    .to_owned()
+}
+
+#[test]
+fn once_a_policy_exists_only_its_release_principals_may_release_an_environment_within_max_age() {
+    let Some(org) = Org::new() else { return };
+    let bot = SigningKey::generate(org.dir.path().join("keys"), "release-bot");
+    let v2 = policy(
+        &[
+            ("alice", &[&org.alice, &org.alice2]),
+            ("bob", &[&org.bob]),
+            ("carol", &[&org.carol]),
+            ("release-bot", &[&bot]),
+            ("sensor-lead", &[&org.sensor]),
+        ],
+        &["alice", "bob", "carol"],
+    ) + "[[environment]]\nname = \"production\"\nrelease = [\"release-bot\"]\nmax_age = \"72h\"\n";
+    let with_env = org.change(&org.alice, ".shoal/policy.toml", &v2);
+    org.approve(&org.bob, "bob", &with_env);
+    org.device.sync().assert_ok();
+    org.device.follow_environment("production");
+    let bare = org.dir.path().join("srv/config.git");
+    let release = |key: &SigningKey, name: &str, expires: &str| {
+        let tag = org.repo.tag_signed(
+            key,
+            name,
+            &with_env,
+            &format!("Release {name}\n\nExpires: {expires}"),
+            None,
+        );
+        org.repo.publish_ref(
+            &bare,
+            &format!("refs/tags/{name}"),
+            "refs/shoal/releases/production",
+        );
+        tag
+    };
+
+    // Alice is a root, in allowed_signers too, but not in production's release list.
+    let by_alice = release(&org.alice, "production/1", &in_seconds(24 * 3600));
+    org.refused(&format!(
+        "refusing release tag {by_alice} at refs/shoal/releases/production: it is signed by alice, who may not release `production` under .shoal/policy.toml of commit {with_env} (release = [release-bot])"
+    ));
+    // The bot, for longer than max_age.
+    let too_long = release(&bot, "production/2", &in_seconds(30 * 24 * 3600));
+    org.refused(&format!(
+        "refusing release tag {too_long} at refs/shoal/releases/production: it expires"
+    ));
+    org.refused("more than the max_age (259200s) of environment `production`");
+    // The bot, within max_age: followed (its key is in no allowed_signers).
+    release(&bot, "production/3", &in_seconds(48 * 3600));
+    org.device.sync().assert_ok();
+    assert_eq!(org.device.applied().as_deref(), Some(with_env.as_str()));
+}
