@@ -109,6 +109,10 @@ pub enum Command {
         /// none with --allowed-signers.
         #[arg(long, value_name = "FILE")]
         revoked_keys: Option<PathBuf>,
+        /// How many allowed_signers principals the repository's first policy needs (as
+        /// `[trust] root_threshold`); defaults to the agent config's, or 1 with --allowed-signers.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        root_threshold: Option<u32>,
         #[arg(long)]
         json: bool,
     },
@@ -274,11 +278,13 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             policy,
             allowed_signers,
             revoked_keys,
+            root_threshold,
             json,
         } => {
             let trust = TrustFiles {
                 allowed_signers,
                 revoked_keys,
+                root_threshold,
             };
             match release {
                 Some(release) => verify_release_command(
@@ -638,6 +644,7 @@ fn failed(e: impl std::fmt::Display) -> CliError {
 struct TrustFiles {
     allowed_signers: Option<PathBuf>,
     revoked_keys: Option<PathBuf>,
+    root_threshold: Option<u32>,
 }
 
 /// The trust policy `verify` uses: `--allowed-signers`, else the agent config's; the
@@ -661,6 +668,9 @@ fn verify_policy(config_path: &Path, files: TrustFiles) -> Result<TrustPolicy, C
     };
     if files.revoked_keys.is_some() {
         trust.revoked_keys = files.revoked_keys;
+    }
+    if let Some(threshold) = files.root_threshold {
+        trust.root_threshold = threshold as usize;
     }
     Ok(TrustPolicy::load(&trust)?)
 }

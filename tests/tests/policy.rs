@@ -574,3 +574,72 @@ fn once_a_policy_exists_only_its_release_principals_may_release_an_environment_w
     org.device.sync().assert_ok();
     assert_eq!(org.device.applied().as_deref(), Some(with_env.as_str()));
 }
+
+#[test]
+fn the_worked_example_repository_verifies_and_a_device_follows_it() {
+    if !require_tools(&["git", "ssh-keygen", "sh", "sed"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let example = dir.path().join("example");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policy-repo/make.sh");
+    let mut make = std::process::Command::new("sh");
+    isolate_git(&mut make);
+    shoal_e2e::run(make.arg(&script).arg(&example));
+    let repo = example.join("repo");
+    let signers = example.join("allowed_signers");
+
+    // The operator's view: every change allowed, by the rule the example says.
+    let explain = {
+        let mut cmd = std::process::Command::new(agent_bin());
+        isolate_git(&mut cmd);
+        output(
+            cmd.arg("verify")
+                .arg(&repo)
+                .args(["--policy", "--root-threshold", "2", "--allowed-signers"])
+                .arg(&signers),
+        )
+    };
+    let stderr = String::from_utf8_lossy(&explain.stderr);
+    assert!(explain.status.success(), "{stderr}");
+    for line in [
+        "allowed .shoal/policy.toml: the bootstrap root (allowed_signers, [trust] root_threshold = 2) needs 2 of [alice, bob, carol], has 2 (alice, bob)",
+        "allowed files/sensor/sensor.conf: rule \"sensor team\" needs 1 of [alice, sensor-lead], has 1 (sensor-lead)",
+        "allowed .shoal/policy.toml: root needs 2 of [alice, bob, carol], has 2 (alice, bob)",
+        "allowed files/motd: root needs 2 of [alice, bob, carol], has 2 (alice, carol)",
+        "every change of 4 commit(s) up to",
+    ] {
+        assert!(stderr.contains(line), "missing {line:?} in:\n{stderr}");
+    }
+
+    // A device trusting the example's bootstrap root follows it over HTTPS, from scratch.
+    let bare = dir.path().join("srv/config.git");
+    shoal_e2e::run(
+        shoal_e2e::git_command()
+            .args(["clone", "-q", "--mirror"])
+            .arg(&repo)
+            .arg(&bare),
+    );
+    let server = HttpsGitServer::start(dir.path().join("srv"));
+    let device = Device::new(
+        dir.path().join("device"),
+        &server.url("config.git"),
+        &signers,
+        "range",
+        &format!("ca_file = \"{}\"", server.ca_pem_path().display()),
+    );
+    device.trust_option("root_threshold = 2");
+    device.sync().assert_ok();
+    let head = shoal_e2e::run(
+        shoal_e2e::git_command()
+            .arg("-C")
+            .arg(&repo)
+            .args(["rev-parse", "HEAD"]),
+    );
+    assert_eq!(device.applied().as_deref(), Some(head.trim()));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("device/root/etc/motd")).unwrap(),
+        "Managed by Shoal. Maintenance on Sunday.\n"
+    );
+}
