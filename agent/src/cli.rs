@@ -96,9 +96,23 @@ pub enum Command {
         /// Also check every commit since this one, and that REV descends from it.
         #[arg(long)]
         since: Option<String>,
+        /// Explain the repository policy (.shoal/policy.toml): for each commit since --since
+        /// (all history without it), which rule allowed each changed path, or why not, with the
+        /// approval tags (refs/tags/shoal-approve/*) of this repository; exit 1 if any is refused.
+        #[arg(long, conflicts_with = "release")]
+        policy: bool,
         /// The allowed_signers file; defaults to `[trust] allowed_signers` of the agent config.
         #[arg(long)]
         allowed_signers: Option<PathBuf>,
+        /// Keys refused whatever allowed_signers says (a KRL or a list of public keys, as git's
+        /// gpg.ssh.revocationFile); defaults to `[trust] revoked_keys` of the agent config, or
+        /// none with --allowed-signers.
+        #[arg(long, value_name = "FILE")]
+        revoked_keys: Option<PathBuf>,
+        /// How many allowed_signers principals the repository's first policy needs (as
+        /// `[trust] root_threshold`); defaults to the agent config's, or 1 with --allowed-signers.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        root_threshold: Option<u32>,
         #[arg(long)]
         json: bool,
     },
@@ -127,6 +141,27 @@ pub enum Command {
         /// The commit to release.
         #[arg(default_value = "HEAD")]
         rev: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a commit for the repository policy: a signed tag
+    /// shoal-approve/COMMIT/NAME on it (runs git; for operators, not devices).
+    Approve {
+        /// The commit to approve.
+        #[arg(default_value = "HEAD")]
+        rev: String,
+        /// The principal approving (default: the one the policy at COMMIT gives the signing key).
+        #[arg(long)]
+        name: Option<String>,
+        /// The SSH key to sign with (else git's user.signingkey).
+        #[arg(long)]
+        signing_key: Option<PathBuf>,
+        /// Push the tag to this remote.
+        #[arg(long, value_name = "REMOTE")]
+        push: Option<String>,
+        /// The repository (default: the current directory).
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
         #[arg(long)]
         json: bool,
     },
@@ -196,8 +231,12 @@ impl From<RenderError> for CliError {
 impl CliError {
     /// 2 for bad usage or bad configuration, 1 for a failed operation.
     pub fn exit_code(&self) -> i32 {
-        let bad_trust_root =
-            |e: &VerifyError| matches!(e, VerifyError::Signers(_) | VerifyError::NoSigners { .. });
+        let bad_trust_root = |e: &VerifyError| {
+            matches!(
+                e,
+                VerifyError::Signers(_) | VerifyError::Revoked(_) | VerifyError::NoSigners { .. }
+            )
+        };
         match self {
             CliError::Config(_) | CliError::Usage(_) => 2,
             CliError::Verify(e) if bad_trust_root(e) => 2,
@@ -236,27 +275,33 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             release,
             env,
             since,
+            policy,
             allowed_signers,
+            revoked_keys,
+            root_threshold,
             json,
-        } => match release {
-            Some(release) => verify_release_command(
-                &cli.config,
-                &path,
-                &release,
-                env.as_deref(),
-                since.as_deref(),
+        } => {
+            let trust = TrustFiles {
                 allowed_signers,
-                json,
-            ),
-            None => verify_command(
-                &cli.config,
-                &path,
-                &rev,
-                since.as_deref(),
-                allowed_signers,
-                json,
-            ),
-        },
+                revoked_keys,
+                root_threshold,
+            };
+            match release {
+                Some(release) => verify_release_command(
+                    &cli.config,
+                    &path,
+                    &release,
+                    env.as_deref(),
+                    since.as_deref(),
+                    trust,
+                    json,
+                ),
+                None if policy => {
+                    verify_policy_command(&cli.config, &path, &rev, since.as_deref(), trust, json)
+                }
+                None => verify_command(&cli.config, &path, &rev, since.as_deref(), trust, json),
+            }
+        }
         Command::Release {
             environment,
             expires,
@@ -276,6 +321,23 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 signing_key: signing_key.as_deref(),
                 push: push.as_deref(),
                 now: i64::try_from(crate::state::unix_now()).unwrap_or(i64::MAX),
+            },
+            json,
+        ),
+        Command::Approve {
+            rev,
+            name,
+            signing_key,
+            push,
+            repo,
+            json,
+        } => approve_command(
+            &crate::approve::ApproveRequest {
+                repo: &repo,
+                rev: &rev,
+                name: name.as_deref(),
+                signing_key: signing_key.as_deref(),
+                push: push.as_deref(),
             },
             json,
         ),
@@ -338,14 +400,28 @@ fn sync_command(
             commit,
             plan,
             services,
+            policy,
         } => {
             if json {
-                let value =
+                let mut value =
                     json!({ "commit": commit.to_string(), "plan": plan, "services": services });
+                if let Some(policy) = policy {
+                    value["policy"] = json!({
+                        "commit": policy.commit.to_string(),
+                        "blob": policy.blob.to_string(),
+                    });
+                }
                 println!("{value:#}");
             } else {
+                let under = policy.map_or(String::new(), |p| {
+                    format!(
+                        " (verified under {} of commit {})",
+                        shoal_core::policy::POLICY_PATH,
+                        p.commit
+                    )
+                });
                 eprintln!(
-                    "dry run for commit {commit}; nothing was changed:\n{}",
+                    "dry run for commit {commit}{under}; nothing was changed:\n{}",
                     plan_text(&plan, &services)
                 );
             }
@@ -576,15 +652,22 @@ fn failed(e: impl std::fmt::Display) -> CliError {
     CliError::Failed(e.to_string())
 }
 
-/// The trust policy `verify` uses: `--allowed-signers`, else the agent config's.
-fn verify_policy(
-    config_path: &Path,
+/// `verify`'s `--allowed-signers` and `--revoked-keys`.
+struct TrustFiles {
     allowed_signers: Option<PathBuf>,
-) -> Result<TrustPolicy, CliError> {
-    let trust = match allowed_signers {
+    revoked_keys: Option<PathBuf>,
+    root_threshold: Option<u32>,
+}
+
+/// The trust policy `verify` uses: `--allowed-signers`, else the agent config's; the
+/// `--revoked-keys` file, else the config's (none when `--allowed-signers` stands in for it).
+fn verify_policy(config_path: &Path, files: TrustFiles) -> Result<TrustPolicy, CliError> {
+    let mut trust = match files.allowed_signers {
         Some(path) => TrustConfig {
             allowed_signers: path,
             verify: VerifyMode::Range,
+            revoked_keys: None,
+            root_threshold: 1,
         },
         None => {
             let config = AgentConfig::load(config_path)
@@ -595,6 +678,12 @@ fn verify_policy(
             }
         }
     };
+    if files.revoked_keys.is_some() {
+        trust.revoked_keys = files.revoked_keys;
+    }
+    if let Some(threshold) = files.root_threshold {
+        trust.root_threshold = threshold as usize;
+    }
     Ok(TrustPolicy::load(&trust)?)
 }
 
@@ -606,10 +695,10 @@ fn verify_release_command(
     reference: &str,
     environment: Option<&str>,
     since: Option<&str>,
-    allowed_signers: Option<PathBuf>,
+    trust: TrustFiles,
     json: bool,
 ) -> Result<(), CliError> {
-    let policy = verify_policy(config_path, allowed_signers)?;
+    let policy = verify_policy(config_path, trust)?;
     let repo = open_repo(repo_path)?;
     let tag = repo
         .rev_parse_single(reference)
@@ -642,9 +731,12 @@ fn verify_release_command(
             ))
         })?;
     let base = since.map(|s| resolve_commit(&repo, s)).transpose()?;
+    let approvals = verify::local_approvals(&repo);
     let context = verify::ReleaseContext {
         environment: &environment,
         applied: base,
+        policy: None,
+        approvals: &approvals,
         last: None,
         now: i64::try_from(crate::state::unix_now()).unwrap_or(i64::MAX),
     };
@@ -720,19 +812,139 @@ fn release_command(
     Ok(())
 }
 
+fn approve_command(
+    request: &crate::approve::ApproveRequest<'_>,
+    json: bool,
+) -> Result<(), CliError> {
+    let approved = crate::approve::make(request).map_err(|e| {
+        if e.is_usage() {
+            CliError::Usage(e.to_string())
+        } else {
+            failed(e)
+        }
+    })?;
+    if json {
+        let value = json!({
+            "commit": approved.commit,
+            "principal": approved.name,
+            "ref": approved.reference,
+            "tag": approved.tag,
+            "pushed": approved.pushed,
+        });
+        println!("{value:#}");
+    } else {
+        let pushed = if approved.pushed { ", pushed" } else { "" };
+        eprintln!(
+            "approved {} as {}: tag {} at {}{pushed}",
+            approved.commit, approved.name, approved.tag, approved.reference
+        );
+    }
+    Ok(())
+}
+
+/// `verify --policy`: the policy's verdict on every path of every commit, refused ones included.
+fn verify_policy_command(
+    config_path: &Path,
+    repo_path: &Path,
+    rev: &str,
+    since: Option<&str>,
+    trust: TrustFiles,
+    json: bool,
+) -> Result<(), CliError> {
+    let policy = verify_policy(config_path, trust)?;
+    let repo = open_repo(repo_path)?;
+    let tip = resolve_commit(&repo, rev)?;
+    let base = since.map(|s| resolve_commit(&repo, s)).transpose()?;
+    let approvals = verify::local_approvals(&repo);
+    let anchor = verify::Anchor {
+        applied: base,
+        policy: None,
+        approvals: &approvals,
+    };
+    let reports = verify::explain(&repo, &policy, &anchor, tip)?;
+    let refused: usize = reports
+        .iter()
+        .flat_map(|r| &r.paths)
+        .filter(|p| !p.decision.allowed())
+        .count();
+    if json {
+        let commits: Vec<_> = reports
+            .iter()
+            .map(|r| {
+                json!({
+                    "commit": r.commit.to_string(),
+                    "signer": r.signer.principal,
+                    "fingerprint": r.signer.fingerprint,
+                    "approvers": r.approvers,
+                    "not_counted": r.ignored_approvals,
+                    "paths": r.paths.iter().map(|p| json!({
+                        "path": p.path,
+                        "parent": p.parent.map(|id| id.to_string()),
+                        "allowed": p.decision.allowed(),
+                        "by": p.decision.by,
+                        "threshold": p.decision.threshold,
+                        "counted": p.decision.counted,
+                        "role": p.decision.role,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!(
+            "{:#}",
+            json!({ "tip": tip.to_string(), "refused": refused, "commits": commits })
+        );
+    } else {
+        for report in &reports {
+            let approvals = if report.approvers.is_empty() {
+                String::new()
+            } else {
+                format!("; approved by {}", report.approvers.join(", "))
+            };
+            eprintln!(
+                "commit {} signed by {} ({}){approvals}",
+                report.commit, report.signer.principal, report.signer.fingerprint
+            );
+            for path in &report.paths {
+                eprintln!("  {path}");
+            }
+            for ignored in &report.ignored_approvals {
+                eprintln!("  not counted: {ignored}");
+            }
+        }
+    }
+    if refused > 0 {
+        return Err(CliError::Failed(format!(
+            "{refused} path change(s) under {tip} are not allowed by the policy in force at their parent; see above for the rule and the approvals each needs"
+        )));
+    }
+    if !json {
+        eprintln!(
+            "every change of {} commit(s) up to {tip} is allowed by the policy",
+            reports.len()
+        );
+    }
+    Ok(())
+}
+
 fn verify_command(
     config_path: &Path,
     repo_path: &Path,
     rev: &str,
     since: Option<&str>,
-    allowed_signers: Option<PathBuf>,
+    trust: TrustFiles,
     json: bool,
 ) -> Result<(), CliError> {
-    let policy = verify_policy(config_path, allowed_signers)?;
+    let policy = verify_policy(config_path, trust)?;
     let repo = open_repo(repo_path)?;
     let tip = resolve_commit(&repo, rev)?;
     let base = since.map(|s| resolve_commit(&repo, s)).transpose()?;
-    let verified = verify::verify_update(&repo, &policy, base, tip)?;
+    let approvals = verify::local_approvals(&repo);
+    let anchor = verify::Anchor {
+        applied: base,
+        policy: None,
+        approvals: &approvals,
+    };
+    let verified = verify::verify_update(&repo, &policy, &anchor, tip)?;
     let signer = verified.signer();
     if json {
         let value = json!({
@@ -760,6 +972,7 @@ fn render_command(
     identity: &DeviceIdentity,
     json: bool,
 ) -> Result<(), CliError> {
+    let mut policy = None;
     let (desired, commit) = match rev {
         None => (
             render::preview(&PreviewSource::Dir(repo_path), identity)?,
@@ -768,6 +981,7 @@ fn render_command(
         Some(rev) => {
             let repo = open_repo(repo_path)?;
             let commit = resolve_commit(&repo, rev)?;
+            policy = verify::policy_source(&repo, commit).map_err(failed)?;
             let tree = CommitPreview::at_commit(&repo, commit)
                 .map_err(|e| CliError::Failed(format!("cannot read the tree of {commit}: {e}")))?;
             let preview = render::preview(&PreviewSource::Commit(tree), identity)?;
@@ -781,6 +995,12 @@ fn render_command(
         if let Some(wave) = &wave {
             value["wave"] = json!(wave);
         }
+        if let Some(policy) = &policy {
+            value["policy"] = json!({
+                "commit": policy.commit.to_string(),
+                "blob": policy.blob.to_string(),
+            });
+        }
         println!("{value:#}");
     } else {
         eprint!("{}", desired.summary());
@@ -791,6 +1011,14 @@ fn render_command(
                 wave.index + 1,
                 wave.bucket,
                 wave.after.as_secs()
+            );
+        }
+        if let Some(policy) = policy {
+            eprintln!(
+                "policy: {} of commit {} (blob {}); `shoal-agent verify --policy` checks who may change what",
+                shoal_core::policy::POLICY_PATH,
+                policy.commit,
+                policy.blob
             );
         }
     }

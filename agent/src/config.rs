@@ -204,6 +204,11 @@ pub enum VerifyMode {
 pub struct TrustConfig {
     pub allowed_signers: PathBuf,
     pub verify: VerifyMode,
+    /// `revoked_keys`: keys refused everywhere (git's `gpg.ssh.revocationFile` format).
+    pub revoked_keys: Option<PathBuf>,
+    /// `root_threshold`: how many allowed_signers principals must sign the repository's first
+    /// `.shoal/policy.toml` (default 1).
+    pub root_threshold: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -267,6 +272,8 @@ struct RawSource {
 struct RawTrust {
     allowed_signers: Option<PathBuf>,
     verify: Option<VerifyMode>,
+    revoked_keys: Option<PathBuf>,
+    root_threshold: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -523,6 +530,14 @@ impl AgentConfig {
             }),
             None => None,
         };
+        let root_threshold = match raw.trust.root_threshold {
+            None => 1,
+            Some(0) => return Err(invalid(
+                "trust.root_threshold",
+                "must be at least 1 (how many allowed_signers principals sign the first policy)",
+            )),
+            Some(n) => n as usize,
+        };
         let keep_generations = raw.apply.keep_generations.unwrap_or(10);
         if keep_generations == 0 {
             return Err(invalid(
@@ -563,6 +578,8 @@ impl AgentConfig {
                         .unwrap_or_else(|| "/etc/shoal/allowed_signers".into()),
                 ),
                 verify: raw.trust.verify.unwrap_or(VerifyMode::Range),
+                revoked_keys: raw.trust.revoked_keys.map(resolve),
+                root_threshold,
             },
             collector,
             apply: ApplyConfig {

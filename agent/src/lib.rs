@@ -1,6 +1,7 @@
 //! The Shoal agent library: one module per step of a sync (fetch → verify → …), driven by `cli`.
 
 pub mod apply;
+pub mod approve;
 pub mod cli;
 pub mod config;
 pub mod credential;

@@ -196,7 +196,7 @@ fn last_number(
 }
 
 /// Runs `git args` in `repo`; stdout without its final newline.
-fn git(repo: &Path, args: &[&str]) -> Result<String, ReleaseError> {
+pub(crate) fn git(repo: &Path, args: &[&str]) -> Result<String, ReleaseError> {
     let output = Command::new("git")
         .arg("-C")
         .arg(repo)

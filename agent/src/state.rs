@@ -7,8 +7,8 @@
 //!
 //! Everything is a small fsynced, atomically renamed file, so a sync with nothing to do only
 //! reads, and the agent's memory does not carry a database's caches between syncs:
-//! `applied-commit` (the anti-rollback watermark: the commit, and in environment mode a second
-//! line with the last accepted release), `current-generation`, `hold`,
+//! `applied-commit` (the anti-rollback watermark: the commit, in environment mode a line with
+//! the last accepted release, and once the repository has one, a line with the trusted policy), `current-generation`, `hold`,
 //! `last-result.json`, `report-sequence`, `generations/N.json` (each generation's manifest),
 //! `bad/<commit>` (why a commit was recorded as bad), `outbox/<sequence>.json` (sealed
 //! reports waiting for the collector's acknowledgement), `enrolled` (the collector and device
@@ -28,7 +28,7 @@ use shoal_proto::{CommitId, KeyId, Status};
 use crate::paths::{self, PathError};
 use crate::plan::Manifest;
 use crate::services::{PlanRecord, ServicePlan, ServiceRecord};
-use crate::verify::Verified;
+use crate::verify::{PolicyRecord, Verified};
 use shoal_core::release::{LastRelease, ReleaseName};
 
 const WATERMARK_FILE: &str = "applied-commit";
@@ -69,6 +69,8 @@ pub enum StateError {
     CorruptWatermark { path: PathBuf, content: String },
     #[error("{} is corrupt: its release line {content:?} is not `release ENVIRONMENT N TAG TAGGER_TIME`; refusing to guess the last accepted release (anti-rollback fails closed): write the release the device really follows (`git cat-file tag` of its tag gives N and the tagger time), or remove the line to accept the next valid release whatever its number", path.display())]
     CorruptRelease { path: PathBuf, content: String },
+    #[error("{} is corrupt: its policy line {content:?} is not `policy COMMIT BLOB`; refusing to guess which repository policy this device trusts (it fails closed like the commit): write the commit and blob of the .shoal/policy.toml the device really trusts (`git rev-parse COMMIT:.shoal/policy.toml`)", path.display())]
+    CorruptPolicy { path: PathBuf, content: String },
     #[error(
         "generation {number} does not exist; `shoal-agent history` lists the generations kept"
     )]
@@ -134,6 +136,25 @@ pub struct SyncResult {
 pub struct Enrolled {
     pub collector: String,
     pub key_id: KeyId,
+}
+
+/// The watermark file's records.
+struct Watermark {
+    commit: ObjectId,
+    release: Option<LastRelease>,
+    policy: Option<PolicyRecord>,
+}
+
+/// `policy COMMIT BLOB`, as `record_watermark` writes it.
+fn parse_policy_line(line: &str) -> Option<PolicyRecord> {
+    let fields: Vec<&str> = line.split(' ').collect();
+    let ["policy", commit, blob] = fields[..] else {
+        return None;
+    };
+    Some(PolicyRecord {
+        commit: ObjectId::from_hex(commit.as_bytes()).ok()?,
+        blob: ObjectId::from_hex(blob.as_bytes()).ok()?,
+    })
 }
 
 /// `release ENVIRONMENT N TAG TAGGER_TIME`, as `record_watermark` writes it.
@@ -221,7 +242,7 @@ impl StateDir {
     /// (one rename moves both); a branch-mode verdict keeps the release already recorded, so a
     /// device switched back to an environment does not forget how far it had come.
     pub fn record_watermark(&self, commit: &Verified) -> Result<(), StateError> {
-        let previous = self.read_watermark()?.and_then(|(_, release)| release);
+        let previous = self.read_watermark()?.and_then(|w| w.release);
         let release = commit.release().map(|r| r.last()).or(previous);
         let mut text = format!("{}\n", commit.commit());
         if let Some(release) = release {
@@ -229,6 +250,11 @@ impl StateDir {
                 "release {} {} {} {}\n",
                 release.name.environment, release.name.number, release.tag, release.tagger_time
             ));
+        }
+        // The trusted policy moves in the same rename as the commit: a device can never hold a
+        // commit without the policy that was in force for it.
+        if let Some(policy) = commit.policy() {
+            text.push_str(&format!("policy {} {}\n", policy.commit, policy.blob));
         }
         let path = self.dir.join(WATERMARK_FILE);
         paths::write_atomic(&path, text.as_bytes())?;
@@ -501,18 +527,24 @@ impl StateView {
     /// The newest commit this device ever applied (anti-rollback watermark). A corrupt file is
     /// an error, never "no watermark".
     pub fn applied_commit(&self) -> Result<Option<ObjectId>, StateError> {
-        Ok(self.read_watermark()?.map(|(commit, _)| commit))
+        Ok(self.read_watermark()?.map(|w| w.commit))
+    }
+
+    /// The repository policy this device trusts (`.shoal/policy.toml`: the commit that brought
+    /// it and its blob), kept with the watermark. A corrupt record is an error, never "none".
+    pub fn applied_policy(&self) -> Result<Option<PolicyRecord>, StateError> {
+        Ok(self.read_watermark()?.and_then(|w| w.policy))
     }
 
     /// The last release this device accepted (environment mode), kept with the watermark. A
     /// corrupt record is an error, never "no release".
     pub fn applied_release(&self) -> Result<Option<LastRelease>, StateError> {
-        Ok(self.read_watermark()?.and_then(|(_, release)| release))
+        Ok(self.read_watermark()?.and_then(|w| w.release))
     }
 
     /// The watermark file: the commit on the first line, the release (if any) on the second.
     /// Anything else fails closed.
-    fn read_watermark(&self) -> Result<Option<(ObjectId, Option<LastRelease>)>, StateError> {
+    fn read_watermark(&self) -> Result<Option<Watermark>, StateError> {
         let path = self.dir.join(WATERMARK_FILE);
         let Some(text) = paths::read_optional(&path)? else {
             return Ok(None);
@@ -524,24 +556,33 @@ impl StateView {
                 path: path.clone(),
                 content: text.trim().to_owned(),
             })?;
-        let release = match lines.next() {
-            None => None,
-            Some(line) => {
-                Some(
-                    parse_release_line(line).ok_or_else(|| StateError::CorruptRelease {
-                        path: path.clone(),
-                        content: line.to_owned(),
-                    })?,
-                )
-            }
+        let mut watermark = Watermark {
+            commit,
+            release: None,
+            policy: None,
         };
-        if let Some(extra) = lines.next() {
-            return Err(StateError::CorruptRelease {
-                path,
-                content: extra.to_owned(),
-            });
+        // At most one `release` line then at most one `policy` line, in that order.
+        for line in lines {
+            let corrupt = || StateError::CorruptRelease {
+                path: path.clone(),
+                content: line.to_owned(),
+            };
+            if line.starts_with("policy ") {
+                let corrupt = || StateError::CorruptPolicy {
+                    path: path.clone(),
+                    content: line.to_owned(),
+                };
+                if watermark.policy.is_some() {
+                    return Err(corrupt());
+                }
+                watermark.policy = Some(parse_policy_line(line).ok_or_else(corrupt)?);
+            } else if watermark.release.is_none() && watermark.policy.is_none() {
+                watermark.release = Some(parse_release_line(line).ok_or_else(corrupt)?);
+            } else {
+                return Err(corrupt());
+            }
         }
-        Ok(Some((commit, release)))
+        Ok(Some(watermark))
     }
 
     pub fn current(&self) -> Result<Option<Generation>, StateError> {
@@ -798,6 +839,7 @@ pub fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::verify::PolicyRecord;
 
     #[test]
     fn the_outbox_keeps_the_newest_reports_in_order_and_forgets_acked_ones() {
@@ -863,6 +905,34 @@ mod tests {
         drop(syncing);
         let (_reader, busy) = StateView::open(dir.path()).unwrap();
         assert!(!busy);
+    }
+
+    #[test]
+    fn the_trusted_policy_moves_with_the_commit_and_a_corrupt_policy_line_fails_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let commit = ObjectId::from_hex(b"0123456789abcdef0123456789abcdef01234567").unwrap();
+        let blob = ObjectId::from_hex(b"89abcdef0123456789abcdef0123456789abcdef").unwrap();
+        let policy = PolicyRecord { commit, blob };
+        state
+            .record_watermark(&Verified::for_tests(commit, "ops").with_policy_for_tests(policy))
+            .unwrap();
+        assert_eq!(state.applied_policy().unwrap(), Some(policy));
+        assert_eq!(state.applied_commit().unwrap(), Some(commit));
+
+        let path = dir.path().join(WATERMARK_FILE);
+        for corrupt in [
+            "policy nothex\n",
+            "policy a b c\n",
+            &format!("policy {commit} {blob}\npolicy {commit} {blob}\n"),
+        ] {
+            std::fs::write(&path, format!("{commit}\n{corrupt}")).unwrap();
+            let err = state.applied_policy().unwrap_err().to_string();
+            assert!(err.contains("is corrupt: its policy line"), "{err}");
+            assert!(err.contains("fails closed"), "{err}");
+            // The commit is not believed either: one corrupt line fails the whole file.
+            assert!(state.applied_commit().is_err());
+        }
     }
 
     #[test]

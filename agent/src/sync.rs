@@ -132,6 +132,8 @@ pub enum SyncOutcome {
         commit: ObjectId,
         plan: Plan,
         services: ServicePlan,
+        /// The repository policy the commit was verified under, if the repository has one.
+        policy: Option<verify::PolicyRecord>,
     },
     /// A new generation was applied.
     Applied {
@@ -248,6 +250,7 @@ fn sync_unheld(
     let policy = TrustPolicy::load(&config.trust)?;
     let watermark = state.applied_commit()?;
     let last_release = state.applied_release()?;
+    let trusted_policy = state.applied_policy()?;
     let (mut mirror, fetched) = timed(&mut timings.fetch_ms, || match bundle {
         Some(file) => {
             Mirror::from_bundle(&state.mirror(), file, &config.source, watermark, interrupt)
@@ -284,12 +287,21 @@ fn sync_unheld(
                 let context = ReleaseContext {
                     environment,
                     applied: watermark,
+                    policy: trusted_policy,
+                    approvals: &fetched.approvals,
                     last: last_release.as_ref(),
                     now: i64::try_from(unix_now()).unwrap_or(i64::MAX),
                 };
                 verify::verify_release(mirror.repo(), &policy, context, fetched.tip)
             }
-            None => verify::verify_update(mirror.repo(), &policy, watermark, fetched.tip),
+            None => {
+                let anchor = verify::Anchor {
+                    applied: watermark,
+                    policy: trusted_policy,
+                    approvals: &fetched.approvals,
+                };
+                verify::verify_update(mirror.repo(), &policy, &anchor, fetched.tip)
+            }
         }
     })
     .inspect_err(|e| {
@@ -385,6 +397,7 @@ fn sync_unheld(
             commit,
             plan,
             services: service_plan,
+            policy: verified.policy(),
         });
     }
     let nothing_to_do = plan.is_empty() && service_plan.is_empty();

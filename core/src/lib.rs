@@ -2,12 +2,14 @@
 //! HTTP, no filesystem, no clock): `render` (`shoal.toml` + a device → its desired state, reading
 //! only through `RepoTree`), `plan` (desired state + previous generation + a snapshot of the disk
 //! → what to write and remove), `services` (the service plan between two generations),
-//! `signature` (SSHSIG commit and tag signatures and `allowed_signers`) and `release` (release
-//! tags: parsing and the acceptance rules, the clock passed in). The agent gives them trees, files
+//! `signature` (SSHSIG commit and tag signatures, `allowed_signers` and revoked keys), `policy`
+//! (the repository's `.shoal/policy.toml`: principals, root, path rules, thresholds) and `release`
+//! (release tags: parsing and the acceptance rules, the clock passed in). The agent gives them trees, files
 //! and snapshots and carries out what they decide; `tests/no_io.rs` keeps the crate pure.
 
 pub mod duration;
 pub mod plan;
+pub mod policy;
 pub mod release;
 pub mod render;
 pub mod services;

@@ -183,6 +183,30 @@ impl ConfigRepo {
             .success()
     }
 
+    /// Whether `git verify-commit` trusting `allowed_signers` and refusing the keys in
+    /// `revocation_file` (`gpg.ssh.revocationFile`: a KRL or a list of keys) accepts `rev`.
+    pub fn git_verifies_revoking(
+        &self,
+        allowed_signers: impl AsRef<Path>,
+        revocation_file: impl AsRef<Path>,
+        rev: &str,
+    ) -> bool {
+        let trust = format!(
+            "gpg.ssh.allowedSignersFile={}",
+            allowed_signers.as_ref().display()
+        );
+        let revoked = format!(
+            "gpg.ssh.revocationFile={}",
+            revocation_file.as_ref().display()
+        );
+        output(
+            self.git_cmd()
+                .args(["-c", &trust, "-c", &revoked, "verify-commit", rev]),
+        )
+        .status
+        .success()
+    }
+
     /// Makes the annotated tag `name` on `target` with `message`, signed with `key` as stock git
     /// does (`git tag -s`, `gpg.format=ssh`), tagged at `unix_time` (UTC) if given; replaces a tag
     /// of that name. Returns the tag object's id.

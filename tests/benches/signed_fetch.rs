@@ -2,9 +2,11 @@
 //! branch, following a signed release in environment mode, and from a private repository with a
 //! deploy token in `auth_file`), next to plain `git fetch` into a
 //! mirror of the same repository over the same HTTPS server, and how long verifying a range of
-//! 1,000 signed commits takes next to `git verify-commit`.
+//! 1,000 signed commits takes next to `git verify-commit`, and under a repository policy of 50
+//! path rules next to the same range without one.
 //!
-//! Run: `cargo bench -p shoal-e2e --bench signed_fetch` (add `-- --quick` for fewer rounds).
+//! Run: `cargo bench -p shoal-e2e --bench signed_fetch` (add `-- --quick` for fewer rounds;
+//! `-- --policy` for the policy comparison alone).
 
 use std::process::Command;
 use std::time::Duration;
@@ -67,8 +69,84 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
 
+/// Rules in the policy of the policy comparison.
+const RULES: usize = 50;
+
+/// The same 1,000 commits (each adds a file under one of `RULES` directories, round robin) in
+/// two repositories, one whose first commit carries a `.shoal/policy.toml` with a rule per
+/// directory and one without; `verify --since first --rev tip` on each.
+fn policy_range(root: &std::path::Path, rounds: usize) {
+    let key = SigningKey::generate(root.join("policy-keys"), "alice");
+    let other = SigningKey::generate(root.join("policy-keys"), "bob");
+    let signers = root.join("policy_signers");
+    write_allowed_signers(&signers, &[("alice", &key), ("bob", &other)]);
+    let mut policy = format!(
+        "version = 1\n[principals]\nalice = \"{}\"\nbob = \"{}\"\n[root]\nprincipals = [\"alice\", \"bob\"]\nthreshold = 2\n",
+        key.public_line(),
+        other.public_line()
+    );
+    for r in 0..RULES {
+        policy.push_str(&format!(
+            "[[rule]]\nname = \"rule {r}\"\npaths = [\"rules/r{r:02}/**\", \"extra/r{r:02}/*.conf\"]\nprincipals = [\"bob\", \"alice\"]\nthreshold = 1\n"
+        ));
+    }
+    let mut measured = Vec::new();
+    for (what, with_policy) in [
+        ("without a policy", false),
+        ("under a 50-rule policy", true),
+    ] {
+        eprintln!("making {COMMITS} signed commits ({what})…");
+        let repo = ConfigRepo::init(root.join(format!("policy-work-{with_policy}")));
+        repo.write("shoal.toml", "version = 1\n");
+        if with_policy {
+            repo.write(".shoal/policy.toml", &policy);
+        }
+        let first = repo.commit_signed(&key, "commit 0");
+        for i in 1..COMMITS {
+            // The last rules match last: the worst case of first-match order for most commits.
+            let r = RULES - 1 - (i % RULES);
+            repo.write(format!("rules/r{r:02}/f{i:04}.conf"), format!("{i}\n"));
+            repo.commit_signed(&key, &format!("commit {i}"));
+        }
+        let tip = repo.head();
+        let walls: Vec<_> = (0..rounds)
+            .map(|_| {
+                let mut c = Command::new(agent_bin());
+                c.arg("verify")
+                    .arg(repo.path())
+                    .args(["--rev", &tip, "--since", &first, "--allowed-signers"])
+                    .arg(&signers);
+                measure(&mut c).wall
+            })
+            .collect();
+        measured.push((what, median(walls)));
+    }
+    println!(
+        "\n## Verifying a range of {} commits, with and without a repository policy (median of {rounds})\n",
+        COMMITS - 1
+    );
+    println!("| what | wall | per commit |");
+    println!("| --- | --- | --- |");
+    for (what, wall) in &measured {
+        println!(
+            "| `shoal-agent verify --since` {what} | {} | {:.3} ms |",
+            ms(*wall),
+            wall.as_secs_f64() * 1e3 / (COMMITS - 1) as f64
+        );
+    }
+    println!(
+        "\npolicy / no policy: {:.2}× (budget: 2×)",
+        measured[1].1.as_secs_f64() / measured[0].1.as_secs_f64()
+    );
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    if std::env::args().any(|a| a == "--policy") {
+        let dir = tempfile::tempdir().expect("tempdir");
+        policy_range(dir.path(), if quick { 3 } else { 7 });
+        return;
+    }
     let n = if quick { 5 } else { 25 };
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
@@ -268,4 +346,5 @@ fn main() {
         "\nshoal-agent is {:.1}× faster than git verify-commit",
         theirs_wall.as_secs_f64() / ours_wall.as_secs_f64()
     );
+    policy_range(root, verify_rounds);
 }

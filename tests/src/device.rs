@@ -116,6 +116,13 @@ verify = "{verify}"
         std::fs::write(self.config_path(), config).expect("write agent.toml");
     }
 
+    /// Adds `line` (e.g. `revoked_keys = "…"`) to the device's `[trust]` table.
+    pub fn trust_option(&self, line: &str) {
+        let config = std::fs::read_to_string(self.config_path()).expect("read agent.toml");
+        let config = config.replacen("[trust]\n", &format!("[trust]\n{line}\n"), 1);
+        std::fs::write(self.config_path(), config).expect("write agent.toml");
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.join("agent.toml")
     }

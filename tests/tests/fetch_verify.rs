@@ -525,3 +525,180 @@ fn a_sha256_repository_is_refused_naming_the_limitation_and_nothing_is_written()
         }
     }
 }
+
+#[test]
+fn a_revoked_key_is_refused_in_tip_and_range_mode_and_by_verify_whatever_allowed_signers_says() {
+    let Some(s) = Scenario::new() else { return };
+    let deputy = SigningKey::generate(s.dir.path().join("keys"), "deputy");
+    write_allowed_signers(
+        &s.allowed_signers,
+        &[
+            ("operator@example", &s.operator),
+            ("deputy@example", &deputy),
+        ],
+    );
+    s.repo.write("shoal.toml", shoal_e2e::MOTD_MANIFEST);
+    s.repo.write("motd", "before\n");
+    let first = s.repo.commit_signed(&s.operator, "before the revocation");
+    s.publish();
+    let server = HttpsGitServer::start(s.srv());
+    let ca = format!("ca_file = \"{}\"", server.ca_pem_path().display());
+    let range_device = s.device(&server.url("config.git"), "range", &ca);
+    let tip_device = Device::new(
+        s.dir.path().join("tip-device"),
+        &server.url("config.git"),
+        &s.allowed_signers,
+        "tip",
+        &ca,
+    );
+    for device in [&range_device, &tip_device] {
+        device.sync().assert_ok();
+    }
+    let motd = |device: &Device| {
+        std::fs::read_to_string(device.config_path().with_file_name("root/etc/motd"))
+            .expect("the device's motd")
+    };
+
+    // The operator's key is revoked, first as git's plain list of public keys; allowed_signers
+    // still trusts it.
+    let list = s.dir.path().join("revoked_keys");
+    std::fs::write(
+        &list,
+        format!("# lost laptop\n{}\n", s.operator.public_line()),
+    )
+    .unwrap();
+    // Then as a KRL from `ssh-keygen -k`: the key itself, its SHA256 and its SHA1 fingerprint.
+    let krl = |name: &str, spec: String| {
+        let spec_path = s.dir.path().join(format!("{name}.spec"));
+        std::fs::write(&spec_path, spec).unwrap();
+        let path = s.dir.path().join(name);
+        shoal_e2e::run(
+            std::process::Command::new("ssh-keygen")
+                .args(["-q", "-k", "-f"])
+                .arg(&path)
+                .arg(&spec_path),
+        );
+        path
+    };
+    let fingerprint = s.operator.fingerprint();
+    let files = [
+        list,
+        krl("krl-key", format!("key: {}\n", s.operator.public_line())),
+        krl("krl-sha256", format!("hash: {fingerprint}\n")),
+        krl("krl-sha1", format!("sha1: {}\n", s.operator.public_line())),
+    ];
+    for revoked in &files {
+        for device in [&range_device, &tip_device] {
+            let config = std::fs::read_to_string(device.config_path()).unwrap();
+            let config = config
+                .lines()
+                .filter(|line| !line.starts_with("revoked_keys"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            std::fs::write(device.config_path(), config + "\n").unwrap();
+            device.trust_option(&format!("revoked_keys = \"{}\"", revoked.display()));
+        }
+
+        // Tip mode: the revoked key signs the tip.
+        s.repo.reset_hard(&first);
+        s.repo.write("motd", "by a revoked key\n");
+        let bad = s
+            .repo
+            .commit_signed(&s.operator, "signed after the revocation");
+        s.publish();
+        let reason = format!(
+            "the commit is signed by key {fingerprint}, which is revoked by {}",
+            revoked.display()
+        );
+        tip_device.sync().expect(1, &reason).expect(1, &bad);
+        assert_eq!(tip_device.applied().as_deref(), Some(first.as_str()));
+        assert_eq!(
+            motd(&tip_device),
+            "before\n",
+            "the refused commit changed nothing"
+        );
+        assert!(!s
+            .repo
+            .git_verifies_revoking(&s.allowed_signers, revoked, &bad));
+
+        // Range mode: the revoked key's commit hides under a tip the deputy signed.
+        s.repo.write("motd", "after\n");
+        let tip = s.repo.commit_signed(&deputy, "trusted tip on top");
+        s.publish();
+        range_device
+            .sync()
+            .expect(
+                1,
+                &format!("commit {bad} between the applied commit {first}"),
+            )
+            .expect(1, &reason);
+        assert_eq!(range_device.applied().as_deref(), Some(first.as_str()));
+        assert_eq!(motd(&range_device), "before\n");
+        assert!(s
+            .repo
+            .git_verifies_revoking(&s.allowed_signers, revoked, &tip));
+
+        // `verify` in the repo's CI says the same, with the file given on the command line.
+        let verify = tip_device.agent(&[
+            "verify",
+            &s.repo.path().display().to_string(),
+            "--rev",
+            &bad,
+            "--allowed-signers",
+            &s.allowed_signers.display().to_string(),
+            "--revoked-keys",
+            &revoked.display().to_string(),
+        ]);
+        verify.expect(1, &reason);
+    }
+    // The deputy's key was never revoked: its own commit on top of `first` is followed.
+    s.repo.reset_hard(&first);
+    s.repo.write("motd", "deputy\n");
+    let good = s.repo.commit_signed(&deputy, "deputy's change");
+    s.publish();
+    range_device.sync().assert_ok();
+    assert_eq!(range_device.applied().as_deref(), Some(good.as_str()));
+    assert_eq!(motd(&range_device), "deputy\n");
+}
+
+#[test]
+fn a_revocation_file_that_cannot_be_read_whole_refuses_every_commit_and_names_the_file() {
+    let Some(s) = Scenario::new() else { return };
+    let first = s.push_signed("first");
+    let device = s.local_device("range");
+    device.sync().assert_ok();
+    let second = s.push_signed("second");
+
+    let revoked = s.dir.path().join("revoked_keys");
+    let cases: [(&str, &[u8], String); 3] = [
+        (
+            "missing",
+            b"",
+            format!("cannot read the revoked keys file {}", revoked.display()),
+        ),
+        (
+            "not a key",
+            b"# ok\nssh-ed25519 not-base64\n",
+            format!("{}:2: not a public key (", revoked.display()),
+        ),
+        (
+            "a KRL certificates section",
+            b"SSHKRL\n\0\0\0\0\x01\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\x01\0\0\0\x01x",
+            format!(
+                "{}: the KRL has a certificates section (type 1, at byte 44) which Shoal does not read",
+                revoked.display()
+            ),
+        ),
+    ];
+    device.trust_option(&format!("revoked_keys = \"{}\"", revoked.display()));
+    for (name, bytes, reason) in cases {
+        let _ = std::fs::remove_file(&revoked);
+        if name != "missing" {
+            std::fs::write(&revoked, bytes).unwrap();
+        }
+        device.sync().expect(2, &reason);
+        assert_eq!(device.applied().as_deref(), Some(first.as_str()), "{name}");
+    }
+    std::fs::write(&revoked, "").unwrap();
+    device.sync().expect(0, &second);
+}

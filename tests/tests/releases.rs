@@ -530,6 +530,35 @@ fn a_release_signed_by_a_key_not_allowed_is_refused() {
 }
 
 #[test]
+fn a_release_signed_by_a_revoked_key_is_refused_though_allowed_signers_lists_it() {
+    let Some(r) = Releases::new() else { return };
+    r.at_release_1();
+
+    // The bot's key leaked: it is revoked on the device (a KRL by fingerprint), while
+    // allowed_signers still lists it.
+    let spec = r.s.dir.path().join("revoke.spec");
+    std::fs::write(&spec, format!("hash: {}\n", r.bot.fingerprint())).unwrap();
+    let krl = r.s.dir.path().join("revoked.krl");
+    shoal_e2e::run(
+        std::process::Command::new("ssh-keygen")
+            .args(["-q", "-k", "-f"])
+            .arg(&krl)
+            .arg(&spec),
+    );
+    r.s.device
+        .trust_option(&format!("revoked_keys = \"{}\"", krl.display()));
+
+    let second = r.commit("second\n");
+    let tag = r.tag(&r.bot, "production/2", &second, FAR_FUTURE, None);
+    r.serve("production/2");
+    r.refused(&format!(
+        "refusing release tag {tag} at {PRODUCTION_REF}: the tag is signed by key {}, which is revoked by {} (KRL, SHA256 fingerprint)",
+        r.bot.fingerprint(),
+        krl.display()
+    ));
+}
+
+#[test]
 fn a_release_tag_whose_object_is_not_a_commit_is_refused() {
     let Some(r) = Releases::new() else { return };
     r.at_release_1();

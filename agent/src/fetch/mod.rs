@@ -23,6 +23,7 @@ use crate::paths::{self, PathError};
 use crate::proxy::{self, ProxyError};
 use crate::state::MirrorDir;
 use crate::tls::{self, TlsError};
+use crate::verify::{Approval, APPROVAL_PREFIX};
 
 mod bound;
 mod bundle;
@@ -37,6 +38,27 @@ pub use inspect::Damage;
 
 /// Where the fetched (not yet verified) tip of the tracked ref is kept in the mirror.
 pub const FETCHED_REF: &str = "refs/shoal/fetched";
+
+/// The approval tags. gix fetches a pattern only with a destination, so their refs land under
+/// [`APPROVAL_REFS`] and are deleted as soon as the fetch returns (and at every open, after a
+/// crash in between): what counts is the advertisement, and a ref into a pack that `discard`
+/// removes would read as damage.
+const APPROVAL_REFSPEC: &str = "+refs/tags/shoal-approve/*:refs/shoal/approve/*";
+const APPROVAL_REFS: &str = "refs/shoal/approve/";
+
+/// Deletes the refs a fetch of approval tags left (see [`APPROVAL_REFSPEC`]).
+fn drop_approval_refs(repo: &gix::Repository) -> Result<(), gix::Error> {
+    let references = repo.references().map_err(gix::Error::from_error)?;
+    let refs: Vec<_> = references
+        .prefixed(APPROVAL_REFS)
+        .map_err(gix::Error::from_error)?
+        .filter_map(Result::ok)
+        .collect();
+    for reference in refs {
+        reference.delete().map_err(gix::Error::from_error)?;
+    }
+    Ok(())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -171,6 +193,9 @@ pub struct Fetched {
     /// Why the mirror was found damaged and rebuilt from scratch during this fetch, if it was.
     /// The fetch still succeeded; the caller reports the healing.
     pub healed: Option<String>,
+    /// The approval tags (`refs/tags/shoal-approve/<commit>/<name>`) the server advertised in
+    /// the same ref advertisement, their tag objects fetched with the tip; none from a bundle.
+    pub approvals: Vec<Approval>,
 }
 
 /// The agent's private bare clone of the configuration repository. A cache: it may be deleted
@@ -344,6 +369,7 @@ impl Mirror {
                 received_pack: true,
                 elapsed: started.elapsed(),
                 healed: None,
+                approvals: Vec::new(),
             },
         ))
     }
@@ -378,6 +404,10 @@ impl Mirror {
             Err(e) => return Err(failed(e.to_string())),
         }
         let repo = open_isolated(dir).map_err(|e| Damage::Open {
+            path: dir.to_owned(),
+            message: error_chain(&e),
+        })?;
+        drop_approval_refs(&repo).map_err(|e| Damage::Open {
             path: dir.to_owned(),
             message: error_chain(&e),
         })?;
@@ -445,9 +475,11 @@ impl Mirror {
                     message: format!("invalid URL: {}", error_chain(&e)),
                 })
             })?
-            // Tags are not used, and fetching them would write refs gix does not sync.
+            // Tags are not followed, and fetching them would write refs gix does not sync; the
+            // approval tags the policy counts come by their own refspec, in the same
+            // advertisement (no round trip more), their objects without refs.
             .with_fetch_tags(gix::remote::fetch::Tags::None)
-            .with_refspecs([refspec.as_str()], Direction::Fetch)
+            .with_refspecs([refspec.as_str(), APPROVAL_REFSPEC], Direction::Fetch)
             .map_err(|e| Attempt::Transient(error_chain(&e)))?;
         let meter = bound::Meter::new(bound::Limits {
             max_fetch: source.max_fetch,
@@ -517,10 +549,25 @@ impl Mirror {
                 reference: source.reference.clone(),
             })
         };
-        let tip = prepare
-            .ref_map()
-            .mappings
-            .first()
+        let mappings = &prepare.ref_map().mappings;
+        let approvals: Vec<Approval> = mappings
+            .iter()
+            .filter_map(|m| {
+                let name = m.remote.as_name()?.to_string();
+                let id = m.remote.as_id()?.to_owned();
+                name.starts_with(APPROVAL_PREFIX).then_some(Approval {
+                    reference: name,
+                    tag: id,
+                })
+            })
+            .collect();
+        let tip = mappings
+            .iter()
+            .find(|m| {
+                m.remote
+                    .as_name()
+                    .is_some_and(|name| name == source.reference.as_str())
+            })
             .ok_or_else(not_found)?
             .remote
             .as_id()
@@ -536,9 +583,11 @@ impl Mirror {
                 received_pack: false,
                 elapsed: started.elapsed(),
                 healed: None,
+                approvals,
             });
         }
         let received = prepare.receive(gix::progress::Discard, interrupt);
+        drop_approval_refs(&self.repo).map_err(transient)?;
         if let Some(refusal) = refused(&meter) {
             // gix drops its temp files when it fails; but the bytes past a bound may come after
             // the pack's checksum, once the pack is in place.
@@ -566,6 +615,7 @@ impl Mirror {
             received_pack,
             elapsed: started.elapsed(),
             healed: None,
+            approvals,
         })
     }
 

@@ -7,16 +7,23 @@ use std::path::PathBuf;
 use gix::ObjectId;
 use shoal_proto::CommitId;
 
+use std::collections::HashMap;
+
+use shoal_core::policy::POLICY_PATH;
+
+use super::chain::{Approval, Chain, ChainError, CommitReport, InForce, PolicyRecord};
 use crate::config::{TrustConfig, VerifyMode};
 use crate::errors::error_chain;
 use shoal_core::release::{LastRelease, Refusal, ReleaseError, ReleaseName};
 use shoal_core::signature::sshsig::{self, SignatureError, Signer};
-use shoal_core::signature::{AllowedSigners, SignersError};
+use shoal_core::signature::{AllowedSigners, RevokedError, SignersError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     #[error(transparent)]
     Signers(#[from] SignersError),
+    #[error(transparent)]
+    Revoked(#[from] RevokedError),
     #[error("{} has no trusted signers; add at least one `principal namespaces=\"git\" ssh-ed25519 AAAA…` line", path.display())]
     NoSigners { path: PathBuf },
     #[error("refusing commit {commit}: {source}")]
@@ -66,12 +73,56 @@ pub enum VerifyError {
         #[source]
         source: Box<Refusal>,
     },
+    #[error("refusing tip {tip}: {source}")]
+    Chain {
+        tip: ObjectId,
+        #[source]
+        source: Box<ChainError>,
+    },
+    #[error("refusing tip {tip}: the repository has a {POLICY_PATH}, whose path rules and thresholds are checked commit by commit, so it needs `[trust] verify = \"range\"`; set that in the agent config")]
+    PolicyNeedsRange { tip: ObjectId },
+    #[error(transparent)]
+    PolicyMismatch(Box<PolicyMismatch>),
+    #[error(transparent)]
+    ReleaseRights(Box<ReleaseRights>),
     #[error("refusing release {release} (tag {tag}): {source}")]
     ReleaseCommit {
         release: Box<ReleaseName>,
         tag: ObjectId,
         #[source]
         source: Box<VerifyError>,
+    },
+}
+
+/// The trusted policy recorded with the watermark is not the applied commit's.
+#[derive(Debug, thiserror::Error)]
+#[error("the device trusts the policy {POLICY_PATH} of commit {} (blob {}), but the applied commit {applied} has {}; refusing to guess which policy is in force (fails closed): restore the mirror, or write the right `policy COMMIT BLOB` line in the watermark file", .recorded.commit, .recorded.blob, .found.map_or("no policy".to_owned(), |b| format!("blob {b}")))]
+pub struct PolicyMismatch {
+    pub applied: ObjectId,
+    pub recorded: PolicyRecord,
+    pub found: Option<ObjectId>,
+}
+
+/// A release the repository policy does not allow: who signed it, or how long it lives.
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseRights {
+    #[error("refusing release tag {tag} at {reference}: it is signed by {principal}, who may not release `{environment}` under {POLICY_PATH} of commit {policy_commit} ({allowed}); sign releases with a key of a principal in that environment's `release` list")]
+    Signer {
+        reference: String,
+        tag: ObjectId,
+        principal: String,
+        environment: String,
+        policy_commit: ObjectId,
+        allowed: String,
+    },
+    #[error("refusing release tag {tag} at {reference}: it expires {lifetime_secs}s after its tagger time, more than the max_age ({max_age_secs}s) of environment `{environment}` in {POLICY_PATH} of commit {policy_commit}; release with a shorter --expires")]
+    TooLong {
+        reference: String,
+        tag: ObjectId,
+        environment: String,
+        lifetime_secs: i64,
+        max_age_secs: u64,
+        policy_commit: ObjectId,
     },
 }
 
@@ -86,19 +137,25 @@ impl VerifyError {
 pub struct TrustPolicy {
     pub signers: AllowedSigners,
     pub mode: VerifyMode,
+    /// How many allowed_signers principals must sign the repository's first policy.
+    pub root_threshold: usize,
 }
 
 impl TrustPolicy {
     pub fn load(config: &TrustConfig) -> Result<Self, VerifyError> {
-        let signers = super::load_signers(&config.allowed_signers)?;
+        let mut signers = super::load_signers(&config.allowed_signers)?;
         if signers.is_empty() {
             return Err(VerifyError::NoSigners {
                 path: config.allowed_signers.clone(),
             });
         }
+        if let Some(path) = &config.revoked_keys {
+            signers = signers.with_revoked(super::load_revoked(path)?);
+        }
         Ok(TrustPolicy {
             signers,
             mode: config.verify,
+            root_threshold: config.root_threshold,
         })
     }
 }
@@ -112,6 +169,8 @@ pub struct Verified {
     commits_checked: usize,
     /// The release that named the commit, in environment mode.
     release: Option<AcceptedRelease>,
+    /// The repository policy in force at the commit, once the repository has one.
+    policy: Option<PolicyRecord>,
 }
 
 /// The release tag a device accepted (environment mode): what it persists with its watermark
@@ -157,6 +216,10 @@ impl Verified {
     pub fn release(&self) -> Option<&AcceptedRelease> {
         self.release.as_ref()
     }
+    /// The repository policy in force at the commit (`None` before the repository has one).
+    pub fn policy(&self) -> Option<PolicyRecord> {
+        self.policy
+    }
     /// A `Verified` carrying a release, for unit tests of the state records.
     #[cfg(test)]
     pub(crate) fn for_tests_with_release(
@@ -173,6 +236,13 @@ impl Verified {
         self
     }
 
+    /// This verdict with a trusted policy, for unit tests of the state records.
+    #[cfg(test)]
+    pub(crate) fn with_policy_for_tests(mut self, policy: PolicyRecord) -> Verified {
+        self.policy = Some(policy);
+        self
+    }
+
     /// A `Verified` for unit tests of the code that consumes one (the state records): only
     /// test builds have it.
     #[cfg(test)]
@@ -185,6 +255,7 @@ impl Verified {
             },
             commits_checked: 1,
             release: None,
+            policy: None,
         }
     }
 }
@@ -194,11 +265,263 @@ pub fn commit_id(id: ObjectId) -> CommitId {
     CommitId::from_raw(id.as_bytes()).expect("a git object id is 20 or 32 bytes")
 }
 
-/// Decides whether the device may move from `applied` (None on first sync) to `tip`.
+/// Where the device stands: the applied commit (None on first sync), the policy it trusts, and the
+/// approval tags the server offered.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Anchor<'a> {
+    pub applied: Option<ObjectId>,
+    pub policy: Option<PolicyRecord>,
+    pub approvals: &'a [Approval],
+}
+
+impl<'a> Anchor<'a> {
+    /// A device at `applied` with no policy and no approvals (tests, `verify --since`).
+    pub fn at(applied: Option<ObjectId>) -> Anchor<'a> {
+        Anchor {
+            applied,
+            policy: None,
+            approvals: &[],
+        }
+    }
+}
+
+/// The policy in force at the anchor: the one the device recorded, checked against the applied
+/// commit's tree (a mismatch fails closed); a device that applied a commit with a policy before
+/// it recorded policies adopts that commit's.
+pub(crate) fn anchor_in_force(
+    chain: &mut Chain<'_>,
+    anchor: &Anchor<'_>,
+) -> Result<InForce, VerifyError> {
+    let Some(applied) = anchor.applied else {
+        return Ok(InForce::Bootstrap);
+    };
+    let found = chain
+        .policy_blob(applied)
+        .map_err(|e| chain_error(applied, e))?;
+    match (anchor.policy, found) {
+        (None, None) => Ok(InForce::Bootstrap),
+        (None, Some(_)) => chain
+            .in_force_at(applied, applied, &InForce::Bootstrap)
+            .map_err(|e| chain_error(applied, e)),
+        (Some(recorded), Some((blob, _))) if blob == recorded.blob => chain
+            .in_force_at(applied, recorded.commit, &InForce::Bootstrap)
+            .map_err(|e| chain_error(applied, e)),
+        (Some(recorded), found) => Err(VerifyError::PolicyMismatch(Box::new(PolicyMismatch {
+            applied,
+            recorded,
+            found: found.map(|(blob, _)| blob),
+        }))),
+    }
+}
+
+fn chain_error(tip: ObjectId, source: ChainError) -> VerifyError {
+    VerifyError::Chain {
+        tip,
+        source: Box::new(source),
+    }
+}
+
+/// Decides whether the device may move from the anchor's applied commit (None on first sync) to
+/// `tip`.
 ///
-/// On first sync there is no applied commit to measure a range from, so only the tip is
-/// checked: its signature covers its whole tree, and older history is not applied.
+/// Without a repository policy (none trusted, none at the tip), on first sync only the tip is
+/// checked: its signature covers its whole tree, and older history is not applied. With one, the
+/// policy chain is walked (from the first commit on a first sync).
 pub fn verify_update(
+    repo: &gix::Repository,
+    policy: &TrustPolicy,
+    anchor: &Anchor<'_>,
+    tip: ObjectId,
+) -> Result<Verified, VerifyError> {
+    let mut chain = Chain::new(
+        repo,
+        &policy.signers,
+        policy.root_threshold,
+        anchor.approvals,
+    );
+    let in_force = anchor_in_force(&mut chain, anchor)?;
+    let tip_has_policy = chain
+        .policy_blob(tip)
+        .map_err(|e| chain_error(tip, e))?
+        .is_some();
+    if in_force.policy().is_some() || tip_has_policy {
+        return verify_chain(repo, policy, &mut chain, in_force, anchor.applied, tip);
+    }
+    verify_signatures(repo, policy, anchor.applied, tip)
+}
+
+/// The repository policy's way: every commit since the anchor, parents first, under the policy
+/// in force at each parent.
+fn verify_chain(
+    repo: &gix::Repository,
+    policy: &TrustPolicy,
+    chain: &mut Chain<'_>,
+    anchor: InForce,
+    applied: Option<ObjectId>,
+    tip: ObjectId,
+) -> Result<Verified, VerifyError> {
+    if policy.mode != VerifyMode::Range {
+        return Err(VerifyError::PolicyNeedsRange { tip });
+    }
+    if applied == Some(tip) {
+        let signer = chain
+            .check_signature(tip, &anchor)
+            .map_err(|e| chain_error(tip, e))?;
+        return Ok(Verified {
+            commit: tip,
+            signer,
+            commits_checked: 1,
+            release: None,
+            policy: anchor.record(),
+        });
+    }
+    if let Some(applied) = applied {
+        check_descends(repo, applied, tip)?;
+    }
+    let commits = topological(repo, applied, tip)?;
+    let mut after: HashMap<ObjectId, InForce> = HashMap::new();
+    let mut tip_signer = None;
+    for (commit, parents) in &commits {
+        let parent_states: Vec<(Option<ObjectId>, InForce)> = if parents.is_empty() {
+            vec![(None, InForce::Bootstrap)]
+        } else {
+            parents
+                .iter()
+                .map(|p| {
+                    (
+                        Some(*p),
+                        after.get(p).cloned().unwrap_or_else(|| anchor.clone()),
+                    )
+                })
+                .collect()
+        };
+        let report = chain
+            .check_commit(*commit, &parent_states, false)
+            .map_err(|e| chain_error(tip, e))?;
+        let inherited = &parent_states[0].1;
+        let state = chain
+            .in_force_at(*commit, *commit, inherited)
+            .map_err(|e| chain_error(tip, e))?;
+        if state.policy().is_none() && parent_states.iter().any(|(_, s)| s.policy().is_some()) {
+            return Err(chain_error(tip, ChainError::Removed { commit: *commit }));
+        }
+        if *commit == tip {
+            tip_signer = Some(report.signer);
+        }
+        after.insert(*commit, state);
+    }
+    let signer = tip_signer.ok_or_else(|| VerifyError::Object {
+        commit: tip,
+        message: "the tip is not in its own history walk".into(),
+    })?;
+    Ok(Verified {
+        commit: tip,
+        signer,
+        commits_checked: commits.len(),
+        release: None,
+        policy: after.get(&tip).and_then(InForce::record),
+    })
+}
+
+/// `verify --policy`: every commit since the anchor (all of history without one), parents
+/// first, with which rule allowed or refused each changed path, against each parent; nothing is
+/// refused on the way (a bad signature or an unreadable policy still stops it).
+pub fn explain(
+    repo: &gix::Repository,
+    policy: &TrustPolicy,
+    anchor: &Anchor<'_>,
+    tip: ObjectId,
+) -> Result<Vec<CommitReport>, VerifyError> {
+    let mut chain = Chain::new(
+        repo,
+        &policy.signers,
+        policy.root_threshold,
+        anchor.approvals,
+    );
+    let anchor_state = anchor_in_force(&mut chain, anchor)?;
+    if let Some(applied) = anchor.applied {
+        check_descends(repo, applied, tip)?;
+    }
+    let mut after: HashMap<ObjectId, InForce> = HashMap::new();
+    let mut reports = Vec::new();
+    for (commit, parents) in topological(repo, anchor.applied, tip)? {
+        let parent_states: Vec<(Option<ObjectId>, InForce)> = if parents.is_empty() {
+            vec![(None, InForce::Bootstrap)]
+        } else {
+            parents
+                .iter()
+                .map(|p| {
+                    (
+                        Some(*p),
+                        after
+                            .get(p)
+                            .cloned()
+                            .unwrap_or_else(|| anchor_state.clone()),
+                    )
+                })
+                .collect()
+        };
+        reports.push(
+            chain
+                .check_commit(commit, &parent_states, true)
+                .map_err(|e| chain_error(tip, e))?,
+        );
+        let state = chain
+            .in_force_at(commit, commit, &parent_states[0].1)
+            .map_err(|e| chain_error(tip, e))?;
+        after.insert(commit, state);
+    }
+    Ok(reports)
+}
+
+/// Commits reachable from `tip` but not from `applied` (all of them when `applied` is None),
+/// parents before children, each with its parents.
+pub(crate) fn topological(
+    repo: &gix::Repository,
+    applied: Option<ObjectId>,
+    tip: ObjectId,
+) -> Result<Vec<(ObjectId, Vec<ObjectId>)>, VerifyError> {
+    let walk_error = |e: gix::Error| VerifyError::Object {
+        commit: tip,
+        message: format!("cannot walk the history of the tip: {}", error_chain(&e)),
+    };
+    let walk = repo
+        .rev_walk([tip])
+        .with_hidden(applied)
+        .all()
+        .map_err(walk_error)?;
+    let mut parents_of: HashMap<ObjectId, Vec<ObjectId>> = HashMap::new();
+    for info in walk {
+        let info = info.map_err(walk_error)?;
+        parents_of.insert(info.id, info.parent_ids.iter().copied().collect());
+    }
+    // Depth-first post-order from the tip over the walked set: parents first.
+    let mut order = Vec::with_capacity(parents_of.len());
+    let mut done: std::collections::HashSet<ObjectId> = std::collections::HashSet::new();
+    let mut stack = vec![(tip, false)];
+    while let Some((id, expanded)) = stack.pop() {
+        if expanded {
+            if done.insert(id) {
+                order.push((id, parents_of.get(&id).cloned().unwrap_or_default()));
+            }
+            continue;
+        }
+        if done.contains(&id) {
+            continue;
+        }
+        stack.push((id, true));
+        for parent in parents_of.get(&id).into_iter().flatten() {
+            if parents_of.contains_key(parent) && !done.contains(parent) {
+                stack.push((*parent, false));
+            }
+        }
+    }
+    Ok(order)
+}
+
+/// Without a repository policy: the tip's signature, anti-rollback, and in range mode every
+/// commit's signature, all against the device's allowed_signers.
+fn verify_signatures(
     repo: &gix::Repository,
     policy: &TrustPolicy,
     applied: Option<ObjectId>,
@@ -217,6 +540,7 @@ pub fn verify_update(
             signer,
             commits_checked: 1,
             release: None,
+            policy: None,
         });
     };
     if applied == tip {
@@ -225,6 +549,7 @@ pub fn verify_update(
             signer,
             commits_checked: 1,
             release: None,
+            policy: None,
         });
     }
     check_descends(repo, applied, tip)?;
@@ -251,6 +576,7 @@ pub fn verify_update(
         signer,
         commits_checked,
         release: None,
+        policy: None,
     })
 }
 

@@ -9,7 +9,11 @@ use gix::ObjectId;
 use shoal_core::release::{self, Context, LastRelease};
 use shoal_core::signature::sshsig;
 
-use super::policy::{verify_update, AcceptedRelease, TrustPolicy, Verified, VerifyError};
+use super::chain::{Approval, Chain, InForce, PolicyRecord};
+use super::policy::{
+    anchor_in_force, verify_update, AcceptedRelease, Anchor, ReleaseRights, TrustPolicy, Verified,
+    VerifyError,
+};
 use crate::errors::error_chain;
 
 /// What the device knows when it looks at a release: its environment, the commit and release it
@@ -18,6 +22,9 @@ use crate::errors::error_chain;
 pub struct ReleaseContext<'a> {
     pub environment: &'a str,
     pub applied: Option<ObjectId>,
+    /// The repository policy the device trusts, and the approval tags offered.
+    pub policy: Option<PolicyRecord>,
+    pub approvals: &'a [Approval],
     pub last: Option<&'a LastRelease>,
     pub now: i64,
 }
@@ -48,8 +55,21 @@ pub fn verify_release(
             what,
         });
     }
+    let anchor = Anchor {
+        applied: context.applied,
+        policy: context.policy,
+        approvals: context.approvals,
+    };
+    // Once the repository has a policy, its keys sign releases, and only its environment's
+    // `release` principals may.
+    let mut chain = Chain::new(repo, &policy.signers, policy.root_threshold, &[]);
+    let in_force = anchor_in_force(&mut chain, &anchor)?;
+    let signers = match &in_force {
+        InForce::Bootstrap => &policy.signers,
+        InForce::Policy { signers, .. } => &**signers,
+    };
     // The signature first: nothing in the tag is believed before it is checked.
-    let signer = sshsig::check_tag(&policy.signers, &object.data).map_err(|source| {
+    let signer = sshsig::check_tag(signers, &object.data).map_err(|source| {
         VerifyError::ReleaseSignature {
             reference: reference.clone(),
             tag,
@@ -61,6 +81,43 @@ pub fn verify_release(
         tag,
         source: Box::new(source),
     })?;
+    if let (Some(trusted), Some(record)) = (in_force.policy(), in_force.record()) {
+        let environment = trusted.environment(&parsed.name.environment);
+        let allowed = environment.map_or_else(
+            || "it has no [[environment]] of that name".to_owned(),
+            |e| {
+                let names: Vec<&str> = e.release.iter().map(String::as_str).collect();
+                format!("release = [{}]", names.join(", "))
+            },
+        );
+        if !environment.is_some_and(|e| e.release.contains(&signer.principal)) {
+            return Err(VerifyError::ReleaseRights(Box::new(
+                ReleaseRights::Signer {
+                    reference,
+                    tag,
+                    principal: signer.principal,
+                    environment: parsed.name.environment.clone(),
+                    policy_commit: record.commit,
+                    allowed,
+                },
+            )));
+        }
+        if let Some(max_age) = environment.and_then(|e| e.max_age) {
+            let lifetime = parsed.expires.saturating_sub(parsed.tagger_time);
+            if lifetime > i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX) {
+                return Err(VerifyError::ReleaseRights(Box::new(
+                    ReleaseRights::TooLong {
+                        reference,
+                        tag,
+                        environment: parsed.name.environment.clone(),
+                        lifetime_secs: lifetime,
+                        max_age_secs: max_age.as_secs(),
+                        policy_commit: record.commit,
+                    },
+                )));
+            }
+        }
+    }
     let applied = context.applied.map(|id| id.to_string());
     release::decide(
         &parsed,
@@ -89,7 +146,7 @@ pub fn verify_release(
         expires: parsed.expires,
         signer,
     };
-    let verified = verify_update(repo, policy, context.applied, commit).map_err(|source| {
+    let verified = verify_update(repo, policy, &anchor, commit).map_err(|source| {
         VerifyError::ReleaseCommit {
             release: Box::new(parsed.name),
             tag,

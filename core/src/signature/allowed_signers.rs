@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 
 use ssh_key::{Algorithm, HashAlg, PublicKey};
 
+use super::revoked::RevokedKeys;
+
 /// A line of an `allowed_signers` file, for error messages: `path:line`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LineRef {
@@ -156,6 +158,8 @@ impl AllowedSigner {
 pub struct AllowedSigners {
     origin: PathBuf,
     entries: Vec<AllowedSigner>,
+    /// `[trust] revoked_keys`: keys refused whatever the entries say.
+    revoked: Option<RevokedKeys>,
 }
 
 impl AllowedSigners {
@@ -189,7 +193,19 @@ impl AllowedSigners {
         Ok(AllowedSigners {
             origin: origin.to_owned(),
             entries,
+            revoked: None,
         })
+    }
+
+    /// These signers, with every key in `revoked` refused whatever the entries say.
+    pub fn with_revoked(mut self, revoked: RevokedKeys) -> Self {
+        self.revoked = Some(revoked);
+        self
+    }
+
+    /// The revocation file in force, if any.
+    pub fn revoked(&self) -> Option<&RevokedKeys> {
+        self.revoked.as_ref()
     }
 
     /// The file the entries came from.

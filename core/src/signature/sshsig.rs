@@ -14,6 +14,7 @@ use ssh_key::public::KeyData;
 use ssh_key::{Algorithm, HashAlg, PublicKey, SshSig};
 
 use super::allowed_signers::{format_utc, AllowedSigner, AllowedSigners, LineRef, Validity};
+use super::revoked::Revocation;
 
 /// The namespace git signs commits in (`ssh-keygen -Y sign -n git`).
 const GIT_NAMESPACE: &str = "git";
@@ -51,6 +52,12 @@ pub enum SignatureError {
     WrongNamespace { object: Signed, namespace: String },
     #[error("the signature by key {fingerprint} does not match the {object}'s contents: the {object} was changed after it was signed, or the signature is corrupt; do not trust this {object}, find out who changed it, and push a freshly signed one")]
     BadSignature { object: Signed, fingerprint: String },
+    #[error("the {object} is signed by key {fingerprint}, which is revoked by {} ({}); a revoked key is refused whatever allowed_signers or the repository's policy say; re-sign with a key that is not revoked", .revocation.file.display(), .revocation.by)]
+    Revoked {
+        object: Signed,
+        fingerprint: String,
+        revocation: Box<Revocation>,
+    },
     #[error("signed by key {fingerprint} which is not in the trust policy {}; add it to allowed_signers or re-sign with a trusted key", policy.display())]
     UnknownKey {
         fingerprint: String,
@@ -386,6 +393,14 @@ fn check_signed(
         object,
         fingerprint: fingerprint.clone(),
     })?;
+
+    if let Some(revocation) = signers.revoked().and_then(|revoked| revoked.find(key)) {
+        return Err(SignatureError::Revoked {
+            object,
+            fingerprint,
+            revocation: Box::new(revocation),
+        });
+    }
 
     let with_key: Vec<_> = signers
         .entries()
