@@ -7,7 +7,9 @@
 //! After the branch scenarios the fleet moves to signed releases (`environment = "production"`):
 //! a staging release served at the production ref is refused everywhere, and a release bot that
 //! stops re-signing leaves the fleet `stale` until a fresh release arrives; a release with a
-//! `[rollout]` goes to its canary while the rest of the fleet reports `pending`.
+//! `[rollout]` goes to its canary while the rest of the fleet reports `pending`. Last, a trust
+//! policy in the repository: a change outside its signer's rule is refused by every device, and
+//! two of three root holders rotate a compromised key without touching the devices.
 //!
 //! Syncs are asked for with `systemctl reload shoal-agent` (SIGHUP, what an operator or a push
 //! hook would do) instead of waiting out the interval; everything else is the agent on its own.
@@ -892,6 +894,110 @@ fn a_fleet_of_three_converges_refuses_rolls_back_and_catches_up() {
         fleet.collector().get("/api/v1/summary")["by_status"]["pending"],
         0
     );
+
+    // 12. The operator puts a trust policy in the repository (signed with the operator key, the
+    //     devices' bootstrap root): alice, bob and carol are root (2 of 3), the operator
+    //     releases production, anyone of the four may change files and units, and only the
+    //     sensor lead (with alice) may change the sensor's config. The devices take it with no
+    //     change to their own files.
+    let keys = fleet.work.path().join("keys");
+    let (alice, bob, carol, carol2, sensor_lead) = (
+        SigningKey::generate(&keys, "alice"),
+        SigningKey::generate(&keys, "bob"),
+        SigningKey::generate(&keys, "carol"),
+        SigningKey::generate(&keys, "carol-new"),
+        SigningKey::generate(&keys, "sensor-lead"),
+    );
+    let policy = |carol: &SigningKey| {
+        format!(
+            "version = 1\n[principals]\noperator = \"{}\"\nalice = \"{}\"\nbob = \"{}\"\ncarol = \"{}\"\nsensor-lead = \"{}\"\n[root]\nprincipals = [\"alice\", \"bob\", \"carol\"]\nthreshold = 2\n[[environment]]\nname = \"production\"\nrelease = [\"operator\"]\n[[rule]]\nname = \"sensor\"\npaths = [\"files/sensor.conf\"]\nprincipals = [\"sensor-lead\", \"alice\"]\nthreshold = 1\n[[rule]]\nname = \"ops\"\npaths = [\"files/**\", \"units/**\", \"shoal.toml\"]\nprincipals = [\"operator\", \"alice\", \"bob\", \"carol\"]\nthreshold = 1\n",
+            fleet.key.public_line(),
+            alice.public_line(),
+            bob.public_line(),
+            carol.public_line(),
+            sensor_lead.public_line()
+        )
+    };
+    let publish = || {
+        fleet
+            .repo
+            .publish_to(fleet.work.path().join("srv/config.git"))
+    };
+    fleet.repo.write(".shoal/policy.toml", policy(&carol));
+    let c12 = fleet.repo.commit_signed(&fleet.key, "a trust policy");
+    publish();
+    fleet.release("production/6", &c12, far, "production");
+    fleet.sync_all();
+    fleet.wait_for_release(&all, "converged", &c12, "production/6");
+
+    // 13. The sensor lead changes the gateways' config, outside the sensor rule: every device
+    //     refuses the release of it, names the rule it broke, and keeps its files.
+    fleet
+        .repo
+        .write("files/gateway.conf", "listen = 0.0.0.0:7000\n");
+    let c13 = fleet
+        .repo
+        .commit_signed(&sensor_lead, "sensor lead edits the gateways");
+    publish();
+    fleet.release("production/7", &c13, far, "production");
+    fleet.sync_all();
+    fleet.wait_for_release(&all, "refused", &c12, "production/6");
+    for device in &fleet.devices {
+        let errors = fleet.seen(device.id)["errors"].to_string();
+        assert!(
+            errors.contains(&format!(
+                "commit {c13} signed by sensor-lead changes `files/gateway.conf`"
+            )),
+            "{}: {errors}",
+            device.id
+        );
+    }
+    assert_eq!(
+        fleet.device("gw-1").read("/etc/gateway/app.conf"),
+        r2.gateway_conf
+    );
+    fleet.repo.reset_hard(&c12);
+    publish();
+
+    // 14. Carol's key is compromised: alice and bob (2 of 3 roots) replace it in the policy; the
+    //     devices follow without any change to their files, and the old key's next commit is
+    //     refused everywhere.
+    fleet.repo.write(".shoal/policy.toml", policy(&carol2));
+    let c14 = fleet.repo.commit_signed(&alice, "rotate carol's key");
+    fleet.repo.tag_signed(
+        &bob,
+        &format!("shoal-approve/{c14}/bob"),
+        &c14,
+        &format!("approve {c14}"),
+        None,
+    );
+    publish();
+    fleet.release("production/8", &c14, far, "production");
+    fleet.sync_all();
+    fleet.wait_for_release(&all, "converged", &c14, "production/8");
+    fleet.repo.write("files/release", "15 (old key)\n");
+    let c15 = fleet
+        .repo
+        .commit_signed(&carol, "signed with the revoked key");
+    publish();
+    fleet.release("production/9", &c15, far, "production");
+    fleet.sync_all();
+    fleet.wait_for_release(&all, "refused", &c14, "production/8");
+    for device in &fleet.devices {
+        let errors = fleet.seen(device.id)["errors"].to_string();
+        assert!(
+            errors.contains(&format!(
+                "commit {c15}: signed by key {} which is not in the trust policy",
+                carol.fingerprint()
+            )),
+            "{}: {errors}",
+            device.id
+        );
+        assert_eq!(device.read("/etc/fleet/release"), "12\n", "{}", device.id);
+    }
+    for id in all {
+        assert_no_report_twice(&fleet, id);
+    }
 }
 
 fn unix_now() -> i64 {
