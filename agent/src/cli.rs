@@ -507,14 +507,23 @@ fn status_command(config_path: &Path, json: bool) -> Result<(), CliError> {
         None => eprintln!("generation  none (never applied)"),
     }
     if let Some(r) = &release {
-        eprintln!("release     {} (tag {})", r.name, r.tag);
+        eprintln!(
+            "release     {} (tag {}, tagged {})",
+            r.name,
+            r.tag,
+            human_time(r.tagger_time)
+        );
     }
     if let Some(h) = hold {
         eprintln!("hold        held at generation {h}; `shoal-agent resume` releases it");
     }
     if let Some(last) = last {
         let message = last.message.map(|m| format!(": {m}")).unwrap_or_default();
-        eprintln!("last sync   {}{message}", last.status);
+        eprintln!(
+            "last sync   {} at {}{message}",
+            last.status,
+            human_time(last.at)
+        );
     }
     match (pending, syncing) {
         (Some(j), true) => eprintln!("syncing     applying generation {} → {} now", j.from, j.to),
@@ -569,7 +578,7 @@ fn history_command(config_path: &Path, json: bool) -> Result<(), CliError> {
             marker,
             g.commit,
             g.manifest.files.len(),
-            g.applied_at,
+            human_time(g.applied_at),
             g.signer
         );
     }
@@ -742,6 +751,12 @@ fn report_after_sync(config: &AgentConfig) {
         Ok(None) => {}
         Err(e) => eprintln!("report: {e}"),
     }
+}
+
+/// A unix time as people read it in `status` and `history`: RFC 3339, UTC (`--json` keeps the
+/// number).
+fn human_time(unix: impl TryInto<i64>) -> String {
+    shoal_core::release::format_rfc3339_utc(unix.try_into().unwrap_or(i64::MAX))
 }
 
 fn failed(e: impl std::fmt::Display) -> CliError {
