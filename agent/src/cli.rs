@@ -77,6 +77,21 @@ pub enum Command {
     Resume,
     /// Create the device identity key (if missing) and print its public key for enrollment.
     Keygen,
+    /// Write a first agent config (`--config`, default /etc/shoal/agent.toml) from these flags,
+    /// checked before it is written, and create the device identity key.
+    Init(InitArgs),
+    /// Check what this device needs to sync and report, one line per check with a fix for each
+    /// failure; exit 0 only when every check passes.
+    Doctor {
+        /// The systemd unit that runs the agent.
+        #[arg(long, default_value = "shoal-agent.service")]
+        unit: String,
+        /// Skip the systemd check (the agent runs under another supervisor, or in a sandbox).
+        #[arg(long)]
+        no_unit: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a commit's signature, or a release, against a trust policy (for the config repo's
     /// own CI).
     Verify {
@@ -185,6 +200,63 @@ pub enum Command {
     },
 }
 
+#[derive(clap::Args, Debug)]
+pub struct InitArgs {
+    /// The config repository: https://, http://, git://, file:// or a local path.
+    #[arg(long)]
+    pub url: String,
+    /// Follow this branch (a full ref, e.g. refs/heads/production).
+    #[arg(
+        long = "ref",
+        value_name = "REF",
+        required_unless_present = "environment"
+    )]
+    pub reference: Option<String>,
+    /// Follow the signed releases of this environment instead of a branch.
+    #[arg(long, conflicts_with = "reference")]
+    pub environment: Option<String>,
+    /// The trust root: an OpenSSH allowed_signers file (checked now).
+    #[arg(long, value_name = "FILE")]
+    pub allowed_signers: PathBuf,
+    /// `range` (every commit since the applied one) or `tip`.
+    #[arg(long, value_parser = ["range", "tip"])]
+    pub verify: Option<String>,
+    /// The device id (default: /etc/machine-id, read at each start).
+    #[arg(long)]
+    pub device_id: Option<String>,
+    /// A device label, `name=value`; repeat for several.
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Where the agent keeps its state and identity key.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Prefix for every managed path (an image or a chroot; default /).
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// How often to sync, e.g. 60s, 5m (default 60s).
+    #[arg(long, value_parser = check_duration)]
+    pub interval: Option<String>,
+    /// A CA file to trust for an https config repository instead of the system roots.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// The collector's URL, e.g. https://collector.example.com:8443.
+    #[arg(long, value_name = "URL")]
+    pub collector: Option<String>,
+    /// A CA file to trust for the collector instead of the system roots.
+    #[arg(long, value_name = "FILE")]
+    pub collector_ca: Option<PathBuf>,
+    /// A file holding the collector's enrollment token (first contact).
+    #[arg(long, value_name = "FILE")]
+    pub enroll_token_file: Option<PathBuf>,
+    /// Replace an existing config file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+fn check_duration(text: &str) -> Result<String, String> {
+    crate::config::parse_duration(text).map(|_| text.to_owned())
+}
+
 fn parse_label(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
@@ -268,6 +340,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Rollback { to } => rollback_command(&cli.config, to),
         Command::Resume => resume_command(&cli.config),
         Command::Keygen => keygen_command(&cli.config),
+        Command::Init(args) => init_command(&cli.config, args),
+        Command::Doctor {
+            unit,
+            no_unit,
+            json,
+        } => doctor_command(&cli.config, (!no_unit).then_some(unit), json),
         Command::Status { json } => status_command(&cli.config, json),
         Command::Verify {
             path,
@@ -517,14 +595,23 @@ fn status_command(config_path: &Path, json: bool) -> Result<(), CliError> {
         None => eprintln!("generation  none (never applied)"),
     }
     if let Some(r) = &release {
-        eprintln!("release     {} (tag {})", r.name, r.tag);
+        eprintln!(
+            "release     {} (tag {}, tagged {})",
+            r.name,
+            r.tag,
+            human_time(r.tagger_time)
+        );
     }
     if let Some(h) = hold {
         eprintln!("hold        held at generation {h}; `shoal-agent resume` releases it");
     }
     if let Some(last) = last {
         let message = last.message.map(|m| format!(": {m}")).unwrap_or_default();
-        eprintln!("last sync   {}{message}", last.status);
+        eprintln!(
+            "last sync   {} at {}{message}",
+            last.status,
+            human_time(last.at)
+        );
     }
     match (pending, syncing) {
         (Some(j), true) => eprintln!("syncing     applying generation {} → {} now", j.from, j.to),
@@ -579,7 +666,7 @@ fn history_command(config_path: &Path, json: bool) -> Result<(), CliError> {
             marker,
             g.commit,
             g.manifest.files.len(),
-            g.applied_at,
+            human_time(g.applied_at),
             g.signer
         );
     }
@@ -628,6 +715,112 @@ fn keygen_command(config_path: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
+fn doctor_command(config_path: &Path, unit: Option<String>, json: bool) -> Result<(), CliError> {
+    use crate::doctor::Outcome;
+    let options = crate::doctor::Options {
+        unit,
+        now: crate::state::unix_now(),
+    };
+    let checks = crate::doctor::run(config_path, &options);
+    let failed_checks: Vec<&str> = checks
+        .iter()
+        .filter(|c| c.outcome == Outcome::Fail)
+        .map(|c| c.check)
+        .collect();
+    if json {
+        let value = json!({ "ok": failed_checks.is_empty(), "checks": checks });
+        println!("{value:#}");
+    } else {
+        for c in &checks {
+            let word = match c.outcome {
+                Outcome::Pass => "ok  ",
+                Outcome::Fail => "FAIL",
+                Outcome::Skip => "skip",
+            };
+            match &c.fix {
+                Some(fix) => eprintln!("{word} {:<9} {}; fix: {fix}", c.check, c.detail),
+                None => eprintln!("{word} {:<9} {}", c.check, c.detail),
+            }
+        }
+    }
+    if failed_checks.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Failed(format!(
+            "doctor: {} check(s) failed: {}",
+            failed_checks.len(),
+            failed_checks.join(", ")
+        )))
+    }
+}
+
+fn init_command(config_path: &Path, args: InitArgs) -> Result<(), CliError> {
+    let request = crate::init::InitRequest {
+        config: config_path.to_owned(),
+        url: args.url,
+        reference: args.reference,
+        environment: args.environment,
+        allowed_signers: args.allowed_signers,
+        verify: args.verify,
+        device_id: args.device_id,
+        labels: args.labels,
+        state_dir: args.state_dir,
+        root: args.root,
+        interval: args.interval,
+        ca_file: args.ca_file,
+        collector: args.collector,
+        collector_ca: args.collector_ca,
+        enroll_token_file: args.enroll_token_file,
+        force: args.force,
+    };
+    let done = crate::init::init(&request).map_err(|e| {
+        if e.is_usage() {
+            CliError::Usage(e.to_string())
+        } else {
+            failed(e)
+        }
+    })?;
+    let config = &done.config;
+    println!("{}", done.key_id);
+    let verb = if done.replaced { "replaced" } else { "wrote" };
+    eprintln!(
+        "{verb} {}: device {}, following {} at {}",
+        config.path.display(),
+        config.device_id,
+        config.source.reference,
+        config.source.url
+    );
+    let key = if done.key_created {
+        "created"
+    } else {
+        "kept the existing"
+    };
+    eprintln!(
+        "{key} device key {} (public key above)",
+        config.state_dir.join("identity.key").display()
+    );
+    match &config.collector {
+        Some(c) if c.enroll_token_file.is_some() => eprintln!(
+            "enrollment: the first report presents the token in {}; or pre-register: shoal-collector register --device-id {} --key {}",
+            c.enroll_token_file.as_deref().unwrap_or(Path::new("")).display(),
+            config.device_id,
+            done.key_id
+        ),
+        Some(_) => eprintln!(
+            "enrollment: on the collector, shoal-collector register --device-id {} --key {}",
+            config.device_id, done.key_id
+        ),
+        None => {}
+    }
+    let config_flag = if config.path == Path::new(crate::config::DEFAULT_PATH) {
+        String::new()
+    } else {
+        format!(" --config {}", config.path.display())
+    };
+    eprintln!("next: shoal-agent{config_flag} doctor, then systemctl enable --now shoal-agent");
+    Ok(())
+}
+
 /// Sends the device's state to the collector after a CLI sync or rollback, if one is
 /// configured. A collector that is down is not a failure: the report stays queued.
 fn report_after_sync(config: &AgentConfig) {
@@ -646,6 +839,12 @@ fn report_after_sync(config: &AgentConfig) {
         Ok(None) => {}
         Err(e) => eprintln!("report: {e}"),
     }
+}
+
+/// A unix time as people read it in `status` and `history`: RFC 3339, UTC (`--json` keeps the
+/// number).
+fn human_time(unix: impl TryInto<i64>) -> String {
+    shoal_core::release::format_rfc3339_utc(unix.try_into().unwrap_or(i64::MAX))
 }
 
 fn failed(e: impl std::fmt::Display) -> CliError {

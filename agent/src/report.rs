@@ -45,6 +45,100 @@ pub enum ReportError {
     },
     #[error("the enrollment token file {} is empty; put the collector's enrollment token in it", path.display())]
     EmptyToken { path: PathBuf },
+    #[error("cannot reach the collector at {url}: {message}")]
+    Unreachable { url: String, message: String },
+    #[error("the collector at {url} answered {status} to {what}: {body}")]
+    Answered {
+        url: String,
+        what: &'static str,
+        status: u16,
+        body: String,
+    },
+}
+
+/// Whose key the collector has pinned to this device's id, as `GET
+/// /api/v1/devices/{id}/enrollment` answers a proof of this device's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pinned {
+    ThisKey,
+    OtherKey,
+    Nothing,
+}
+
+/// Asks the collector (no side effect) whether it is up (`/healthz`) and whether this device's
+/// key is pinned to its id (a signed proof of the key, `shoal_proto::EnrollmentProof`).
+pub fn probe_enrollment(
+    config: &AgentConfig,
+    collector: &CollectorConfig,
+    identity: &Identity,
+    now: u64,
+) -> Result<Pinned, ReportError> {
+    use shoal_proto::enrollment::{KEY_HEADER, SIGNATURE_HEADER, TIME_HEADER};
+    let client = http_client(collector)?;
+    let url = &collector.url;
+    let unreachable = |e: reqwest::Error| ReportError::Unreachable {
+        url: url.clone(),
+        message: error_chain(&e),
+    };
+    let health = client
+        .get(format!("{url}/healthz"))
+        .send()
+        .map_err(unreachable)?;
+    if !health.status().is_success() {
+        return Err(ReportError::Answered {
+            url: url.clone(),
+            what: "GET /healthz",
+            status: health.status().as_u16(),
+            body: health.text().unwrap_or_default().trim().to_owned(),
+        });
+    }
+    let proof = shoal_proto::EnrollmentProof::sign(&identity.key, &config.device_id, now);
+    let answer = client
+        .get(format!(
+            "{url}/api/v1/devices/{}/enrollment",
+            config.device_id
+        ))
+        .header(KEY_HEADER, &proof.key_id)
+        .header(TIME_HEADER, &proof.time)
+        .header(SIGNATURE_HEADER, &proof.signature)
+        .send()
+        .map_err(unreachable)?;
+    let status = answer.status();
+    let body = answer.text().unwrap_or_default();
+    let refused = |body: String| ReportError::Answered {
+        url: url.clone(),
+        what: "the enrollment check",
+        status: status.as_u16(),
+        body,
+    };
+    if !status.is_success() {
+        return Err(refused(body.trim().to_owned()));
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(&body).map_err(|_| refused(body.clone()))?;
+    match value.get("pinned").and_then(|p| p.as_str()) {
+        Some("this_key") => Ok(Pinned::ThisKey),
+        Some("other_key") => Ok(Pinned::OtherKey),
+        Some("none") => Ok(Pinned::Nothing),
+        _ => Err(refused(body)),
+    }
+}
+
+/// The blocking HTTPS client every request to the collector goes through.
+fn http_client(collector: &CollectorConfig) -> Result<reqwest::blocking::Client, ReportError> {
+    let tls = tls::client_config(collector.ca_file.as_deref())
+        .map_err(|e| ReportError::Client(e.to_string()))?;
+    // `[collector] proxy`, else HTTPS_PROXY / NO_PROXY from the environment.
+    let proxy = proxy::route_from_env(collector.proxy.as_ref(), &collector.url)
+        .map_err(|e| ReportError::Client(e.to_string()))?;
+    let builder = reqwest::blocking::Client::builder()
+        .tls_backend_preconfigured((*tls).clone())
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30));
+    proxy::configure(builder, proxy.as_ref())
+        .map_err(|e| ReportError::Client(e.to_string()))?
+        .build()
+        .map_err(|e| ReportError::Client(error_chain(&e)))
 }
 
 /// The device's identity: an ed25519 key kept in `state_dir/identity.key` (mode 0600).
@@ -169,19 +263,7 @@ impl Reporter {
         let (identity, _) = Identity::load_or_create(&StateDir::open(&config.state_dir)?)?;
         let device = config.identity();
         let state_dir = config.state_dir.clone();
-        let tls = tls::client_config(collector.ca_file.as_deref())
-            .map_err(|e| ReportError::Client(e.to_string()))?;
-        // `[collector] proxy`, else HTTPS_PROXY / NO_PROXY from the environment.
-        let proxy = proxy::route_from_env(collector.proxy.as_ref(), &collector.url)
-            .map_err(|e| ReportError::Client(e.to_string()))?;
-        let builder = reqwest::blocking::Client::builder()
-            .tls_backend_preconfigured((*tls).clone())
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(30));
-        let client = proxy::configure(builder, proxy.as_ref())
-            .map_err(|e| ReportError::Client(e.to_string()))?
-            .build()
-            .map_err(|e| ReportError::Client(error_chain(&e)))?;
+        let client = http_client(&collector)?;
         Ok(Some(Reporter {
             device,
             state_dir,

@@ -2,11 +2,13 @@
 //! status values. This crate does no I/O: it only encodes, decodes, signs and verifies bytes.
 
 mod commit_id;
+pub mod enrollment;
 mod envelope;
 mod key_id;
 mod report;
 
 pub use commit_id::{CommitId, CommitIdError};
+pub use enrollment::{EnrollmentProof, ProofError};
 #[cfg(feature = "batch")]
 pub use envelope::verify_all;
 pub use envelope::{

@@ -59,6 +59,10 @@ pub enum ApiError {
     NotFound { what: String },
     #[error("bad query: {reason}")]
     BadQuery { reason: String },
+    #[error("{0}; send the headers X-Shoal-Key, X-Shoal-Time and X-Shoal-Signature as `shoal-agent doctor` does")]
+    BadProof(#[from] shoal_proto::ProofError),
+    #[error("missing header {header}: the enrollment check takes a proof of the device key (X-Shoal-Key, X-Shoal-Time, X-Shoal-Signature), as `shoal-agent doctor` sends it")]
+    MissingProof { header: &'static str },
     #[error("the store is unavailable: {reason}")]
     Unavailable { reason: String },
 }
@@ -95,6 +99,7 @@ impl ApiError {
             ApiError::KeyRefused(KeyRefusal::KeyInUse { .. }) => StatusCode::CONFLICT,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::BadQuery { .. } => StatusCode::BAD_REQUEST,
+            ApiError::BadProof(_) | ApiError::MissingProof { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -110,6 +115,7 @@ impl ApiError {
             ApiError::KeyRefused(r) => r.reason_code(),
             ApiError::NotFound { .. } => "not_found",
             ApiError::BadQuery { .. } => "bad_query",
+            ApiError::BadProof(_) | ApiError::MissingProof { .. } => "bad_proof",
             ApiError::Unavailable { .. } => "store_unavailable",
         }
     }
@@ -176,6 +182,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .route("/api/v1/reports", post(post_report))
+        .route("/api/v1/devices/{id}/enrollment", get(enrollment))
         .route("/healthz", get(healthz))
         .merge(reads)
         .merge(admin)
@@ -247,6 +254,54 @@ async fn healthz(State(app): State<Arc<AppState>>) -> Result<&'static str, ApiEr
             reason: "store does not answer reads".to_owned(),
         })
     }
+}
+
+/// The answer to `GET /api/v1/devices/{id}/enrollment`.
+#[derive(Serialize)]
+struct EnrollmentAnswer {
+    device_id: String,
+    /// The key that proved itself.
+    key: String,
+    /// Whether that key is the one pinned to the device id.
+    enrolled: bool,
+    /// `this_key`, `other_key` (the id is pinned to another key) or `none`.
+    pinned: &'static str,
+}
+
+/// `GET /api/v1/devices/{id}/enrollment`: whether the key the caller proves it holds (a
+/// signature over the id and the time, `shoal_proto::EnrollmentProof`) is pinned to the device
+/// id. Reads only. It needs no bearer token (a device has none), and tells a caller only about
+/// a key it holds: whether the id is pinned, and whether to that key, never which other key.
+async fn enrollment(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<EnrollmentAnswer>, ApiError> {
+    use shoal_proto::enrollment::{KEY_HEADER, SIGNATURE_HEADER, TIME_HEADER};
+    let header = |name: &'static str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .ok_or(ApiError::MissingProof { header: name })
+    };
+    let proof = shoal_proto::EnrollmentProof {
+        key_id: header(KEY_HEADER)?,
+        time: header(TIME_HEADER)?,
+        signature: header(SIGNATURE_HEADER)?,
+    };
+    let key = proof.verify(&id, app.config.clock.now())?;
+    let pinned = match app.store.pinned_key(&id)? {
+        Some(k) if k == key.as_str() => "this_key",
+        Some(_) => "other_key",
+        None => "none",
+    };
+    Ok(Json(EnrollmentAnswer {
+        device_id: id,
+        key: key.to_string(),
+        enrolled: pinned == "this_key",
+        pinned,
+    }))
 }
 
 async fn post_report(

@@ -55,6 +55,7 @@ fn the_document_lists_the_api() {
             "get /api/v1/devices",
             "get /api/v1/devices/{id}",
             "get /api/v1/devices/{id}/history",
+            "get /api/v1/devices/{id}/enrollment",
             "put /api/v1/devices/{id}/key",
             "delete /api/v1/devices/{id}/key",
             "get /api/v1/summary",
@@ -77,6 +78,7 @@ fn the_document_lists_the_api() {
         "bad_request",
         "bad_key",
         "key_in_use",
+        "bad_proof",
     ]) {
         assert!(text.contains(code), "reason code {code} is not documented");
     }
@@ -124,6 +126,36 @@ async fn every_documented_operation_answers_a_documented_status(backend: Backend
                     &authed.post_report(vec![b'x'; 70_000], None).await,
                     "oversized",
                 );
+            }
+            "get" if path.ends_with("/enrollment") => {
+                // Device-authenticated: a proof of gw-1's key, not a bearer token.
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs();
+                let proof = shoal_proto::EnrollmentProof::sign(&gw.key, "gw-1", now);
+                let headers = [
+                    ("x-shoal-key", proof.key_id.as_str()),
+                    ("x-shoal-time", proof.time.as_str()),
+                    ("x-shoal-signature", proof.signature.as_str()),
+                ];
+                let resp = anonymous
+                    .request(Method::GET, &concrete, &headers, Bytes::new())
+                    .await;
+                assert_eq!(resp.status, 200, "{method} {path}: {}", resp.text());
+                assert!(
+                    resp.text().contains("\"pinned\":\"this_key\""),
+                    "{}",
+                    resp.text()
+                );
+                check(&resp, "a proof of the pinned key");
+                check(&anonymous.get(&concrete).await, "no proof");
+                let other_id = path.replace("{id}", "gw-2");
+                let resp = anonymous
+                    .request(Method::GET, &other_id, &headers, Bytes::new())
+                    .await;
+                assert_eq!(resp.status, 401, "{}", resp.text());
+                check(&resp, "a proof made for another device");
             }
             "get" => {
                 let resp = authed.get(&concrete).await;

@@ -93,6 +93,14 @@ verify = "{verify}"
         Device { dir }
     }
 
+    /// The device whose config is `dir/agent.toml`, written by someone else (`shoal-agent init`);
+    /// its state is expected in `dir/state`.
+    pub fn at(dir: impl AsRef<Path>) -> Self {
+        Device {
+            dir: dir.as_ref().to_path_buf(),
+        }
+    }
+
     /// Adds a `[collector]` table to the device's config: reports go to `url`, first contact
     /// with the enrollment token in `enroll_token_file`.
     pub fn report_to(&self, url: &str, enroll_token_file: &Path) {

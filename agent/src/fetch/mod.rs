@@ -619,6 +619,66 @@ impl Mirror {
         })
     }
 
+    /// The id the server advertises for `source.reference`: the handshake and ref
+    /// advertisement of a fetch (ls-refs), no object transfer and no write, one attempt. For
+    /// `doctor`, which asks whether the server is reachable and has the ref.
+    pub fn advertised_tip(&self, source: &SourceConfig) -> Result<ObjectId, FetchError> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let tls = match source.ca_file.as_deref() {
+            Some(path) => Some(tls::client_config(Some(path))?),
+            None if is_https(&source.url) => Some(tls::client_config(None)?),
+            None => None,
+        };
+        let unreachable = |message: String| FetchError::Unreachable {
+            url: source.url.clone(),
+            attempts: 1,
+            message,
+        };
+        let refspec = format!("+{}", source.reference);
+        let remote = self
+            .repo
+            .remote_at(source.url.as_str())
+            .map_err(|e| unreachable(format!("invalid URL: {}", error_chain(&e))))?
+            .with_fetch_tags(gix::remote::fetch::Tags::None)
+            .with_refspecs([refspec.as_str()], Direction::Fetch)
+            .map_err(|e| unreachable(error_chain(&e)))?;
+        let meter = bound::Meter::new(bound::Limits {
+            max_fetch: source.max_fetch,
+            max_object: source.max_object,
+        });
+        let transport = self
+            .connect(&remote, &meter)
+            .map_err(|e| unreachable(error_chain(&e)))?;
+        let challenged = Arc::new(AtomicBool::new(false));
+        let on_challenge = Arc::clone(&challenged);
+        let mut connection = remote
+            .to_connection_with_transport(transport)
+            .with_credentials(move |_| {
+                on_challenge.store(true, Ordering::SeqCst);
+                Err(gix::Error::from_error(failure::Challenged))
+            });
+        if let Some(tls) = tls {
+            connection.set_transport_options(self.http_options(source, tls)?);
+        }
+        // Dropped after the ref map: nothing is negotiated or received.
+        let prepare = connection
+            .prepare_fetch(gix::progress::Discard, Default::default())
+            .map_err(|e| {
+                let chain = error_chain(&e);
+                failure::classify(source, &chain, challenged.load(Ordering::SeqCst))
+                    .unwrap_or_else(|| failure::unreachable(source, 1, chain))
+            })?;
+        prepare
+            .ref_map()
+            .mappings
+            .first()
+            .and_then(|m| m.remote.as_id().map(|id| id.to_owned()))
+            .ok_or_else(|| FetchError::RefNotFound {
+                url: source.url.clone(),
+                reference: source.reference.clone(),
+            })
+    }
+
     /// Makes `fetched.tip` the mirror's recorded tip, once `verify` has accepted it. With
     /// nothing new (the tip is the one recorded) this writes nothing.
     ///

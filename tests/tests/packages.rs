@@ -1,0 +1,456 @@
+//! The Debian packages (`scripts/package.sh`) with real dpkg in a real systemd guest: README's
+//! "Installing on a host" run as written — `apt install ./shoal-agent_*.deb`, `shoal-agent init`,
+//! `shoal-agent doctor`, `systemctl enable --now shoal-agent` — against the harness's HTTPS git
+//! server and collector across a veth link. Installed, the unit is present and inactive until a
+//! config exists; enabled, the device converges; an upgrade keeps the config, the conffile the
+//! operator edited and the generations; `dpkg --purge` removes the agent, its state and its
+//! config. The collector's package makes its system user and installs its unit, not started. The arm64 package
+//! holds the aarch64 agent, which runs under qemu-aarch64-static.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use shoal_e2e::{
+    collector_bin, gateway_config, output, require_tools, run, static_agent_bin,
+    write_allowed_signers, CollectorSpec, ConfigRepo, HttpsGitServer, Hub, SigningKey, SystemdHost,
+    TestCa, HUB_IP,
+};
+
+const ENROLL_TOKEN: &str = "enroll-packages-5b2e7c";
+
+fn workspace() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the e2e crate lives one level below the workspace root")
+}
+
+/// `<target>` of this test (`<target>/<profile>/deps/<test>`).
+fn target_dir() -> PathBuf {
+    std::env::current_exe()
+        .expect("the test knows its own executable")
+        .ancestors()
+        .nth(3)
+        .expect("the test runs from <target>/<profile>/deps")
+        .to_path_buf()
+}
+
+/// `scripts/package.sh ARCH AGENT [COLLECTOR]` with `VERSION`, into `out`; the files it made.
+fn package(arch: &str, agent: &Path, collector: Option<&Path>, version: &str, out: &Path) {
+    let mut cmd = Command::new("bash");
+    cmd.arg(workspace().join("scripts/package.sh"))
+        .arg(arch)
+        .arg(agent);
+    if let Some(collector) = collector {
+        cmd.arg(collector);
+    }
+    cmd.env("VERSION", version)
+        .env("OUT", out)
+        .env("CARGO_TARGET_DIR", target_dir())
+        // The debug collector is large; xz would take a minute for nothing.
+        .env("DEB_COMPRESSION", "gzip")
+        // lintian is run on the release packages below, not on a debug collector.
+        .env("LINTIAN", "0");
+    run(&mut cmd);
+}
+
+/// The paths in a package, from `dpkg-deb -c`.
+fn contents(deb: &Path) -> Vec<String> {
+    run(Command::new("dpkg-deb").arg("-c").arg(deb))
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .map(|p| p.trim_start_matches('.').to_owned())
+        .collect()
+}
+
+/// Runs `args` in the guest; (exit code, stdout, stderr).
+fn guest(host: &SystemdHost, args: &[&str]) -> (i32, String, String) {
+    let out = host.exec(args);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs `args` in the guest and panics unless it succeeds; its stdout.
+fn guest_ok(host: &SystemdHost, args: &[&str]) -> String {
+    let (code, stdout, stderr) = guest(host, args);
+    assert_eq!(
+        code,
+        0,
+        "{} failed in the guest:\n{stdout}\n{stderr}",
+        args.join(" ")
+    );
+    stdout
+}
+
+/// Waits until the guest's agent has applied `commit` (`shoal-agent status --json`).
+fn wait_applied(host: &SystemdHost, commit: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (_, stdout, _) = guest(host, &["shoal-agent", "status", "--json"]);
+        let applied = serde_json::from_str::<serde_json::Value>(&stdout)
+            .ok()
+            .and_then(|s| s["applied_commit"].as_str().map(str::to_owned));
+        if applied.as_deref() == Some(commit) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not apply {commit} within 90 s; status: {stdout}\njournal:\n{}",
+            guest(host, &["journalctl", "-u", "shoal-agent", "--no-pager"]).1
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn install_init_doctor_enable_converges_upgrade_keeps_state_and_purge_cleans_up() {
+    if !require_tools(&[
+        "git",
+        "ssh-keygen",
+        "dpkg-deb",
+        "ip",
+        "nsenter",
+        "unshare",
+        "curl",
+    ]) {
+        return;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let agent = static_agent_bin();
+    let collector = collector_bin();
+    let (v1, v2) = (work.path().join("v1"), work.path().join("v2"));
+    package("amd64", &agent, Some(&collector), "0.1.0-1", &v1);
+    package("amd64", &agent, Some(&collector), "0.1.0-2", &v2);
+    let deb = |dir: &Path, pkg: &str, version: &str| dir.join(format!("{pkg}_{version}_amd64.deb"));
+    let agent_deb = deb(&v1, "shoal-agent", "0.1.0-1");
+    let files = contents(&agent_deb);
+    for path in [
+        "/usr/bin/shoal-agent",
+        "/lib/systemd/system/shoal-agent.service",
+        "/etc/shoal/agent.toml.example",
+        "/usr/share/man/man1/shoal-agent.1.gz",
+        "/usr/share/man/man1/shoal-agent-init.1.gz",
+        "/usr/share/man/man1/shoal-agent-doctor.1.gz",
+        "/usr/share/bash-completion/completions/shoal-agent",
+        "/usr/share/zsh/vendor-completions/_shoal-agent",
+        "/usr/share/fish/vendor_completions.d/shoal-agent.fish",
+        "/usr/share/doc/shoal-agent/copyright",
+    ] {
+        assert!(files.iter().any(|f| f == path), "{path} not in {files:?}");
+    }
+    let sums = std::fs::read_to_string(v1.join("SHA256SUMS")).expect("SHA256SUMS");
+    for name in [
+        "shoal-agent_0.1.0-1_amd64.deb",
+        "shoal-collector_0.1.0-1_amd64.deb",
+        "shoal-0.1.0-x86_64-unknown-linux-musl.tar.gz",
+    ] {
+        assert!(sums.contains(&format!("  {name}\n")), "{name}: {sums}");
+    }
+    run(Command::new("sha256sum")
+        .arg("-c")
+        .arg("SHA256SUMS")
+        .current_dir(&v1));
+
+    // The fleet side: a signed repository on the HTTPS git server and the collector, in the hub.
+    let Some(hub) = Hub::create() else { return };
+    let key = SigningKey::generate(work.path().join("keys"), "operator");
+    let repo = ConfigRepo::init(work.path().join("repo"));
+    let srv = work.path().join("srv");
+    std::fs::create_dir_all(&srv).expect("srv");
+    let ca = TestCa::for_names(&[&HUB_IP.to_string()]);
+    let git = HttpsGitServer::start_in_netns(&srv, &hub.netns(), (HUB_IP, 0).into(), ca);
+    let tokens = work.path().join("enroll-tokens");
+    std::fs::write(&tokens, format!("{ENROLL_TOKEN}\n")).expect("tokens");
+    let fleet_collector = CollectorSpec {
+        data: work.path().join("collector-data"),
+        enroll_token_file: tokens,
+        listen: format!("{HUB_IP}:0"),
+        tls: Some(git.ca()),
+        hub: Some(&hub),
+    }
+    .start();
+    let push = |motd: &str| {
+        for (path, content) in gateway_config(motd) {
+            repo.write(path, content);
+        }
+        let id = repo.commit_signed(&key, motd.trim());
+        repo.publish_to(srv.join("config.git"));
+        id
+    };
+    let first = push("hello {{ device.id }}\n");
+
+    let Some(host) = SystemdHost::boot() else {
+        return;
+    };
+    hub.attach(&host, 1);
+    let here = |p: &str| host.root().join(p.trim_start_matches('/'));
+    std::fs::create_dir_all(here("/root/pkgs")).expect("pkgs");
+    for (dir, version) in [(&v1, "0.1.0-1"), (&v2, "0.1.0-2")] {
+        for pkg in ["shoal-agent", "shoal-collector"] {
+            std::fs::copy(
+                deb(dir, pkg, version),
+                here(&format!("/root/pkgs/{pkg}_{version}_amd64.deb")),
+            )
+            .expect("copy the package into the guest");
+        }
+    }
+
+    // A build container's /usr/sbin/policy-rc.d (exit 101: "start no service") would reach the
+    // guest through its overlay and stop the maintainer scripts' deb-systemd-invoke; a host
+    // that runs services has none. Removed in the guest's overlay only.
+    let _ = std::fs::remove_file(here("/usr/sbin/policy-rc.d"));
+
+    // 1. apt install: the unit is there, not enabled, and does not start without a config.
+    guest_ok(
+        &host,
+        &[
+            "sh",
+            "-c",
+            "cd /root/pkgs && apt-get install -y -q ./shoal-agent_0.1.0-1_amd64.deb",
+        ],
+    );
+    assert_eq!(host.show("shoal-agent.service", "LoadState"), "loaded");
+    assert_eq!(
+        host.show("shoal-agent.service", "UnitFileState"),
+        "disabled"
+    );
+    assert_eq!(host.show("shoal-agent.service", "ActiveState"), "inactive");
+    host.systemctl(&["start", "shoal-agent.service"]);
+    assert_eq!(
+        host.show("shoal-agent.service", "ConditionResult"),
+        "no",
+        "no config: the start is skipped"
+    );
+    assert_eq!(host.show("shoal-agent.service", "ActiveState"), "inactive");
+    assert_eq!(
+        guest_ok(&host, &["stat", "-c", "%a", "/var/lib/shoal"]).trim(),
+        "700"
+    );
+    assert!(here("/usr/share/man/man1/shoal-agent-init.1.gz").is_file());
+
+    // 2. The operator's files, then `shoal-agent init` and `shoal-agent doctor`.
+    std::fs::create_dir_all(here("/etc/shoal")).expect("/etc/shoal");
+    write_allowed_signers(
+        here("/etc/shoal/allowed_signers"),
+        &[("operator@example", &key)],
+    );
+    std::fs::copy(git.ca_pem_path(), here("/etc/shoal/ca.pem")).expect("ca");
+    std::fs::write(here("/etc/shoal/enroll-token"), ENROLL_TOKEN).expect("token");
+    let git_url = git.url("config.git");
+    let collector_url = fleet_collector.url().to_owned();
+    let init = [
+        "shoal-agent",
+        "init",
+        "--url",
+        &git_url,
+        "--ref",
+        "refs/heads/main",
+        "--ca-file",
+        "/etc/shoal/ca.pem",
+        "--allowed-signers",
+        "/etc/shoal/allowed_signers",
+        "--device-id",
+        "gw-1",
+        "--label",
+        "role=gateway",
+        "--collector",
+        &collector_url,
+        "--collector-ca",
+        "/etc/shoal/ca.pem",
+        "--enroll-token-file",
+        "/etc/shoal/enroll-token",
+    ];
+    let (code, key_id, stderr) = guest(&host, &init);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(key_id.starts_with("ed25519:"), "{key_id}");
+    assert!(
+        stderr.ends_with("next: shoal-agent doctor, then systemctl enable --now shoal-agent\n"),
+        "{stderr}"
+    );
+    // Before the unit is enabled, doctor says so, and only that.
+    let (code, _, stderr) = guest(&host, &["shoal-agent", "doctor"]);
+    assert_eq!(code, 1, "{stderr}");
+    let failing: Vec<&str> = stderr.lines().filter(|l| l.starts_with("FAIL")).collect();
+    assert_eq!(
+        failing,
+        ["FAIL systemd   the unit shoal-agent.service is installed but not enabled (UnitFileState=disabled), so the agent does not run at boot; fix: systemctl enable --now shoal-agent.service"],
+        "{stderr}"
+    );
+
+    // 3. systemctl enable --now: the device converges and reports; doctor passes.
+    host.systemctl(&["enable", "--now", "shoal-agent"]);
+    wait_applied(&host, &first);
+    assert_eq!(
+        std::fs::read_to_string(here("/etc/motd")).expect("motd"),
+        "hello gw-1\n"
+    );
+    let (code, _, stderr) = guest(&host, &["shoal-agent", "doctor"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("ok   systemd   shoal-agent.service is installed and enabled (active)"));
+    let seen = fleet_collector.get("/api/v1/devices/gw-1");
+    assert_eq!(seen["commit"], first.as_str(), "{seen}");
+
+    // 4. Upgrade: the config, an edited conffile, the state and the enabled unit are kept.
+    let config = std::fs::read(here("/etc/shoal/agent.toml")).expect("agent.toml");
+    let edited = "# the operator's own notes\n";
+    std::fs::write(here("/etc/shoal/agent.toml.example"), edited).expect("edit the example");
+    guest_ok(
+        &host,
+        &["dpkg", "-i", "/root/pkgs/shoal-agent_0.1.0-2_amd64.deb"],
+    );
+    assert_eq!(
+        guest_ok(
+            &host,
+            &["dpkg-query", "-W", "-f", "${Version}", "shoal-agent"]
+        ),
+        "0.1.0-2"
+    );
+    assert_eq!(
+        std::fs::read(here("/etc/shoal/agent.toml")).expect("agent.toml"),
+        config
+    );
+    assert_eq!(
+        std::fs::read_to_string(here("/etc/shoal/agent.toml.example")).expect("example"),
+        edited,
+        "a conffile the operator changed is kept"
+    );
+    assert_eq!(host.show("shoal-agent.service", "UnitFileState"), "enabled");
+    assert_eq!(host.show("shoal-agent.service", "ActiveState"), "active");
+    let second = push("welcome to {{ device.id }}\n");
+    host.systemctl(&["reload", "shoal-agent"]);
+    wait_applied(&host, &second);
+    let history = guest_ok(&host, &["shoal-agent", "history", "--json"]);
+    let history: serde_json::Value = serde_json::from_str(&history).expect("history --json");
+    let commits: Vec<&str> = history
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|g| g["commit"].as_str().expect("commit"))
+        .collect();
+    assert_eq!(
+        commits,
+        [first.as_str(), second.as_str()],
+        "generations kept"
+    );
+
+    // 5. Purge: the agent, its state and its config go; the operator's files and what the
+    // agent managed stay.
+    guest_ok(&host, &["dpkg", "--purge", "shoal-agent"]);
+    assert_eq!(host.show("shoal-agent.service", "LoadState"), "not-found");
+    for gone in [
+        "/usr/bin/shoal-agent",
+        "/var/lib/shoal",
+        "/etc/shoal/agent.toml",
+        "/etc/shoal/agent.toml.example",
+    ] {
+        assert!(!here(gone).exists(), "{gone} is still there after purge");
+    }
+    assert!(here("/etc/shoal/allowed_signers").exists());
+    assert_eq!(
+        std::fs::read_to_string(here("/etc/motd")).expect("motd"),
+        "welcome to gw-1\n"
+    );
+
+    // 6. The collector's package: its system user, its hardened unit, its store; purge.
+    guest_ok(
+        &host,
+        &["dpkg", "-i", "/root/pkgs/shoal-collector_0.1.0-1_amd64.deb"],
+    );
+    assert!(
+        guest_ok(&host, &["getent", "passwd", "shoal-collector"]).starts_with("shoal-collector:")
+    );
+    assert_eq!(host.show("shoal-collector.service", "LoadState"), "loaded");
+    assert_eq!(
+        host.show("shoal-collector.service", "User"),
+        "shoal-collector"
+    );
+    assert_eq!(
+        host.show("shoal-collector.service", "ActiveState"),
+        "inactive",
+        "not started before its token files exist"
+    );
+    guest_ok(&host, &["dpkg", "--purge", "shoal-collector"]);
+    assert_eq!(
+        host.show("shoal-collector.service", "LoadState"),
+        "not-found"
+    );
+    assert!(!here("/usr/bin/shoal-collector").exists());
+}
+
+/// The arm64 package: the aarch64 static agent (`scripts/cross-build.sh`, as the ARM smoke test
+/// builds it), which runs under qemu-aarch64-static; and lintian on the release packages.
+#[test]
+fn the_arm64_package_holds_an_aarch64_agent_that_runs_and_lintian_passes() {
+    if !require_tools(&["dpkg-deb", "qemu-aarch64-static", "readelf", "python3"]) {
+        return;
+    }
+    let triple = "aarch64-unknown-linux-musl";
+    // $SHOAL_ARM64_AGENT_BIN: an aarch64 agent built already (the build takes minutes).
+    let agent = match std::env::var_os("SHOAL_ARM64_AGENT_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let cross = target_dir().join("cross");
+            let mut build = Command::new("bash");
+            build
+                .arg(workspace().join("scripts/cross-build.sh"))
+                .arg(triple)
+                .env("CARGO_TARGET_DIR", &cross);
+            run(&mut build);
+            cross.join(triple).join("release/shoal-agent")
+        }
+    };
+    let work = tempfile::tempdir().expect("tempdir");
+    let out = work.path().join("out");
+    package("arm64", &agent, None, "0.1.0-1", &out);
+    let deb = out.join("shoal-agent_0.1.0-1_arm64.deb");
+    let control = run(Command::new("dpkg-deb")
+        .args(["-f"])
+        .arg(&deb)
+        .arg("Architecture"));
+    assert_eq!(control.trim(), "arm64");
+    let files = contents(&deb);
+    assert!(
+        files.iter().any(|f| f == "/usr/bin/shoal-agent"),
+        "{files:?}"
+    );
+    let unpacked = work.path().join("unpacked");
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked));
+    let binary = unpacked.join("usr/bin/shoal-agent");
+    let header = run(Command::new("readelf").arg("-h").arg(&binary));
+    assert!(header.contains("AArch64"), "{header}");
+    let version = run(Command::new("qemu-aarch64-static")
+        .arg(&binary)
+        .arg("--version"));
+    assert_eq!(
+        version.trim(),
+        format!("shoal-agent {}", env!("CARGO_PKG_VERSION"))
+    );
+    let tarball = out.join(format!(
+        "shoal-{}-{triple}.tar.gz",
+        env!("CARGO_PKG_VERSION")
+    ));
+    assert!(tarball.is_file(), "{}", tarball.display());
+    run(Command::new("sha256sum")
+        .arg("-c")
+        .arg("SHA256SUMS")
+        .current_dir(&out));
+
+    // lintian on the release package (the x86 one carries a debug collector: not checked).
+    if require_tools(&["lintian"]) {
+        let lint = output(
+            Command::new("lintian")
+                .args(["--fail-on", "error,warning", "--suppress-tags-from-file"])
+                .arg(workspace().join("packaging/lintian-overrides"))
+                .arg(&deb),
+        );
+        assert!(
+            lint.status.success(),
+            "lintian:\n{}{}",
+            String::from_utf8_lossy(&lint.stdout),
+            String::from_utf8_lossy(&lint.stderr)
+        );
+    }
+}
