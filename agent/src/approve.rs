@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use shoal_core::policy::{Policy, POLICY_PATH};
 
-use crate::release::{git, ReleaseError};
+use crate::release::{self, git, ReleaseError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApproveError {
@@ -61,21 +61,10 @@ pub struct Approved {
 /// Makes the approval tag (replacing one of the same name) and pushes it if asked.
 pub fn make(request: &ApproveRequest<'_>) -> Result<Approved, ApproveError> {
     let repo = request.repo;
-    let commit = git(
-        repo,
-        &[
-            "rev-parse",
-            "--verify",
-            "--quiet",
-            &format!("{}^{{commit}}", request.rev),
-        ],
-    )
-    .map_err(|e| match e {
-        ReleaseError::GitFailed { stderr, .. } => ApproveError::NotACommit {
-            repo: repo.to_owned(),
-            rev: request.rev.to_owned(),
-            stderr,
-        },
+    let commit = release::commit_of(repo, request.rev).map_err(|e| match e {
+        ReleaseError::NotACommit { repo, rev, stderr } => {
+            ApproveError::NotACommit { repo, rev, stderr }
+        }
         other => ApproveError::Git(other),
     })?;
     let name = match request.name {

@@ -1041,6 +1041,39 @@ fn approve_command(
     Ok(())
 }
 
+/// What `verify` and `verify --policy` judge: the trust files, the repository, the tip, the
+/// base (`--since`) and the approval tags the repository holds.
+struct CheckedRange {
+    policy: TrustPolicy,
+    repo: gix::Repository,
+    tip: ObjectId,
+    base: Option<ObjectId>,
+    approvals: Vec<verify::Approval>,
+}
+
+impl CheckedRange {
+    fn open(
+        config_path: &Path,
+        repo_path: &Path,
+        rev: &str,
+        since: Option<&str>,
+        trust: TrustFiles,
+    ) -> Result<CheckedRange, CliError> {
+        let policy = verify_policy(config_path, trust)?;
+        let repo = open_repo(repo_path)?;
+        let tip = resolve_commit(&repo, rev)?;
+        let base = since.map(|s| resolve_commit(&repo, s)).transpose()?;
+        let approvals = verify::local_approvals(&repo);
+        Ok(CheckedRange {
+            policy,
+            repo,
+            tip,
+            base,
+            approvals,
+        })
+    }
+}
+
 /// `verify --policy`: the policy's verdict on every path of every commit, refused ones included.
 fn verify_policy_command(
     config_path: &Path,
@@ -1050,11 +1083,13 @@ fn verify_policy_command(
     trust: TrustFiles,
     json: bool,
 ) -> Result<(), CliError> {
-    let policy = verify_policy(config_path, trust)?;
-    let repo = open_repo(repo_path)?;
-    let tip = resolve_commit(&repo, rev)?;
-    let base = since.map(|s| resolve_commit(&repo, s)).transpose()?;
-    let approvals = verify::local_approvals(&repo);
+    let CheckedRange {
+        policy,
+        repo,
+        tip,
+        base,
+        approvals,
+    } = CheckedRange::open(config_path, repo_path, rev, since, trust)?;
     let anchor = verify::Anchor {
         applied: base,
         policy: None,
@@ -1133,11 +1168,13 @@ fn verify_command(
     trust: TrustFiles,
     json: bool,
 ) -> Result<(), CliError> {
-    let policy = verify_policy(config_path, trust)?;
-    let repo = open_repo(repo_path)?;
-    let tip = resolve_commit(&repo, rev)?;
-    let base = since.map(|s| resolve_commit(&repo, s)).transpose()?;
-    let approvals = verify::local_approvals(&repo);
+    let CheckedRange {
+        policy,
+        repo,
+        tip,
+        base,
+        approvals,
+    } = CheckedRange::open(config_path, repo_path, rev, since, trust)?;
     let anchor = verify::Anchor {
         applied: base,
         policy: None,

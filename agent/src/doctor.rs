@@ -407,6 +407,9 @@ fn trust(
             "{file} loads; {tip} is not fetched yet: the next sync checks its signature"
         ));
     };
+    // The approval tags the mirror holds (none: a fetch deletes their refs; the tip's own
+    // signature is what doctor checks, not the policy's thresholds).
+    let approvals = verify::local_approvals(mirror.repo());
     let verified = match &config.source.environment {
         Some(environment) => verify::verify_release(
             mirror.repo(),
@@ -414,12 +417,23 @@ fn trust(
             verify::ReleaseContext {
                 environment,
                 applied: None,
+                policy: None,
+                approvals: &approvals,
                 last: None,
                 now: i64::try_from(now).unwrap_or(i64::MAX),
             },
             tip,
         ),
-        None => verify::verify_update(mirror.repo(), &policy, None, tip),
+        None => verify::verify_update(
+            mirror.repo(),
+            &policy,
+            &verify::Anchor {
+                applied: None,
+                policy: None,
+                approvals: &approvals,
+            },
+            tip,
+        ),
     }
     .map_err(trust)?;
     Ok(format!(

@@ -197,6 +197,8 @@ pub fn init(request: &InitRequest) -> Result<Initialized, InitError> {
     TrustPolicy::load(&crate::config::TrustConfig {
         allowed_signers: file.trust.allowed_signers.clone(),
         verify: crate::config::VerifyMode::Range,
+        revoked_keys: None,
+        root_threshold: 1,
     })
     .map_err(|e| InitError::Trust(Box::new(e)))?;
     if let Some(token) = file

@@ -79,23 +79,7 @@ pub fn make(request: &ReleaseRequest<'_>) -> Result<Made, ReleaseError> {
     release::check_environment_name(environment).map_err(ReleaseError::Environment)?;
     let release_ref = release::release_ref(environment);
     let repo = request.repo;
-    let commit = git(
-        repo,
-        &[
-            "rev-parse",
-            "--verify",
-            "--quiet",
-            &format!("{}^{{commit}}", request.rev),
-        ],
-    )
-    .map_err(|e| match e {
-        ReleaseError::GitFailed { stderr, .. } => ReleaseError::NotACommit {
-            repo: repo.to_owned(),
-            rev: request.rev.to_owned(),
-            stderr,
-        },
-        other => other,
-    })?;
+    let commit = commit_of(repo, request.rev)?;
     if let Some(remote) = request.push {
         // A remote without a release yet is the first release, not an error.
         let _ = git(
@@ -196,6 +180,28 @@ fn last_number(
 }
 
 /// Runs `git args` in `repo`; stdout without its final newline.
+/// The commit `rev` names in `repo` (`git rev-parse REV^{commit}`); `NotACommit` when it names
+/// nothing or something else.
+pub(crate) fn commit_of(repo: &Path, rev: &str) -> Result<String, ReleaseError> {
+    git(
+        repo,
+        &[
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            &format!("{rev}^{{commit}}"),
+        ],
+    )
+    .map_err(|e| match e {
+        ReleaseError::GitFailed { stderr, .. } => ReleaseError::NotACommit {
+            repo: repo.to_owned(),
+            rev: rev.to_owned(),
+            stderr,
+        },
+        other => other,
+    })
+}
+
 pub(crate) fn git(repo: &Path, args: &[&str]) -> Result<String, ReleaseError> {
     let output = Command::new("git")
         .arg("-C")

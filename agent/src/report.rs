@@ -74,7 +74,9 @@ pub fn probe_enrollment(
     now: u64,
 ) -> Result<Pinned, ReportError> {
     use shoal_proto::enrollment::{KEY_HEADER, SIGNATURE_HEADER, TIME_HEADER};
-    let client = http_client(collector)?;
+    let proxy = proxy::route_from_env(collector.proxy.as_ref(), &collector.url)
+        .map_err(|e| ReportError::Client(e.to_string()))?;
+    let client = http_client(collector, proxy.as_ref())?;
     let url = &collector.url;
     let unreachable = |e: reqwest::Error| ReportError::Unreachable {
         url: url.clone(),
@@ -125,17 +127,17 @@ pub fn probe_enrollment(
 }
 
 /// The blocking HTTPS client every request to the collector goes through.
-fn http_client(collector: &CollectorConfig) -> Result<reqwest::blocking::Client, ReportError> {
+fn http_client(
+    collector: &CollectorConfig,
+    proxy: Option<&proxy::Route>,
+) -> Result<reqwest::blocking::Client, ReportError> {
     let tls = tls::client_config(collector.ca_file.as_deref())
-        .map_err(|e| ReportError::Client(e.to_string()))?;
-    // `[collector] proxy`, else HTTPS_PROXY / NO_PROXY from the environment.
-    let proxy = proxy::route_from_env(collector.proxy.as_ref(), &collector.url)
         .map_err(|e| ReportError::Client(e.to_string()))?;
     let builder = reqwest::blocking::Client::builder()
         .tls_backend_preconfigured((*tls).clone())
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(30));
-    proxy::configure(builder, proxy.as_ref())
+    proxy::configure(builder, proxy)
         .map_err(|e| ReportError::Client(e.to_string()))?
         .build()
         .map_err(|e| ReportError::Client(error_chain(&e)))
@@ -263,7 +265,11 @@ impl Reporter {
         let (identity, _) = Identity::load_or_create(&StateDir::open(&config.state_dir)?)?;
         let device = config.identity();
         let state_dir = config.state_dir.clone();
-        let client = http_client(&collector)?;
+        // `[collector] proxy`, else HTTPS_PROXY / NO_PROXY from the environment; kept to name
+        // the proxy when delivery fails.
+        let proxy = proxy::route_from_env(collector.proxy.as_ref(), &collector.url)
+            .map_err(|e| ReportError::Client(e.to_string()))?;
+        let client = http_client(&collector, proxy.as_ref())?;
         Ok(Some(Reporter {
             device,
             state_dir,

@@ -624,10 +624,17 @@ impl Mirror {
     /// `doctor`, which asks whether the server is reachable and has the ref.
     pub fn advertised_tip(&self, source: &SourceConfig) -> Result<ObjectId, FetchError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let identity = source.client_identity.as_ref();
         let tls = match source.ca_file.as_deref() {
-            Some(path) => Some(tls::client_config(Some(path))?),
-            None if is_https(&source.url) => Some(tls::client_config(None)?),
+            Some(path) => Some(tls::client_config_with(Some(path), identity)?),
+            None if is_https(&source.url) => Some(tls::client_config_with(None, identity)?),
             None => None,
+        };
+        // The same link as a fetch: TLS (with a client certificate), proxy, ssh settings.
+        let link = Link {
+            http: is_https(&source.url) || config::has_scheme(&source.url, "http"),
+            tls,
+            proxy: proxy::route_from_env(source.proxy.as_ref(), &source.url)?,
         };
         let unreachable = |message: String| FetchError::Unreachable {
             url: source.url.clone(),
@@ -646,8 +653,12 @@ impl Mirror {
             max_fetch: source.max_fetch,
             max_object: source.max_object,
         });
+        let ssh_stderr = source
+            .ssh
+            .as_ref()
+            .map(|access| (access, Arc::new(ssh::Stderr::default())));
         let transport = self
-            .connect(&remote, &meter)
+            .connect(&remote, source, ssh_stderr.as_ref().map(|(_, s)| s), &meter)
             .map_err(|e| unreachable(error_chain(&e)))?;
         let challenged = Arc::new(AtomicBool::new(false));
         let on_challenge = Arc::clone(&challenged);
@@ -657,16 +668,26 @@ impl Mirror {
                 on_challenge.store(true, Ordering::SeqCst);
                 Err(gix::Error::from_error(failure::Challenged))
             });
-        if let Some(tls) = tls {
-            connection.set_transport_options(self.http_options(source, tls)?);
+        if link.http {
+            connection.set_transport_options(self.http_options(source, &link)?);
         }
         // Dropped after the ref map: nothing is negotiated or received.
         let prepare = connection
             .prepare_fetch(gix::progress::Discard, Default::default())
             .map_err(|e| {
-                let chain = error_chain(&e);
-                failure::classify(source, &chain, challenged.load(Ordering::SeqCst))
-                    .unwrap_or_else(|| failure::unreachable(source, 1, chain))
+                let mut chain = error_chain(&e);
+                if let Some((access, stderr)) = &ssh_stderr {
+                    let lines = stderr.lines(Duration::from_secs(2));
+                    if let Some(fatal) = ssh::classify(source, access, &lines) {
+                        return fatal;
+                    }
+                    if !lines.is_empty() {
+                        chain = format!("{chain}: {}", lines.join("; "));
+                    }
+                }
+                let challenged = challenged.load(Ordering::SeqCst);
+                failure::classify(source, link.proxy.as_ref(), &chain, challenged)
+                    .unwrap_or_else(|| failure::unreachable(source, link.proxy.as_ref(), 1, chain))
             })?;
         prepare
             .ref_map()
