@@ -309,7 +309,8 @@ fn validate_profile(index: usize, raw: RawProfile) -> Result<Profile, RenderErro
     let selector = Selector::from_raw(raw.selector).map_err(|(field, message)| {
         // For a profile, the cure for an empty device list is also to remove the profile.
         let message = if field == "match.devices" {
-            format!("{message}, or remove the profile")
+            "is empty, so the profile selects no device; list device ids, or remove the profile"
+                .to_owned()
         } else {
             message
         };

@@ -628,7 +628,7 @@ fn shape_errors_give_line_column_profile_and_entry() {
         ),
         (
             "version = 1\n[[profiles]]\nname = \"x\"\n".to_string(),
-            "shoal.toml:2:3: unknown field `profiles`, expected `version` or `profile`",
+            "shoal.toml:2:3: unknown field `profiles`, expected one of `version`, `profile`, `rollout`",
         ),
     ];
     for (manifest, expected) in cases {
