@@ -2,7 +2,16 @@
 # Shoal quickstart: builds the agent, makes a signing key and a signed example config repo,
 # and has an agent sync it into a sandbox under .quickstart/ — all local, no root needed.
 # Run it again to see a no-op sync; it starts fresh if you delete .quickstart/.
+# In a terminal it keeps the collector (and its fleet page) running at the end until Ctrl-C;
+# `--no-serve` (and any run without a terminal, as in CI) stops it and exits.
 set -euo pipefail
+SERVE=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-serve) SERVE=0 ;;
+    *) echo "usage: $0 [--no-serve]" >&2; exit 2 ;;
+  esac
+done
 cd "$(dirname "$0")"
 Q="$PWD/.quickstart"
 mkdir -p "$Q"
@@ -106,7 +115,7 @@ say "fleet status from the collector's API"
 get() { if command -v curl >/dev/null; then curl -sS "$URL$1"; else python3 -c "import sys,urllib.request;print(urllib.request.urlopen(sys.argv[1]).read().decode())" "$URL$1"; fi; echo; }
 echo "GET /api/v1/summary"; get /api/v1/summary
 echo "GET /api/v1/devices"; get /api/v1/devices
-echo "(the collector also serves a fleet page at $URL/ ; this script stops it on exit)"
+echo "(the collector also serves a fleet page at $URL/)"
 
 say "what ran for real, and what this machine did not"
 cat <<TXT
@@ -118,6 +127,16 @@ ran for real: ssh-keygen key, git-signed commits, gix fetch into the agent's mir
 not here:     systemd services and the agent as a service, a network between devices
               (they need root and a systemd as PID 1; nothing in this quickstart needs root).
               As root, "SHOAL_E2E=1 cargo test -p shoal-e2e --test fleet" boots three devices,
-              each a real systemd on its own veth link, and runs seven rollout scenarios;
+              each a real systemd on its own veth link, and runs fourteen rollout scenarios;
               docs/FLEET.md does the same on real hosts.
 TXT
+
+if [ "$SERVE" = 1 ] && [ -t 0 ] && [ -t 1 ]; then
+  say "the collector keeps running: open the fleet page"
+  echo "fleet page: $URL/   API: $URL/api/v1/summary"
+  echo "(started without --token-file, so reading needs no token; a device enrolls with the"
+  echo " token in $Q/enroll-token)"
+  echo "Ctrl-C stops the collector. Run with --no-serve to stop at once."
+  trap 'echo; echo "stopping the collector"; exit 0' INT
+  wait "$COLLECTOR_PID" || true
+fi
