@@ -1072,6 +1072,16 @@ impl CheckedRange {
             approvals,
         })
     }
+
+    /// A device at the base (`--since`), with no policy recorded yet and the repository's
+    /// approval tags.
+    fn anchor(&self) -> verify::Anchor<'_> {
+        verify::Anchor {
+            applied: self.base,
+            policy: None,
+            approvals: &self.approvals,
+        }
+    }
 }
 
 /// `verify --policy`: the policy's verdict on every path of every commit, refused ones included.
@@ -1083,19 +1093,9 @@ fn verify_policy_command(
     trust: TrustFiles,
     json: bool,
 ) -> Result<(), CliError> {
-    let CheckedRange {
-        policy,
-        repo,
-        tip,
-        base,
-        approvals,
-    } = CheckedRange::open(config_path, repo_path, rev, since, trust)?;
-    let anchor = verify::Anchor {
-        applied: base,
-        policy: None,
-        approvals: &approvals,
-    };
-    let reports = verify::explain(&repo, &policy, &anchor, tip)?;
+    let range = CheckedRange::open(config_path, repo_path, rev, since, trust)?;
+    let tip = range.tip;
+    let reports = verify::explain(&range.repo, &range.policy, &range.anchor(), tip)?;
     let refused: usize = reports
         .iter()
         .flat_map(|r| &r.paths)
@@ -1168,19 +1168,9 @@ fn verify_command(
     trust: TrustFiles,
     json: bool,
 ) -> Result<(), CliError> {
-    let CheckedRange {
-        policy,
-        repo,
-        tip,
-        base,
-        approvals,
-    } = CheckedRange::open(config_path, repo_path, rev, since, trust)?;
-    let anchor = verify::Anchor {
-        applied: base,
-        policy: None,
-        approvals: &approvals,
-    };
-    let verified = verify::verify_update(&repo, &policy, &anchor, tip)?;
+    let range = CheckedRange::open(config_path, repo_path, rev, since, trust)?;
+    let tip = range.tip;
+    let verified = verify::verify_update(&range.repo, &range.policy, &range.anchor(), tip)?;
     let signer = verified.signer();
     if json {
         let value = json!({
