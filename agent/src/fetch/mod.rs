@@ -267,17 +267,7 @@ impl Mirror {
         // reqwest is built without a compiled-in crypto provider (its default would pull
         // aws-lc); make ring the process default so plain http:// clients build too.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let identity = source.client_identity.as_ref();
-        let tls = match source.ca_file.as_deref() {
-            Some(path) => Some(tls::client_config_with(Some(path), identity)?),
-            None if is_https(&source.url) => Some(tls::client_config_with(None, identity)?),
-            None => None,
-        };
-        let link = Link {
-            http: is_https(&source.url) || config::has_scheme(&source.url, "http"),
-            tls,
-            proxy: proxy::route_from_env(source.proxy.as_ref(), &source.url)?,
-        };
+        let link = Link::for_source(source)?;
         let mut healed: Option<Damage> = None;
         loop {
             let attempt = Mirror::open_checked(dir, applied).and_then(|mirror| {
@@ -624,18 +614,8 @@ impl Mirror {
     /// `doctor`, which asks whether the server is reachable and has the ref.
     pub fn advertised_tip(&self, source: &SourceConfig) -> Result<ObjectId, FetchError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let identity = source.client_identity.as_ref();
-        let tls = match source.ca_file.as_deref() {
-            Some(path) => Some(tls::client_config_with(Some(path), identity)?),
-            None if is_https(&source.url) => Some(tls::client_config_with(None, identity)?),
-            None => None,
-        };
         // The same link as a fetch: TLS (with a client certificate), proxy, ssh settings.
-        let link = Link {
-            http: is_https(&source.url) || config::has_scheme(&source.url, "http"),
-            tls,
-            proxy: proxy::route_from_env(source.proxy.as_ref(), &source.url)?,
-        };
+        let link = Link::for_source(source)?;
         let unreachable = |message: String| FetchError::Unreachable {
             url: source.url.clone(),
             attempts: 1,
@@ -905,6 +885,23 @@ struct Link {
     http: bool,
     tls: Option<Arc<rustls::ClientConfig>>,
     proxy: Option<proxy::Route>,
+}
+
+impl Link {
+    /// The TLS settings (CA, client certificate) and the proxy route of `source`.
+    fn for_source(source: &SourceConfig) -> Result<Link, FetchError> {
+        let identity = source.client_identity.as_ref();
+        let tls = match source.ca_file.as_deref() {
+            Some(path) => Some(tls::client_config_with(Some(path), identity)?),
+            None if is_https(&source.url) => Some(tls::client_config_with(None, identity)?),
+            None => None,
+        };
+        Ok(Link {
+            http: is_https(&source.url) || config::has_scheme(&source.url, "http"),
+            tls,
+            proxy: proxy::route_from_env(source.proxy.as_ref(), &source.url)?,
+        })
+    }
 }
 
 /// An ssh source reached without the settings `config` requires for one (a bug, not a state).
