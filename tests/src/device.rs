@@ -1,8 +1,10 @@
 //! `Device`: one simulated device for end-to-end tests — an agent config, a state dir and a
 //! sandbox root in a temp dir — driving the real `shoal-agent` binary and reading its verdicts.
 
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use crate::binaries::agent_bin;
 use crate::command::output;
@@ -200,4 +202,28 @@ verify = "{verify}"
             .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {}", run.stdout));
         status["applied_commit"].as_str().map(str::to_owned)
     }
+}
+
+/// The socket the test listens on as systemd would (`NOTIFY_SOCKET`), in `dir`.
+pub fn notify_socket(dir: &Path) -> (PathBuf, UnixDatagram) {
+    let path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&path).expect("bind notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    (path, socket)
+}
+
+/// `shoal-agent run` for the device configured at `config`, notifying `socket`.
+pub fn run_daemon(config: &Path, socket: &Path, stderr: Stdio) -> Child {
+    Command::new(agent_bin())
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .env("NOTIFY_SOCKET", socket)
+        .env("SHOAL_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn shoal-agent run")
 }

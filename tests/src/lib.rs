@@ -30,7 +30,7 @@ mod vm;
 pub use binaries::{agent_bin, agent_bin_with_failpoints, collector_bin};
 pub use bulk::{disk_usage, Incompressible};
 pub use collector::CollectorSpec;
-pub use device::{Device, Run};
+pub use device::{notify_socket, run_daemon, Device, Run};
 pub use forward_proxy::ForwardProxy;
 pub use git_daemon::GitDaemon;
 pub use guest::{app_manifest, GuestDevice, GUEST_DIR};

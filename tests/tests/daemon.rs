@@ -3,11 +3,10 @@
 //! environment mode, no backoff while the release is stale.
 
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use shoal_e2e::{agent_bin, require_tools, Sandbox, MOTD_MANIFEST};
+use shoal_e2e::{notify_socket, require_tools, run_daemon, Sandbox, MOTD_MANIFEST};
 
 /// Kills the daemon by PID if a test fails before stopping it.
 struct Daemon(Child);
@@ -29,30 +28,6 @@ fn signal(child: &Child, sig: &str) {
 }
 
 /// Reads notifications until one contains `needle`, or panics after `timeout`.
-/// The socket the test listens on as systemd would (`NOTIFY_SOCKET`), in `dir`.
-fn notify_socket(dir: &Path) -> (PathBuf, UnixDatagram) {
-    let path = dir.join("notify.sock");
-    let socket = UnixDatagram::bind(&path).expect("bind notify socket");
-    socket
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("timeout");
-    (path, socket)
-}
-
-/// `shoal-agent run` for the device configured at `config`, notifying `socket`.
-fn run_daemon(config: &Path, socket: &Path, stderr: Stdio) -> Child {
-    Command::new(agent_bin())
-        .arg("--config")
-        .arg(config)
-        .arg("run")
-        .env("NOTIFY_SOCKET", socket)
-        .env("SHOAL_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .expect("spawn shoal-agent run")
-}
-
 fn wait_for(socket: &UnixDatagram, needle: &str, timeout: Duration) -> String {
     let deadline = Instant::now() + timeout;
     let mut seen = Vec::new();

@@ -5,13 +5,11 @@
 //! again for a newer commit, applies once the wave opens, and the daemon wakes up for the
 //! opening instead of waiting out its interval. Real git, real signatures, the real collector.
 
-use std::os::unix::net::UnixDatagram;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use shoal_e2e::{agent_bin, gateway_config, require_tools, CollectorSpec, Sandbox};
+use shoal_e2e::{gateway_config, notify_socket, require_tools, run_daemon, CollectorSpec, Sandbox};
 
 /// `shoal.toml` of the sandbox's gateway config with `rollout` appended.
 fn manifest_with(rollout: &str) -> String {
@@ -220,12 +218,8 @@ fn the_daemon_wakes_when_the_wave_opens() {
     s.device.sync().expect(0, "applied generation 1");
     let waiting = push(&s, "after the wave\n", &everyone_after("4s"));
 
-    let socket_path = s.dir.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).expect("notify socket");
-    socket
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("timeout");
-    let mut daemon = run_daemon(&s.device.config_path(), &socket_path);
+    let (socket_path, socket) = notify_socket(s.dir.path());
+    let mut daemon = run_daemon(&s.device.config_path(), &socket_path, Stdio::piped());
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut saw_pending = false;
     while s.device.applied().as_deref() != Some(waiting.as_str()) {
@@ -246,17 +240,4 @@ fn the_daemon_wakes_when_the_wave_opens() {
     let _ = daemon.wait();
     assert!(saw_pending, "the device never reported pending first");
     assert_eq!(s.read("/etc/motd"), "after the wave\n");
-}
-
-fn run_daemon(config: &Path, socket: &Path) -> std::process::Child {
-    Command::new(agent_bin())
-        .arg("--config")
-        .arg(config)
-        .arg("run")
-        .env("NOTIFY_SOCKET", socket)
-        .env("SHOAL_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn shoal-agent run")
 }
