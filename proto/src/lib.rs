@@ -4,6 +4,7 @@
 mod commit_id;
 pub mod enrollment;
 mod envelope;
+mod halts;
 mod key_id;
 mod report;
 
@@ -15,8 +16,11 @@ pub use envelope::{
     EnvelopeError, SignedEnvelope, Unverified, ENVELOPE_VERSION, MAX_ENVELOPE_BYTES,
     SIGNING_CONTEXT,
 };
+pub use halts::{
+    Halt, HaltList, HaltsError, SignedHalts, HALTS_SIGNING_CONTEXT, HALTS_VERSION, MAX_HALTED,
+};
 pub use key_id::{KeyId, KeyIdError};
-pub use report::{Pending, Release, Report, ReportError, ResourceError, Timings};
+pub use report::{Pending, Release, Report, ReportError, ResourceError, Target, Timings};
 
 use serde::{Deserialize, Serialize};
 
@@ -38,11 +42,15 @@ pub enum Status {
     /// A verified commit waits for this device's rollout wave to open (`[rollout]` in
     /// `shoal.toml`): nothing was applied yet; the report's `pending` says which wave and when.
     Pending,
+    /// A verified commit this device has not applied is halted: by a release with `Halt: true`
+    /// or by the collector's signed halt list. Nothing was applied; the device stays where it was
+    /// (DESIGN.md, "Rollouts: waves, halt").
+    Halted,
 }
 
 impl Status {
     /// Every status, in a stable order (summaries and metrics list them all, zeros included).
-    pub const ALL: [Status; 9] = [
+    pub const ALL: [Status; 10] = [
         Status::Converged,
         Status::Applying,
         Status::Failed,
@@ -52,6 +60,7 @@ impl Status {
         Status::Drifted,
         Status::Stale,
         Status::Pending,
+        Status::Halted,
     ];
 
     /// The wire name (`rolled_back`), the same string serde uses.
@@ -66,6 +75,7 @@ impl Status {
             Status::Drifted => "drifted",
             Status::Stale => "stale",
             Status::Pending => "pending",
+            Status::Halted => "halted",
         }
     }
 

@@ -35,6 +35,12 @@ pub struct Report {
     /// With status `pending`: the verified commit that waits, its wave and when the wave opens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<Pending>,
+    /// The commit this report is about and the device's rollout wave for it: the verified commit
+    /// the device applied (converged), tried (failed, rolled_back), waits for (pending) or holds
+    /// off (halted). The collector follows each commit's rollout by wave from it. Absent when
+    /// the device has no verified commit in view, or from an older agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Target>,
     /// What failed, one entry per resource (file, unit, commit) at fault.
     #[serde(default)]
     pub errors: Vec<ResourceError>,
@@ -58,6 +64,17 @@ pub struct Pending {
     pub wave: String,
     /// When the wave opens, unix seconds by the device's clock.
     pub opens_at: u64,
+}
+
+/// The commit a report is about, and the device's wave for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    /// Hex object id of the commit.
+    pub commit: String,
+    /// The device's wave in that commit's `[rollout] waves`; absent when the commit declares no
+    /// rollout (every device takes it at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave: Option<String>,
 }
 
 /// A release: the environment and its number N (`production/42`), as the signed tag names it.
@@ -114,6 +131,7 @@ impl Report {
             commit: None,
             release: None,
             pending: None,
+            target: None,
             status,
             errors: Vec::new(),
             timings: Timings::default(),
@@ -165,6 +183,22 @@ impl Report {
                     "pending",
                     "the wave's name must be 1 to 128 characters".to_owned(),
                 ));
+            }
+        }
+        if let Some(target) = &self.target {
+            if !is_object_id(&target.commit) {
+                return Err(invalid(
+                    "target",
+                    format!("{:?} is not a hex object id", target.commit),
+                ));
+            }
+            if let Some(wave) = &target.wave {
+                if wave.is_empty() || wave.chars().count() > 128 {
+                    return Err(invalid(
+                        "target",
+                        "the wave's name must be 1 to 128 characters".to_owned(),
+                    ));
+                }
             }
         }
         if let Some(release) = &self.release {
