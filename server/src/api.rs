@@ -3,14 +3,13 @@
 //! a JSON `{error, reason_code}`. Handlers decide nothing themselves: `shoal_fleet`'s `ingest` and
 //! `keys` decide and its `tally` counts; `store` records (through the one writer).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use http_body_util::BodyExt as _;
@@ -31,7 +30,7 @@ pub const ENROLL_HEADER: &str = "x-shoal-enroll";
 /// Default and largest page size of `GET /api/v1/devices`.
 pub const DEFAULT_LIMIT: usize = 1000;
 pub const MAX_LIMIT: usize = 10_000;
-/// Rows on the HTML page.
+/// Rows of one page of the HTML device list (`/devices`).
 pub const PAGE_ROWS: usize = 500;
 /// Largest body of an admin request (`{"key": "ed25519:..."}` is about 60 bytes).
 pub const MAX_ADMIN_BODY: usize = 4096;
@@ -164,7 +163,9 @@ impl IntoResponse for ApiError {
 /// The collector's whole HTTP API.
 pub fn app(state: Arc<AppState>) -> Router {
     let reads = Router::new()
-        .route("/", get(fleet_page))
+        .route("/", get(summary_page))
+        .route("/devices", get(devices_page))
+        .route("/devices/{id}", get(device_page))
         .route("/api/v1/devices", get(list_devices))
         .route("/api/v1/devices/{id}", get(one_device))
         .route("/api/v1/devices/{id}/history", get(device_history))
@@ -478,7 +479,7 @@ async fn change_key(
     }
 }
 
-/// Filters of `GET /api/v1/devices` and `/`.
+/// Filters of `GET /api/v1/devices` and the `/devices` page.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct DeviceFilter {
     pub status: Option<Status>,
@@ -743,24 +744,108 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Result<impl IntoResponse, 
     ))
 }
 
-async fn fleet_page(
+/// A page request that failed: the API's status code and reason, as an HTML page.
+#[derive(Debug)]
+pub struct PageError(ApiError);
+
+impl From<ApiError> for PageError {
+    fn from(e: ApiError) -> PageError {
+        PageError(e)
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let status = self.0.status();
+        if status.is_server_error() {
+            tracing::error!(error = %self.0, "page request failed");
+        } else {
+            tracing::debug!(error = %self.0, status = status.as_u16(), "page request refused");
+        }
+        let title = status.canonical_reason().unwrap_or("Error");
+        let html = crate::page::error(status.as_u16(), title, &self.0.to_string());
+        (status, Html(html)).into_response()
+    }
+}
+
+/// `/`: the summary page (counts only, no device scan). The page at `/` used to list devices
+/// with the list's filters: a query there is sent on to `/devices` with the same query, so old
+/// links keep working.
+async fn summary_page(
     State(app): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
-) -> Result<Html<String>, ApiError> {
-    let mut filter = DeviceFilter::parse(query.as_deref())?;
+) -> Result<Response, PageError> {
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        return Ok(Redirect::to(&format!("/devices?{q}")).into_response());
+    }
+    let now = app.config.clock.now();
+    let summary = app
+        .store
+        .summary(now, app.config.stale_after)
+        .map_err(ApiError::from)?;
+    Ok(Html(crate::page::summary(&summary)).into_response())
+}
+
+/// `/devices`: the device list with the API's filters, at most `PAGE_ROWS` a page. Empty
+/// parameters are ignored (an HTML form sends every field, filled or not).
+async fn devices_page(
+    State(app): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+) -> Result<Html<String>, PageError> {
+    // The serializer is not `Send`: done with before the first await.
+    let filled = {
+        let mut filled = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+            if !v.is_empty() {
+                filled.append_pair(&k, &v);
+            }
+        }
+        filled.finish()
+    };
+    let mut filter = DeviceFilter::parse(Some(&filled))?;
     filter.limit = filter.limit.min(PAGE_ROWS);
     let now = app.config.clock.now();
-    let summary = app.store.summary(now, app.config.stale_after)?;
-    let note: BTreeMap<_, _> = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-        .into_owned()
-        .collect();
-    let note = note
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("&");
+    let stale_after = app.config.stale_after;
+    let shown_filter = filter.clone();
     let (shown, more) = blocking(move || select(&app, &filter, now)).await?;
-    Ok(Html(crate::page::render(&summary, &shown, more, &note)))
+    let next_after = if more {
+        shown.last().map(|(id, _)| id.as_str())
+    } else {
+        None
+    };
+    Ok(Html(crate::page::device_list(
+        &shown_filter,
+        &shown,
+        next_after,
+        now,
+        stale_after,
+    )))
+}
+
+/// `/devices/{id}`: the device's latest report and its kept history; 404 page when unknown.
+async fn device_page(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Html<String>, PageError> {
+    let now = app.config.clock.now();
+    let stale_after = app.config.stale_after;
+    let html = blocking(move || {
+        let record = app.store.device(&id)?.ok_or_else(|| ApiError::NotFound {
+            what: format!("device {id:?}"),
+        })?;
+        let pinned = app.store.pinned_key(&id)?;
+        let history = app.store.history(&id)?;
+        Ok(crate::page::device(
+            &id,
+            &record,
+            pinned.as_deref(),
+            &history,
+            now,
+            stale_after,
+        ))
+    })
+    .await?;
+    Ok(Html(html))
 }
 
 #[cfg(test)]

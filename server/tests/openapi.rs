@@ -62,6 +62,8 @@ fn the_document_lists_the_api() {
             "get /metrics",
             "get /healthz",
             "get /",
+            "get /devices",
+            "get /devices/{id}",
         ]
     );
     assert!(doc.iter().all(|(_, _, codes)| codes.contains(&200)));

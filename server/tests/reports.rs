@@ -431,7 +431,7 @@ async fn a_stale_release_is_counted_filtered_and_shown(backend: Backend) {
         metrics.contains("shoal_devices{status=\"stale\"} 1\n"),
         "{metrics}"
     );
-    let page = client.get("/?status=stale").await.text();
+    let page = client.get("/devices?status=stale").await.text();
     assert!(
         page.contains(r#"<span class="s stale">stale</span>"#),
         "{page}"
