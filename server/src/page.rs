@@ -365,6 +365,9 @@ pub fn device_list(
         if let Some(s) = filter.stale {
             pairs.push(("stale".into(), s.to_string()));
         }
+        if filter.limit < crate::api::PAGE_ROWS {
+            pairs.push(("limit".into(), filter.limit.to_string()));
+        }
         pairs.push(("after".into(), after.to_owned()));
         let pairs: Vec<(&str, &str)> = pairs
             .iter()
@@ -538,6 +541,11 @@ pub fn device(
         );
     }
     b.push_str("</tbody></table></div>\n");
+    let api = device_href(id).replacen("/devices/", "/api/v1/devices/", 1);
+    let _ = writeln!(
+        b,
+        r#"<p class="muted">As JSON: <a href="{api}">the device</a> · <a href="{api}/history">its history</a></p>"#
+    );
     layout(id, "/devices", &b)
 }
 
@@ -660,5 +668,13 @@ mod tests {
         );
         assert!(html.contains("<option selected>failed</option>"));
         assert!(html.contains(r#"<input name="label" value="site=b c">"#));
+        // A smaller page size than the page's own is kept too.
+        let filter = DeviceFilter::parse(Some("limit=20")).unwrap();
+        let rec = record(Report::new("gw-1", Status::Failed, 1), 0);
+        let html = device_list(&filter, &[("gw-1".into(), rec)], Some("gw-1"), 1000, 180);
+        assert!(
+            html.contains(r#"href="/devices?limit=20&amp;after=gw-1""#),
+            "{html}"
+        );
     }
 }
