@@ -32,7 +32,7 @@ th{background:#f4f4f4;white-space:nowrap}
 .rolled_back{background:#ef6c00}.held{background:#6a1b9a}.refused{background:#ad1457}.drifted{background:#f9a825;color:#222}
 .s.stale{background:#546e7a}.s.pending{background:#90a4ae;color:#222}.s.halted{background:#4e342e}
 .unseen td{color:#888}
-.rows td{white-space:nowrap}.rows td.wrap{white-space:normal;min-width:14rem}
+.rows td{white-space:nowrap}.rows td.wrap{white-space:normal;min-width:12rem;overflow-wrap:anywhere}
 .cards{display:flex;flex-wrap:wrap;gap:.6rem;padding:0;margin:0;list-style:none}
 .cards li{background:#fff;border:1px solid #e0e0e0;border-radius:.4rem;padding:.5rem .8rem;min-width:8rem}
 .cards .n{display:block;font-size:1.5rem;font-weight:700}.cards .zero{opacity:.55}
@@ -339,7 +339,7 @@ pub fn device_list(
         };
         let _ = writeln!(
             b,
-            r#"<tr{} data-device="{}"><td><a href="{}"><code>{}</code></a></td><td>{}</td><td>{commit}{release}</td><td>{}</td><td>{}</td><td>{}</td><td class="wrap">{errors}</td></tr>"#,
+            r#"<tr{} data-device="{}"><td><a href="{}"><code>{}</code></a></td><td>{}</td><td>{commit}{release}</td><td>{}</td><td>{}</td><td class="wrap">{}</td><td class="wrap">{errors}</td></tr>"#,
             if unseen { r#" class="unseen""# } else { "" },
             esc(id),
             device_href(id),
