@@ -325,6 +325,8 @@ async fn reads_need_the_bearer_token_and_reports_do_not(backend: Backend) {
     let anonymous = Client::new(server.addr);
     for path in [
         "/",
+        "/devices",
+        "/devices/gw-1",
         "/api/v1/devices",
         "/api/v1/devices/gw-1",
         "/api/v1/devices/gw-1/history",
