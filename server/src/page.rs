@@ -21,7 +21,7 @@ body{font-family:system-ui,sans-serif;margin:0;color:#222;background:#fafafa;lin
 header{background:#263238;color:#fff;padding:.6rem 1rem;display:flex;flex-wrap:wrap;gap:.4rem 1.2rem;align-items:baseline}
 header b{font-size:1.1rem}header a{color:#cfd8dc;text-decoration:none}header a.here{color:#fff;font-weight:600;border-bottom:2px solid #80cbc4}
 main{padding:1rem;max-width:80rem}
-h1{font-size:1.4rem;margin:.2rem 0 .8rem;overflow-wrap:anywhere}h2{font-size:1.1rem;margin:1.4rem 0 .5rem}
+h1{font-size:1.4rem;margin:.2rem 0 .8rem;overflow-wrap:anywhere}h1 code{font-size:inherit}h2{font-size:1.1rem;margin:1.4rem 0 .5rem}
 a{color:#00695c}
 code{font-family:ui-monospace,monospace;font-size:.88rem;overflow-wrap:anywhere}
 .scroll{overflow-x:auto;max-width:100%;border:1px solid #e0e0e0;background:#fff}
