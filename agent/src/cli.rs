@@ -14,6 +14,7 @@ use crate::config::{AgentConfig, ConfigError, TrustConfig, VerifyMode};
 use crate::daemon;
 use crate::errors::error_chain;
 use crate::fetch::Mirror;
+use crate::halts;
 use crate::plan::Plan;
 use crate::render::{self, CommitPreview, DeviceIdentity, PreviewSource, RenderError};
 use crate::report::{Identity, Reporter};
@@ -474,6 +475,18 @@ fn sync_command(
             let dry = if dry_run { "dry run: " } else { "" };
             eprintln!("{dry}pending: {message}");
         }
+        SyncOutcome::Halted {
+            commit,
+            halt,
+            message,
+        } => {
+            if json {
+                let value = json!({ "commit": commit.to_string(), "halted": halt });
+                println!("{value:#}");
+            }
+            let dry = if dry_run { "dry run: " } else { "" };
+            eprintln!("{dry}halted: {message}");
+        }
         SyncOutcome::DryRun {
             commit,
             plan,
@@ -544,6 +557,10 @@ fn status_command(config_path: &Path, json: bool) -> Result<(), CliError> {
     let release = state.applied_release().map_err(failed)?;
     let pending = apply::pending(&state.apply_journal_path()).map_err(failed)?;
     let queued = state.queued_reports().map_err(failed)?.len();
+    // The collector's halt list in force (opened with the pinned key), or why it cannot be.
+    let pinned = config.collector.as_ref().and_then(|c| c.key.as_ref());
+    let halts = halts::in_force(&state, pinned).map_err(|e| e.to_string());
+    let halts_refused = state.halts_refused().map_err(failed)?;
     let mirror = Mirror::open_existing(&state.mirror_path());
     let fetched = mirror.as_ref().and_then(|m| m.fetched_tip());
     // In environment mode the mirror records the release tag: show its commit as the fetched
@@ -581,6 +598,12 @@ fn status_command(config_path: &Path, json: bool) -> Result<(), CliError> {
             "sync_in_progress": syncing,
             "unfinished_apply": pending.map(|j| json!({ "from": j.from, "to": j.to })),
             "queued_reports": queued,
+            "halts": match &halts {
+                Ok(list) => json!(list),
+                Err(e) => json!({ "error": e }),
+            },
+            "halts_trusted": pinned.map(|k| k.id.to_string()),
+            "halts_refused": halts_refused,
         });
         println!("{value:#}");
         return Ok(());
@@ -612,6 +635,26 @@ fn status_command(config_path: &Path, json: bool) -> Result<(), CliError> {
             last.status,
             human_time(last.at)
         );
+    }
+    match (&halts, pinned) {
+        (_, None) => {}
+        (Ok(None), Some(_)) => eprintln!("halts       none from the collector yet"),
+        (Ok(Some(list)), Some(_)) => {
+            let halted: Vec<String> = list.halted.iter().map(|h| h.commit.to_string()).collect();
+            let halted = if halted.is_empty() {
+                "nothing halted".to_owned()
+            } else {
+                format!("halted: {}", halted.join(", "))
+            };
+            eprintln!(
+                "halts       list {} from the collector: {halted}",
+                list.serial
+            );
+        }
+        (Err(e), Some(_)) => eprintln!("halts       {e}"),
+    }
+    if let Some(why) = &halts_refused {
+        eprintln!("halts       the collector's last list was ignored: {why}");
     }
     match (pending, syncing) {
         (Some(j), true) => eprintln!("syncing     applying generation {} → {} now", j.from, j.to),

@@ -219,6 +219,17 @@ pub struct CollectorConfig {
     pub enroll_token_file: Option<PathBuf>,
     /// `[collector] proxy` (and `proxy_auth_file`), over `HTTPS_PROXY` from the environment.
     pub proxy: Option<ProxySetting>,
+    /// `[collector] key`: the collector's own ed25519 key, which signs its halt lists. Without
+    /// it the agent ignores halt lists (a halt from the collector is not trusted).
+    pub key: Option<CollectorKey>,
+}
+
+/// The collector key pinned in `[collector] key`, parsed once at load.
+#[derive(Debug, Clone)]
+pub struct CollectorKey {
+    /// `ed25519:BASE64`, as messages and `doctor` name it.
+    pub id: shoal_proto::KeyId,
+    pub key: ed25519_dalek::VerifyingKey,
 }
 
 #[derive(Debug, Clone)]
@@ -284,6 +295,7 @@ struct RawCollector {
     enroll_token_file: Option<PathBuf>,
     proxy: Option<String>,
     proxy_auth_file: Option<PathBuf>,
+    key: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -520,6 +532,22 @@ impl AgentConfig {
         .map_err(|(key, m)| invalid(["source.proxy", "source.proxy_auth_file"][key], &m))?;
         let collector = match raw.collector {
             Some(c) => Some(CollectorConfig {
+                key: match c.key.as_deref() {
+                    None => None,
+                    Some(text) => {
+                        let (id, key) = shoal_proto::KeyId::parse_with_key(text).map_err(|e| {
+                            invalid(
+                                "collector.key",
+                                &format!(
+                                    "is not a collector key: {e}; write the key \
+                                     `shoal-collector serve` prints at start, like \
+                                     \"ed25519:BASE64\""
+                                ),
+                            )
+                        })?;
+                        Some(CollectorKey { id, key })
+                    }
+                },
                 url: c.url.trim_end_matches('/').to_owned(),
                 ca_file: c.ca_file.map(resolve),
                 enroll_token_file: c.enroll_token_file.map(resolve),
@@ -1032,6 +1060,49 @@ keep_generations = 10
         assert!(is_ssh_url("ssh://git@host:2222/srv/config.git"));
         assert!(!is_ssh_url("https://host/config.git"));
         assert!(!is_ssh_url("/srv/config.git"));
+    }
+
+    #[test]
+    fn the_collector_key_is_an_ed25519_key_id_and_a_bad_one_names_the_field() {
+        let signing = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let id = shoal_proto::KeyId::of(&signing.verifying_key());
+        let c = parse(&format!(
+            "{MINIMAL}[collector]\nurl = \"https://c.example\"\nkey = \"{id}\"\n"
+        ))
+        .unwrap();
+        let key = c.collector.unwrap().key.unwrap();
+        assert_eq!(key.id, id);
+        assert_eq!(key.key, signing.verifying_key());
+        // Optional: without it, halt lists are not trusted.
+        let c = parse(&format!(
+            "{MINIMAL}[collector]\nurl = \"https://c.example\"\n"
+        ))
+        .unwrap();
+        assert!(c.collector.unwrap().key.is_none());
+        for (bad, why) in [
+            (
+                "ed25519:nope",
+                "is not standard base64 of a 32-byte ed25519 public key",
+            ),
+            ("rsa:AAAA", "does not start with \"ed25519:\""),
+        ] {
+            let err = parse(&format!(
+                "{MINIMAL}[collector]\nurl = \"https://c.example\"\nkey = \"{bad}\"\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.starts_with(
+                    "/etc/shoal/agent.toml: `collector.key` is not a collector key: key id "
+                ),
+                "{err}"
+            );
+            assert!(err.contains(why), "{err}");
+            assert!(
+                err.ends_with("write the key `shoal-collector serve` prints at start, like \"ed25519:BASE64\""),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -9,6 +9,12 @@
 //! reports to the collector after each sync, keeping its sequence block and what it last sent,
 //! so a heartbeat writes nothing. One current-thread runtime; the child is waited for, and the
 //! report sent, in `spawn_blocking`.
+//!
+//! Halts reach the device in the answer to a report, so after the sync that reported: when
+//! that answer newly halts the commit the sync left waiting for its wave (`pending`), or lifts
+//! the collector's halt of the commit it held off (`halted`), the daemon's next wake is at once:
+//! one more sync right after the report (never two in a row for that reason, so a collector
+//! flipping its list cannot make the daemon spin). Otherwise it sleeps as usual.
 
 use std::process::{Command, ExitStatus};
 use std::sync::Arc;
@@ -59,6 +65,8 @@ async fn run_loop(config: Arc<AgentConfig>) -> Result<(), DaemonError> {
     let mut watchdog =
         tokio::time::interval(Notifier::watchdog_interval().unwrap_or(Duration::from_secs(3600)));
     let mut failures: u32 = 0;
+    // Whether this round's sync was the one extra sync a changed halt list asked for.
+    let mut followed_halts = false;
     // Built lazily on the blocking pool (reqwest's blocking client must not live on the runtime).
     let mut reporter: Option<Reporter> = None;
     notifier.send("READY=1");
@@ -135,6 +143,12 @@ async fn run_loop(config: Arc<AgentConfig>) -> Result<(), DaemonError> {
             tracing::info!("SIGHUP during the sync: syncing again now");
             continue;
         }
+        let follow = !followed_halts && halts_turned(&config);
+        followed_halts = follow;
+        if follow {
+            tracing::info!("the collector's halt list changed for the commit this device waits for: syncing again now");
+            continue;
+        }
         // A commit waiting for its rollout wave: wake when the wave opens (not a poll), unless
         // the interval comes first (a newer commit may have arrived meanwhile).
         let delay = match wave_opens_in(&config) {
@@ -175,6 +189,40 @@ fn wave_opens_in(config: &AgentConfig) -> Option<Duration> {
         .saturating_sub(crate::state::unix_now())
         .saturating_add(1);
     Some(Duration::from_secs(wait))
+}
+
+/// Whether the halt list in force now disagrees with what the last sync decided about the commit
+/// it did not apply: it waited for its wave (`pending`) and is halted now, or it was halted by
+/// the collector and is not any more. (A release's `Halt: true` changes only with a release.)
+fn halts_turned(config: &AgentConfig) -> bool {
+    use crate::state::HaltSource;
+    use shoal_proto::Status;
+    let Some(pinned) = config.collector.as_ref().and_then(|c| c.key.as_ref()) else {
+        return false;
+    };
+    let Ok((state, _)) = crate::state::StateView::open(&config.state_dir) else {
+        return false;
+    };
+    let Some(last) = state.last_result().ok().flatten() else {
+        return false;
+    };
+    let Some(commit) = last.commit.as_ref() else {
+        return false;
+    };
+    let Ok(list) = crate::halts::in_force(&state, Some(pinned)) else {
+        return false;
+    };
+    let halted_now = crate::halts::halt_of(list.as_ref(), commit).is_some();
+    match last.status {
+        Status::Pending => halted_now,
+        Status::Halted => {
+            !halted_now
+                && last
+                    .halted
+                    .is_some_and(|h| h.source == HaltSource::Collector)
+        }
+        _ => false,
+    }
 }
 
 /// Reports after a sync; returns the reporter to keep its sequence block and what it last sent.

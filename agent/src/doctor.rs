@@ -77,6 +77,8 @@ pub enum DoctorError {
         device_id: String,
         key: String,
     },
+    #[error(transparent)]
+    Halts(Box<crate::halts::InForceError>),
     #[error("systemd is not running as the init system (no /run/systemd/system)")]
     NoSystemd,
     #[error("cannot ask systemd about {unit}: {message}")]
@@ -118,6 +120,7 @@ impl DoctorError {
             DoctorError::Collector(_) => "check [collector] url and ca_file, the network, and that shoal-collector runs (`curl URL/healthz`)".into(),
             DoctorError::NotEnrolled { device_id, key, .. } => format!("on the collector: `shoal-collector register --device-id {device_id} --key {key}`, or set [collector] enroll_token_file to a file with its enrollment token"),
             DoctorError::OtherKey { device_id, key, .. } => format!("re-key the device on the collector (admin: PUT /api/v1/devices/{device_id}/key with {{\"key\": \"{key}\"}}), or unpin it and let it enroll with a token"),
+            DoctorError::Halts(_) => "remove the damaged halt list; the next report brings the collector's current list".into(),
             DoctorError::NoSystemd => "run `shoal-agent run` under the init system in use, and pass --no-unit to doctor".into(),
             DoctorError::Systemctl { .. } => "check that systemctl works (`systemctl status`)".into(),
             DoctorError::UnitMissing { unit, .. } => format!("install the package (`apt install ./shoal-agent_*.deb`) or copy systemd/{unit} to /etc/systemd/system/ and `systemctl daemon-reload`"),
@@ -206,7 +209,7 @@ pub fn run(config_path: &Path, options: &Options) -> Vec<Check> {
         Ok(config) => config,
         Err(e) => {
             let mut checks = vec![Check::fail("config", DoctorError::Config(e))];
-            for name in ["state_dir", "clock", "git", "trust", "collector"] {
+            for name in ["state_dir", "clock", "git", "trust", "collector", "halts"] {
                 checks.push(Check::skip(name, "needs a config that loads"));
             }
             checks.push(systemd_check(options));
@@ -250,6 +253,7 @@ pub fn run(config_path: &Path, options: &Options) -> Vec<Check> {
         None => Check::skip("collector", "no [collector] in the config"),
         Some(_) => Check::from("collector", collector(&config, options.now)),
     });
+    checks.push(halts(&config));
     checks.push(systemd_check(options));
     checks
 }
@@ -479,6 +483,47 @@ fn collector(config: &AgentConfig, now: u64) -> Result<String, DoctorError> {
             key,
         }),
     }
+}
+
+/// Whether halts from the collector are trusted (`[collector] key`), and the list in force.
+fn halts(config: &AgentConfig) -> Check {
+    let Some(collector) = &config.collector else {
+        return Check::skip(
+            "halts",
+            "no [collector] in the config: halts from the collector are not trusted",
+        );
+    };
+    let Some(key) = &collector.key else {
+        return Check::skip(
+            "halts",
+            "no [collector] key: halts from the collector are not trusted (its halt lists are ignored); pin the key `shoal-collector serve` prints to honour them",
+        );
+    };
+    let list = StateView::open(&config.state_dir)
+        .map_err(|source| DoctorError::State {
+            path: config.state_dir.clone(),
+            source,
+        })
+        .and_then(|(view, _)| {
+            crate::halts::in_force(&view, Some(key)).map_err(|e| DoctorError::Halts(Box::new(e)))
+        });
+    Check::from(
+        "halts",
+        list.map(|list| {
+            let in_force = match list {
+                None => "no list accepted yet".to_owned(),
+                Some(list) => format!(
+                    "list {} in force, {} commit(s) halted",
+                    list.serial,
+                    list.halted.len()
+                ),
+            };
+            format!(
+                "halts from the collector are trusted when signed by {}; {in_force}",
+                key.id
+            )
+        }),
+    )
 }
 
 fn systemd_check(options: &Options) -> Check {

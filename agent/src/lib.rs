@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod doctor;
 pub mod errors;
 pub mod fetch;
+pub mod halts;
 pub mod health;
 pub mod init;
 pub mod notify;

@@ -3,8 +3,10 @@
 //! go to a persistent outbox first and are delivered in order until the collector acks them, so
 //! nothing is lost across reboots or collector outages; unchanged state is sent as a heartbeat
 //! that costs no disk write. The enrollment token is read and sent only until the collector has
-//! accepted this device's key (see [`Reporter`] for the rule). Reads the device state; writes,
-//! through `state`, the identity key, the outbox and the enrollment record.
+//! accepted this device's key (see [`Reporter`] for the rule). The answer to an accepted report
+//! may carry the collector's signed halt list, handed to `halts::receive` (only with a pinned
+//! `[collector] key`). Reads the device state; writes, through `state`, the identity key, the
+//! outbox and the enrollment record (and, through `halts`, the halt records).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -15,6 +17,7 @@ use shoal_proto::{KeyId, Report, ResourceError, SignedEnvelope, Status};
 
 use crate::config::{AgentConfig, CollectorConfig};
 use crate::errors::error_chain;
+use crate::halts;
 use crate::paths::{self, PathError};
 use crate::proxy::{self, ProxyFailure};
 use crate::render::DeviceIdentity;
@@ -244,6 +247,14 @@ impl Answer {
         let v: serde_json::Value = serde_json::from_str(&self.body).ok()?;
         v.get("reason_code")?.as_str().map(str::to_owned)
     }
+
+    /// The `halts` of an accepted report's answer: `None` when there is none (an older
+    /// collector, or one without a key), else the signed list or why it is not one.
+    fn halts(&self) -> Option<Result<shoal_proto::SignedHalts, String>> {
+        let v: serde_json::Value = serde_json::from_str(&self.body).ok()?;
+        let halts = v.get("halts").filter(|h| !h.is_null())?;
+        Some(serde_json::from_value(halts.clone()).map_err(|e| e.to_string()))
+    }
 }
 
 /// What makes a report news: anything but the sequence and the time.
@@ -254,6 +265,7 @@ struct Fingerprint(
     Option<String>,
     Option<shoal_proto::Release>,
     Vec<ResourceError>,
+    Option<shoal_proto::Target>,
 );
 
 impl Reporter {
@@ -345,6 +357,7 @@ impl Reporter {
             report.commit.clone(),
             report.release.clone(),
             report.errors.clone(),
+            report.target.clone(),
         );
         let envelope = SignedEnvelope::seal(&self.identity.key, &report)
             .map_err(|e| ReportError::Seal(e.to_string()))?
@@ -412,6 +425,9 @@ impl Reporter {
         if status.is_success() && !self.enrolled {
             self.set_enrolled(state, true);
         }
+        if status.is_success() {
+            self.take_halts(state, &answer);
+        }
         let url = &self.collector.url;
         match status.as_u16() {
             200..=299 | 409 => Ok(()),
@@ -426,6 +442,21 @@ impl Reporter {
                     answer.body.trim()
                 ),
             }),
+        }
+    }
+
+    /// Hands the answer's halt list to `halts::receive`, when a collector key is pinned (without
+    /// one, halts are not trusted and not even read). A failure to record it is only logged:
+    /// the report went through, and the next answer carries the list again.
+    fn take_halts(&self, state: &StateDir, answer: &Answer) {
+        let Some(pinned) = &self.collector.key else {
+            return;
+        };
+        let Some(offered) = answer.halts() else {
+            return;
+        };
+        if let Err(e) = halts::receive(state, pinned, offered) {
+            tracing::warn!(error = %e, "cannot record the collector's halt list");
         }
     }
 
@@ -531,6 +562,8 @@ fn build(device: &DeviceIdentity, state: &StateView, sequence: u64) -> Result<Re
     if status == Status::Pending {
         report.pending = last.as_ref().and_then(|r| r.pending.clone());
     }
+    // The commit this report is about and the device's wave for it, as the sync saw them.
+    report.target = last.as_ref().and_then(|r| r.target.clone());
     // The steps of the sync that produced this state (a heartbeat repeats them).
     report.timings = last.as_ref().map(|r| r.timings.clone()).unwrap_or_default();
     if let Some(message) = last.as_ref().and_then(|r| r.message.clone()) {
@@ -543,6 +576,14 @@ fn build(device: &DeviceIdentity, state: &StateView, sequence: u64) -> Result<Re
                 message,
             });
         }
+    }
+    // The collector's last halt list was ignored (replayed, another key, a bad signature): said
+    // in every report until a list is accepted.
+    if let Some(why) = state.halts_refused()? {
+        report.errors.push(ResourceError {
+            resource: "collector".to_owned(),
+            message: format!("ignored the collector's halt list: {why}"),
+        });
     }
     Ok(report)
 }

@@ -94,6 +94,12 @@ pub fn rollback(config: &AgentConfig, to: Option<u64>) -> Result<RolledBack, Rol
         at: unix_now(),
         timings: Default::default(),
         pending: None,
+        halted: None,
+        // The wave is a property of a sync's rendering; a rollback renders nothing.
+        target: Some(shoal_proto::Target {
+            commit: target.commit.to_string(),
+            wave: None,
+        }),
     })?;
     Ok(RolledBack {
         from: current.number,

@@ -13,8 +13,10 @@
 //! `bad/<commit>` (why a commit was recorded as bad), `outbox/<sequence>.json` (sealed
 //! reports waiting for the collector's acknowledgement), `enrolled` (the collector and device
 //! key that collector has accepted reports from, so the enrollment token is no longer needed)
-//! and `services-journal.json` (the service plan a sync is carrying out, present only between
-//! its first `systemctl` call and the commit point or the undo).
+//! `services-journal.json` (the service plan a sync is carrying out, present only between
+//! its first `systemctl` call and the commit point or the undo), `rollout-start` (branch mode's
+//! wave timer), `halts.json` (the collector's signed halt list accepted last, as it came) and
+//! `halts-refused` (why the collector's last list was ignored, until one is accepted).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -55,6 +57,12 @@ const SERVICES_JOURNAL_FILE: &str = "services-journal.json";
 /// `COMMIT UNIX_SECONDS`: when this device first verified the commit it waits to apply (branch
 /// mode's rollout start; a release's tagger time is the start in environment mode).
 const ROLLOUT_START_FILE: &str = "rollout-start";
+/// The collector's signed halt list this device accepted last, as it came (`SignedHalts` JSON):
+/// opened again with the pinned key whenever it is used.
+const HALTS_FILE: &str = "halts.json";
+/// Why the last halt list the collector offered was ignored (a replay, another key, a bad
+/// signature), for the next report; removed when a list is accepted.
+const HALTS_REFUSED_FILE: &str = "halts-refused";
 const SERVICES_JOURNAL_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +136,34 @@ pub struct SyncResult {
     /// With status `pending`: the commit that waits, its wave and when the wave opens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<shoal_proto::Pending>,
+    /// With status `halted`: who halted the commit and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halted: Option<HaltRecord>,
+    /// The commit this result is about (applied, tried, pending or halted) and the device's
+    /// wave for it, as reports carry it (`Report.target`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<shoal_proto::Target>,
+}
+
+/// Who halted a commit the device did not apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HaltSource {
+    /// A release tag with `Halt: true` (environment mode).
+    Release,
+    /// The collector's signed halt list.
+    Collector,
+}
+
+/// Why the last sync did not apply a verified commit: it is halted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaltRecord {
+    pub commit: CommitId,
+    pub source: HaltSource,
+    /// Who: `release production/5 signed by ops`, or `the collector (ed25519:...)`.
+    pub by: String,
+    /// Why, as the halt says (the collector's reason; the release's `Halt: true`).
+    pub reason: String,
 }
 
 /// The collector (its configured URL) and device key (`ed25519:...`) that collector acknowledged
@@ -339,6 +375,35 @@ impl StateDir {
         Ok(())
     }
 
+    /// Keeps `halts` as the accepted halt list (durable on return), as the collector sent it.
+    /// The caller (`halts::receive`) has checked its signature and serial.
+    pub fn record_halts(&self, halts: &shoal_proto::SignedHalts) -> Result<(), StateError> {
+        let json = serde_json::to_vec(halts).map_err(|e| StateError::Corrupt {
+            what: "the halt list".into(),
+            message: e.to_string(),
+        })?;
+        paths::write_atomic(&self.dir.join(HALTS_FILE), &json)?;
+        Ok(())
+    }
+
+    /// Records why the collector's last halt list was ignored (durable on return), or forgets
+    /// it (`None`). Writes only when it changes, so a heartbeat stays free.
+    pub fn record_halts_refused(&self, why: Option<&str>) -> Result<(), StateError> {
+        let path = self.dir.join(HALTS_REFUSED_FILE);
+        if self.halts_refused()?.as_deref() == why {
+            return Ok(());
+        }
+        match why {
+            Some(why) => paths::write_atomic(&path, why.as_bytes())?,
+            None => {
+                if remove_if_present(&path)? {
+                    paths::sync_dir(&self.dir)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Records `commit` as bad with `reason` (durable on return).
     pub fn mark_bad(&self, commit: &CommitId, reason: &str) -> Result<(), StateError> {
         paths::create_dir_all(&self.dir.join(BAD_DIR))?;
@@ -353,7 +418,9 @@ impl StateDir {
             let same = last.status == result.status
                 && last.commit == result.commit
                 && last.message == result.message
-                && last.pending == result.pending;
+                && last.pending == result.pending
+                && last.halted == result.halted
+                && last.target == result.target;
             if same {
                 return Ok(false);
             }
@@ -637,6 +704,22 @@ impl StateView {
     /// `bad/<commit>`; a commit id is hex, so it names a file and nothing else.
     fn bad_path(&self, commit: &CommitId) -> PathBuf {
         self.dir.join(BAD_DIR).join(commit.as_str())
+    }
+
+    /// The halt list this device accepted last, as the collector signed it (not opened: that
+    /// needs the pinned key, `halts::in_force`). One that does not parse is an error naming it.
+    pub fn halts(&self) -> Result<Option<shoal_proto::SignedHalts>, StateError> {
+        self.read_json(HALTS_FILE)
+    }
+
+    /// Where the accepted halt list is kept, for messages.
+    pub fn halts_path(&self) -> PathBuf {
+        self.dir.join(HALTS_FILE)
+    }
+
+    /// Why the collector's last halt list was ignored, if it was (until a list is accepted).
+    pub fn halts_refused(&self) -> Result<Option<String>, StateError> {
+        Ok(paths::read_optional(&self.dir.join(HALTS_REFUSED_FILE))?)
     }
 
     pub fn last_result(&self) -> Result<Option<SyncResult>, StateError> {

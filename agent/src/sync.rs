@@ -1,5 +1,5 @@
-//! One sync, end to end: recover → (hold?) → fetch → verify → render → plan → apply → services
-//! and health gate → commit generation. Owns the order of the steps and the crash order between
+//! One sync, end to end: recover → (hold?) → fetch → verify → render → (halted? wave open?) →
+//! plan → apply → services and health gate → commit generation. Owns the order of the steps and the crash order between
 //! apply, systemd and the state directory, nothing else: each step's decisions live in its own
 //! module.
 
@@ -9,18 +9,21 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use gix::ObjectId;
-use shoal_proto::{CommitId, Status, Timings};
+use shoal_proto::{CommitId, Status, Target, Timings};
 
 use crate::apply::failpoint::fail_point;
 use crate::apply::{self, ApplyError, Recovery};
 use crate::config::AgentConfig;
 use crate::fetch::{FetchError, Mirror};
+use crate::halts::{self, InForceError};
 use crate::health;
 use crate::plan::{self, Manifest, Plan};
 use crate::render::{self, RenderError, VerifiedTree};
 use crate::services::{self, ServiceError, ServicePlan, Systemd};
-use crate::state::{unix_now, Generation, StateDir, StateError, SyncResult};
-use crate::verify::{self, commit_id, ReleaseContext, TrustPolicy, VerifyError};
+use crate::state::{
+    unix_now, Generation, HaltRecord, HaltSource, StateDir, StateError, SyncResult,
+};
+use crate::verify::{self, commit_id, HaltedRelease, ReleaseContext, TrustPolicy, VerifyError};
 use shoal_core::release::ReleaseName;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +34,8 @@ pub enum SyncError {
     Verify(#[from] VerifyError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Halts(#[from] InForceError),
     #[error("commit {commit} cannot be rendered for this device: {source}; it is recorded as bad and will not be retried until a newer commit arrives")]
     Render {
         commit: ObjectId,
@@ -99,6 +104,9 @@ impl SyncError {
     pub fn status(&self) -> Status {
         match self {
             SyncError::Verify(e) if e.is_stale() => Status::Stale,
+            // `sync_unheld` turns a halted release into `SyncOutcome::Halted`; kept for callers
+            // that look at a bare verdict.
+            SyncError::Verify(VerifyError::Halted(_)) => Status::Halted,
             SyncError::Verify(_) => Status::Refused,
             SyncError::Fetch(e) if e.is_refusal() => Status::Refused,
             SyncError::Apply { .. } | SyncError::Unhealthy { .. } => Status::RolledBack,
@@ -125,6 +133,14 @@ pub enum SyncOutcome {
         commit: ObjectId,
         pending: shoal_proto::Pending,
         /// Why, for people: the wave, its position and the device's bucket, and the opening.
+        message: String,
+    },
+    /// A verified commit the device has not applied is halted (a release with `Halt: true`, or
+    /// the collector's signed halt list); nothing was applied.
+    Halted {
+        commit: ObjectId,
+        halt: HaltRecord,
+        /// Why, for people: who halted it, why, and where the device stays.
         message: String,
     },
     /// A dry run: what the sync would do.
@@ -171,11 +187,24 @@ pub fn sync_once(
     recover(&config.root, &state)?;
     if let Some(generation) = state.hold()? {
         let held = state.current()?.map(|g| g.commit);
-        record(&state, Status::Held, held, None, Timings::default())?;
+        // The report is about the commit the device is held on; its wave is the one the last
+        // sync saw for it, if it saw that commit (a hold renders nothing).
+        let target = held.as_ref().map(|c| known_target(&state, c));
+        state.record_result(&SyncResult {
+            status: Status::Held,
+            commit: held,
+            message: None,
+            at: unix_now(),
+            timings: Timings::default(),
+            pending: None,
+            halted: None,
+            target,
+        })?;
         return Ok(SyncOutcome::Held { generation });
     }
 
     let mut timings = Timings::default();
+    let mut target = None;
     let result = sync_unheld(
         config,
         &state,
@@ -184,6 +213,7 @@ pub fn sync_once(
         interrupt,
         &span,
         &mut timings,
+        &mut target,
     );
     if !dry_run {
         match &result {
@@ -196,6 +226,7 @@ pub fn sync_once(
                     Some(commit_id(*commit)),
                     drift,
                     timings,
+                    target,
                 )?;
             }
             Ok(SyncOutcome::UpToDate { commit, .. }) => record(
@@ -204,7 +235,24 @@ pub fn sync_once(
                 Some(commit_id(*commit)),
                 None,
                 timings,
+                target,
             )?,
+            Ok(SyncOutcome::Halted {
+                commit,
+                halt,
+                message,
+            }) => {
+                state.record_result(&SyncResult {
+                    status: Status::Halted,
+                    commit: Some(commit_id(*commit)),
+                    message: Some(message.clone()),
+                    at: unix_now(),
+                    timings,
+                    pending: None,
+                    halted: Some(halt.clone()),
+                    target,
+                })?;
+            }
             Ok(SyncOutcome::Pending {
                 commit,
                 pending,
@@ -217,10 +265,19 @@ pub fn sync_once(
                     at: unix_now(),
                     timings,
                     pending: Some(pending.clone()),
+                    halted: None,
+                    target,
                 })?;
             }
             Ok(_) => {}
-            Err(e) => record(&state, e.status(), None, Some(e.to_string()), timings)?,
+            Err(e) => record(
+                &state,
+                e.status(),
+                None,
+                Some(e.to_string()),
+                timings,
+                target,
+            )?,
         }
     }
     result
@@ -238,6 +295,9 @@ fn millis(elapsed: Duration) -> u64 {
     u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// `target` is set as soon as a commit is verified (the commit the result is about), with the
+/// device's wave once the commit is rendered.
+#[allow(clippy::too_many_arguments)]
 fn sync_unheld(
     config: &AgentConfig,
     state: &StateDir,
@@ -246,6 +306,7 @@ fn sync_unheld(
     interrupt: &AtomicBool,
     span: &tracing::Span,
     timings: &mut Timings,
+    target: &mut Option<Target>,
 ) -> Result<SyncOutcome, SyncError> {
     let policy = TrustPolicy::load(&config.trust)?;
     let watermark = state.applied_commit()?;
@@ -273,6 +334,7 @@ fn sync_unheld(
                 None,
                 Some(message),
                 Timings::default(),
+                None,
             )?;
             if let Err(e) = crate::report::queue_now(config, state) {
                 tracing::warn!(error = %e, "could not queue the report of the damaged mirror");
@@ -307,6 +369,8 @@ fn sync_unheld(
     .inspect_err(|e| {
         if e.is_stale() {
             tracing::warn!(error = %e, "stale");
+        } else if matches!(e, VerifyError::Halted(_)) {
+            tracing::warn!(error = %e, "halted");
         } else {
             tracing::warn!(error = %e, "refused");
         }
@@ -317,6 +381,12 @@ fn sync_unheld(
             mirror.accept(&fetched)?;
             verified
         }
+        Err(VerifyError::Halted(halted)) => {
+            // Verified to the end, only halted: kept like an accepted tip (its tag and commit
+            // are trusted), never applied.
+            mirror.accept(&fetched)?;
+            return halted_release(config, state, &mirror, *halted, target);
+        }
         Err(e) => {
             mirror.discard();
             return Err(e.into());
@@ -326,6 +396,7 @@ fn sync_unheld(
     let id = verified.commit_id();
     let current = state.current()?;
     let at_tip = current.as_ref().is_some_and(|g| g.commit == id);
+    *target = Some(known_target(state, &id));
     // Only a commit the device is not already at can be recorded as bad.
     if !at_tip {
         if let Some(reason) = state.bad_commit(&id)? {
@@ -353,9 +424,19 @@ fn sync_unheld(
         }
     };
 
-    // A commit the device is not at waits for the device's wave of its `[rollout]`.
+    *target = Some(Target {
+        commit: id.to_string(),
+        wave: wave_name(config, &verified, &desired),
+    });
+    // A commit the device is not at waits for the device's wave of its `[rollout]`, unless it
+    // is halted (a halt never moves a device that already applied it, so only here). The wave's
+    // timer starts either way: a halt lifted later finds the wave where it would have been.
     if !at_tip {
-        if let Some(outcome) = wait_for_wave(config, state, &verified, &desired, dry_run)? {
+        let waiting = wait_for_wave(config, state, &verified, &desired, dry_run)?;
+        if let Some(halted) = collector_halt(config, state, &verified, current.as_ref())? {
+            return Ok(halted);
+        }
+        if let Some(outcome) = waiting {
             return Ok(outcome);
         }
     }
@@ -660,12 +741,128 @@ fn wait_for_wave(
     }))
 }
 
+/// The device's wave for the rendered commit, `None` when it declares no `[rollout]`.
+fn wave_name(
+    config: &AgentConfig,
+    verified: &verify::Verified,
+    desired: &render::DesiredState,
+) -> Option<String> {
+    let rollout = desired.rollout.as_ref()?;
+    Some(
+        rollout
+            .wave_for(&config.identity(), verified.commit_id().as_str())
+            .name,
+    )
+}
+
+/// The target of a result about `commit` before it is rendered (a bad commit, a hold): the wave
+/// the last sync saw for the same commit, else none.
+fn known_target(state: &StateDir, commit: &CommitId) -> Target {
+    let wave = state
+        .last_result()
+        .ok()
+        .flatten()
+        .and_then(|last| last.target)
+        .filter(|t| t.commit == commit.as_str())
+        .and_then(|t| t.wave);
+    Target {
+        commit: commit.to_string(),
+        wave,
+    }
+}
+
+/// The `Halted` outcome when the collector's halt list in force (signed by the pinned
+/// `[collector] key`) halts `verified`'s commit; `None` without a key, a list, or a halt of it.
+fn collector_halt(
+    config: &AgentConfig,
+    state: &StateDir,
+    verified: &verify::Verified,
+    current: Option<&Generation>,
+) -> Result<Option<SyncOutcome>, SyncError> {
+    let pinned = config.collector.as_ref().and_then(|c| c.key.as_ref());
+    let list = halts::in_force(state, pinned)?;
+    let id = verified.commit_id();
+    let (Some(halt), Some(pinned)) = (halts::halt_of(list.as_ref(), &id), pinned) else {
+        return Ok(None);
+    };
+    let record = HaltRecord {
+        commit: id,
+        source: HaltSource::Collector,
+        by: format!("the collector ({})", pinned.id),
+        reason: halt.reason.clone(),
+    };
+    let message = format!(
+        "commit {} is halted by {} since {}: {}; nothing is applied, the device stays {} until the collector resumes it",
+        verified.commit(),
+        record.by,
+        shoal_core::release::format_rfc3339_utc(i64::try_from(halt.since).unwrap_or(i64::MAX)),
+        halt.reason,
+        staying(current),
+    );
+    tracing::warn!(by = %record.by, reason = %halt.reason, "halted");
+    Ok(Some(SyncOutcome::Halted {
+        commit: verified.commit(),
+        halt: record,
+        message,
+    }))
+}
+
+/// Where a device that applies nothing stays, for messages.
+fn staying(current: Option<&Generation>) -> String {
+    current.map_or_else(
+        || "with nothing applied".to_owned(),
+        |g| format!("at generation {} (commit {})", g.number, g.commit),
+    )
+}
+
+/// The outcome of a release with `Halt: true` whose commit the device has not applied. Its
+/// commit is rendered only to name the device's wave (environment mode counts waves from the
+/// tagger time, so there is no timer to record); a commit that does not render is named
+/// without a wave and not marked bad here (a release without a halt will try it).
+fn halted_release(
+    config: &AgentConfig,
+    state: &StateDir,
+    mirror: &Mirror,
+    halted: HaltedRelease,
+    target: &mut Option<Target>,
+) -> Result<SyncOutcome, SyncError> {
+    let verified = &halted.verified;
+    let id = verified.commit_id();
+    let wave = VerifiedTree::new(mirror.repo(), verified)
+        .ok()
+        .and_then(|tree| render::render(&tree, &config.identity()).ok())
+        .and_then(|desired| wave_name(config, verified, &desired));
+    *target = Some(Target {
+        commit: id.to_string(),
+        wave,
+    });
+    let current = state.current()?;
+    let record = HaltRecord {
+        commit: id,
+        source: HaltSource::Release,
+        by: format!("release {} signed by {}", halted.name(), halted.signer()),
+        reason: "Halt: true in the release tag".to_owned(),
+    };
+    let message = format!(
+        "commit {} is halted by {} (Halt: true); nothing is applied, the device stays {} until a release without a halt",
+        verified.commit(),
+        record.by,
+        staying(current.as_ref()),
+    );
+    Ok(SyncOutcome::Halted {
+        commit: verified.commit(),
+        halt: record,
+        message,
+    })
+}
+
 fn record(
     state: &StateDir,
     status: Status,
     commit: Option<CommitId>,
     message: Option<String>,
     timings: Timings,
+    target: Option<Target>,
 ) -> Result<(), StateError> {
     state.record_result(&SyncResult {
         status,
@@ -674,6 +871,8 @@ fn record(
         at: unix_now(),
         timings,
         pending: None,
+        halted: None,
+        target,
     })?;
     Ok(())
 }

@@ -214,6 +214,13 @@ fn init_writes_a_config_that_syncs_and_doctor_passes_before_and_after() {
     );
     assert!(line(&run, "trust").contains("is not fetched yet"));
     assert!(line(&run, "collector").contains("is not enrolled yet: its first report enrolls"));
+    // Without `[collector] key`, doctor says the collector's halts are not trusted.
+    let halts = line(&run, "halts");
+    assert!(halts.starts_with("skip"), "{halts}");
+    assert!(
+        halts.contains("no [collector] key: halts from the collector are not trusted"),
+        "{halts}"
+    );
     assert!(line(&run, "systemd").starts_with("skip"));
 
     device.sync().expect(0, "report: 1 delivered");
@@ -241,6 +248,7 @@ fn init_writes_a_config_that_syncs_and_doctor_passes_before_and_after() {
             "git",
             "trust",
             "collector",
+            "halts",
             "systemd"
         ]
     );

@@ -607,8 +607,30 @@ fn a_halted_release_stops_devices_that_have_not_applied_its_commit() {
     r.s.repo
         .tag_signed(&r.bot, "production/2", &second, &halted, None);
     r.serve("production/2");
-    r.refused("release production/2 is halted (Halt: true)");
+    // Halted, not refused: the release and its commit pass every check, the device names the
+    // commit and applies nothing (exit 0: nothing is wrong with the device).
+    let before = r.device_state();
+    r.s.device
+        .sync()
+        .expect(
+            0,
+            &format!("halted: commit {second} is halted by release production/2 signed by "),
+        )
+        .expect(
+            0,
+            "(Halt: true); nothing is applied, the device stays at generation 1",
+        );
+    assert_eq!(r.device_state(), before, "a halted release changes nothing");
     assert_eq!(r.s.read("/etc/motd"), "first\n");
+    let status = r.s.status();
+    let last = &status["last_result"];
+    assert_eq!(last["status"], "halted", "{status}");
+    assert_eq!(last["commit"], second.as_str(), "{status}");
+    assert_eq!(last["halted"]["source"], "release", "{status}");
+    assert_eq!(last["target"]["commit"], second.as_str(), "{status}");
+    r.s.device
+        .agent(&["sync", "--dry-run"])
+        .expect(0, &format!("dry run: halted: commit {second} is halted"));
 
     // Halting the release of the commit a device runs keeps it there, fresh.
     let halted = format!("Release production/3\n\nExpires: {FAR_FUTURE}\nHalt: true");
@@ -908,10 +930,15 @@ fn every_bad_release_in_a_bundle_is_refused_as_over_the_network() {
     let halted = format!("Release production/2\n\nExpires: {FAR_FUTURE}\nHalt: true");
     r.s.repo
         .tag_signed(&r.bot, "production/2", &second, &halted, None);
-    r.refused_bundle(
-        &r.bundle("halted.bundle", "production/2", Some(&first)),
-        "release production/2 is halted (Halt: true)",
-    );
+    let bundle = r.bundle("halted.bundle", "production/2", Some(&first));
+    let before = r.device_state();
+    r.s.device
+        .agent(&["sync", "--from-bundle", &bundle])
+        .expect(
+            0,
+            &format!("halted: commit {second} is halted by release production/2"),
+        );
+    assert_eq!(r.device_state(), before, "a halted release changes nothing");
     // A release of a commit that does not descend from the applied one.
     let branch = r.s.repo.git(&["rev-parse", "--abbrev-ref", "HEAD"]);
     r.s.repo.checkout(&base);

@@ -12,7 +12,8 @@ use std::path::Path;
 
 pub use chain::{Approval, ChainError, CommitReport, PathReport, PolicyRecord, APPROVAL_PREFIX};
 pub use policy::{
-    commit_id, explain, verify_update, AcceptedRelease, Anchor, TrustPolicy, Verified, VerifyError,
+    commit_id, explain, verify_update, AcceptedRelease, Anchor, HaltedRelease, TrustPolicy,
+    Verified, VerifyError,
 };
 pub use release::{verify_release, ReleaseContext};
 pub use shoal_core::signature::{allowed_signers, sshsig};

@@ -85,6 +85,11 @@ pub enum VerifyError {
     PolicyMismatch(Box<PolicyMismatch>),
     #[error(transparent)]
     ReleaseRights(Box<ReleaseRights>),
+    /// A release with `Halt: true` whose commit the device has not applied. Its tag and commit
+    /// passed every check, so the sync can name the commit and its wave, but the commit is not
+    /// applied (status `halted`, not `refused`).
+    #[error("not applying release {} (tag {} at {}): it is halted (Halt: true, signed by {}); devices that have not applied its commit {} wait for a release without a halt", .0.name(), .0.tag, .0.reference, .0.signer(), .0.verified.commit())]
+    Halted(Box<HaltedRelease>),
     #[error("refusing release {release} (tag {tag}): {source}")]
     ReleaseCommit {
         release: Box<ReleaseName>,
@@ -130,6 +135,36 @@ impl VerifyError {
     /// Whether this is an expired release (a freeze, reported `stale`), not a refusal.
     pub fn is_stale(&self) -> bool {
         matches!(self, VerifyError::Release { source, .. } if source.is_stale())
+    }
+}
+
+/// A release tag with `Halt: true`, verified like any release (its signature, its rules, its
+/// commit's signatures and descent), for a commit the device has not applied.
+#[derive(Debug)]
+pub struct HaltedRelease {
+    pub reference: String,
+    pub tag: ObjectId,
+    /// The release's commit and the release itself: for naming the commit and rendering its
+    /// wave. The sync must not apply it, and the watermark must not move to it.
+    pub verified: Verified,
+}
+
+impl HaltedRelease {
+    /// The release (`production/5`).
+    pub fn name(&self) -> &ReleaseName {
+        // Invariant: `verify_release` builds a `HaltedRelease` only with the release attached.
+        &self
+            .verified
+            .release()
+            .expect("a halted release carries its release")
+            .name
+    }
+
+    /// Who signed the halted release tag.
+    pub fn signer(&self) -> &str {
+        self.verified
+            .release()
+            .map_or("", |release| release.signer.principal.as_str())
     }
 }
 

@@ -6,13 +6,13 @@
 //! mirror's objects; writes nothing.
 
 use gix::ObjectId;
-use shoal_core::release::{self, Context, LastRelease};
+use shoal_core::release::{self, Context, LastRelease, Refusal};
 use shoal_core::signature::sshsig;
 
 use super::chain::{Approval, Chain, InForce, PolicyRecord};
 use super::policy::{
-    anchor_in_force, verify_update, AcceptedRelease, Anchor, ReleaseRights, TrustPolicy, Verified,
-    VerifyError,
+    anchor_in_force, verify_update, AcceptedRelease, Anchor, HaltedRelease, ReleaseRights,
+    TrustPolicy, Verified, VerifyError,
 };
 use crate::errors::error_chain;
 
@@ -119,7 +119,7 @@ pub fn verify_release(
         }
     }
     let applied = context.applied.map(|id| id.to_string());
-    release::decide(
+    let decided = release::decide(
         &parsed,
         &tag.to_string(),
         Context {
@@ -128,12 +128,18 @@ pub fn verify_release(
             applied: applied.as_deref(),
             now: context.now,
         },
-    )
-    .map_err(|source| VerifyError::Release {
-        reference: reference.clone(),
-        tag,
-        source: Box::new(source),
-    })?;
+    );
+    // A halted release is still checked to the end (its commit's signatures and descent), so
+    // the device can say which commit is halted and in which wave; a halted release whose
+    // commit would be refused is refused.
+    let halted = matches!(decided, Err(Refusal::Halted { .. }));
+    if !halted {
+        decided.map_err(|source| VerifyError::Release {
+            reference: reference.clone(),
+            tag,
+            source: Box::new(source),
+        })?;
+    }
     // `decide` refused every type but `commit`, and parse_tag checked the id is hex.
     let commit = ObjectId::from_hex(parsed.object.as_bytes()).map_err(|e| VerifyError::Object {
         commit: tag,
@@ -153,5 +159,13 @@ pub fn verify_release(
             source: Box::new(source),
         }
     })?;
-    Ok(verified.with_release(accepted))
+    let verified = verified.with_release(accepted);
+    if halted {
+        return Err(VerifyError::Halted(Box::new(HaltedRelease {
+            reference,
+            tag,
+            verified,
+        })));
+    }
+    Ok(verified)
 }
