@@ -14,7 +14,9 @@
 //! that answer newly halts the commit the sync left waiting for its wave (`pending`), or lifts
 //! the collector's halt of the commit it held off (`halted`), the daemon's next wake is at once:
 //! one more sync right after the report (never two in a row for that reason, so a collector
-//! flipping its list cannot make the daemon spin). Otherwise it sleeps as usual.
+//! flipping its list cannot make the daemon spin). Otherwise it sleeps as usual. And when the
+//! wave of the commit it waits for has opened, it reports once *before* the sync that will apply
+//! it, so a halt issued since the last report (up to an interval ago) still stops the device.
 
 use std::process::{Command, ExitStatus};
 use std::sync::Arc;
@@ -79,6 +81,15 @@ async fn run_loop(config: Arc<AgentConfig>) -> Result<(), DaemonError> {
             let config = Arc::clone(&config);
             let reporter = reporter.take();
             tokio::task::spawn_blocking(move || {
+                // The sync that will apply a commit whose wave has opened asks the collector for
+                // its newest halt list first: the one the last report brought may be a whole
+                // interval old, and a halt issued since must stop this device too.
+                let reporter = if wave_due(&config) {
+                    tracing::info!("the wave of the commit this device waits for has opened: asking the collector for its newest halt list first");
+                    report(&config, reporter)
+                } else {
+                    reporter
+                };
                 let result = sync_in_child(&config);
                 (result, report(&config, reporter))
             })
@@ -189,6 +200,14 @@ fn wave_opens_in(config: &AgentConfig) -> Option<Duration> {
         .saturating_sub(crate::state::unix_now())
         .saturating_add(1);
     Some(Duration::from_secs(wait))
+}
+
+/// Whether the last sync left a commit waiting for a wave that has opened by now, on a device
+/// that trusts the collector's halts (a `[collector] key`): the next sync will apply it, so the
+/// daemon reports first to take the newest halt list.
+fn wave_due(config: &AgentConfig) -> bool {
+    config.collector.as_ref().is_some_and(|c| c.key.is_some())
+        && wave_opens_in(config).is_some_and(|wait| wait <= Duration::from_secs(1))
 }
 
 /// Whether the halt list in force now disagrees with what the last sync decided about the commit

@@ -635,3 +635,74 @@ fn the_daemon_acts_on_a_changed_halt_list_right_after_the_report() {
     let _ = daemon.wait();
     assert_eq!(s.read("/etc/motd"), "after the halt\n");
 }
+
+/// A halt issued while a device sleeps until its wave opens (its last report's list did not
+/// have it, and no report happens in between: the interval is an hour) still stops it: the
+/// daemon asks the collector for its newest list right before the sync that would apply.
+#[test]
+fn the_daemon_takes_the_newest_halt_list_when_the_wave_opens() {
+    let Some(s) = Sandbox::over_git_daemon() else {
+        return;
+    };
+    let collector = StandIn::start();
+    let key = collector_key();
+    report_to(&s, &collector.url, Some(&key));
+    let config = std::fs::read_to_string(s.device.config_path()).expect("agent.toml");
+    std::fs::write(
+        s.device.config_path(),
+        config.replace("interval = \"60s\"", "interval = \"1h\""),
+    )
+    .expect("agent.toml");
+    collector.answer_with(Some(halts(&key, 1, &[])));
+    s.push(&gateway_config("first\n"), "first");
+    s.device.sync().expect(0, "applied generation 1");
+
+    let waiting = push(&s, "bad\n", &everyone_after("5s"));
+    let (socket_path, _socket) = notify_socket(s.dir.path());
+    let mut daemon = run_daemon(&s.device.config_path(), &socket_path, Stdio::piped());
+    // Pending, and reported so (the daemon reports after the sync child has written it).
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while collector.last_report().status != Status::Pending {
+        assert!(
+            Instant::now() < deadline,
+            "never reported pending: {}",
+            s.status()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The halt comes after the device's last report; it sleeps until the wave opens.
+    collector.answer_with(Some(halts(
+        &key,
+        2,
+        &[(&waiting, "operator: wrong endpoint")],
+    )));
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while s.status()["last_result"]["status"] == "pending" {
+        if Instant::now() > deadline {
+            let _ = daemon.kill();
+            let out = daemon.wait_with_output().expect("daemon output");
+            panic!(
+                "the wave never opened:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = daemon.kill();
+    let out = daemon.wait_with_output().expect("daemon output");
+    let log = String::from_utf8_lossy(&out.stderr);
+    let status = s.status();
+    assert_eq!(status["last_result"]["status"], "halted", "{status}\n{log}");
+    assert!(
+        log.contains("asking the collector for its newest halt list first"),
+        "{log}"
+    );
+    assert_eq!(
+        s.read("/etc/motd"),
+        "first\n",
+        "the halted commit was applied"
+    );
+    assert_ne!(s.device.applied().as_deref(), Some(waiting.as_str()));
+    assert_eq!(collector.last_report().status, Status::Halted);
+}
