@@ -53,6 +53,7 @@ th{background:#f4f4f4}code{font-size:.9em}
 .s.stale{background:#546e7a}.s.pending{background:#90a4ae;color:#222}.unseen td{color:#888}.counts span{margin-right:1rem}
 </style></head><body>
 <h1>Shoal fleet</h1>
+<p><a href="/rollouts">Rollouts</a></p>
 "#,
     );
     let _ = write!(
