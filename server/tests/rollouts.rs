@@ -695,3 +695,28 @@ async fn a_replica_signs_the_others_halt_within_the_poll_bound() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_schema_1_database_is_migrated_to_the_halt_list() {
+    let Some(cluster) = PgCluster::shared() else {
+        return;
+    };
+    let url = cluster.create_database();
+    drop(PgStore::connect(&url, None).unwrap());
+    let db = url.split('/').nth(3).unwrap().split('?').next().unwrap();
+    // Back to what a collector of schema 1 left.
+    cluster.psql(
+        db,
+        "DROP TABLE shoal_halt, shoal_halt_list, shoal_adoption; UPDATE shoal_schema SET version = 1",
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let key = key_in(tmp.path());
+    let server = replica(&url, &key).await;
+    assert_eq!(cluster.psql(db, "SELECT version FROM shoal_schema"), "2");
+    let mut gw = Device::new("gw-1", 1);
+    let list = post(&server, about(&mut gw, Status::Pending, C1, None), &key).await;
+    assert_eq!(list.serial, 0);
+    let done = admin_post(&server.admin(), &format!("/api/v1/rollouts/{C1}/halt"), "").await;
+    assert_eq!(done.json()["serial"], 1, "{}", done.text());
+    server.stop().await;
+}
