@@ -151,12 +151,20 @@ impl Rollouts {
             }
         };
         let mut changed = false;
+        let sealed = self.sealed();
         for commit in tried_commits {
             // Targets are hex ids; only a full one can be halted.
             let Ok(id) = CommitId::parse(commit) else {
                 continue;
             };
             let counts = all.remove(commit).unwrap_or_default();
+            // The store's transaction only when the threshold is reached and the commit is not
+            // halted already (as far as this process knows): the common batch writes nothing.
+            if sealed.list.halts(&id)
+                || shoal_fleet::rollout::auto_reason(&counts, &policy).is_none()
+            {
+                continue;
+            }
             let change = HaltChange::Auto { counts, policy };
             match self.store.change_halt(&id, &change, self.clock.now()) {
                 Ok(done) if done.changed => {
