@@ -413,7 +413,7 @@ async fn halt_rollout(
 ) -> Result<Json<HaltChanged>, ApiError> {
     let commit = parse_commit(&commit)?;
     let body = halt_body(&admin_body(body).await?)?;
-    change_halt(app, commit, Some(body.reason)).await
+    change_halt(app, commit, Some(body.reason), String::new()).await
 }
 
 /// `POST /api/v1/rollouts/{commit}/resume`: lifts the halt (idempotent).
@@ -423,14 +423,20 @@ async fn resume_rollout(
     body: Body,
 ) -> Result<Json<HaltChanged>, ApiError> {
     let commit = parse_commit(&commit)?;
-    halt_body(&admin_body(body).await?)?;
-    change_halt(app, commit, None).await
+    // The reason of a resume is only logged; its length is checked as a halt's is.
+    let reason = halt_body(&admin_body(body).await?)?.reason;
+    let len = reason.chars().count();
+    if len > shoal_fleet::rollout::MAX_REASON {
+        return Err(HaltRefusal::ReasonTooLong { len }.into());
+    }
+    change_halt(app, commit, None, reason).await
 }
 
 async fn change_halt(
     app: Arc<AppState>,
     commit: shoal_proto::CommitId,
     halt: Option<String>,
+    resume_reason: String,
 ) -> Result<Json<HaltChanged>, ApiError> {
     let action = if halt.is_some() { "halt" } else { "resume" };
     let done = blocking(move || {
@@ -445,7 +451,7 @@ async fn change_halt(
         commit = %done.commit,
         changed = done.changed,
         serial = done.serial,
-        reason = done.reason.as_deref().unwrap_or(""),
+        reason = done.reason.as_deref().unwrap_or(&resume_reason),
         "admin: rollout {action}"
     );
     Ok(Json(done))

@@ -126,6 +126,9 @@ async fn halt_and_resume_need_the_admin_token_and_each_change_bumps_the_serial(b
     admin_post(&admin, &halt, &long)
         .await
         .assert_rejected(400, "reason_too_long", "at most 200");
+    admin_post(&admin, &format!("/api/v1/rollouts/{C1}/resume"), &long)
+        .await
+        .assert_rejected(400, "reason_too_long", "at most 200");
     assert_eq!(server.state.store.halts_serial().unwrap(), 0);
     let list = post(
         &server,
