@@ -723,3 +723,40 @@ async fn a_schema_1_database_is_migrated_to_the_halt_list() {
     assert_eq!(done.json()["serial"], 1, "{}", done.text());
     server.stop().await;
 }
+
+#[test]
+fn bad_automatic_halt_flags_are_refused_before_anything_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    for (flags, text) in [
+        (
+            &["--halt-failed-ratio", "1.5"][..],
+            "--halt-failed-ratio 1.5 is not a share above 0 and at most 1",
+        ),
+        (&["--halt-failed-ratio", "0"][..], "is not a share above 0"),
+        (
+            &["--halt-failed-ratio", "0.5", "--halt-min-devices", "0"][..],
+            "--halt-min-devices 0: give at least 1",
+        ),
+        (&["--halt-min-devices", "3"][..], "--halt-failed-ratio"),
+    ] {
+        let out = std::process::Command::new(bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(&data)
+            .args(flags)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {err}");
+        assert!(err.contains(text), "{flags:?}: {err}");
+        assert!(!data.exists(), "{flags:?} created the store");
+    }
+    let out = std::process::Command::new(bin())
+        .args(["key", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no such directory"), "{err}");
+}
