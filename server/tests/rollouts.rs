@@ -479,7 +479,16 @@ async fn the_rollout_views_show_devices_by_wave_and_status_and_adoption(backend:
     let end = html[start..].find("</svg>").unwrap() + start + "</svg>".len();
     assert_well_formed(&html[start..end]);
     assert!(client.get("/").await.text().contains(r#"href="/rollouts""#));
-    server.stop().await;
+
+    // The counters, the halt list and the samples are persisted: a restart shows the same.
+    let before = server.state.store.rollouts().unwrap();
+    let halts = server.state.store.halts().unwrap();
+    assert_eq!(server.state.store.persisted_tally().unwrap().rollouts().len(), 5);
+    drop(server.stop().await);
+    let reopened = store.open();
+    assert_eq!(reopened.rollouts().unwrap(), before);
+    assert_eq!(reopened.halts().unwrap(), halts);
+    assert_eq!(reopened.adoption(C1).unwrap().len(), 2);
 }
 
 both_stores!(
