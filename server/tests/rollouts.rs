@@ -483,7 +483,16 @@ async fn the_rollout_views_show_devices_by_wave_and_status_and_adoption(backend:
     // The counters, the halt list and the samples are persisted: a restart shows the same.
     let before = server.state.store.rollouts().unwrap();
     let halts = server.state.store.halts().unwrap();
-    assert_eq!(server.state.store.persisted_tally().unwrap().rollouts().len(), 5);
+    assert_eq!(
+        server
+            .state
+            .store
+            .persisted_tally()
+            .unwrap()
+            .rollouts()
+            .len(),
+        5
+    );
     drop(server.stop().await);
     let reopened = store.open();
     assert_eq!(reopened.rollouts().unwrap(), before);
