@@ -1,6 +1,7 @@
-//! In-memory fleet counts (devices by status, by commit, by last-seen second), kept up to date one
-//! report at a time so a summary over a million devices never scans them. Pure data: no I/O; the
-//! store persists the counters it reports as changed.
+//! In-memory fleet counts (devices by status, by commit, by last-seen second, and by rollout:
+//! target commit × wave × status), kept up to date one report at a time so neither a summary over
+//! a million devices nor a rollout's progress ever scans them. Pure data: no I/O; the store
+//! persists the counters it reports as changed.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -13,6 +14,32 @@ pub struct Entry<'a> {
     pub status: Status,
     pub commit: Option<&'a str>,
     pub last_seen: u64,
+    /// The report's `target`: the commit it is about and the device's wave for it (rollouts).
+    pub target: Option<(&'a str, Option<&'a str>)>,
+}
+
+impl<'a> Entry<'a> {
+    /// The entry of a device whose latest report is `report`, last seen at `last_seen`.
+    pub fn of(report: &'a shoal_proto::Report, last_seen: u64) -> Entry<'a> {
+        Entry {
+            status: report.status,
+            commit: report.commit.as_deref(),
+            last_seen,
+            target: report
+                .target
+                .as_ref()
+                .map(|t| (t.commit.as_str(), t.wave.as_deref())),
+        }
+    }
+}
+
+/// One rollout counter's key: devices whose report's target is `commit`, in `wave` (`None`: the
+/// commit declares no waves), with `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RolloutKey {
+    pub commit: String,
+    pub wave: Option<String>,
+    pub status: Status,
 }
 
 /// One persisted counter.
@@ -21,6 +48,8 @@ pub enum Counter {
     Status(Status),
     /// `None`: devices that reported no commit.
     Commit(Option<String>),
+    /// Devices by rollout (target commit, wave, status).
+    Rollout(RolloutKey),
 }
 
 /// Counts over every device the collector has accepted a report from.
@@ -30,6 +59,8 @@ pub struct Tally {
     by_commit: HashMap<Option<String>, u64>,
     /// last_seen (unix second) → number of devices last seen at that second.
     seen: BTreeMap<u64, u64>,
+    /// Devices by target commit, wave and status (zero counts left out).
+    by_rollout: BTreeMap<RolloutKey, u64>,
 }
 
 /// Device moves staged in one write batch, not yet applied to the tally.
@@ -37,6 +68,7 @@ pub struct Tally {
 pub struct Delta {
     status: [i64; Status::ALL.len()],
     commit: HashMap<Option<String>, i64>,
+    rollout: HashMap<RolloutKey, i64>,
     moves: Vec<(Option<Owned>, Owned)>,
 }
 
@@ -45,6 +77,7 @@ struct Owned {
     status: Status,
     commit: Option<String>,
     last_seen: u64,
+    target: Option<(String, Option<String>)>,
 }
 
 impl Owned {
@@ -53,6 +86,7 @@ impl Owned {
             status: e.status,
             commit: e.commit.map(str::to_owned),
             last_seen: e.last_seen,
+            target: e.target.map(|(c, w)| (c.to_owned(), w.map(str::to_owned))),
         }
     }
 
@@ -61,8 +95,48 @@ impl Owned {
             status: self.status,
             commit: self.commit.as_deref(),
             last_seen: self.last_seen,
+            target: self
+                .target
+                .as_ref()
+                .map(|(c, w)| (c.as_str(), w.as_deref())),
         }
     }
+}
+
+impl RolloutKey {
+    /// The key as one string, `COMMIT/STATUS/-` (no wave) or `COMMIT/STATUS/=WAVE`: what the
+    /// stores name the counter by. Commits are hex and statuses have no `/`, so the wave (any
+    /// text) is everything after the second `/`.
+    pub fn encode(&self) -> String {
+        match &self.wave {
+            None => format!("{}/{}/-", self.commit, self.status),
+            Some(w) => format!("{}/{}/={w}", self.commit, self.status),
+        }
+    }
+
+    /// The inverse of `encode`; `None` for anything else.
+    pub fn decode(text: &str) -> Option<RolloutKey> {
+        let (commit, rest) = text.split_once('/')?;
+        let (status, wave) = rest.split_once('/')?;
+        let wave = match wave {
+            "-" => None,
+            w => Some(w.strip_prefix('=')?.to_owned()),
+        };
+        Some(RolloutKey {
+            commit: commit.to_owned(),
+            wave,
+            status: Status::from_wire(status)?,
+        })
+    }
+}
+
+/// The rollout counter an entry counts in, if its report has a target.
+fn rollout_key(e: &Entry<'_>) -> Option<RolloutKey> {
+    e.target.map(|(commit, wave)| RolloutKey {
+        commit: commit.to_owned(),
+        wave: wave.map(str::to_owned),
+        status: e.status,
+    })
 }
 
 impl Delta {
@@ -71,6 +145,12 @@ impl Delta {
         if let Some(o) = old {
             self.status[status_index(o.status)] -= 1;
             *self.commit.entry(o.commit.map(str::to_owned)).or_default() -= 1;
+            if let Some(k) = rollout_key(&o) {
+                *self.rollout.entry(k).or_default() -= 1;
+            }
+        }
+        if let Some(k) = rollout_key(&new) {
+            *self.rollout.entry(k).or_default() += 1;
         }
         self.status[status_index(new.status)] += 1;
         *self
@@ -98,7 +178,12 @@ impl Delta {
             .iter()
             .filter(|(_, d)| **d != 0)
             .map(|(c, d)| (Counter::Commit(c.clone()), *d));
-        status.chain(commit).collect()
+        let rollout = self
+            .rollout
+            .iter()
+            .filter(|(_, d)| **d != 0)
+            .map(|(k, d)| (Counter::Rollout(k.clone()), *d));
+        status.chain(commit).chain(rollout).collect()
     }
 
     /// How many devices each last-seen second gains or loses (zeros left out), in second order.
@@ -145,6 +230,11 @@ impl Tally {
                     self.by_commit.insert(c, value);
                 }
             }
+            Counter::Rollout(k) => {
+                if value > 0 {
+                    self.by_rollout.insert(k, value);
+                }
+            }
         }
     }
 
@@ -177,6 +267,13 @@ impl Tally {
                 out.push((Counter::Commit(commit.clone()), v));
             }
         }
+        for (key, d) in &delta.rollout {
+            if *d != 0 {
+                let now = self.by_rollout.get(key).copied().unwrap_or(0);
+                let v = (now as i64 + d).max(0) as u64;
+                out.push((Counter::Rollout(key.clone()), v));
+            }
+        }
         out
     }
 
@@ -198,9 +295,20 @@ impl Tally {
             .entry(new.commit.map(str::to_owned))
             .or_default() += 1;
         *self.seen.entry(new.last_seen).or_default() += 1;
+        if let Some(k) = rollout_key(&new) {
+            *self.by_rollout.entry(k).or_default() += 1;
+        }
     }
 
     fn remove(&mut self, old: Entry<'_>) {
+        if let Some(k) = rollout_key(&old) {
+            if let Some(n) = self.by_rollout.get_mut(&k) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.by_rollout.remove(&k);
+                }
+            }
+        }
         let s = &mut self.by_status[status_index(old.status)];
         *s = s.saturating_sub(1);
         let key = old.commit.map(str::to_owned);
@@ -227,6 +335,11 @@ impl Tally {
             .get(&commit.map(str::to_owned))
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Every non-zero rollout counter, in key order (commit, wave, status).
+    pub fn rollouts(&self) -> &BTreeMap<RolloutKey, u64> {
+        &self.by_rollout
     }
 
     pub fn total(&self) -> u64 {
@@ -273,7 +386,57 @@ mod tests {
             status,
             commit,
             last_seen,
+            target: None,
         }
+    }
+
+    #[test]
+    fn rollout_counters_follow_the_target() {
+        let mut t = Tally::default();
+        let a = Entry {
+            target: Some(("c1c1", Some("canary"))),
+            ..e(Status::Pending, Some("b0b0"), 10)
+        };
+        t.apply(None, a);
+        let b = Entry {
+            target: Some(("c1c1", Some("canary"))),
+            ..e(Status::Failed, Some("b0b0"), 11)
+        };
+        let mut delta = Delta::default();
+        delta.record(Some(a), b);
+        let key = |status| RolloutKey {
+            commit: "c1c1".into(),
+            wave: Some("canary".into()),
+            status,
+        };
+        let mut after = t.counters_after(&delta);
+        after.sort_by_key(|(c, _)| format!("{c:?}"));
+        assert!(after.contains(&(Counter::Rollout(key(Status::Failed)), 1)));
+        assert!(after.contains(&(Counter::Rollout(key(Status::Pending)), 0)));
+        t.apply_delta(&delta);
+        assert_eq!(
+            t.rollouts().iter().collect::<Vec<_>>(),
+            vec![(&key(Status::Failed), &1)]
+        );
+        for k in [
+            key(Status::Failed),
+            RolloutKey {
+                wave: None,
+                ..key(Status::Halted)
+            },
+        ] {
+            assert_eq!(RolloutKey::decode(&k.encode()), Some(k));
+        }
+        let odd = RolloutKey {
+            wave: Some("a/b =c".into()),
+            ..key(Status::Converged)
+        };
+        assert_eq!(RolloutKey::decode(&odd.encode()), Some(odd));
+        // Moving off the target (a report without one) leaves no rollout count behind.
+        let mut delta = Delta::default();
+        delta.record(Some(b), e(Status::Converged, Some("b0b0"), 12));
+        t.apply_delta(&delta);
+        assert!(t.rollouts().is_empty());
     }
 
     #[test]

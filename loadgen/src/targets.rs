@@ -94,10 +94,27 @@ impl Drop for HelloServer {
 pub fn collector(bin: &Path, dir: &Path, name: &str, store: &[&str]) -> anyhow::Result<Collector> {
     let enroll = dir.join("enroll-tokens");
     std::fs::write(&enroll, format!("{ENROLL_TOKEN}\n"))?;
-    let spec = CollectorSpec::new(bin, PathBuf::new())
+    let mut spec = CollectorSpec::new(bin, PathBuf::new())
         .args(store)
-        .args(&["--enroll-token-file", enroll.to_str().context("temp path")?])
-        .log(dir.join(format!("{name}.log")));
+        .args(&["--enroll-token-file", enroll.to_str().context("temp path")?]);
+    if store.contains(&"--store") {
+        // PostgreSQL replicas share one collector key, made once by the binary itself.
+        let key = dir.join("collector.key");
+        if !key.exists() {
+            let made = std::process::Command::new(bin)
+                .args(["key", "--generate", "--key-file"])
+                .arg(&key)
+                .output()?;
+            if !made.status.success() {
+                bail!(
+                    "making the collector key: {}",
+                    String::from_utf8_lossy(&made.stderr)
+                );
+            }
+        }
+        spec = spec.args(&["--key-file", key.to_str().context("temp path")?]);
+    }
+    let spec = spec.log(dir.join(format!("{name}.log")));
     Ok(Collector::start(&spec))
 }
 

@@ -19,9 +19,12 @@ use shoal_proto::{KeyId, Report, Status, MAX_ENVELOPE_BYTES};
 use shoal_fleet::ingest::{self, Enrollment, Rejection};
 use shoal_fleet::keys::{KeyChange, KeyRefusal};
 use shoal_fleet::record::{DeviceRecord, HistoryEntry};
+use shoal_fleet::rollout::HaltRefusal;
 use shoal_fleet::tally::Summary;
 
-use crate::store::{Accepted, IngestError, KeyChangeError, KeyChanged, StoreError};
+use crate::store::{
+    Accepted, HaltChanged, HaltError, IngestError, KeyChangeError, KeyChanged, StoreError,
+};
 use crate::AppState;
 
 /// Header carrying an enrollment token on a device's first report.
@@ -64,6 +67,10 @@ pub enum ApiError {
     MissingProof { header: &'static str },
     #[error("the store is unavailable: {reason}")]
     Unavailable { reason: String },
+    #[error("{input:?} is not a commit id: give the full 40 (SHA-1) or 64 (SHA-256) hexadecimal digits, as `git rev-parse COMMIT` prints them")]
+    BadCommit { input: String },
+    #[error(transparent)]
+    HaltRefused(#[from] HaltRefusal),
 }
 
 #[derive(Serialize)]
@@ -100,6 +107,9 @@ impl ApiError {
             ApiError::BadQuery { .. } => StatusCode::BAD_REQUEST,
             ApiError::BadProof(_) | ApiError::MissingProof { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BadCommit { .. } => StatusCode::BAD_REQUEST,
+            ApiError::HaltRefused(HaltRefusal::ReasonTooLong { .. }) => StatusCode::BAD_REQUEST,
+            ApiError::HaltRefused(HaltRefusal::TooMany) => StatusCode::CONFLICT,
         }
     }
 
@@ -116,6 +126,9 @@ impl ApiError {
             ApiError::BadQuery { .. } => "bad_query",
             ApiError::BadProof(_) | ApiError::MissingProof { .. } => "bad_proof",
             ApiError::Unavailable { .. } => "store_unavailable",
+            ApiError::BadCommit { .. } => "bad_commit",
+            ApiError::HaltRefused(HaltRefusal::ReasonTooLong { .. }) => "reason_too_long",
+            ApiError::HaltRefused(HaltRefusal::TooMany) => "too_many_halts",
         }
     }
 }
@@ -170,6 +183,12 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/api/v1/devices/{id}", get(one_device))
         .route("/api/v1/devices/{id}/history", get(device_history))
         .route("/api/v1/summary", get(summary))
+        .route("/api/v1/rollouts", get(crate::page_rollouts::list_rollouts))
+        .route(
+            "/api/v1/rollouts/{commit}",
+            get(crate::page_rollouts::one_rollout),
+        )
+        .route("/rollouts", get(crate::page_rollouts::rollouts_page))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -180,10 +199,13 @@ pub fn app(state: Arc<AppState>) -> Router {
             "/api/v1/devices/{id}/key",
             put(put_device_key).delete(delete_device_key),
         )
+        .route("/api/v1/rollouts/{commit}/halt", post(halt_rollout))
+        .route("/api/v1/rollouts/{commit}/resume", post(resume_rollout))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .route("/api/v1/reports", post(post_report))
         .route("/api/v1/devices/{id}/enrollment", get(enrollment))
+        .route("/api/v1/collector", get(collector_info))
         .route("/healthz", get(healthz))
         .merge(reads)
         .merge(admin)
@@ -305,11 +327,142 @@ async fn enrollment(
     }))
 }
 
+/// The answer to an accepted report: what was accepted, and the collector's signed halt list
+/// (sealed once per serial; `rollouts::Rollouts`).
+#[derive(Serialize)]
+pub struct ReportAnswer {
+    #[serde(flatten)]
+    pub accepted: Accepted,
+    pub halts: SharedHalts,
+}
+
+/// The sealed list, shared by every answer until the serial changes (serialized, not cloned).
+pub struct SharedHalts(Arc<crate::rollouts::Sealed>);
+
+impl Serialize for SharedHalts {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.signed.serialize(s)
+    }
+}
+
+/// The answer to `GET /api/v1/collector`: the public key to pin in the agents' `[collector]
+/// key`, and the halt list's serial. Public (no token): it is what devices are told to trust.
+#[derive(Serialize)]
+struct CollectorInfo {
+    key: String,
+    halts_serial: u64,
+    halted: usize,
+}
+
+async fn collector_info(State(app): State<Arc<AppState>>) -> Json<CollectorInfo> {
+    let sealed = app.rollouts.sealed();
+    Json(CollectorInfo {
+        key: app.rollouts.key().key_id().to_string(),
+        halts_serial: sealed.list.serial,
+        halted: sealed.list.halted.len(),
+    })
+}
+
+/// The body of `POST /api/v1/rollouts/{commit}/halt` and `/resume` (optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HaltBody {
+    #[serde(default)]
+    reason: String,
+}
+
+/// Reads an admin body of at most `MAX_ADMIN_BODY` bytes; a refusal is a `BadRequest`.
+async fn admin_body(body: Body) -> Result<Vec<u8>, ApiError> {
+    read_limited(body, MAX_ADMIN_BODY)
+        .await
+        .map_err(|e| match e {
+            ApiError::Rejected(Rejection::OversizedBody { limit }) => ApiError::BadRequest {
+                reason: format!("body is over {limit} bytes"),
+            },
+            ApiError::Rejected(r) => ApiError::BadRequest {
+                reason: r.to_string(),
+            },
+            other => other,
+        })
+}
+
+/// An empty body, or a JSON object `{"reason": "..."}` (no other field; not an array, which
+/// serde would otherwise take for the struct).
+fn halt_body(bytes: &[u8]) -> Result<HaltBody, ApiError> {
+    let bad = |e: String| ApiError::BadRequest {
+        reason: format!("body is not {{\"reason\": \"...\"}}: {e}"),
+    };
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => Ok(HaltBody::default()),
+        Some(b'{') => serde_json::from_slice(bytes).map_err(|e| bad(e.to_string())),
+        Some(_) => Err(bad("not a JSON object".to_owned())),
+    }
+}
+
+fn parse_commit(input: &str) -> Result<shoal_proto::CommitId, ApiError> {
+    shoal_proto::CommitId::parse(input).map_err(|_| ApiError::BadCommit {
+        input: input.to_owned(),
+    })
+}
+
+/// `POST /api/v1/rollouts/{commit}/halt`: devices that have not applied the commit will not
+/// (idempotent: a halted commit stays halted with its first reason).
+async fn halt_rollout(
+    State(app): State<Arc<AppState>>,
+    Path(commit): Path<String>,
+    body: Body,
+) -> Result<Json<HaltChanged>, ApiError> {
+    let commit = parse_commit(&commit)?;
+    let body = halt_body(&admin_body(body).await?)?;
+    change_halt(app, commit, Some(body.reason), String::new()).await
+}
+
+/// `POST /api/v1/rollouts/{commit}/resume`: lifts the halt (idempotent).
+async fn resume_rollout(
+    State(app): State<Arc<AppState>>,
+    Path(commit): Path<String>,
+    body: Body,
+) -> Result<Json<HaltChanged>, ApiError> {
+    let commit = parse_commit(&commit)?;
+    // The reason of a resume is only logged; its length is checked as a halt's is.
+    let reason = halt_body(&admin_body(body).await?)?.reason;
+    let len = reason.chars().count();
+    if len > shoal_fleet::rollout::MAX_REASON {
+        return Err(HaltRefusal::ReasonTooLong { len }.into());
+    }
+    change_halt(app, commit, None, reason).await
+}
+
+async fn change_halt(
+    app: Arc<AppState>,
+    commit: shoal_proto::CommitId,
+    halt: Option<String>,
+    resume_reason: String,
+) -> Result<Json<HaltChanged>, ApiError> {
+    let action = if halt.is_some() { "halt" } else { "resume" };
+    let done = blocking(move || {
+        app.rollouts.change(&commit, halt).map_err(|e| match e {
+            HaltError::Refused(r) => ApiError::HaltRefused(r),
+            HaltError::Store(e) => e.into(),
+        })
+    })
+    .await?;
+    tracing::info!(
+        action,
+        commit = %done.commit,
+        changed = done.changed,
+        serial = done.serial,
+        reason = done.reason.as_deref().unwrap_or(&resume_reason),
+        "admin: rollout {action}"
+    );
+    Ok(Json(done))
+}
+
 async fn post_report(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Accepted>, ApiError> {
+) -> Result<Json<ReportAnswer>, ApiError> {
     let result = receive(&app, &headers, body).await;
     match &result {
         Ok(a) => {
@@ -327,7 +480,11 @@ async fn post_report(
         }
         Err(_) => app.metrics.store_error(),
     }
-    result.map(Json)
+    let accepted = result?;
+    Ok(Json(ReportAnswer {
+        accepted,
+        halts: SharedHalts(app.rollouts.sealed()),
+    }))
 }
 
 async fn receive(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Accepted, ApiError> {
@@ -405,17 +562,7 @@ async fn put_device_key(
     body: Body,
 ) -> Result<Json<KeyChanged>, ApiError> {
     let parsed: Result<KeyChange, ApiError> = async {
-        let bytes = read_limited(body, MAX_ADMIN_BODY)
-            .await
-            .map_err(|e| match e {
-                ApiError::Rejected(Rejection::OversizedBody { limit }) => ApiError::BadRequest {
-                    reason: format!("body is over {limit} bytes"),
-                },
-                ApiError::Rejected(r) => ApiError::BadRequest {
-                    reason: r.to_string(),
-                },
-                other => other,
-            })?;
+        let bytes = admin_body(body).await?;
         let body: KeyBody = serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest {
             reason: format!("body is not {{\"key\": \"ed25519:...\"}}: {e}"),
         })?;
@@ -622,7 +769,7 @@ fn select(
     }
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
@@ -735,12 +882,20 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Result<impl IntoResponse, 
     let fleet = app
         .store
         .summary(app.config.clock.now(), app.config.stale_after)?;
+    let rollouts = app.rollouts.view()?;
+    let sealed = app.rollouts.sealed();
+    let mut text = app.metrics.render(&fleet);
+    text.push_str(&crate::metrics::render_rollouts(
+        &rollouts,
+        &sealed.list.halted,
+        sealed.list.serial,
+    ));
     Ok((
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        app.metrics.render(&fleet),
+        text,
     ))
 }
 

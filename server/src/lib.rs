@@ -6,8 +6,11 @@
 pub mod api;
 pub mod auth;
 mod batch;
+pub mod collector_key;
 pub mod metrics;
 pub mod page;
+pub mod page_rollouts;
+pub mod rollouts;
 pub mod serve;
 pub mod store;
 pub mod verifier;
@@ -16,7 +19,7 @@ pub mod writer;
 // The decisions and the tally live in the pure crate `shoal-fleet`; the store's and the API's
 // signatures take and return its types, so the library's users (its tests, shoal-loadgen) reach
 // them here too, without a dependency of their own.
-pub use shoal_fleet::{ingest, keys, record, tally};
+pub use shoal_fleet::{ingest, keys, record, rollout, tally};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,7 +27,10 @@ use std::sync::Arc;
 pub use api::{app, ApiError};
 
 use auth::Tokens;
+use collector_key::CollectorKey;
 use metrics::Metrics;
+use rollouts::Rollouts;
+use shoal_fleet::rollout::AutoHalt;
 use store::Store;
 use verifier::Verifier;
 use writer::Writer;
@@ -65,6 +71,11 @@ pub struct Config {
     /// Seconds without a report after which a device counts as stale.
     pub stale_after: u64,
     pub clock: Clock,
+    /// The key that signs the halt list; `None`: a key made in memory for this process (tests,
+    /// benchmarks: devices cannot pin it across restarts).
+    pub collector_key: Option<CollectorKey>,
+    /// The automatic halt's threshold; `None`: off.
+    pub auto_halt: Option<AutoHalt>,
 }
 
 impl Default for Config {
@@ -75,6 +86,8 @@ impl Default for Config {
             admin_tokens: None,
             stale_after: DEFAULT_STALE_AFTER_SECS,
             clock: Clock::System,
+            collector_key: None,
+            auto_halt: None,
         }
     }
 }
@@ -86,6 +99,7 @@ pub struct AppState {
     pub verifier: Verifier,
     pub config: Config,
     pub metrics: Metrics,
+    pub rollouts: Arc<Rollouts>,
 }
 
 impl AppState {
@@ -96,12 +110,32 @@ impl AppState {
 
     /// `new` for a store already shared (several app instances over one store in tests).
     pub fn shared(store: Arc<dyn Store>, config: Config) -> std::io::Result<Arc<AppState>> {
+        let key = match &config.collector_key {
+            Some(key) => key.clone(),
+            None => in_memory_key()?,
+        };
+        let rollouts = Rollouts::start(key, config.auto_halt, store.clone(), config.clock.clone())
+            .map_err(std::io::Error::other)?;
+        let hook = rollouts.clone();
         Ok(Arc::new(AppState {
-            writer: Writer::spawn(store.clone())?,
+            writer: Writer::spawn_with(store.clone(), move |tried| hook.after_batch(tried))?,
             verifier: Verifier::spawn()?,
             store,
             config,
             metrics: Metrics::default(),
+            rollouts,
         }))
     }
+}
+
+/// A collector key that lives only as long as the process (no `collector_key` configured).
+fn in_memory_key() -> std::io::Result<CollectorKey> {
+    use std::io::Read as _;
+    let mut seed = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut seed)?;
+    Ok(CollectorKey {
+        signing: ed25519_dalek::SigningKey::from_bytes(&seed),
+        path: "(in memory)".into(),
+        created: true,
+    })
 }

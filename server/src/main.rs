@@ -1,7 +1,8 @@
 //! `shoal-collector`: the CLI over the collector library. `serve` runs the HTTP service (its admin
-//! endpoints unpin and re-key devices while it runs); `register` pre-registers a device key. Either
-//! works on the embedded store (`--data DIR`) or PostgreSQL (`--store postgres://...`). Turns
-//! errors into messages and exit codes (0 ok, 1 failed, 2 bad usage or configuration).
+//! endpoints unpin and re-key devices and halt or resume rollouts while it runs); `register`
+//! pre-registers a device key; `key` shows (or makes) the collector's own key. Either works on
+//! the embedded store (`--data DIR`) or PostgreSQL (`--store postgres://...`). Turns errors into
+//! messages and exit codes (0 ok, 1 failed, 2 bad usage or configuration).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,8 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use shoal_collector::auth::Tokens;
+use shoal_collector::collector_key::{CollectorKey, KeyFileError, KEY_FILE};
+use shoal_collector::rollout::AutoHalt;
 use shoal_collector::store::{migrate, PgStore, Registration, SledStore, Store};
 use shoal_collector::{app, serve, AppState, Clock, Config, DEFAULT_STALE_AFTER_SECS};
 use shoal_proto::KeyId;
@@ -54,6 +57,42 @@ enum Command {
         /// Seconds without a report after which a device counts as stale.
         #[arg(long, default_value_t = DEFAULT_STALE_AFTER_SECS)]
         stale_after: u64,
+        /// The collector's ed25519 key, which signs the halt list (32 raw bytes, mode 0600).
+        /// Default with --data: DATA/collector.key, made on first start. Required with a
+        /// PostgreSQL store (every replica signs with the same key): make it once with
+        /// `shoal-collector key --key-file PATH --generate`.
+        #[arg(long, value_name = "PATH")]
+        key_file: Option<PathBuf>,
+        /// Halt a commit automatically when this share (0 < R <= 1) of the devices that tried
+        /// it failed or rolled back. Off unless given.
+        #[arg(long, value_name = "R")]
+        halt_failed_ratio: Option<f64>,
+        /// ... and at least this many devices tried it (with --halt-failed-ratio).
+        #[arg(
+            long,
+            value_name = "N",
+            requires = "halt_failed_ratio",
+            default_value_t = 5
+        )]
+        halt_min_devices: u64,
+    },
+    /// Print the collector's public key (`ed25519:BASE64`, for the agents' `[collector] key`):
+    /// `--data DIR` (the embedded store's key, made if missing) or `--key-file PATH`
+    /// (`--generate` makes a new one there; never replaces a key).
+    Key {
+        /// The embedded store's directory (its `collector.key`).
+        #[arg(
+            long,
+            conflicts_with = "key_file",
+            required_unless_present = "key_file"
+        )]
+        data: Option<PathBuf>,
+        /// A key file (what PostgreSQL replicas share).
+        #[arg(long, value_name = "PATH")]
+        key_file: Option<PathBuf>,
+        /// Make a new key in --key-file (refused when the file exists).
+        #[arg(long, requires = "key_file")]
+        generate: bool,
     },
     /// Pre-register a device's public key (with --data, run while the collector is stopped: sled
     /// locks the store; with --store, at any time; a running collector re-keys and unpins devices
@@ -264,6 +303,9 @@ fn main() -> ExitCode {
             enroll_token_file,
             admin_token_file,
             stale_after,
+            key_file,
+            halt_failed_ratio,
+            halt_min_devices,
         } => serve_cmd(ServeArgs {
             listen,
             store,
@@ -272,7 +314,17 @@ fn main() -> ExitCode {
             enroll_token_file,
             admin_token_file,
             stale_after,
+            key_file,
+            auto_halt: halt_failed_ratio.map(|failed_ratio| AutoHalt {
+                failed_ratio,
+                min_devices: halt_min_devices,
+            }),
         }),
+        Command::Key {
+            data,
+            key_file,
+            generate,
+        } => key_cmd(data.as_deref(), key_file.as_deref(), generate),
         Command::Register {
             store,
             device_id,
@@ -318,9 +370,68 @@ struct ServeArgs {
     enroll_token_file: Option<PathBuf>,
     admin_token_file: Option<PathBuf>,
     stale_after: u64,
+    key_file: Option<PathBuf>,
+    auto_halt: Option<AutoHalt>,
+}
+
+/// The key file error as a failure: a bad or missing file is bad configuration (exit 2).
+fn key_failure(e: KeyFileError) -> Failure {
+    match e {
+        KeyFileError::Io { .. } => Failure::Op(e.into()),
+        _ => Failure::Usage(e.into()),
+    }
+}
+
+/// The serve command's key: `--key-file` (must exist), else `DATA/collector.key` (made on
+/// first start); a PostgreSQL store needs `--key-file`.
+fn serve_key(store: &StoreArgs, key_file: Option<&Path>) -> Result<CollectorKey, Failure> {
+    match (key_file, &store.data) {
+        (Some(path), _) => CollectorKey::load(path).map_err(key_failure),
+        (None, Some(data)) => CollectorKey::load_or_generate(&data.join(KEY_FILE)).map_err(key_failure),
+        (None, None) => Err(Failure::Usage(anyhow::anyhow!(
+            "a PostgreSQL store needs --key-file PATH: every replica signs the halt list with the same key, so it is made once (`shoal-collector key --key-file PATH --generate`) and given to each, never made by a replica on its own"
+        ))),
+    }
+}
+
+fn key_cmd(data: Option<&Path>, key_file: Option<&Path>, generate: bool) -> Result<(), Failure> {
+    let key = match (data, key_file) {
+        (_, Some(path)) if generate => CollectorKey::generate(path),
+        (_, Some(path)) => CollectorKey::load(path),
+        (Some(data), None) => {
+            if !data.is_dir() {
+                return Err(Failure::Usage(anyhow::anyhow!(
+                    "--data {}: no such directory (start `shoal-collector serve --data {}` once, or create it)",
+                    data.display(),
+                    data.display()
+                )));
+            }
+            CollectorKey::load_or_generate(&data.join(KEY_FILE))
+        }
+        (None, None) => unreachable!("clap requires --data or --key-file"),
+    }
+    .map_err(key_failure)?;
+    if key.created {
+        eprintln!("made a new collector key in {}", key.path.display());
+    }
+    println!("{}", key.key_id());
+    Ok(())
 }
 
 fn serve_cmd(args: ServeArgs) -> Result<(), Failure> {
+    if let Some(auto) = &args.auto_halt {
+        if !(auto.failed_ratio > 0.0 && auto.failed_ratio <= 1.0) {
+            return Err(Failure::Usage(anyhow::anyhow!(
+                "--halt-failed-ratio {} is not a share above 0 and at most 1 (0.5: half the devices that tried a commit)",
+                auto.failed_ratio
+            )));
+        }
+        if auto.min_devices == 0 {
+            return Err(Failure::Usage(anyhow::anyhow!(
+                "--halt-min-devices 0: give at least 1 (how many devices must have tried a commit before it may be halted automatically)"
+            )));
+        }
+    }
     let read_tokens = args
         .token_file
         .as_deref()
@@ -355,6 +466,23 @@ fn serve_cmd(args: ServeArgs) -> Result<(), Failure> {
         tracing::info!("no --admin-token-file: devices cannot be unpinned or re-keyed while the collector runs");
     }
     let store = args.store.open("")?;
+    let key = serve_key(&args.store, args.key_file.as_deref())?;
+    // Operators paste this into every agent's `[collector] key`.
+    eprintln!(
+        "collector key: {} ({}{})",
+        key.key_id(),
+        key.path.display(),
+        if key.created { ", made now" } else { "" }
+    );
+    tracing::info!(key = %key.key_id(), path = %key.path.display(), created = key.created, "collector key");
+    match &args.auto_halt {
+        Some(a) => tracing::info!(
+            failed_ratio = a.failed_ratio,
+            min_devices = a.min_devices,
+            "automatic halt on"
+        ),
+        None => tracing::info!("no --halt-failed-ratio: rollouts are halted only by operators"),
+    }
     let runtime = tokio::runtime::Runtime::new()
         .context("starting the tokio runtime")
         .map_err(Failure::Op)?;
@@ -379,6 +507,8 @@ fn serve_cmd(args: ServeArgs) -> Result<(), Failure> {
                 admin_tokens,
                 stale_after: args.stale_after,
                 clock: Clock::System,
+                collector_key: Some(key),
+                auto_halt: args.auto_halt,
             },
         )
         .context("starting the ingest writer")

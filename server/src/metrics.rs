@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use shoal_fleet::ingest::Rejection;
+use shoal_fleet::rollout::CommitCounts;
 use shoal_fleet::tally::Summary;
 
 /// The `action` label of `shoal_admin_key_changes_total` (`keys::KeyChange::action`).
@@ -191,4 +192,47 @@ impl Metrics {
         );
         out
     }
+}
+
+/// Label values escaped for the text format (`\`, `"`, newline): wave names come from repos.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The rollout gauges: devices by target commit, wave and status; halted commits; the halt
+/// list's serial. Appended to `Metrics::render`'s output by the `/metrics` handler.
+pub fn render_rollouts(
+    rollouts: &std::collections::BTreeMap<String, CommitCounts>,
+    halted: &[shoal_proto::Halt],
+    serial: u64,
+) -> String {
+    let mut out = String::new();
+    out.push_str("# HELP shoal_rollout_devices Devices whose latest report is about a commit (its target), by the device's wave for it and status.\n# TYPE shoal_rollout_devices gauge\n");
+    for (commit, counts) in rollouts {
+        for (wave, by) in &counts.waves {
+            for (status, n) in by {
+                let _ = writeln!(
+                    out,
+                    "shoal_rollout_devices{{commit=\"{commit}\",wave=\"{}\",status=\"{status}\"}} {n}",
+                    label(wave.as_deref().unwrap_or(""))
+                );
+            }
+        }
+    }
+    out.push_str("# HELP shoal_rollout_halted A commit halted by the collector's signed list (1 while halted).\n# TYPE shoal_rollout_halted gauge\n");
+    for h in halted {
+        let _ = writeln!(out, "shoal_rollout_halted{{commit=\"{}\"}} 1", h.commit);
+    }
+    let _ = writeln!(
+        out,
+        "# HELP shoal_rollouts_halted Commits halted now.\n# TYPE shoal_rollouts_halted gauge\nshoal_rollouts_halted {}",
+        halted.len()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP shoal_halts_serial The serial of the halt list this process signs.\n# TYPE shoal_halts_serial gauge\nshoal_halts_serial {serial}"
+    );
+    out
 }

@@ -13,7 +13,11 @@ use crate::api::DeviceFilter;
 
 /// The links of every page's header, in order: (path, label). Another page (rollouts) adds its
 /// entry here.
-const NAV: &[(&str, &str)] = &[("/", "Summary"), ("/devices", "Devices")];
+const NAV: &[(&str, &str)] = &[
+    ("/", "Summary"),
+    ("/devices", "Devices"),
+    ("/rollouts", "Rollouts"),
+];
 
 const STYLE: &str = r#"
 *{box-sizing:border-box}
@@ -42,6 +46,8 @@ form.filter{display:flex;flex-wrap:wrap;gap:.5rem;align-items:end;margin:0 0 .8r
 form.filter label{display:flex;flex-direction:column;font-size:.85rem;color:#555}
 form.filter input,form.filter select{font:inherit;padding:.2rem .3rem;max-width:100%}
 .err{color:#b71c1c}.muted{color:#777}
+section.rollout{margin-bottom:2rem;border-left:4px solid #1565c0;padding-left:1rem}section.rollout.halted{border-left-color:#c62828}
+svg.adoption{max-width:100%;height:auto;background:#fff;border:1px solid #e0e0e0;margin-top:.6rem}
 @media (max-width:400px){
  main{padding:.6rem}
  header{padding:.5rem .6rem}
@@ -137,7 +143,7 @@ pub fn relative(now: u64, then: u64) -> String {
 }
 
 /// A time shown both ways: relative, with the exact RFC 3339 time beside it.
-fn when(now: u64, then: u64) -> String {
+pub fn when(now: u64, then: u64) -> String {
     format!(
         r#"<time datetime="{0}" title="{0}">{1}</time> <span class="muted">({0})</span>"#,
         rfc3339(then),

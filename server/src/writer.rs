@@ -1,7 +1,10 @@
 //! The ingest writer: one thread takes verified reports from every request, and operators' key
 //! changes, records a whole queue of them in one atomic store batch (in the order they arrived),
 //! makes it durable with one flush, and only then answers each request. Under load, N concurrent
-//! reports cost one batch and one fsync instead of N; a key change never races a report.
+//! reports cost one batch and one fsync instead of N; a key change never races a report. After
+//! answering, it hands the target commits of the batch's accepted reports from devices that
+//! tried them (any status but `pending` and `halted`) to a hook (the automatic halt), off the
+//! answer's path.
 
 use std::sync::Arc;
 
@@ -38,8 +41,20 @@ fn stopped() -> StoreError {
 impl Writer {
     /// Starts the writer thread for `store`.
     pub fn spawn(store: Arc<dyn Store>) -> std::io::Result<Writer> {
+        Writer::spawn_with(store, |_| {})
+    }
+
+    /// Starts the writer thread for `store`; after each batch is answered, `tried` gets the
+    /// target commits of its accepted reports from devices that tried them (when there are any).
+    pub fn spawn_with(
+        store: Arc<dyn Store>,
+        tried: impl Fn(&[String]) + Send + 'static,
+    ) -> std::io::Result<Writer> {
         let tx = crate::batch::spawn("shoal-ingest-writer", QUEUE, MAX_BATCH, move |jobs| {
-            write(store.as_ref(), jobs)
+            let commits = write(store.as_ref(), jobs);
+            if !commits.is_empty() {
+                tried(&commits);
+            }
         })?;
         Ok(Writer { tx })
     }
@@ -83,8 +98,23 @@ impl Writer {
     }
 }
 
-fn write(store: &dyn Store, jobs: Vec<Job>) {
+/// Records and answers one batch; returns the target commits its accepted reports tried.
+fn write(store: &dyn Store, jobs: Vec<Job>) -> Vec<String> {
     let (writes, replies): (Vec<_>, Vec<_>) = jobs.into_iter().map(|j| (j.write, j.reply)).unzip();
+    let tried_targets: Vec<Option<String>> = writes
+        .iter()
+        .map(|w| match w {
+            Write::Report { verified, .. }
+                if !matches!(
+                    verified.report.status,
+                    shoal_proto::Status::Pending | shoal_proto::Status::Halted
+                ) =>
+            {
+                verified.report.target.as_ref().map(|t| t.commit.clone())
+            }
+            _ => None,
+        })
+        .collect();
     let mut results = store.write_batch(writes);
     // Durable before any 200: the agent forgets a report once it is acknowledged, and an
     // operator takes a 200 to mean the key change is in force.
@@ -100,7 +130,16 @@ fn write(store: &dyn Store, jobs: Vec<Job>) {
             }
         }
     }
+    let mut commits: Vec<String> = tried_targets
+        .into_iter()
+        .zip(&results)
+        .filter(|(_, r)| r.is_ok())
+        .filter_map(|(c, _)| c)
+        .collect();
+    commits.sort();
+    commits.dedup();
     for (reply, result) in replies.into_iter().zip(results) {
         let _ = reply.send(result);
     }
+    commits
 }

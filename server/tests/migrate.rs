@@ -59,7 +59,11 @@ fn migrate(from: &std::path::Path, to: &str) -> std::process::Output {
         .unwrap()
 }
 
+const HALTED: &str = "c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00";
+const RESUMED: &str = "f00df00df00df00df00df00df00df00df00df00d";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+
 async fn a_sled_store_migrated_to_postgres_answers_the_same() {
     let Some(cluster) = PgCluster::shared() else {
         return;
@@ -114,6 +118,31 @@ async fn a_sled_store_migrated_to_postgres_answers_the_same() {
         .await;
     assert_eq!(resp.status, 200, "{}", resp.text());
 
+    // Rollouts: reports with a target, a halted commit and a resumed one (serial 3).
+    for (i, d) in devices.iter_mut().enumerate().skip(2).take(4) {
+        let mut r = d.report(Status::ALL[i % 3], Some("abcd1234"));
+        r.target = Some(shoal_proto::Target {
+            commit: HALTED.to_owned(),
+            wave: Some(["canary", "all"][i % 2].to_owned()),
+        });
+        let resp = client.post_report(d.seal(&r), None).await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+    }
+    for (commit, action) in [(HALTED, "halt"), (RESUMED, "halt"), (RESUMED, "resume")] {
+        let resp = client
+            .request(
+                hyper::Method::POST,
+                &format!("/api/v1/rollouts/{commit}/{action}"),
+                &[],
+                axum::body::Bytes::from_static(br#"{"reason": "bad endpoint"}"#),
+            )
+            .await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+    }
+    let rollouts_before = client.get("/api/v1/rollouts").await.json();
+    assert_eq!(rollouts_before["halts_serial"], 3, "{rollouts_before}");
+    let key_before = client.get("/api/v1/collector").await.json()["key"].clone();
+
     let mut ids: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
     ids.push("gw-quiet".to_owned());
     ids.push("gw-missing".to_owned());
@@ -138,8 +167,9 @@ async fn a_sled_store_migrated_to_postgres_answers_the_same() {
         "devices                               12          12",
         "registered, never reported             1           1",
         "pinned keys                           13          13",
-        // gw-00: its newest 100; gw-01: 3 + 1 from its new key; 10 others: 3 each.
-        "history entries                      134         134",
+        // gw-00: its newest 100; gw-01: 3 + 1 from its new key; 10 others: 3 each, and 4 of
+        // them one report about a rollout.
+        "history entries                      138         138",
         "retired keys                           1           1",
         "fleet total (counters)                12          12",
         "verified: the copy holds every row of the store; committed",
@@ -148,13 +178,23 @@ async fn a_sled_store_migrated_to_postgres_answers_the_same() {
     }
 
     let pg = StoreFlags(vec!["--store".into(), url.clone()]);
-    let server = start_binary(&pg, &args, &tmp.path().join("pg.log"));
+    // The replicas sign with the embedded store's key, which devices pinned.
+    let key_file = data.join("collector.key");
+    let mut pg_args = args.clone();
+    pg_args.extend(["--key-file", key_file.to_str().unwrap()]);
+    let server = start_binary(&pg, &pg_args, &tmp.path().join("pg.log"));
     let client = Client {
         bearer: Some(ADMIN_TOKEN.to_owned()),
         ..Client::new(server.addr())
     };
     let after = everything(&client, &ids).await;
     assert_eq!(after, before);
+    // The halt list came along with its serial, the rollout counters with the records.
+    assert_eq!(client.get("/api/v1/rollouts").await.json(), rollouts_before);
+    assert_eq!(
+        client.get("/api/v1/collector").await.json()["key"],
+        key_before
+    );
 
     // Sequences and pins came along: old sequences are replays, the retired key is refused,
     // the pre-registered key reports without a token, and new reports are accepted.

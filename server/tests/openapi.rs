@@ -59,11 +59,17 @@ fn the_document_lists_the_api() {
             "put /api/v1/devices/{id}/key",
             "delete /api/v1/devices/{id}/key",
             "get /api/v1/summary",
+            "get /api/v1/collector",
+            "get /api/v1/rollouts",
+            "get /api/v1/rollouts/{commit}",
+            "post /api/v1/rollouts/{commit}/halt",
+            "post /api/v1/rollouts/{commit}/resume",
             "get /metrics",
             "get /healthz",
             "get /",
             "get /devices",
             "get /devices/{id}",
+            "get /rollouts",
         ]
     );
     assert!(doc.iter().all(|(_, _, codes)| codes.contains(&200)));
@@ -81,6 +87,9 @@ fn the_document_lists_the_api() {
         "bad_key",
         "key_in_use",
         "bad_proof",
+        "bad_commit",
+        "reason_too_long",
+        "too_many_halts",
     ]) {
         assert!(text.contains(code), "reason code {code} is not documented");
     }
@@ -102,9 +111,18 @@ async fn every_documented_operation_answers_a_documented_status(backend: Backend
         .await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     let new_key = Device::new("gw-1", 3).key_id();
+    // A rollout for the {commit} paths: a report about it.
+    const COMMIT: &str = "c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1";
+    let mut r = other.report(Status::Pending, None);
+    r.target = Some(shoal_proto::Target {
+        commit: COMMIT.to_owned(),
+        wave: Some("all".to_owned()),
+    });
+    let resp = authed.post_report(other.seal(&r), None).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
 
     for (path, method, codes) in documented() {
-        let concrete = path.replace("{id}", "gw-1");
+        let concrete = path.replace("{id}", "gw-1").replace("{commit}", COMMIT);
         let check = |resp: &Resp, case: &str| {
             assert!(
                 codes.contains(&resp.status.as_u16()),
@@ -114,6 +132,32 @@ async fn every_documented_operation_answers_a_documented_status(backend: Backend
             );
         };
         match method.as_str() {
+            "post" if path.starts_with("/api/v1/rollouts/") => {
+                let resp = admin
+                    .request(Method::POST, &concrete, &[], Bytes::from_static(b"{}"))
+                    .await;
+                assert_eq!(resp.status, 200, "{method} {path}: {}", resp.text());
+                check(&resp, "admin token");
+                let empty = admin
+                    .request(Method::POST, &concrete, &[], Bytes::new())
+                    .await;
+                check(&empty, "no body");
+                for (client, case) in [(&anonymous, "no token"), (&authed, "read token")] {
+                    let resp = client
+                        .request(Method::POST, &concrete, &[], Bytes::new())
+                        .await;
+                    check(&resp, case);
+                }
+                let junk = admin
+                    .request(Method::POST, &concrete, &[], Bytes::from_static(b"[]"))
+                    .await;
+                assert_eq!(junk.status, 400, "{}", junk.text());
+                check(&junk, "junk body");
+                let bad = path.replace("{commit}", "abc");
+                let resp = admin.request(Method::POST, &bad, &[], Bytes::new()).await;
+                assert_eq!(resp.status, 400, "{}", resp.text());
+                check(&resp, "bad commit id");
+            }
             "post" => {
                 let ok = authed
                     .post_report(gw.next(Status::Converged, None), Some(ENROLL_TOKEN))
@@ -171,7 +215,15 @@ async fn every_documented_operation_answers_a_documented_status(backend: Backend
                         "bad query",
                     );
                 }
-                if codes.contains(&404) {
+                if path.contains("{commit}") {
+                    let missing = path.replace("{commit}", &"0".repeat(40));
+                    let resp = authed.get(&missing).await;
+                    assert_eq!(resp.status, 404, "{}", resp.text());
+                    check(&resp, "unknown commit");
+                    let bad = authed.get(&path.replace("{commit}", "xyz")).await;
+                    assert_eq!(bad.status, 400, "{}", bad.text());
+                    check(&bad, "bad commit id");
+                } else if codes.contains(&404) {
                     let missing = path.replace("{id}", "no-such-device");
                     let resp = authed.get(&missing).await;
                     assert_eq!(resp.status, 404);

@@ -281,14 +281,14 @@ async fn a_database_newer_than_the_collector_is_refused_and_left_alone() {
     let url = cluster.create_database();
     drop(PgStore::connect(&url, None).unwrap());
     let db = url.split('/').nth(3).unwrap().split('?').next().unwrap();
-    assert_eq!(cluster.psql(db, "SELECT version FROM shoal_schema"), "1");
+    assert_eq!(cluster.psql(db, "SELECT version FROM shoal_schema"), "2");
     cluster.psql(db, "UPDATE shoal_schema SET version = 7");
     let err = match PgStore::connect(&url, None) {
         Ok(_) => panic!("a newer schema was accepted"),
         Err(e) => e.to_string(),
     };
     assert!(
-        err.contains("has schema version 7, newer than this collector's 1"),
+        err.contains("has schema version 7, newer than this collector's 2"),
         "{err}"
     );
     assert_eq!(cluster.psql(db, "SELECT version FROM shoal_schema"), "7");

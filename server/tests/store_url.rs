@@ -78,9 +78,23 @@ impl Drop for Serving {
     }
 }
 
+/// `serve` on `store`, with a collector key (a PostgreSQL store needs `--key-file`; one per test
+/// process, made by the binary).
 fn serve(store: &[&str]) -> Command {
+    static KEY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("shoal-store-url-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let key = dir.join("collector.key");
+        make_key(&key);
+        key
+    });
     let mut cmd = Command::new(bin());
-    cmd.args(["serve", "--listen", "127.0.0.1:0"]).args(store);
+    cmd.args(["serve", "--listen", "127.0.0.1:0"])
+        .args(store)
+        .arg("--key-file")
+        .arg(key);
     cmd.env_remove("SHOAL_STORE")
         .env_remove("CREDENTIALS_DIRECTORY");
     cmd

@@ -1,6 +1,7 @@
 //! `shoal-collector migrate`: copies an embedded (sled) store into an empty PostgreSQL database —
 //! every device's record and key pin (also of devices pre-registered that never reported), the
-//! kept history, retired keys' last sequences (their replay floors) and the fleet counters,
+//! kept history, retired keys' last sequences (their replay floors), the halt list with its
+//! serial, and the fleet counters (rollout counters included),
 //! recounted from the records — in one transaction, counted again before it commits. A copy
 //! whose counts differ from the source's is rolled back. Reads sled, writes only the database.
 
@@ -52,14 +53,7 @@ pub fn migrate(from: &SledStore, to: &PgStore) -> Result<Migrated, MigrateError>
         let pin = from.pinned_key(&id)?;
         source.devices += 1;
         source.pins += u64::from(pin.is_some());
-        tally.apply(
-            None,
-            Entry {
-                status: record.report.status,
-                commit: record.report.commit.as_deref(),
-                last_seen: record.last_seen,
-            },
-        );
+        tally.apply(None, Entry::of(&record.report, record.last_seen));
         *seen.entry(record.last_seen).or_default() += 1;
         chunk.push((id, pin, Some(record)));
         if chunk.len() == CHUNK {
@@ -106,6 +100,10 @@ pub fn migrate(from: &SledStore, to: &PgStore) -> Result<Migrated, MigrateError>
     if !chunk.is_empty() {
         importer.send(ImportRows::Retired(chunk))?;
     }
+
+    // The halt list, with its serial: devices ignore a list whose serial is lower than one they
+    // accepted, so the copy must keep counting from where the embedded store was.
+    importer.send(ImportRows::Halts(from.halts()?))?;
 
     let persisted = from.persisted_tally()?;
     let source_counters_agree = persisted == tally;

@@ -11,11 +11,15 @@ mod postgres;
 mod sled;
 pub mod stage;
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
-use shoal_proto::{KeyId, Report, Status};
+use shoal_proto::{CommitId, HaltList, KeyId, Report, Status};
 
 use shoal_fleet::ingest::{Enrollment, Rejection, Verified};
 use shoal_fleet::keys::{KeyChange, KeyRefusal};
+use shoal_fleet::rollout::{self, HaltRefusal};
+pub use shoal_fleet::rollout::{CommitCounts, HaltChange, HaltState};
 use shoal_fleet::tally::{Summary, Tally};
 
 /// The records a store keeps (defined in `shoal_fleet::record`: the deciders build them).
@@ -70,6 +74,40 @@ pub trait Store: Send + Sync {
 
     /// Whether the store answers reads (for /healthz).
     fn healthy(&self) -> bool;
+
+    /// The halt list as stored: its serial, when it last changed, every commit's halt state.
+    /// Consistent: the serial is the one of exactly these states.
+    fn halts(&self) -> Result<StoredHalts, StoreError>;
+
+    /// Only the halt list's serial: what replicas poll to learn of another's change.
+    fn halts_serial(&self) -> Result<u64, StoreError>;
+
+    /// Decides `change` for `commit` (`rollout::decide`) against its stored state and, if it
+    /// changes anything, records the new state and bumps the list's serial atomically with it
+    /// (PostgreSQL: one transaction holding the list's row lock, so two replicas never give two
+    /// different lists one serial). Idempotent: an unchanged state keeps the serial.
+    fn change_halt(
+        &self,
+        commit: &CommitId,
+        change: &HaltChange,
+        now: u64,
+    ) -> Result<HaltChanged, HaltError>;
+
+    /// Every commit's devices by wave and status, from the rollout counters (never a scan of
+    /// the devices).
+    fn rollouts(&self) -> Result<BTreeMap<String, CommitCounts>, StoreError>;
+
+    /// Records how many devices are on each commit at `minute` (unix minutes) and forgets the
+    /// samples before `forget_before`. Replicas may record the same minute: the first one stays.
+    fn record_adoption(
+        &self,
+        minute: u64,
+        samples: &[(String, u64)],
+        forget_before: u64,
+    ) -> Result<(), StoreError>;
+
+    /// One commit's adoption samples, `(minute, devices)` in time order.
+    fn adoption(&self, commit: &str) -> Result<Vec<(u64, u64)>, StoreError>;
 
     /// Checks one verified report and records it if accepted (see `write_batch`).
     fn ingest(
@@ -130,6 +168,79 @@ pub struct Accepted {
     /// The key that signed it (for the log; not part of the answer).
     #[serde(skip)]
     pub key_id: String,
+}
+
+/// The halt list as a store keeps it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredHalts {
+    /// Grows by one with every change.
+    pub serial: u64,
+    /// When the last change was made (unix s): the signed list's `issued_at`, so every replica
+    /// seals the very same bytes for one serial.
+    pub changed_at: u64,
+    pub states: BTreeMap<CommitId, HaltState>,
+}
+
+impl StoredHalts {
+    /// The list to sign.
+    pub fn list(&self) -> HaltList {
+        HaltList {
+            serial: self.serial,
+            issued_at: self.changed_at,
+            halted: rollout::halted(&self.states),
+        }
+    }
+
+    /// How many commits are halted now.
+    pub fn halted_count(&self) -> usize {
+        self.states.values().filter(|s| s.halted.is_some()).count()
+    }
+
+    /// `rollout::decide` for `commit` against these states.
+    fn decide(
+        &self,
+        commit: &CommitId,
+        change: &HaltChange,
+        now: u64,
+    ) -> Result<Option<HaltState>, HaltRefusal> {
+        let state = self.states.get(commit).cloned().unwrap_or_default();
+        rollout::decide(&state, change, self.halted_count(), now)
+    }
+}
+
+/// What a halt change did (the answer of `POST /api/v1/rollouts/{commit}/halt` and `/resume`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HaltChanged {
+    pub commit: CommitId,
+    pub halted: bool,
+    /// Why it is halted (when it is).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// False when the commit was already in the asked-for state: nothing was written.
+    pub changed: bool,
+    /// The halt list's serial after the change.
+    pub serial: u64,
+}
+
+impl HaltChanged {
+    fn new(commit: &CommitId, state: &HaltState, changed: bool, serial: u64) -> HaltChanged {
+        HaltChanged {
+            commit: commit.clone(),
+            halted: state.halted.is_some(),
+            reason: state.halted.as_ref().map(|h| h.reason.clone()),
+            changed,
+            serial,
+        }
+    }
+}
+
+/// Why a halt change was not recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum HaltError {
+    #[error(transparent)]
+    Refused(#[from] HaltRefusal),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// What an operator's key change did (the answer of `DELETE`/`PUT /api/v1/devices/{id}/key`).

@@ -15,22 +15,27 @@
 //! | `key/{key id}` | device id the key is pinned to |
 //! | `retired/{id}/{key id}` | last sequence accepted from a key the device was unpinned or re-keyed from, u64 BE |
 //! | `count/status/{status}`, `count/commit/{hex}`, `count/no-commit` | u64 BE |
+//! | `count/rollout/{commit}/{status}/-` or `.../={wave}` | u64 BE: devices by report target, wave and status |
+//! | `halt/{commit}` | `rollout::HaltState` JSON: halted (why, since) and the last resume |
+//! | `meta/halts` | the halt list's serial and when it last changed, u64 BE each (16 bytes) |
+//! | `adoption/{commit}/{minute: u64 BE}` | devices on the commit at that minute, u64 BE |
 //! | `meta/schema` | `1` |
 //!
 //! Device ids never contain `/` (proto validates them), so the prefixes are unambiguous.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 
 use serde::Deserialize;
-use shoal_proto::{KeyId, Status};
+use shoal_proto::{CommitId, KeyId, Status};
 
-use shoal_fleet::tally::{Counter, Entry, Summary, Tally};
+use shoal_fleet::tally::{Counter, Entry, RolloutKey, Summary, Tally};
 
 use super::stage::{self, Op, Stored};
 use super::{
-    check_device_id, registration, DeviceRecord, HistoryEntry, Outcome, Registration, Store,
-    StoreError, Write,
+    check_device_id, registration, CommitCounts, DeviceRecord, HaltChange, HaltChanged, HaltError,
+    HistoryEntry, Outcome, Registration, Store, StoreError, StoredHalts, Write,
 };
 
 const SCHEMA: &[u8] = b"1";
@@ -70,6 +75,7 @@ fn counter_key(c: &Counter) -> Vec<u8> {
         Counter::Status(s) => format!("count/status/{s}").into_bytes(),
         Counter::Commit(Some(c)) => format!("count/commit/{c}").into_bytes(),
         Counter::Commit(None) => b"count/no-commit".to_vec(),
+        Counter::Rollout(k) => format!("count/rollout/{}", k.encode()).into_bytes(),
     }
 }
 fn parse_counter(key: &[u8]) -> Option<Counter> {
@@ -77,22 +83,28 @@ fn parse_counter(key: &[u8]) -> Option<Counter> {
     if key == "count/no-commit" {
         return Some(Counter::Commit(None));
     }
+    if let Some(k) = key.strip_prefix("count/rollout/") {
+        return RolloutKey::decode(k).map(Counter::Rollout);
+    }
     if let Some(s) = key.strip_prefix("count/status/") {
         return Status::from_wire(s).map(Counter::Status);
     }
     key.strip_prefix("count/commit/")
         .map(|c| Counter::Commit(Some(c.to_owned())))
 }
+fn halt_key(commit: &CommitId) -> Vec<u8> {
+    format!("halt/{commit}").into_bytes()
+}
+const HALTS_META: &[u8] = b"meta/halts";
+fn adoption_prefix(commit: &str) -> Vec<u8> {
+    format!("adoption/{commit}/").into_bytes()
+}
 fn u64_value(v: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(v.try_into().ok()?))
 }
 
 fn entry(r: &DeviceRecord) -> Entry<'_> {
-    Entry {
-        status: r.report.status,
-        commit: r.report.commit.as_deref(),
-        last_seen: r.last_seen,
-    }
+    Entry::of(&r.report, r.last_seen)
 }
 
 impl SledStore {
@@ -197,6 +209,12 @@ impl SledStore {
             counter_key(&Counter::Commit(None)),
             &summary.no_commit.to_be_bytes(),
         );
+        for (key, n) in tally.rollouts() {
+            batch.insert(
+                counter_key(&Counter::Rollout(key.clone())),
+                &n.to_be_bytes(),
+            );
+        }
         self.db.apply_batch(batch).map_err(|e| self.sled_err(e))?;
         Ok(tally)
     }
@@ -499,6 +517,114 @@ impl Store for SledStore {
 
     fn healthy(&self) -> bool {
         self.db.get(b"meta/schema").is_ok()
+    }
+
+    fn halts(&self) -> Result<StoredHalts, StoreError> {
+        // Changes hold the writer lock: reading under it sees a serial and its states together.
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        self.halts_unlocked()
+    }
+
+    fn halts_serial(&self) -> Result<u64, StoreError> {
+        Ok(self.halts_meta()?.0)
+    }
+
+    fn change_halt(
+        &self,
+        commit: &CommitId,
+        change: &HaltChange,
+        now: u64,
+    ) -> Result<HaltChanged, HaltError> {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let halts = self.halts_unlocked()?;
+        let Some(state) = halts.decide(commit, change, now)? else {
+            let state = halts.states.get(commit).cloned().unwrap_or_default();
+            return Ok(HaltChanged::new(commit, &state, false, halts.serial));
+        };
+        let serial = halts.serial + 1;
+        let key = halt_key(commit);
+        let json = serde_json::to_vec(&state).map_err(|e| self.corrupt(&key, e))?;
+        let mut batch = sled::Batch::default();
+        batch.insert(key, json);
+        batch.insert(
+            HALTS_META,
+            [serial.to_be_bytes(), now.to_be_bytes()].concat(),
+        );
+        self.db.apply_batch(batch).map_err(|e| self.sled_err(e))?;
+        self.flush()?;
+        Ok(HaltChanged::new(commit, &state, true, serial))
+    }
+
+    /// From the in-memory tally: no scan of the devices.
+    fn rollouts(&self) -> Result<BTreeMap<String, CommitCounts>, StoreError> {
+        let tally = self.tally.read().unwrap_or_else(|p| p.into_inner());
+        Ok(shoal_fleet::rollout::by_commit(tally.rollouts()))
+    }
+
+    fn record_adoption(
+        &self,
+        minute: u64,
+        samples: &[(String, u64)],
+        forget_before: u64,
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for kv in self.db.scan_prefix(b"adoption/") {
+            let (k, _) = kv.map_err(|e| self.sled_err(e))?;
+            let at = k.len().checked_sub(8).and_then(|i| u64_value(&k[i..]));
+            if at.is_none_or(|m| m < forget_before) {
+                batch.remove(k);
+            }
+        }
+        for (commit, devices) in samples {
+            let key = [adoption_prefix(commit), minute.to_be_bytes().to_vec()].concat();
+            batch.insert(key, &devices.to_be_bytes());
+        }
+        self.db.apply_batch(batch).map_err(|e| self.sled_err(e))
+    }
+
+    fn adoption(&self, commit: &str) -> Result<Vec<(u64, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.db.scan_prefix(adoption_prefix(commit)) {
+            let (k, v) = kv.map_err(|e| self.sled_err(e))?;
+            let minute = u64_value(&k[k.len() - 8..])
+                .ok_or_else(|| self.corrupt(&k, "minute is not 8 bytes"))?;
+            let devices = u64_value(&v).ok_or_else(|| self.corrupt(&k, "not 8 bytes"))?;
+            out.push((minute, devices));
+        }
+        Ok(out)
+    }
+}
+
+impl SledStore {
+    /// The halt list's serial and when it last changed.
+    fn halts_meta(&self) -> Result<(u64, u64), StoreError> {
+        match self.db.get(HALTS_META).map_err(|e| self.sled_err(e))? {
+            None => Ok((0, 0)),
+            Some(v) if v.len() == 16 => Ok((
+                u64_value(&v[..8]).unwrap_or_default(),
+                u64_value(&v[8..]).unwrap_or_default(),
+            )),
+            Some(_) => Err(self.corrupt(HALTS_META, "not 16 bytes")),
+        }
+    }
+
+    fn halts_unlocked(&self) -> Result<StoredHalts, StoreError> {
+        let (serial, changed_at) = self.halts_meta()?;
+        let mut states = BTreeMap::new();
+        for kv in self.db.scan_prefix(b"halt/") {
+            let (k, v) = kv.map_err(|e| self.sled_err(e))?;
+            let commit = std::str::from_utf8(&k[b"halt/".len()..])
+                .ok()
+                .and_then(|c| CommitId::parse(c).ok())
+                .ok_or_else(|| self.corrupt(&k, "not a commit id"))?;
+            let state = serde_json::from_slice(&v).map_err(|e| self.corrupt(&k, e))?;
+            states.insert(commit, state);
+        }
+        Ok(StoredHalts {
+            serial,
+            changed_at,
+            states,
+        })
     }
 }
 

@@ -142,9 +142,14 @@ impl Staged {
             }
             _ => None,
         };
-        let old = record
-            .as_ref()
-            .map(|r| (r.report.status, r.report.commit.clone(), r.last_seen));
+        let old = record.as_ref().map(|r| {
+            (
+                r.report.status,
+                r.report.commit.clone(),
+                r.last_seen,
+                r.report.target.clone(),
+            )
+        });
         let current = Current {
             pinned_key,
             key_owner,
@@ -174,16 +179,17 @@ impl Staged {
             self.pins.insert(device_id.clone(), Some(key_id.clone()));
             self.owners.insert(key_id.clone(), Some(device_id.clone()));
         }
-        let old_entry = old.as_ref().map(|(status, commit, last_seen)| Entry {
-            status: *status,
-            commit: commit.as_deref(),
-            last_seen: *last_seen,
-        });
-        let new_entry = Entry {
-            status: decision.record.report.status,
-            commit: decision.record.report.commit.as_deref(),
-            last_seen: decision.record.last_seen,
-        };
+        let old_entry = old
+            .as_ref()
+            .map(|(status, commit, last_seen, target)| Entry {
+                status: *status,
+                commit: commit.as_deref(),
+                last_seen: *last_seen,
+                target: target
+                    .as_ref()
+                    .map(|t| (t.commit.as_str(), t.wave.as_deref())),
+            });
+        let new_entry = Entry::of(&decision.record.report, decision.record.last_seen);
         self.delta.record(old_entry, new_entry);
         let accepted = Accepted {
             device_id: device_id.clone(),

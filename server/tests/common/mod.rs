@@ -470,13 +470,36 @@ pub fn bin() -> &'static str {
 /// Starts `shoal-collector serve --listen 127.0.0.1:0 STORE ARGS...` with the kit's
 /// launcher (the one the end-to-end tests use), its log in `log`, and waits for its
 /// "listening on" line.
+/// On PostgreSQL without `--key-file` in `args`, a collector key made by the binary beside
+/// `log` (`LOG.key`, shared by every start with the same log name) is given.
 pub fn start_binary(store: &StoreFlags, args: &[&str], log: &Path) -> Collector {
-    Collector::start(
-        &CollectorSpec::new(bin(), std::path::PathBuf::new())
-            .args(&store.0)
-            .args(args)
-            .log(log),
-    )
+    let mut spec = CollectorSpec::new(bin(), std::path::PathBuf::new())
+        .args(&store.0)
+        .args(args)
+        .log(log);
+    if store.0.iter().any(|a| a == "--store") && !args.contains(&"--key-file") {
+        let key = log.with_extension("key");
+        if !key.exists() {
+            make_key(&key);
+        }
+        spec = spec.args(&["--key-file", key.to_str().unwrap()]);
+    }
+    Collector::start(&spec)
+}
+
+/// `shoal-collector key --generate --key-file PATH`; returns the printed key id.
+pub fn make_key(path: &Path) -> String {
+    let out = Command::new(bin())
+        .args(["key", "--generate", "--key-file"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 /// Runs `shoal-collector register STORE`.
@@ -554,8 +577,12 @@ pub async fn assert_enrolls(server: &TestServer, device: &Device, body: Vec<u8>)
     let resp = server.client().post_report(body, Some(ENROLL_TOKEN)).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     let id = device.id.as_str();
+    let mut answer = resp.json();
+    // Every accepted report's answer carries the signed halt list (tests/rollouts.rs opens it).
+    assert!(answer["halts"]["signature"].is_string(), "{answer}");
+    answer.as_object_mut().unwrap().remove("halts");
     assert_eq!(
-        resp.json(),
+        answer,
         serde_json::json!({"device_id": id, "sequence": 1, "enrolled": true})
     );
     assert_eq!(

@@ -21,6 +21,8 @@ pub enum ImportRows {
     History(Vec<(String, u64, HistoryEntry)>),
     /// Retired keys' last sequences: device id, key id, sequence.
     Retired(Vec<(String, String, u64)>),
+    /// The halt list: every commit's halt state, its serial and when it last changed.
+    Halts(crate::store::StoredHalts),
 }
 
 /// How many rows of each kind a store holds.
@@ -284,6 +286,30 @@ impl Inner {
                 .await
                 .map_err(err)?;
             }
+            ImportRows::Halts(halts) => {
+                let mut commits = Vec::with_capacity(halts.states.len());
+                let mut states = Vec::with_capacity(halts.states.len());
+                for (commit, state) in &halts.states {
+                    let json = serde_json::to_vec(state)
+                        .map_err(|e| self.corrupt(&format!("the halt of {commit}"), e))?;
+                    commits.push(commit.as_str());
+                    states.push(json);
+                }
+                // No ON CONFLICT: a database that has halts already fails the copy.
+                tx.execute(
+                    "INSERT INTO shoal_halt (commit_id, state) \
+                     SELECT * FROM unnest($1::text[], $2::bytea[])",
+                    &[&commits, &states],
+                )
+                .await
+                .map_err(err)?;
+                tx.execute(
+                    "UPDATE shoal_halt_list SET serial = $1, changed_at = $2 WHERE id = 1",
+                    &[&to_i64(halts.serial), &to_i64(halts.changed_at)],
+                )
+                .await
+                .map_err(err)?;
+            }
             ImportRows::Retired(retired) => {
                 let (mut ids, mut keys, mut seqs) = (Vec::new(), Vec::new(), Vec::new());
                 for (id, key, sequence) in retired {
@@ -322,6 +348,12 @@ impl Inner {
                 .map(|(c, n)| (Counter::Commit(Some(c)), n)),
         );
         counters.push((Counter::Commit(None), summary.no_commit));
+        counters.extend(
+            tally
+                .rollouts()
+                .iter()
+                .map(|(k, n)| (Counter::Rollout(k.clone()), *n)),
+        );
         counters.retain(|(_, n)| *n > 0);
         let (mut kinds, mut names, mut values) = (Vec::new(), Vec::new(), Vec::new());
         for (counter, n) in &counters {

@@ -25,15 +25,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
-use shoal_proto::{KeyId, Status};
+use shoal_proto::{CommitId, KeyId, Status};
 use tokio_postgres::error::SqlState;
 
-use shoal_fleet::tally::{Counter, Summary, Tally};
+use shoal_fleet::tally::{Counter, RolloutKey, Summary, Tally};
 
 use super::stage::{self, Op, Stored};
 use super::{
-    check_device_id, registration, DeviceRecord, HistoryEntry, Outcome, Registration, Store,
-    StoreError, Write,
+    check_device_id, registration, CommitCounts, DeviceRecord, HaltChange, HaltChanged, HaltError,
+    HistoryEntry, Outcome, Registration, Store, StoreError, StoredHalts, Write,
 };
 
 /// Counter shards: writers add to `batch number mod SHARDS`.
@@ -242,6 +242,7 @@ fn counter_row(c: &Counter) -> (&'static str, String) {
         Counter::Status(s) => ("status", s.as_str().to_owned()),
         Counter::Commit(Some(c)) => ("commit", c.clone()),
         Counter::Commit(None) => ("no-commit", String::new()),
+        Counter::Rollout(k) => ("rollout", k.encode()),
     }
 }
 
@@ -250,6 +251,7 @@ fn parse_counter(kind: &str, name: &str) -> Option<Counter> {
         "status" => Status::from_wire(name).map(Counter::Status),
         "commit" => Some(Counter::Commit(Some(name.to_owned()))),
         "no-commit" => Some(Counter::Commit(None)),
+        "rollout" => RolloutKey::decode(name).map(Counter::Rollout),
         _ => None,
     }
 }
@@ -734,6 +736,102 @@ impl Inner {
         Ok(tally)
     }
 
+    /// The halt list read with `c` (the list's row first: with `FOR UPDATE` in a change's
+    /// transaction, with `FOR SHARE` otherwise, so a change in flight is waited for and the
+    /// serial read is the one of the states read).
+    async fn halts_in(&self, c: &impl GenericClient, lock: &str) -> Result<StoredHalts, Failed> {
+        let row = c
+            .query_one(
+                &format!("SELECT serial, changed_at FROM shoal_halt_list WHERE id = 1 {lock}"),
+                &[],
+            )
+            .await?;
+        let rows = c
+            .query(
+                "SELECT commit_id, state FROM shoal_halt ORDER BY commit_id",
+                &[],
+            )
+            .await?;
+        let mut states = BTreeMap::new();
+        for row in rows {
+            let commit: String = row.get(0);
+            let what = format!("the halt of commit {commit:?}");
+            let commit =
+                CommitId::parse(&commit).map_err(|e| Failed::Store(self.corrupt(&what, e)))?;
+            let state = serde_json::from_slice(row.get::<_, &[u8]>(1))
+                .map_err(|e| Failed::Store(self.corrupt(&what, e)))?;
+            states.insert(commit, state);
+        }
+        Ok(StoredHalts {
+            serial: to_u64(row.get(0)),
+            changed_at: to_u64(row.get(1)),
+            states,
+        })
+    }
+
+    async fn halts(&self) -> Result<StoredHalts, StoreError> {
+        let mut client = self.client().await?;
+        let err = |e: tokio_postgres::Error| self.error("reading the halt list", &e);
+        let tx = client.transaction().await.map_err(err)?;
+        let halts = match self.halts_in(&tx, "FOR SHARE").await {
+            Ok(h) => h,
+            Err(Failed::Db(e)) => return Err(err(e)),
+            Err(Failed::Store(e)) => return Err(e),
+        };
+        tx.commit().await.map_err(err)?;
+        Ok(halts)
+    }
+
+    async fn change_halt(
+        &self,
+        commit: CommitId,
+        change: HaltChange,
+        now: u64,
+    ) -> Result<HaltChanged, HaltError> {
+        let mut client = self.client().await?;
+        let err = |e: &tokio_postgres::Error| self.error("changing the halt list", e);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result: Result<Result<HaltChanged, HaltError>, Failed> = async {
+                let tx = client.transaction().await?;
+                // The list's row lock serialises every change across replicas.
+                let halts = self.halts_in(&tx, "FOR UPDATE").await?;
+                let state = match halts.decide(&commit, &change, now) {
+                    Err(refusal) => return Ok(Err(refusal.into())),
+                    Ok(None) => {
+                        let state = halts.states.get(&commit).cloned().unwrap_or_default();
+                        return Ok(Ok(HaltChanged::new(&commit, &state, false, halts.serial)));
+                    }
+                    Ok(Some(state)) => state,
+                };
+                let json = serde_json::to_vec(&state)
+                    .map_err(|e| Failed::Store(self.corrupt("a halt state", e)))?;
+                tx.execute(
+                    "INSERT INTO shoal_halt (commit_id, state) VALUES ($1, $2)                      ON CONFLICT (commit_id) DO UPDATE SET state = excluded.state",
+                    &[&commit.as_str(), &json],
+                )
+                .await?;
+                let serial: i64 = tx
+                    .query_one(
+                        "UPDATE shoal_halt_list SET serial = serial + 1, changed_at = $1                          WHERE id = 1 RETURNING serial",
+                        &[&to_i64(now)],
+                    )
+                    .await?
+                    .get(0);
+                tx.commit().await?;
+                Ok(Ok(HaltChanged::new(&commit, &state, true, to_u64(serial))))
+            }
+            .await;
+            match result {
+                Ok(done) => return done,
+                Err(Failed::Db(e)) if attempt < ATTEMPTS && retryable(&e) => continue,
+                Err(Failed::Db(e)) => return Err(err(&e).into()),
+                Err(Failed::Store(e)) => return Err(e.into()),
+            }
+        }
+    }
+
     async fn register(
         &self,
         device_id: String,
@@ -952,8 +1050,9 @@ impl Store for PgStore {
         let cutoff = to_i64(now.saturating_sub(stale_after));
         let (counters, stale) = self.read(move |_, client| async move {
             let counters = client
+                // Rollout counters are not part of the summary (they grow with commits × waves).
                 .prepare_cached(
-                    "SELECT kind, name, sum(n)::int8 FROM shoal_counter GROUP BY kind, name",
+                    "SELECT kind, name, sum(n)::int8 FROM shoal_counter WHERE kind <> 'rollout' GROUP BY kind, name",
                 )
                 .await?;
             let stale = client
@@ -1000,6 +1099,115 @@ impl Store for PgStore {
     fn healthy(&self) -> bool {
         self.read(|_, client| async move { client.query_one("SELECT 1", &[]).await.map(|_| ()) })
             .is_ok()
+    }
+
+    fn halts(&self) -> Result<StoredHalts, StoreError> {
+        let inner = self.inner.clone();
+        self.block(async move { inner.halts().await })
+    }
+
+    /// One small query (a single row): what every replica polls.
+    fn halts_serial(&self) -> Result<u64, StoreError> {
+        self.read(|_, client| async move {
+            let stmt = client
+                .prepare_cached("SELECT serial FROM shoal_halt_list WHERE id = 1")
+                .await?;
+            Ok(to_u64(client.query_one(&stmt, &[]).await?.get(0)))
+        })
+    }
+
+    fn change_halt(
+        &self,
+        commit: &CommitId,
+        change: &HaltChange,
+        now: u64,
+    ) -> Result<HaltChanged, HaltError> {
+        let inner = self.inner.clone();
+        let (commit, change) = (commit.clone(), change.clone());
+        let runtime = self.runtime.as_ref().ok_or_else(|| StoreError::Database {
+            store: self.inner.name.clone(),
+            reason: "the store's runtime has stopped".to_owned(),
+        })?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        runtime.spawn(async move {
+            let _ = tx.send(inner.change_halt(commit, change, now).await);
+        });
+        rx.recv().map_err(|_| {
+            HaltError::Store(StoreError::Database {
+                store: self.inner.name.clone(),
+                reason: "the store's runtime has stopped".to_owned(),
+            })
+        })?
+    }
+
+    /// The rollout counters summed over shards (rows: commits × waves × statuses × shards).
+    fn rollouts(&self) -> Result<BTreeMap<String, CommitCounts>, StoreError> {
+        let rows = self.read(|_, client| async move {
+            let stmt = client
+                .prepare_cached(
+                    "SELECT name, sum(n)::int8 FROM shoal_counter WHERE kind = 'rollout'                      GROUP BY name HAVING sum(n) <> 0",
+                )
+                .await?;
+            Ok(client
+                .query(&stmt, &[])
+                .await?
+                .into_iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+                .collect::<Vec<_>>())
+        })?;
+        let mut counters = Vec::with_capacity(rows.len());
+        for (name, n) in rows {
+            let key = RolloutKey::decode(&name).ok_or_else(|| {
+                self.inner
+                    .corrupt(&format!("counter rollout/{name}"), "not COMMIT/STATUS/WAVE")
+            })?;
+            counters.push((key, to_u64(n)));
+        }
+        Ok(shoal_fleet::rollout::by_commit(
+            counters.iter().map(|(k, n)| (k, n)),
+        ))
+    }
+
+    fn record_adoption(
+        &self,
+        minute: u64,
+        samples: &[(String, u64)],
+        forget_before: u64,
+    ) -> Result<(), StoreError> {
+        let commits: Vec<String> = samples.iter().map(|(c, _)| c.clone()).collect();
+        let devices: Vec<i64> = samples.iter().map(|(_, n)| to_i64(*n)).collect();
+        self.read(move |_, client| async move {
+            client
+                .execute(
+                    "INSERT INTO shoal_adoption (commit_id, minute, devices)                      SELECT c, $2, d FROM unnest($1::text[], $3::int8[]) AS u(c, d)                      ON CONFLICT (commit_id, minute) DO NOTHING",
+                    &[&commits, &to_i64(minute), &devices],
+                )
+                .await?;
+            client
+                .execute(
+                    "DELETE FROM shoal_adoption WHERE minute < $1",
+                    &[&to_i64(forget_before)],
+                )
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn adoption(&self, commit: &str) -> Result<Vec<(u64, u64)>, StoreError> {
+        let commit = commit.to_owned();
+        self.read(move |_, client| async move {
+            let stmt = client
+                .prepare_cached(
+                    "SELECT minute, devices FROM shoal_adoption WHERE commit_id = $1 ORDER BY minute",
+                )
+                .await?;
+            Ok(client
+                .query(&stmt, &[&commit])
+                .await?
+                .into_iter()
+                .map(|r| (to_u64(r.get(0)), to_u64(r.get(1))))
+                .collect())
+        })
     }
 }
 

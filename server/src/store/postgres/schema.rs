@@ -44,6 +44,29 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (second, shard)
     );
     "#,
+    // 2: rollouts (issue 15). The halt list: one state per commit, and one row holding the
+    // list's serial (locked by every change, so changes are serialised across replicas and each
+    // serial names one list). Adoption samples: devices on a commit per minute. Rollout counts
+    // are `shoal_counter` rows of kind 'rollout'.
+    r#"
+    CREATE TABLE shoal_halt (
+        commit_id text COLLATE "C" PRIMARY KEY,
+        -- rollout::HaltState JSON.
+        state bytea NOT NULL
+    );
+    CREATE TABLE shoal_halt_list (
+        id integer PRIMARY KEY CHECK (id = 1),
+        serial bigint NOT NULL,
+        changed_at bigint NOT NULL
+    );
+    INSERT INTO shoal_halt_list (id, serial, changed_at) VALUES (1, 0, 0);
+    CREATE TABLE shoal_adoption (
+        commit_id text COLLATE "C" NOT NULL,
+        minute bigint NOT NULL,
+        devices bigint NOT NULL,
+        PRIMARY KEY (commit_id, minute)
+    );
+    "#,
 ];
 
 /// The version this binary writes.
