@@ -17,7 +17,7 @@ use http_body_util::BodyExt as _;
 use serde::{Deserialize, Serialize};
 use shoal_proto::{KeyId, Report, Status, MAX_ENVELOPE_BYTES};
 
-use shoal_fleet::ingest::{self, Enrollment, Rejection};
+use shoal_fleet::ingest::{Enrollment, Rejection};
 use shoal_fleet::keys::{KeyChange, KeyRefusal};
 use shoal_fleet::record::{DeviceRecord, HistoryEntry};
 use shoal_fleet::tally::Summary;
@@ -351,10 +351,11 @@ async fn receive(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Acce
         },
     };
     let now = app.config.clock.now();
-    // Decoding runs here, on every worker in parallel; the signature goes to the checker
-    // thread, which checks what every handler queued meanwhile as one batch (a third of the CPU
-    // of one-by-one checks). Only verified reports reach the (single) writer.
-    let envelope = ingest::decode(&bytes)?;
+    // Decoding runs here, on every worker in parallel (the signer's key decompressed once per
+    // key, not per report: `signers`); the signature goes to the checker thread, which checks
+    // what every handler queued meanwhile as one batch (a third of the CPU of one-by-one
+    // checks). Only verified reports reach the (single) writer.
+    let envelope = app.signers.decode(&bytes)?;
     let verified = app
         .verifier
         .verify(envelope)

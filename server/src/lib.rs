@@ -9,6 +9,7 @@ mod batch;
 pub mod metrics;
 pub mod page;
 pub mod serve;
+pub mod signers;
 pub mod store;
 pub mod verifier;
 pub mod writer;
@@ -25,6 +26,7 @@ pub use api::{app, ApiError};
 
 use auth::Tokens;
 use metrics::Metrics;
+use signers::Signers;
 use store::Store;
 use verifier::Verifier;
 use writer::Writer;
@@ -84,6 +86,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub writer: Writer,
     pub verifier: Verifier,
+    /// Decompressed keys of the devices that report (decoding an envelope looks its key up here).
+    pub signers: Signers,
     pub config: Config,
     pub metrics: Metrics,
 }
@@ -99,6 +103,7 @@ impl AppState {
         Ok(Arc::new(AppState {
             writer: Writer::spawn(store.clone())?,
             verifier: Verifier::spawn()?,
+            signers: Signers::default(),
             store,
             config,
             metrics: Metrics::default(),
