@@ -11,7 +11,6 @@ pub mod page;
 pub mod serve;
 pub mod signers;
 pub mod store;
-pub mod verifier;
 pub mod writer;
 
 // The decisions and the tally live in the pure crate `shoal-fleet`; the store's and the API's
@@ -28,7 +27,6 @@ use auth::Tokens;
 use metrics::Metrics;
 use signers::Signers;
 use store::Store;
-use verifier::Verifier;
 use writer::Writer;
 
 /// Default stale threshold: three missed 60 s sync intervals.
@@ -85,7 +83,6 @@ impl Default for Config {
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub writer: Writer,
-    pub verifier: Verifier,
     /// Decompressed keys of the devices that report (decoding an envelope looks its key up here).
     pub signers: Signers,
     pub config: Config,
@@ -93,7 +90,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Starts the ingest writer thread for `store` and the signature checker.
+    /// Starts the ingest writer thread for `store` (it also checks the reports' signatures).
     pub fn new(store: impl Store + 'static, config: Config) -> std::io::Result<Arc<AppState>> {
         AppState::shared(Arc::new(store), config)
     }
@@ -102,7 +99,6 @@ impl AppState {
     pub fn shared(store: Arc<dyn Store>, config: Config) -> std::io::Result<Arc<AppState>> {
         Ok(Arc::new(AppState {
             writer: Writer::spawn(store.clone())?,
-            verifier: Verifier::spawn()?,
             signers: Signers::default(),
             store,
             config,
