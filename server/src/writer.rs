@@ -23,6 +23,9 @@ pub const MAX_BATCH: usize = 1024;
 const QUEUE: usize = 8192;
 
 /// A write as queued: a report's signature is not checked yet.
+// Reports are nearly every write: boxing them to shrink the rare key change would cost an
+// allocation per report on the ingest path.
+#[allow(clippy::large_enum_variant)]
 enum Queued {
     Report {
         envelope: Unverified,
@@ -37,8 +40,14 @@ enum Queued {
 
 /// A queued write's place in the batch while the signatures are checked.
 enum Slot {
-    Report { enrollment: Enrollment, now: u64 },
-    Key(Write),
+    Report {
+        enrollment: Enrollment,
+        now: u64,
+    },
+    Key {
+        device_id: String,
+        change: KeyChange,
+    },
 }
 
 struct Job {
@@ -123,7 +132,7 @@ fn write(store: &dyn Store, jobs: Vec<Job>) {
                 envelopes.push(envelope);
                 Slot::Report { enrollment, now }
             }
-            Queued::Key { device_id, change } => Slot::Key(Write::Key { device_id, change }),
+            Queued::Key { device_id, change } => Slot::Key { device_id, change },
         };
         queued.push((slot, reply));
     }
@@ -133,7 +142,7 @@ fn write(store: &dyn Store, jobs: Vec<Job>) {
     let mut replies = Vec::with_capacity(queued.len());
     for (slot, reply) in queued {
         let write = match slot {
-            Slot::Key(write) => write,
+            Slot::Key { device_id, change } => Write::Key { device_id, change },
             Slot::Report { enrollment, now } => match verdicts.next() {
                 Some(Ok(verified)) => Write::Report {
                     verified,
