@@ -1,8 +1,7 @@
 //! One thread serving a queue in batches: it waits for a job, takes every job queued meanwhile
-//! (up to a maximum), and hands them to its handler together. The signature checker and the
-//! ingest writer are such threads; the batch is what makes them cheap under load (one batch
-//! check, one store flush, for whatever arrived together). The thread ends when every sender
-//! is dropped.
+//! (up to a maximum), and hands them to its handler together. The ingest writer is such a
+//! thread; the batch is what makes it cheap under load (one batch signature check, one store
+//! flush, for whatever arrived together). The thread ends when every sender is dropped.
 
 use tokio::sync::mpsc;
 

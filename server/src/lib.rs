@@ -12,8 +12,8 @@ pub mod page;
 pub mod page_rollouts;
 pub mod rollouts;
 pub mod serve;
+pub mod signers;
 pub mod store;
-pub mod verifier;
 pub mod writer;
 
 // The decisions and the tally live in the pure crate `shoal-fleet`; the store's and the API's
@@ -31,8 +31,8 @@ use collector_key::CollectorKey;
 use metrics::Metrics;
 use rollouts::Rollouts;
 use shoal_fleet::rollout::AutoHalt;
+use signers::Signers;
 use store::Store;
-use verifier::Verifier;
 use writer::Writer;
 
 /// Default stale threshold: three missed 60 s sync intervals.
@@ -96,14 +96,15 @@ impl Default for Config {
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub writer: Writer,
-    pub verifier: Verifier,
+    /// Decompressed keys of the devices that report (decoding an envelope looks its key up here).
+    pub signers: Signers,
     pub config: Config,
     pub metrics: Metrics,
     pub rollouts: Arc<Rollouts>,
 }
 
 impl AppState {
-    /// Starts the ingest writer thread for `store` and the signature checker.
+    /// Starts the ingest writer thread for `store` (it also checks the reports' signatures).
     pub fn new(store: impl Store + 'static, config: Config) -> std::io::Result<Arc<AppState>> {
         AppState::shared(Arc::new(store), config)
     }
@@ -119,7 +120,7 @@ impl AppState {
         let hook = rollouts.clone();
         Ok(Arc::new(AppState {
             writer: Writer::spawn_with(store.clone(), move |tried| hook.after_batch(tried))?,
-            verifier: Verifier::spawn()?,
+            signers: Signers::default(),
             store,
             config,
             metrics: Metrics::default(),
