@@ -21,13 +21,16 @@ impl Notifier {
                 std::os::unix::net::SocketAddr::from_pathname(&path).ok()?
             };
             let socket = UnixDatagram::unbound().ok()?;
+            // Never wait for systemd: a full queue on its side (a manager that does not read)
+            // drops the notification instead of stopping the daemon's loop.
+            socket.set_nonblocking(true).ok()?;
             Some((socket, addr))
         });
         Notifier { socket }
     }
 
     /// Sends one notification; errors are logged, never fatal (the agent must keep working
-    /// if systemd's socket goes away).
+    /// if systemd's socket goes away), and it never blocks (a full queue drops it).
     pub fn send(&self, message: &str) {
         if let Some((socket, addr)) = &self.socket {
             if let Err(e) = socket.send_to_addr(message.as_bytes(), addr) {
@@ -66,5 +69,28 @@ mod tests {
         let mut buf = [0u8; 64];
         let n = server.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"READY=1");
+    }
+
+    /// A receiver that never reads fills its queue; the sender drops notifications instead of
+    /// blocking (which would stop the daemon's loop: seen with a test's socket nobody read).
+    #[test]
+    fn a_full_socket_does_not_block_the_sender() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let _server = UnixDatagram::bind(&path).unwrap();
+        std::env::set_var("NOTIFY_SOCKET", &path);
+        let notifier = Notifier::from_env();
+        std::env::remove_var("NOTIFY_SOCKET");
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for _ in 0..1000 {
+                notifier.send("STATUS=syncing");
+            }
+            let _ = done.send(());
+        });
+        assert!(
+            finished.recv_timeout(Duration::from_secs(20)).is_ok(),
+            "sending to a socket nobody reads blocked"
+        );
     }
 }
