@@ -11,6 +11,7 @@ pub mod errors;
 pub mod fetch;
 pub mod health;
 pub mod init;
+pub mod metrics;
 pub mod notify;
 pub mod paths;
 pub mod plan;
