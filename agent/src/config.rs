@@ -58,6 +58,7 @@ pub struct AgentConfig {
     pub trust: TrustConfig,
     pub collector: Option<CollectorConfig>,
     pub apply: ApplyConfig,
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -232,6 +233,13 @@ pub struct CollectorKey {
     pub key: ed25519_dalek::VerifyingKey,
 }
 
+/// `[metrics]`: what the agent exports besides its reports.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsConfig {
+    /// `textfile`: a node_exporter textfile (`*.prom`) rewritten after each sync and rollback.
+    pub textfile: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone)]
 pub struct ApplyConfig {
     pub health_timeout: Duration,
@@ -254,6 +262,8 @@ struct RawConfig {
     collector: Option<RawCollector>,
     #[serde(default)]
     apply: RawApply,
+    #[serde(default)]
+    metrics: RawMetrics,
 }
 
 #[derive(Deserialize)]
@@ -303,6 +313,12 @@ struct RawCollector {
 struct RawApply {
     health_timeout: Option<HumanDuration>,
     keep_generations: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    textfile: Option<PathBuf>,
 }
 
 /// A duration written the way operators write them: `"500ms"`, `"30s"`, `"5m"`, `"1h"`.
@@ -574,11 +590,32 @@ impl AgentConfig {
             ));
         }
 
+        let state_dir = resolve(raw.state_dir.unwrap_or_else(|| "/var/lib/shoal".into()));
+        let textfile = raw.metrics.textfile.map(resolve);
+        if let Some(textfile) = &textfile {
+            // node_exporter's textfile collector reads `*.prom` only: any other name would be
+            // written after every sync and never scraped.
+            if textfile.extension().is_none_or(|e| e != "prom") {
+                return Err(invalid(
+                    "metrics.textfile",
+                    &format!(
+                        "= {:?} does not end in .prom, and node_exporter's textfile collector reads only *.prom files; name it like /var/lib/prometheus/node-exporter/shoal.prom",
+                        textfile.display().to_string()
+                    ),
+                ));
+            }
+            if textfile.starts_with(&state_dir) {
+                return Err(invalid(
+                    "metrics.textfile",
+                    "is inside state_dir, which only the agent's own records may use; put it in node_exporter's textfile directory",
+                ));
+            }
+        }
         Ok(AgentConfig {
             path: path.to_owned(),
             device_id,
             labels: raw.labels,
-            state_dir: resolve(raw.state_dir.unwrap_or_else(|| "/var/lib/shoal".into())),
+            state_dir,
             root: resolve(raw.root.unwrap_or_else(|| "/".into())),
             source: SourceConfig {
                 url,
@@ -617,6 +654,7 @@ impl AgentConfig {
                     .map_or(Duration::from_secs(30), |d| d.0),
                 keep_generations,
             },
+            metrics: MetricsConfig { textfile },
         })
     }
 }

@@ -12,6 +12,7 @@ pub mod fetch;
 pub mod halts;
 pub mod health;
 pub mod init;
+pub mod metrics;
 pub mod notify;
 pub mod paths;
 pub mod plan;

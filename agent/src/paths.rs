@@ -81,6 +81,16 @@ pub fn create_dir_all(path: &Path) -> Result<(), PathError> {
 /// (else the rename can reach the disk before the data), and the directory is fsynced after
 /// (else the rename itself can be lost).
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), PathError> {
+    write_atomic_with(path, contents, None)
+}
+
+/// [`write_atomic`], the file getting exactly `mode` (whatever the umask) before it is renamed
+/// into place, so a reader never sees it with other permissions.
+pub fn write_atomic_mode(path: &Path, contents: &[u8], mode: u32) -> Result<(), PathError> {
+    write_atomic_with(path, contents, Some(mode))
+}
+
+fn write_atomic_with(path: &Path, contents: &[u8], mode: Option<u32>) -> Result<(), PathError> {
     let dir = parent_dir(path);
     let name = path
         .file_name()
@@ -89,6 +99,11 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), PathError> {
     let tmp = dir.join(format!(".{name}.shoal-tmp.{}", std::process::id()));
     let result = (|| {
         let mut file = File::create(&tmp).map_err(|e| PathError::new("create", &tmp, e))?;
+        if let Some(mode) = mode {
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(fs::Permissions::from_mode(mode))
+                .map_err(|e| PathError::new("set the mode of", &tmp, e))?;
+        }
         file.write_all(contents)
             .map_err(|e| PathError::new("write", &tmp, e))?;
         file.sync_all()

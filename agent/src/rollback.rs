@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use crate::apply::{self, Applied, ApplyError};
 use crate::config::AgentConfig;
 use crate::health;
+use crate::metrics;
 use crate::plan::Manifest;
 use crate::services::{self, Systemd};
 use shoal_proto::{CommitId, Status};
@@ -42,6 +43,7 @@ pub struct RolledBack {
 
 /// Restores generation `to` (default: the one before the current) and holds the device there.
 pub fn rollback(config: &AgentConfig, to: Option<u64>) -> Result<RolledBack, RollbackError> {
+    let began = std::time::Instant::now();
     let state = StateDir::open(&config.state_dir)?;
     sync::recover(&config.root, &state)?;
     let current = state
@@ -101,6 +103,13 @@ pub fn rollback(config: &AgentConfig, to: Option<u64>) -> Result<RolledBack, Rol
             wave: None,
         }),
     })?;
+    let run = metrics::Run {
+        status: Status::Held,
+        ended_at: unix_now(),
+        duration: began.elapsed(),
+        pending: None,
+    };
+    metrics::after(config.metrics.textfile.as_deref(), &state, &run);
     Ok(RolledBack {
         from: current.number,
         to: target.number,

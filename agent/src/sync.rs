@@ -17,6 +17,7 @@ use crate::config::AgentConfig;
 use crate::fetch::{FetchError, Mirror};
 use crate::halts::{self, InForceError};
 use crate::health;
+use crate::metrics;
 use crate::plan::{self, Manifest, Plan};
 use crate::render::{self, RenderError, VerifiedTree};
 use crate::services::{self, ServiceError, ServicePlan, Systemd};
@@ -173,6 +174,7 @@ pub fn sync_once(
     bundle: Option<&Path>,
     interrupt: &AtomicBool,
 ) -> Result<SyncOutcome, SyncError> {
+    let began = Instant::now();
     let span =
         tracing::info_span!("sync", device = %config.device_id, commit = tracing::field::Empty);
     let _enter = span.enter();
@@ -200,6 +202,7 @@ pub fn sync_once(
             halted: None,
             target,
         })?;
+        metrics_after(config, &state, Status::Held, None, began);
         return Ok(SyncOutcome::Held { generation });
     }
 
@@ -279,8 +282,32 @@ pub fn sync_once(
                 target,
             )?,
         }
+        let (status, pending) = match &result {
+            Ok(SyncOutcome::Pending { pending, .. }) => (Status::Pending, Some(pending.clone())),
+            Ok(SyncOutcome::Halted { .. }) => (Status::Halted, None),
+            Ok(_) => (Status::Converged, None),
+            Err(e) => (e.status(), None),
+        };
+        metrics_after(config, &state, status, pending, began);
     }
     result
+}
+
+/// The `[metrics] textfile`, rewritten for this sync's result (a failure is only logged).
+fn metrics_after(
+    config: &AgentConfig,
+    state: &StateDir,
+    status: Status,
+    pending: Option<shoal_proto::Pending>,
+    began: Instant,
+) {
+    let run = metrics::Run {
+        status,
+        ended_at: unix_now(),
+        duration: began.elapsed(),
+        pending,
+    };
+    metrics::after(config.metrics.textfile.as_deref(), state, &run);
 }
 
 /// Runs `step`, recording how long it took in `slot` (milliseconds), whatever its outcome.

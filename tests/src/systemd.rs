@@ -71,6 +71,13 @@ const MASKED_UNITS: &[&str] = &[
 /// first moves itself into a cgroup of its own in each writable hierarchy: systemd takes the
 /// cgroup it starts in as the root of its tree, so two guests' `shoal-agent.service` are two
 /// cgroups, not one that both systemds would fight over (and kill each other's processes in).
+///
+/// Last, the guest's mounts are made shared (`mount --make-rshared /`, inside its own mount
+/// namespace, after `--make-rprivate` cut it off from the machine's), as systemd does at boot on
+/// a real host; it skips that step when `container=` is set. With private mounts, what systemd
+/// mounts in a helper's namespace never reaches its own: `LoadCredential=` puts a unit's
+/// credentials on a ramfs mounted over `/run/credentials/UNIT` that way, so every unit with
+/// credentials found that directory empty and root's (EACCES), the packaged collector included.
 const BOOT_SCRIPT: &str = r#"set -eu
 layers=$1
 masked=$2
@@ -101,7 +108,7 @@ mkdir "$new/.shoal-old-root"
 cd "$new"
 pivot_root . .shoal-old-root
 export container=shoal-test
-exec chroot . /bin/sh -c 'umount -l /.shoal-old-root && rmdir /.shoal-old-root && exec /lib/systemd/systemd --system --unit=multi-user.target'
+exec chroot . /bin/sh -c 'umount -l /.shoal-old-root && rmdir /.shoal-old-root && mount --make-rshared / && exec /lib/systemd/systemd --system --unit=multi-user.target'
 "#;
 
 /// A systemd running as PID 1 of its own PID, mount, UTS, IPC and network namespaces. Dropping it

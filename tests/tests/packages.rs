@@ -4,7 +4,10 @@
 //! server and collector across a veth link. Installed, the unit is present and inactive until a
 //! config exists; enabled, the device converges; an upgrade keeps the config, the conffile the
 //! operator edited and the generations; `dpkg --purge` removes the agent, its state and its
-//! config. The collector's package makes its system user and installs its unit, not started. The arm64 package
+//! config. The collector's package makes its system user and installs its hardened unit, not
+//! started; with its token files written as its unit says, `systemctl start shoal-collector`
+//! serves `/healthz`, and the installed agent, pointed at it with `shoal-agent init --force`,
+//! reports to it and is listed by `/api/v1/devices`; purge removes its store. The arm64 package
 //! holds the aarch64 agent, which runs under qemu-aarch64-static.
 
 use std::path::{Path, PathBuf};
@@ -18,6 +21,10 @@ use shoal_e2e::{
 };
 
 const ENROLL_TOKEN: &str = "enroll-packages-5b2e7c";
+/// The packaged collector's read token (`/etc/shoal/collector-read-tokens`).
+const READ_TOKEN: &str = "read-packages-0f3a9d71c2";
+/// Where the packaged collector listens in the guest (its unit's default, plain HTTP).
+const GUEST_COLLECTOR: &str = "http://127.0.0.1:8443";
 
 fn workspace() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -83,6 +90,28 @@ fn guest_ok(host: &SystemdHost, args: &[&str]) -> String {
         args.join(" ")
     );
     stdout
+}
+
+/// `curl URL` in the guest with the read token, retried until it answers 200 (90 s at most);
+/// the body.
+fn guest_get(host: &SystemdHost, path: &str) -> String {
+    let url = format!("{GUEST_COLLECTOR}{path}");
+    let bearer = format!("Authorization: Bearer {READ_TOKEN}");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (code, stdout, stderr) = guest(host, &["curl", "-fsS", "-H", &bearer, &url]);
+        if code == 0 {
+            return stdout;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url} did not answer within 90 s: {stderr}
+journal:
+{}",
+            guest(host, &["journalctl", "-u", "shoal-collector", "--no-pager"]).1
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// Waits until the guest's agent has applied `commit` (`shoal-agent status --json`).
@@ -336,25 +365,9 @@ fn install_init_doctor_enable_converges_upgrade_keeps_state_and_purge_cleans_up(
         "generations kept"
     );
 
-    // 5. Purge: the agent, its state and its config go; the operator's files and what the
-    // agent managed stay.
-    guest_ok(&host, &["dpkg", "--purge", "shoal-agent"]);
-    assert_eq!(host.show("shoal-agent.service", "LoadState"), "not-found");
-    for gone in [
-        "/usr/bin/shoal-agent",
-        "/var/lib/shoal",
-        "/etc/shoal/agent.toml",
-        "/etc/shoal/agent.toml.example",
-    ] {
-        assert!(!here(gone).exists(), "{gone} is still there after purge");
-    }
-    assert!(here("/etc/shoal/allowed_signers").exists());
-    assert_eq!(
-        std::fs::read_to_string(here("/etc/motd")).expect("motd"),
-        "welcome to gw-1\n"
-    );
-
-    // 6. The collector's package: its system user, its hardened unit, its store; purge.
+    // 5. The collector's package beside it: installed, not started before its token files
+    // exist; then the token files as its unit's comments say, `systemctl start`, and the agent
+    // (the same installed one, same key) pointed at it by `shoal-agent init --force`.
     guest_ok(
         &host,
         &["dpkg", "-i", "/root/pkgs/shoal-collector_0.1.0-1_amd64.deb"],
@@ -372,12 +385,112 @@ fn install_init_doctor_enable_converges_upgrade_keeps_state_and_purge_cleans_up(
         "inactive",
         "not started before its token files exist"
     );
+    for (file, token) in [
+        ("collector-read-tokens", READ_TOKEN),
+        ("collector-enroll-tokens", ENROLL_TOKEN),
+    ] {
+        let path = here(&format!("/etc/shoal/{file}"));
+        std::fs::write(&path, format!("{token}\n")).expect("a token file");
+        // root's alone: systemd hands the content to the service (LoadCredential=).
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
+    }
+    host.systemctl(&["start", "shoal-collector"]);
+    assert_eq!(guest_get(&host, "/healthz").trim(), "ok");
+    assert_eq!(
+        host.show("shoal-collector.service", "ActiveState"),
+        "active"
+    );
+    let (code, _, stderr) = guest(
+        &host,
+        &[
+            "shoal-agent",
+            "init",
+            "--force",
+            "--url",
+            &git_url,
+            "--ref",
+            "refs/heads/main",
+            "--ca-file",
+            "/etc/shoal/ca.pem",
+            "--allowed-signers",
+            "/etc/shoal/allowed_signers",
+            "--device-id",
+            "gw-1",
+            "--label",
+            "role=gateway",
+            "--collector",
+            GUEST_COLLECTOR,
+            "--enroll-token-file",
+            "/etc/shoal/enroll-token",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    host.systemctl(&["restart", "shoal-agent"]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let device = loop {
+        let devices: serde_json::Value =
+            serde_json::from_str(&guest_get(&host, "/api/v1/devices")).expect("devices JSON");
+        let found = devices["devices"]
+            .as_array()
+            .and_then(|list| list.iter().find(|d| d["device_id"] == "gw-1").cloned());
+        if let Some(device) = found {
+            break device;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gw-1 never reported to the packaged collector: {devices}\nagent journal:\n{}",
+            guest(&host, &["journalctl", "-u", "shoal-agent", "--no-pager"]).1
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(device["commit"], second.as_str(), "{device}");
+    assert_eq!(
+        device["key_id"],
+        key_id.trim(),
+        "the key init made at first"
+    );
+    // Its store is the unit's StateDirectory, the dynamic user's, under /var/lib/private.
+    assert!(here("/var/lib/private/shoal-collector").is_dir());
+
+    // 6. Purge: the agent, its state and its config go; the operator's files and what the
+    // agent managed stay.
+    guest_ok(&host, &["dpkg", "--purge", "shoal-agent"]);
+    assert_eq!(host.show("shoal-agent.service", "LoadState"), "not-found");
+    for gone in [
+        "/usr/bin/shoal-agent",
+        "/var/lib/shoal",
+        "/etc/shoal/agent.toml",
+        "/etc/shoal/agent.toml.example",
+    ] {
+        assert!(!here(gone).exists(), "{gone} is still there after purge");
+    }
+    assert!(here("/etc/shoal/allowed_signers").exists());
+    assert_eq!(
+        std::fs::read_to_string(here("/etc/motd")).expect("motd"),
+        "welcome to gw-1\n"
+    );
+
+    // 7. The collector's purge: stopped, its unit, binary and store gone; the operator's token
+    // files stay.
     guest_ok(&host, &["dpkg", "--purge", "shoal-collector"]);
     assert_eq!(
         host.show("shoal-collector.service", "LoadState"),
         "not-found"
     );
-    assert!(!here("/usr/bin/shoal-collector").exists());
+    let (code, _, _) = guest(
+        &host,
+        &["curl", "-fsS", &format!("{GUEST_COLLECTOR}/healthz")],
+    );
+    assert_ne!(code, 0, "the collector still answers after purge");
+    for gone in [
+        "/usr/bin/shoal-collector",
+        "/var/lib/private/shoal-collector",
+        "/var/lib/shoal-collector",
+    ] {
+        assert!(!here(gone).exists(), "{gone} is still there after purge");
+    }
+    assert!(here("/etc/shoal/collector-read-tokens").exists());
 }
 
 /// The arm64 package: the aarch64 static agent (`scripts/cross-build.sh`, as the ARM smoke test

@@ -106,6 +106,10 @@ pub struct Meter(Arc<Shared>);
 struct Shared {
     limits: Limits,
     received: AtomicU64,
+    /// The pack's objects as the gauge follows it: the count in its header (high 32 bits) and
+    /// the entries read whole (low 32 bits), in one word so a reader sees a consistent pair;
+    /// 0 before a pack header arrived.
+    objects: AtomicU64,
     verdict: Mutex<Option<Exceeded>>,
 }
 
@@ -114,6 +118,7 @@ impl Meter {
         Meter(Arc::new(Shared {
             limits,
             received: AtomicU64::new(0),
+            objects: AtomicU64::new(0),
             verdict: Mutex::new(None),
         }))
     }
@@ -126,6 +131,19 @@ impl Meter {
     /// Bytes received so far.
     pub fn received(&self) -> u64 {
         self.0.received.load(Ordering::Relaxed)
+    }
+
+    /// The pack's objects read whole so far and its object count, once its header arrived
+    /// (for the progress line; nothing decides on it).
+    pub fn objects(&self) -> Option<(u32, u32)> {
+        let word = self.0.objects.load(Ordering::Relaxed);
+        let total = (word >> 32) as u32;
+        (word != 0).then_some((word as u32, total))
+    }
+
+    fn set_objects(&self, (done, total): (u32, u32)) {
+        let word = (u64::from(total) << 32) | u64::from(done);
+        self.0.objects.store(word, Ordering::Relaxed);
     }
 
     fn limits(&self) -> Limits {
@@ -321,7 +339,11 @@ struct MeteredReader<'a> {
 impl MeteredReader<'_> {
     fn pack_bytes(meter: &Meter, gauge: &mut PackGauge, bytes: &[u8]) -> io::Result<()> {
         meter.receive(bytes.len())?;
-        gauge.feed(bytes).map_err(|why| meter.stop(why))
+        let fed = gauge.feed(bytes).map_err(|why| meter.stop(why));
+        if let Some(objects) = gauge.objects() {
+            meter.set_objects(objects);
+        }
+        fed
     }
 }
 
@@ -414,6 +436,8 @@ pub struct PackGauge {
     /// The pack header as it arrives.
     header: [u8; 12],
     header_len: usize,
+    /// The object count of the pack's header, once read.
+    objects: Option<u32>,
     objects_left: u32,
     entry: Entry,
     inflate: Option<Box<gix::zlib::Decompress>>,
@@ -486,11 +510,17 @@ impl PackGauge {
             stage: Stage::Header,
             header: [0; 12],
             header_len: 0,
+            objects: None,
             objects_left: 0,
             entry: Entry::default(),
             inflate: None,
             scratch: Vec::new(),
         }
+    }
+
+    /// The entries read whole and the pack's object count, once its header was read.
+    pub fn objects(&self) -> Option<(u32, u32)> {
+        self.objects.map(|total| (total - self.objects_left, total))
     }
 
     /// Follows the next `data` of the pack; an error at the first entry over the limits, or at
@@ -551,6 +581,7 @@ impl PackGauge {
                 return Err(malformed(&format!("pack version {version}")));
             }
             self.objects_left = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
+            self.objects = Some(self.objects_left);
             self.next_entry();
         }
         Ok(&data[taken..])

@@ -30,6 +30,7 @@ mod bundle;
 mod durable;
 mod failure;
 mod inspect;
+mod progress;
 mod ssh;
 
 pub use bound::Exceeded;
@@ -576,7 +577,12 @@ impl Mirror {
                 approvals,
             });
         }
+        // A person at a terminal sees the pack come in (objects and bytes, one line).
+        let progress = progress::ProgressLine::start(&meter);
         let received = prepare.receive(gix::progress::Discard, interrupt);
+        if let Some(progress) = progress {
+            progress.finish();
+        }
         drop_approval_refs(&self.repo).map_err(transient)?;
         if let Some(refusal) = refused(&meter) {
             // gix drops its temp files when it fails; but the bytes past a bound may come after
