@@ -24,18 +24,7 @@ use shoal_proto::{Pending, Report, ResourceError, Status, Target, Timings};
 const COMMIT_A: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f9012345678";
 const COMMIT_B: &str = "b7e15163a0c2d4e6f8091a2b3c4d5e6f70819203";
 
-/// The flags the brief's machines need for a headless Chromium with no network.
-const CHROMIUM_FLAGS: &[&str] = &[
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--hide-scrollbars",
-];
+use shoal_testkit::HEADLESS_CHROMIUM_FLAGS as CHROMIUM_FLAGS;
 
 /// `chromedriver` on a free loopback port, in a process group of its own so that the browsers it
 /// starts are stopped with it (SIGKILL to that group, only it) even when the test panics.

@@ -28,5 +28,7 @@ pub use command::{
 pub use mount::Mount;
 pub use postgres::{PgCluster, PgTls};
 pub use repo::{copy_tree, ConfigRepo, MOTD_MANIFEST};
-pub use requirements::{e2e_required, is_root, require_root, require_tool, require_tools};
+pub use requirements::{
+    e2e_required, is_root, require_root, require_tool, require_tools, HEADLESS_CHROMIUM_FLAGS,
+};
 pub use signing::{write_allowed_signers, SigningKey};

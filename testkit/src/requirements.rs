@@ -76,3 +76,18 @@ pub fn require_root(what: &str) -> bool {
     }
     cannot_run::<()>(what, "it needs root").is_some()
 }
+
+/// The flags a headless Chromium needs on these machines: no sandbox (tests run as root), no GPU,
+/// and none of its background connections (the network is closed; each would be refused). Add a
+/// fresh `--user-data-dir` per browser.
+pub const HEADLESS_CHROMIUM_FLAGS: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+];

@@ -112,6 +112,15 @@ impl Sandbox {
         id
     }
 
+    /// Pushes a signed commit of the gateway config ([`gateway_config`]) whose motd is `motd`
+    /// and whose `shoal.toml` ends with `rollout` (a `[rollout]` table, see [`everyone_after`]);
+    /// returns the commit id.
+    pub fn push_with_rollout(&self, motd: &str, rollout: &str) -> String {
+        let manifest = format!("{GATEWAY_MANIFEST}\n{rollout}");
+        let [_, motd_file, gw] = gateway_config(motd);
+        self.push(&[("shoal.toml", &manifest), motd_file, gw], motd.trim())
+    }
+
     /// Publishes the repository as it is (after a commit made by hand, say a malformed one).
     pub fn publish(&self) {
         self.repo.publish_to(self.dir.path().join("srv/config.git"));
@@ -136,4 +145,19 @@ impl Sandbox {
         run.expect(0, "");
         serde_json::from_str(&run.stdout).expect("status --json")
     }
+}
+
+/// A `[rollout]` in which every device but one named `nobody` (the canary wave) waits `after`.
+pub fn everyone_after(after: &str) -> String {
+    format!(
+        "[rollout]\nwaves = [ {{ name = \"canary\", match = {{ devices = [\"nobody\"] }} }},\n          {{ name = \"all\", percent = 100, after = \"{after}\" }} ]\n"
+    )
+}
+
+/// Seconds since the Unix epoch by this machine's clock.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
 }

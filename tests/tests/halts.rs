@@ -16,36 +16,11 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use serde_json::{json, Value};
-use shoal_e2e::{gateway_config, notify_socket, require_tools, run_daemon, CollectorSpec, Sandbox};
+use shoal_e2e::{
+    everyone_after, gateway_config, notify_socket, require_tools, run_daemon, unix_now,
+    CollectorSpec, Sandbox,
+};
 use shoal_proto::{CommitId, Halt, HaltList, KeyId, Report, SignedEnvelope, SignedHalts, Status};
-
-/// `shoal.toml` of the sandbox's gateway config with `rollout` appended.
-fn manifest_with(rollout: &str) -> String {
-    let (_, manifest) = gateway_config("")[0];
-    format!("{manifest}\n{rollout}")
-}
-
-/// Pushes a signed commit whose motd is `motd` and whose `[rollout]` is `rollout`.
-fn push(s: &Sandbox, motd: &str, rollout: &str) -> String {
-    let manifest = manifest_with(rollout);
-    let [_, motd_file, gw] = gateway_config(motd);
-    s.push(&[("shoal.toml", &manifest), motd_file, gw], motd.trim())
-}
-
-/// Everyone but a device named `nobody` waits `after`: the device learns of a halt from the
-/// answer to its `pending` report before its wave opens.
-fn everyone_after(after: &str) -> String {
-    format!(
-        "[rollout]\nwaves = [ {{ name = \"canary\", match = {{ devices = [\"nobody\"] }} }},\n          {{ name = \"all\", percent = 100, after = \"{after}\" }} ]\n"
-    )
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
-}
 
 /// Waits until the pending commit's wave (as `status --json` says) has opened.
 fn wait_for_wave(s: &Sandbox) {
@@ -237,7 +212,7 @@ fn a_halted_commit_is_not_applied_a_device_on_it_stays_and_a_lifted_halt_applies
     assert_eq!(target(&report), (first.clone(), None));
 
     // A commit whose wave opens in 3 s; the collector halts it meanwhile.
-    let second = push(&s, "second\n", &everyone_after("3s"));
+    let second = s.push_with_rollout("second\n", &everyone_after("3s"));
     collector.answer_with(Some(halts(
         &key,
         2,
@@ -321,8 +296,7 @@ fn a_halted_commit_is_not_applied_a_device_on_it_stays_and_a_lifted_halt_applies
     assert_eq!(collector.last_report().status, Status::Converged);
 
     // A commit that fails to render is reported `failed` with the commit it tried.
-    let broken = push(
-        &s,
+    let broken = s.push_with_rollout(
         "broken\n",
         "[rollout]\nwaves = [ { name = \"half\", percent = 50 } ]\n",
     );
@@ -347,7 +321,7 @@ fn replayed_forged_and_tampered_halt_lists_are_ignored_and_reported() {
     s.push(&gateway_config("first\n"), "first");
     s.device.sync().expect(0, "applied generation 1");
 
-    let held = push(&s, "held back\n", &everyone_after("2s"));
+    let held = s.push_with_rollout("held back\n", &everyone_after("2s"));
     collector.answer_with(Some(halts(&key, 5, &[(&held, "operator: hold it")])));
     s.device.sync().expect(0, "pending: ");
     wait_for_wave(&s);
@@ -440,7 +414,7 @@ fn without_a_pinned_collector_key_halt_lists_are_ignored() {
     report_to(&s, &collector.url, None);
     s.push(&gateway_config("first\n"), "first");
     s.device.sync().expect(0, "applied generation 1");
-    let next = push(&s, "next\n", &everyone_after("2s"));
+    let next = s.push_with_rollout("next\n", &everyone_after("2s"));
     collector.answer_with(Some(halts(&collector_key(), 1, &[(&next, "operator: no")])));
     s.device.sync().expect(0, "pending: ");
     wait_for_wave(&s);
@@ -494,11 +468,11 @@ fn a_halted_release_is_reported_halted_and_a_release_without_the_halt_applies() 
             "refs/shoal/releases/production",
         );
     };
-    let first = push(&s, "first\n", &everyone_after("1h"));
+    let first = s.push_with_rollout("first\n", &everyone_after("1h"));
     release("production/1", &first, false);
     s.device.sync().expect(0, "applied generation 1");
 
-    let second = push(&s, "second\n", &everyone_after("1h"));
+    let second = s.push_with_rollout("second\n", &everyone_after("1h"));
     release("production/2", &second, true);
     let before = device_state(&s);
     s.device
@@ -544,7 +518,7 @@ fn with_the_collector_down_waves_proceed() {
     s.push(&gateway_config("first\n"), "first");
     s.device.sync().expect(0, "applied generation 1");
 
-    let next = push(&s, "next\n", &everyone_after("2s"));
+    let next = s.push_with_rollout("next\n", &everyone_after("2s"));
     s.device
         .sync()
         .expect(0, "pending: ")
@@ -584,7 +558,7 @@ fn the_daemon_acts_on_a_changed_halt_list_right_after_the_report() {
     s.device.sync().expect(0, "applied generation 1");
 
     // The wave opens in 5 s; the first report's answer halts the commit.
-    let waiting = push(&s, "after the halt\n", &everyone_after("5s"));
+    let waiting = s.push_with_rollout("after the halt\n", &everyone_after("5s"));
     collector.answer_with(Some(halts(&key, 2, &[(&waiting, "operator: wait")])));
     let (socket_path, _socket) = notify_socket(s.dir.path());
     let mut daemon = run_daemon(&s.device.config_path(), &socket_path, Stdio::piped());
@@ -657,7 +631,7 @@ fn the_daemon_takes_the_newest_halt_list_when_the_wave_opens() {
     s.push(&gateway_config("first\n"), "first");
     s.device.sync().expect(0, "applied generation 1");
 
-    let waiting = push(&s, "bad\n", &everyone_after("5s"));
+    let waiting = s.push_with_rollout("bad\n", &everyone_after("5s"));
     let (socket_path, _socket) = notify_socket(s.dir.path());
     let mut daemon = run_daemon(&s.device.config_path(), &socket_path, Stdio::piped());
     // Pending, and reported so (the daemon reports after the sync child has written it).

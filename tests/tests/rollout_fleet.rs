@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use shoal_e2e::{notify_socket, require_tools, run_daemon, CollectorSpec, Device, Sandbox};
-use shoal_testkit::Collector;
+use shoal_testkit::{Collector, HEADLESS_CHROMIUM_FLAGS};
 
 const DEVICES: usize = 20;
 const CANARIES: usize = 3;
@@ -260,18 +260,8 @@ impl Fleet {
             let profile = tempfile::tempdir().expect("profile dir");
             let shot = shots.join(name);
             let run = std::process::Command::new("chromium")
-                .args([
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-quic",
-                    "--no-first-run",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    "--hide-scrollbars",
-                    "--window-size=1100,1500",
-                ])
+                .args(HEADLESS_CHROMIUM_FLAGS)
+                .arg("--window-size=1100,1500")
                 .arg(format!("--user-data-dir={}", profile.path().display()))
                 .arg(format!("--screenshot={}", shot.display()))
                 .arg(&url)

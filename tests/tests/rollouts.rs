@@ -9,34 +9,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use shoal_e2e::{gateway_config, notify_socket, require_tools, run_daemon, CollectorSpec, Sandbox};
-
-/// `shoal.toml` of the sandbox's gateway config with `rollout` appended.
-fn manifest_with(rollout: &str) -> String {
-    let (_, manifest) = gateway_config("")[0];
-    format!("{manifest}\n{rollout}")
-}
-
-/// Pushes a signed commit whose motd is `motd` and whose `[rollout]` is `rollout`.
-fn push(s: &Sandbox, motd: &str, rollout: &str) -> String {
-    let manifest = manifest_with(rollout);
-    let [_, motd_file, gw] = gateway_config(motd);
-    s.push(&[("shoal.toml", &manifest), motd_file, gw], motd.trim())
-}
-
-/// Everyone but a device named `nobody` waits `after`.
-fn everyone_after(after: &str) -> String {
-    format!(
-        "[rollout]\nwaves = [ {{ name = \"canary\", match = {{ devices = [\"nobody\"] }} }},\n          {{ name = \"all\", percent = 100, after = \"{after}\" }} ]\n"
-    )
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
-}
+use shoal_e2e::{
+    everyone_after, gateway_config, notify_socket, require_tools, run_daemon, unix_now,
+    CollectorSpec, Sandbox,
+};
 
 fn pending(status: &Value) -> (String, String, u64) {
     let last = &status["last_result"];
@@ -67,7 +43,7 @@ fn a_device_waits_for_its_wave_keeps_the_timer_and_follows_a_newer_commit() {
     s.device.sync().expect(0, "applied generation 1");
 
     // A commit whose rollout opens this device's wave in an hour: verified, not applied.
-    let slow = push(&s, "slow\n", &everyone_after("1h"));
+    let slow = s.push_with_rollout("slow\n", &everyone_after("1h"));
     let began = unix_now();
     let run = s.device.sync();
     run.expect(
@@ -111,7 +87,7 @@ fn a_device_waits_for_its_wave_keeps_the_timer_and_follows_a_newer_commit() {
         .expect(0, &format!("commit {slow} waits"));
 
     // A newer commit arrives while the device waits: its own timer, from when it was verified.
-    let fast = push(&s, "fast\n", &everyone_after("2s"));
+    let fast = s.push_with_rollout("fast\n", &everyone_after("2s"));
     s.device
         .sync()
         .expect(0, &format!("pending: commit {fast} waits"));
@@ -133,8 +109,7 @@ fn a_device_waits_for_its_wave_keeps_the_timer_and_follows_a_newer_commit() {
     assert!(seen.get("pending").is_none_or(Value::is_null), "{seen}");
 
     // A wave that selects this device by its labels opens at once, whatever its bucket.
-    let canary = push(
-        &s,
+    let canary = s.push_with_rollout(
         "canary\n",
         "[rollout]\nwaves = [ { name = \"gateways first\", match = { labels = { role = \"gateway\" } } },\n          { name = \"all\", percent = 100, after = \"6h\" } ]\n",
     );
@@ -162,14 +137,14 @@ fn in_environment_mode_the_wave_opens_after_the_releases_tagger_time() {
     };
 
     // Released two hours ago with a one-hour wave: open already, applied at once.
-    let old = push(&s, "released earlier\n", &everyone_after("1h"));
+    let old = s.push_with_rollout("released earlier\n", &everyone_after("1h"));
     release("production/1", &old, unix_now() - 7200);
     s.device.sync().expect(0, "applied generation 1");
     assert_eq!(s.read("/etc/motd"), "released earlier\n");
 
     // Released now: the wave opens an hour after the tagger time, the same instant on every
     // device of the wave (the signed tag says when, not each device's first sight).
-    let new = push(&s, "released now\n", &everyone_after("1h"));
+    let new = s.push_with_rollout("released now\n", &everyone_after("1h"));
     let tagged = unix_now();
     release("production/2", &new, tagged);
     s.device
@@ -191,7 +166,7 @@ fn in_environment_mode_the_wave_opens_after_the_releases_tagger_time() {
     // A device clock behind the release bot's (here: a tag made ten minutes in the device's
     // future) delays it, even for a wave that opens at once: it waits until its own clock
     // reaches the tagger time. (A clock ahead is the first case above: it applies at once.)
-    let future = push(&s, "from the future\n", &everyone_after("0s"));
+    let future = s.push_with_rollout("from the future\n", &everyone_after("0s"));
     let tagged = unix_now() + 600;
     release("production/3", &future, tagged);
     s.device
@@ -216,7 +191,7 @@ fn the_daemon_wakes_when_the_wave_opens() {
     .expect("agent.toml");
     s.push(&gateway_config("first\n"), "first");
     s.device.sync().expect(0, "applied generation 1");
-    let waiting = push(&s, "after the wave\n", &everyone_after("4s"));
+    let waiting = s.push_with_rollout("after the wave\n", &everyone_after("4s"));
 
     let (socket_path, socket) = notify_socket(s.dir.path());
     let mut daemon = run_daemon(&s.device.config_path(), &socket_path, Stdio::piped());
