@@ -17,6 +17,8 @@ use crate::state::{Generation, StateDir, StateError};
 pub enum MetricsError {
     #[error("cannot write the metrics textfile ([metrics] textfile): {0}; check that its directory exists and the agent may write there")]
     Write(#[source] PathError),
+    #[error("refusing to write the metrics textfile into {}: {reason}; make it a directory owned by root (or the agent's user) that group and others cannot write, as node_exporter's textfile directory is", dir.display())]
+    UnsafeDirectory { dir: PathBuf, reason: String },
     #[error("cannot read the state for the metrics textfile {}: {source}", path.display())]
     State {
         path: PathBuf,
@@ -43,7 +45,43 @@ pub fn write_textfile(path: &Path, state: &StateDir, run: &Run) -> Result<(), Me
         source,
     })?;
     let text = exposition(current.as_ref(), state.hold().ok().flatten(), run);
+    check_directory(path)?;
     paths::write_atomic_mode(path, text.as_bytes(), 0o644).map_err(MetricsError::Write)
+}
+
+/// The agent writes the textfile as root into a directory the operator names: a directory
+/// another user can write could have its temp file or the directory itself swapped for a link
+/// between the agent's steps, so it must be a real directory (not a link) owned by root or the
+/// agent's user, not writable by group or others.
+fn check_directory(path: &Path) -> Result<(), MetricsError> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let unsafe_dir = |reason: String| MetricsError::UnsafeDirectory {
+        dir: dir.to_owned(),
+        reason,
+    };
+    let meta = std::fs::symlink_metadata(dir)
+        .map_err(|e| MetricsError::Write(PathError::new("inspect the directory of", path, e)))?;
+    if !meta.file_type().is_dir() {
+        return Err(unsafe_dir(
+            "it is not a directory (a symbolic link?)".into(),
+        ));
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let agent = unsafe { libc::geteuid() };
+    if meta.uid() != 0 && meta.uid() != agent {
+        return Err(unsafe_dir(format!("it is owned by uid {}", meta.uid())));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(unsafe_dir(format!(
+            "group or others may write it (mode {:o})",
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
 }
 
 /// Writes the textfile if one is configured; a failure is a warning, never the sync's failure.

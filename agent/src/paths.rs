@@ -98,7 +98,7 @@ fn write_atomic_with(path: &Path, contents: &[u8], mode: Option<u32>) -> Result<
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.shoal-tmp.{}", std::process::id()));
     let result = (|| {
-        let mut file = File::create(&tmp).map_err(|e| PathError::new("create", &tmp, e))?;
+        let mut file = create_temp(&tmp).map_err(|e| PathError::new("create", &tmp, e))?;
         if let Some(mode) = mode {
             use std::os::unix::fs::PermissionsExt;
             file.set_permissions(fs::Permissions::from_mode(mode))
@@ -116,6 +116,29 @@ fn write_atomic_with(path: &Path, contents: &[u8], mode: Option<u32>) -> Result<
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Creates `tmp` as a new file, never through what is already there: `O_EXCL | O_NOFOLLOW`, so
+/// a symbolic link planted at that name (by whoever can write the directory) is not followed
+/// and no existing file is truncated. A leftover at the name (a crash, an earlier process with
+/// the same pid, or a planted link) is unlinked — which removes the link, not what it points
+/// to — and the creation tried once more.
+fn create_temp(tmp: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let create = || {
+        File::options()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(tmp)
+    };
+    match create() {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            fs::remove_file(tmp)?;
+            create()
+        }
+        other => other,
+    }
 }
 
 /// Takes an exclusive advisory lock (flock) on `path`, creating the file if needed. `None` when
@@ -161,6 +184,35 @@ mod tests {
         assert_eq!(read_to_string(&target).unwrap(), "two");
         let entries: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(entries.len(), 1, "only the target remains");
+    }
+
+    /// Whoever can write the directory may plant a link at the temp name (the pid is no
+    /// secret): the write must go to a new file, never through the link, and what the link
+    /// points to keeps its content and mode.
+    #[test]
+    fn write_atomic_never_writes_through_a_link_planted_at_its_temp_name() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "the victim's secret\n").unwrap();
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o600)).unwrap();
+        let target = dir.path().join("shoal.prom");
+        let planted = dir
+            .path()
+            .join(format!(".shoal.prom.shoal-tmp.{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        write_atomic_mode(&target, b"metrics\n", 0o644).unwrap();
+        assert_eq!(read_to_string(&victim).unwrap(), "the victim's secret\n");
+        assert_eq!(
+            fs::metadata(&victim).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(read_to_string(&target).unwrap(), "metrics\n");
+        assert!(!fs::symlink_metadata(&target)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(fs::symlink_metadata(&planted).is_err(), "the link is gone");
     }
 
     #[test]

@@ -191,3 +191,29 @@ fn a_textfile_that_cannot_be_written_is_a_warning_and_the_sync_still_converges()
     assert_eq!(f.read("/etc/motd"), "hello\n");
     assert!(!textfile.exists());
 }
+
+/// A textfile directory another user can write (here: mode 0777, as a careless
+/// `/var/lib/node_exporter` or `/tmp` would be) is refused: the agent runs as root, and whoever
+/// writes that directory could swap the agent's temp file or the directory for a link between
+/// its steps. The sync converges, the refusal is a warning naming the directory, and nothing is
+/// written there.
+#[test]
+fn a_textfile_directory_others_can_write_is_refused_and_nothing_is_written() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(f) = Sandbox::new() else { return };
+    let dir = textfile_dir(&f);
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let textfile = dir.join("shoal.prom");
+    export_to(&f, &textfile);
+    f.push(&gateway_config("hello\n"), "first");
+    let run = f.device.sync();
+    run.expect(0, "applied generation 1");
+    run.expect(0, "refusing to write the metrics textfile into");
+    run.expect(0, "group or others may write it (mode 777)");
+    assert_eq!(f.read("/etc/motd"), "hello\n");
+    assert_eq!(
+        std::fs::read_dir(&dir).expect("ls").count(),
+        0,
+        "nothing was written into the directory"
+    );
+}
