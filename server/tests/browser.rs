@@ -411,24 +411,7 @@ async fn feed(client: &Client) {
 
 /// The collector binary with read and enrollment tokens, fed the five devices.
 async fn fed_collector(dir: &TestStore) -> (shoal_testkit::Collector, Client) {
-    let read = dir.path().join("read-tokens");
-    let enroll = dir.path().join("enroll-tokens");
-    std::fs::write(&read, format!("{READ_TOKEN}\n")).unwrap();
-    std::fs::write(&enroll, format!("{ENROLL_TOKEN}\n")).unwrap();
-    let collector = start_binary(
-        &dir.flags(),
-        &[
-            "--token-file",
-            read.to_str().unwrap(),
-            "--enroll-token-file",
-            enroll.to_str().unwrap(),
-        ],
-        &dir.path().join("collector.log"),
-    );
-    let client = Client {
-        bearer: Some(READ_TOKEN.to_owned()),
-        ..Client::new(collector.addr())
-    };
+    let (collector, client) = start_with_tokens(dir);
     feed(&client).await;
     (collector, client)
 }

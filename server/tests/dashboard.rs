@@ -399,24 +399,7 @@ fn check_import_fields(dash: &Value) {
 #[tokio::test]
 async fn the_grafana_dashboard_uses_only_what_the_collector_exports() {
     let dir = TestStore::fresh(Backend::Sled);
-    let read = dir.path().join("read-tokens");
-    let enroll = dir.path().join("enroll-tokens");
-    std::fs::write(&read, format!("{READ_TOKEN}\n")).unwrap();
-    std::fs::write(&enroll, format!("{ENROLL_TOKEN}\n")).unwrap();
-    let collector = start_binary(
-        &dir.flags(),
-        &[
-            "--token-file",
-            read.to_str().unwrap(),
-            "--enroll-token-file",
-            enroll.to_str().unwrap(),
-        ],
-        &dir.path().join("collector.log"),
-    );
-    let client = Client {
-        bearer: Some(READ_TOKEN.to_owned()),
-        ..Client::new(collector.addr())
-    };
+    let (_collector, client) = start_with_tokens(&dir);
     // Some traffic, so the scrape is a collector at work: accepted, enrolled, refused.
     let mut gw = Device::new("gw-1", 1);
     let body = gw.next(Status::Converged, Some("89abcdef"));

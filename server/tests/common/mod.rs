@@ -467,6 +467,30 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_shoal-collector")
 }
 
+/// The collector binary on `dir`'s store with the read ([`READ_TOKEN`]) and enrollment
+/// ([`ENROLL_TOKEN`]) tokens in files beside it, and a client that sends the read token.
+pub fn start_with_tokens(dir: &TestStore) -> (Collector, Client) {
+    let read = dir.path().join("read-tokens");
+    let enroll = dir.path().join("enroll-tokens");
+    std::fs::write(&read, format!("{READ_TOKEN}\n")).unwrap();
+    std::fs::write(&enroll, format!("{ENROLL_TOKEN}\n")).unwrap();
+    let collector = start_binary(
+        &dir.flags(),
+        &[
+            "--token-file",
+            read.to_str().unwrap(),
+            "--enroll-token-file",
+            enroll.to_str().unwrap(),
+        ],
+        &dir.path().join("collector.log"),
+    );
+    let client = Client {
+        bearer: Some(READ_TOKEN.to_owned()),
+        ..Client::new(collector.addr())
+    };
+    (collector, client)
+}
+
 /// Starts `shoal-collector serve --listen 127.0.0.1:0 STORE ARGS...` with the kit's
 /// launcher (the one the end-to-end tests use), its log in `log`, and waits for its
 /// "listening on" line.
