@@ -37,7 +37,9 @@ pub use guest::{app_manifest, GuestDevice, GUEST_DIR};
 pub use http_server::{ClientCert, HttpsGitServer, TestCa};
 pub use measure::{run_measured, Cost};
 pub use network::{Hub, HUB_IP};
-pub use sandbox::{everyone_after, gateway_config, unix_now, Sandbox, GATEWAY_MANIFEST};
+pub use sandbox::{
+    everyone_after, gateway_config, unix_now, Sandbox, ENROLL_TOKEN, GATEWAY_MANIFEST,
+};
 pub use shoal_testkit::{
     copy_tree, describe, e2e_required, failure_report, git_command, is_root, isolate_git, output,
     output_with_stdin, require_root, require_tool, require_tools, run, run_bytes,

@@ -5,11 +5,17 @@
 
 use std::path::PathBuf;
 
+use shoal_testkit::Collector;
+
+use crate::collector::CollectorSpec;
 use crate::device::Device;
 use crate::git_daemon::GitDaemon;
 use crate::repo::ConfigRepo;
 use crate::requirements::require_tools;
 use crate::signing::{write_allowed_signers, SigningKey};
+
+/// The enrollment token of [`Sandbox::report_to_local_collector`]'s collector.
+pub const ENROLL_TOKEN: &str = "enroll-token-0123456789abcdef";
 
 /// The configuration most end-to-end tests push: `/etc/motd` for every device, a template from
 /// `files/motd`, and `/etc/gw/gw.conf` (0600, from `files/gw.conf`) for devices labelled
@@ -99,6 +105,18 @@ impl Sandbox {
     pub fn another_device(&self, name: &str) -> Device {
         let signers = self.dir.path().join("allowed_signers");
         Device::new(self.dir.path().join(name), &self.url, &signers, "range", "")
+    }
+
+    /// Starts the real collector on a free local port (its store in `collector-data`, the
+    /// enrollment token [`ENROLL_TOKEN`] in `enroll-token`) and points the device's reports at
+    /// it.
+    pub fn report_to_local_collector(&self) -> Collector {
+        let enroll = self.dir.path().join("enroll-token");
+        std::fs::write(&enroll, format!("{ENROLL_TOKEN}\n")).expect("enrollment token");
+        let collector =
+            CollectorSpec::local(self.dir.path().join("collector-data"), enroll.clone()).start();
+        self.device.report_to(collector.url(), &enroll);
+        collector
     }
 
     /// Writes `files` (repository path, content), commits them signed by the operator, and

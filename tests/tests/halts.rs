@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use serde_json::{json, Value};
 use shoal_e2e::{
-    everyone_after, gateway_config, notify_socket, require_tools, run_daemon, unix_now,
-    CollectorSpec, Sandbox,
+    everyone_after, gateway_config, notify_socket, require_tools, run_daemon, unix_now, Sandbox,
+    ENROLL_TOKEN,
 };
 use shoal_proto::{CommitId, Halt, HaltList, KeyId, Report, SignedEnvelope, SignedHalts, Status};
 
@@ -154,17 +154,22 @@ fn answer(stream: TcpStream, shared: &Mutex<Shared>) -> std::io::Result<()> {
 /// Points the sandbox's device at `url`, pinning `key` (if any) as the collector's key.
 fn report_to(s: &Sandbox, url: &str, key: Option<&SigningKey>) {
     let enroll = s.dir.path().join("enroll-token");
-    std::fs::write(&enroll, "enroll-token-0123456789abcdef\n").expect("token");
+    std::fs::write(&enroll, format!("{ENROLL_TOKEN}\n")).expect("token");
     s.device.report_to(url, &enroll);
     if let Some(key) = key {
-        // `[collector]` is the config's last table: the key goes into it.
-        let config = std::fs::read_to_string(s.device.config_path()).expect("agent.toml");
-        std::fs::write(
-            s.device.config_path(),
-            format!("{config}key = \"{}\"\n", key_id(key)),
-        )
-        .expect("agent.toml");
+        trust_collector_key(s, key);
     }
+}
+
+/// Pins `key` as the collector's (`[collector] key`), after a `report_to`.
+fn trust_collector_key(s: &Sandbox, key: &SigningKey) {
+    // `[collector]` is the config's last table: the key goes into it.
+    let config = std::fs::read_to_string(s.device.config_path()).expect("agent.toml");
+    std::fs::write(
+        s.device.config_path(),
+        format!("{config}key = \"{}\"\n", key_id(key)),
+    )
+    .expect("agent.toml");
 }
 
 fn target(report: &Report) -> (String, Option<String>) {
@@ -445,11 +450,7 @@ fn a_halted_release_is_reported_halted_and_a_release_without_the_halt_applies() 
     let Some(s) = Sandbox::over_git_daemon() else {
         return;
     };
-    let enroll = s.dir.path().join("enroll-token");
-    std::fs::write(&enroll, "enroll-token-0123456789abcdef\n").expect("token");
-    let collector =
-        CollectorSpec::local(s.dir.path().join("collector-data"), enroll.clone()).start();
-    s.device.report_to(collector.url(), &enroll);
+    let collector = s.report_to_local_collector();
     s.device.follow_environment("production");
     let bare = s.dir.path().join("srv/config.git");
     let release = |name: &str, commit: &str, halt: bool| {
@@ -510,11 +511,8 @@ fn with_the_collector_down_waves_proceed() {
     let Some(s) = Sandbox::over_git_daemon() else {
         return;
     };
-    let enroll = s.dir.path().join("enroll-token");
-    std::fs::write(&enroll, "enroll-token-0123456789abcdef\n").expect("token");
-    let collector =
-        CollectorSpec::local(s.dir.path().join("collector-data"), enroll.clone()).start();
-    report_to(&s, collector.url(), Some(&collector_key()));
+    let collector = s.report_to_local_collector();
+    trust_collector_key(&s, &collector_key());
     s.push(&gateway_config("first\n"), "first");
     s.device.sync().expect(0, "applied generation 1");
 
@@ -536,14 +534,11 @@ fn with_the_collector_down_waves_proceed() {
     assert!(s.status()["queued_reports"].as_u64() >= Some(1));
 }
 
-/// The daemon (interval: an hour) syncs again right after a report whose answer halts the
-/// commit it waits for, and again right after one that lifts that halt: it does not wait for
-/// its next wake.
-#[test]
-fn the_daemon_acts_on_a_changed_halt_list_right_after_the_report() {
-    let Some(s) = Sandbox::over_git_daemon() else {
-        return;
-    };
+/// A device reporting to a stand-in collector whose key it trusts (its answers carry list 1,
+/// nothing halted), on an hour's interval (so a daemon's syncs are the ones the test causes), and
+/// converged on a first commit.
+fn hourly_device_on_first() -> Option<(Sandbox, StandIn, SigningKey)> {
+    let s = Sandbox::over_git_daemon()?;
     let collector = StandIn::start();
     let key = collector_key();
     report_to(&s, &collector.url, Some(&key));
@@ -556,6 +551,17 @@ fn the_daemon_acts_on_a_changed_halt_list_right_after_the_report() {
     collector.answer_with(Some(halts(&key, 1, &[])));
     s.push(&gateway_config("first\n"), "first");
     s.device.sync().expect(0, "applied generation 1");
+    Some((s, collector, key))
+}
+
+/// The daemon (interval: an hour) syncs again right after a report whose answer halts the
+/// commit it waits for, and again right after one that lifts that halt: it does not wait for
+/// its next wake.
+#[test]
+fn the_daemon_acts_on_a_changed_halt_list_right_after_the_report() {
+    let Some((s, collector, key)) = hourly_device_on_first() else {
+        return;
+    };
 
     // The wave opens in 5 s; the first report's answer halts the commit.
     let waiting = s.push_with_rollout("after the halt\n", &everyone_after("5s"));
@@ -615,21 +621,9 @@ fn the_daemon_acts_on_a_changed_halt_list_right_after_the_report() {
 /// daemon asks the collector for its newest list right before the sync that would apply.
 #[test]
 fn the_daemon_takes_the_newest_halt_list_when_the_wave_opens() {
-    let Some(s) = Sandbox::over_git_daemon() else {
+    let Some((s, collector, key)) = hourly_device_on_first() else {
         return;
     };
-    let collector = StandIn::start();
-    let key = collector_key();
-    report_to(&s, &collector.url, Some(&key));
-    let config = std::fs::read_to_string(s.device.config_path()).expect("agent.toml");
-    std::fs::write(
-        s.device.config_path(),
-        config.replace("interval = \"60s\"", "interval = \"1h\""),
-    )
-    .expect("agent.toml");
-    collector.answer_with(Some(halts(&key, 1, &[])));
-    s.push(&gateway_config("first\n"), "first");
-    s.device.sync().expect(0, "applied generation 1");
 
     let waiting = s.push_with_rollout("bad\n", &everyone_after("5s"));
     let (socket_path, _socket) = notify_socket(s.dir.path());

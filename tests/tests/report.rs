@@ -3,7 +3,9 @@
 //! each once, when it is back. The enrollment token goes only until the collector accepts the key;
 //! an operator unpins and re-keys the device while the collector runs.
 
-use shoal_e2e::{require_tools, Collector, CollectorSpec, Sandbox, SigningKey, MOTD_MANIFEST};
+use shoal_e2e::{
+    require_tools, Collector, CollectorSpec, Sandbox, SigningKey, ENROLL_TOKEN, MOTD_MANIFEST,
+};
 
 #[test]
 fn reports_enroll_survive_a_collector_outage_and_arrive_once() {
@@ -74,7 +76,6 @@ fn reports_enroll_survive_a_collector_outage_and_arrive_once() {
     assert_eq!(summary["total"], 1, "{summary}");
 }
 
-const ENROLL_TOKEN: &str = "enroll-token-0123456789abcdef";
 const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
 
 /// One sample of the collector's /metrics.
@@ -220,11 +221,7 @@ fn a_mirror_rebuilt_after_damage_is_reported_failed_with_the_reason_then_converg
     if !require_tools(&["curl"]) {
         return;
     }
-    let enroll = s.dir.path().join("enroll-token");
-    std::fs::write(&enroll, format!("{ENROLL_TOKEN}\n")).expect("token");
-    let collector =
-        CollectorSpec::local(s.dir.path().join("collector-data"), enroll.clone()).start();
-    s.device.report_to(collector.url(), &enroll);
+    let collector = s.report_to_local_collector();
     s.push(&[("shoal.toml", MOTD_MANIFEST), ("motd", "one\n")], "one");
     s.device.sync().expect(0, "report: 1 delivered");
 

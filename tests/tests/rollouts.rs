@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use shoal_e2e::{
-    everyone_after, gateway_config, notify_socket, require_tools, run_daemon, unix_now,
-    CollectorSpec, Sandbox,
+    everyone_after, gateway_config, notify_socket, require_tools, run_daemon, unix_now, Sandbox,
 };
 
 fn pending(status: &Value) -> (String, String, u64) {
@@ -33,11 +32,7 @@ fn a_device_waits_for_its_wave_keeps_the_timer_and_follows_a_newer_commit() {
     let Some(s) = Sandbox::over_git_daemon() else {
         return;
     };
-    let enroll = s.dir.path().join("enroll-token");
-    std::fs::write(&enroll, "enroll-token-0123456789abcdef\n").expect("token");
-    let collector =
-        CollectorSpec::local(s.dir.path().join("collector-data"), enroll.clone()).start();
-    s.device.report_to(collector.url(), &enroll);
+    let collector = s.report_to_local_collector();
 
     let first = s.push(&gateway_config("first\n"), "first");
     s.device.sync().expect(0, "applied generation 1");
