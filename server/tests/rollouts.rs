@@ -61,6 +61,18 @@ async fn post(server: &TestServer, body: Vec<u8>, key: &CollectorKey) -> HaltLis
     open(&resp.json()["halts"], key)
 }
 
+/// Posts a report of `dev` about `target` (see [`about`]) and opens the answer's halt list.
+async fn tell(
+    server: &TestServer,
+    key: &CollectorKey,
+    dev: &mut Device,
+    status: Status,
+    target: &str,
+    wave: Option<&str>,
+) -> HaltList {
+    post(server, about(dev, status, target, wave), key).await
+}
+
 fn open(halts: &serde_json::Value, key: &CollectorKey) -> HaltList {
     let signed: SignedHalts = serde_json::from_value(halts.clone()).unwrap();
     signed
@@ -74,6 +86,15 @@ async fn admin_post(client: &Client, path: &str, body: &str) -> Resp {
         .await
 }
 
+/// A halt or resume answer's (changed, halted, serial).
+fn change(answer: &serde_json::Value) -> (Option<bool>, Option<bool>, Option<u64>) {
+    (
+        answer["changed"].as_bool(),
+        answer["halted"].as_bool(),
+        answer["serial"].as_u64(),
+    )
+}
+
 async fn halt_and_resume_need_the_admin_token_and_each_change_bumps_the_serial(backend: Backend) {
     let store = TestStore::fresh(backend);
     let key = key_in(store.path());
@@ -81,12 +102,7 @@ async fn halt_and_resume_need_the_admin_token_and_each_change_bumps_the_serial(b
     let mut gw = Device::new("gw-1", 1);
 
     // The first answer: an empty list, serial 0, signed by the collector key.
-    let list = post(
-        &server,
-        about(&mut gw, Status::Pending, C1, Some("all")),
-        &key,
-    )
-    .await;
+    let list = tell(&server, &key, &mut gw, Status::Pending, C1, Some("all")).await;
     assert_eq!((list.serial, list.halted.len()), (0, 0));
 
     // The public key needs no token.
@@ -130,40 +146,20 @@ async fn halt_and_resume_need_the_admin_token_and_each_change_bumps_the_serial(b
         .await
         .assert_rejected(400, "reason_too_long", "at most 200");
     assert_eq!(server.state.store.halts_serial().unwrap(), 0);
-    let list = post(
-        &server,
-        about(&mut gw, Status::Pending, C1, Some("all")),
-        &key,
-    )
-    .await;
+    let list = tell(&server, &key, &mut gw, Status::Pending, C1, Some("all")).await;
     assert_eq!((list.serial, list.halted.len()), (0, 0));
 
     // Halt: serial 1; again: unchanged, still 1.
     let done = admin_post(&admin, &halt, body).await;
     assert_eq!(done.status, 200, "{}", done.text());
     let j = done.json();
-    assert_eq!(
-        (
-            j["changed"].as_bool(),
-            j["halted"].as_bool(),
-            j["serial"].as_u64()
-        ),
-        (Some(true), Some(true), Some(1))
-    );
+    assert_eq!(change(&j), (Some(true), Some(true), Some(1)));
     assert_eq!(j["reason"], "operator: wrong endpoint");
     let again = admin_post(&admin, &halt, "").await.json();
-    assert_eq!(
-        (again["changed"].as_bool(), again["serial"].as_u64()),
-        (Some(false), Some(1))
-    );
+    assert_eq!(change(&again), (Some(false), Some(true), Some(1)));
 
     // The next answer carries it.
-    let list = post(
-        &server,
-        about(&mut gw, Status::Halted, C1, Some("all")),
-        &key,
-    )
-    .await;
+    let list = tell(&server, &key, &mut gw, Status::Halted, C1, Some("all")).await;
     assert_eq!(list.serial, 1);
     let h = list
         .halt_of(&shoal_proto::CommitId::parse(C1).unwrap())
@@ -172,25 +168,10 @@ async fn halt_and_resume_need_the_admin_token_and_each_change_bumps_the_serial(b
 
     // Resume: serial 2; again: unchanged.
     let r = admin_post(&admin, &resume, "").await.json();
-    assert_eq!(
-        (
-            r["changed"].as_bool(),
-            r["halted"].as_bool(),
-            r["serial"].as_u64()
-        ),
-        (Some(true), Some(false), Some(2))
-    );
+    assert_eq!(change(&r), (Some(true), Some(false), Some(2)));
     let r = admin_post(&admin, &resume, "").await.json();
-    assert_eq!(
-        (r["changed"].as_bool(), r["serial"].as_u64()),
-        (Some(false), Some(2))
-    );
-    let list = post(
-        &server,
-        about(&mut gw, Status::Pending, C1, Some("all")),
-        &key,
-    )
-    .await;
+    assert_eq!(change(&r), (Some(false), Some(false), Some(2)));
+    let list = tell(&server, &key, &mut gw, Status::Pending, C1, Some("all")).await;
     assert_eq!((list.serial, list.halted.len()), (2, 0));
     server.stop().await;
 }
@@ -214,28 +195,40 @@ async fn the_automatic_halt_triggers_at_the_threshold_with_the_minimum_and_not_b
     let settle = |idle: &mut Device| idle.next(Status::Converged, None);
 
     // C1: 2 of 3 tried failed: over the share, under the minimum.
-    post(
+    tell(
         &server,
-        about(&mut devs[0], Status::Failed, C1, Some("canary")),
         &key,
+        &mut devs[0],
+        Status::Failed,
+        C1,
+        Some("canary"),
     )
     .await;
-    post(
+    tell(
         &server,
-        about(&mut devs[1], Status::RolledBack, C1, Some("canary")),
         &key,
+        &mut devs[1],
+        Status::RolledBack,
+        C1,
+        Some("canary"),
     )
     .await;
-    post(
+    tell(
         &server,
-        about(&mut devs[2], Status::Converged, C1, Some("canary")),
         &key,
+        &mut devs[2],
+        Status::Converged,
+        C1,
+        Some("canary"),
     )
     .await;
-    post(
+    tell(
         &server,
-        about(&mut devs[3], Status::Pending, C1, Some("all")),
         &key,
+        &mut devs[3],
+        Status::Pending,
+        C1,
+        Some("all"),
     )
     .await;
     let list = post(&server, settle(&mut idle), &key).await;
@@ -256,10 +249,13 @@ async fn the_automatic_halt_triggers_at_the_threshold_with_the_minimum_and_not_b
     assert_eq!(list.serial, 0, "C2: 1 of 4 is under 0.5: {list:?}");
 
     // C1's fourth device tries it and succeeds: 2 of 4 = the threshold, with the minimum.
-    post(
+    tell(
         &server,
-        about(&mut devs[3], Status::Converged, C1, Some("all")),
         &key,
+        &mut devs[3],
+        Status::Converged,
+        C1,
+        Some("all"),
     )
     .await;
     let list = post(&server, settle(&mut idle), &key).await;
@@ -280,10 +276,13 @@ async fn the_automatic_halt_triggers_at_the_threshold_with_the_minimum_and_not_b
     )
     .await;
     assert_eq!(resumed.json()["serial"], 2, "{}", resumed.text());
-    post(
+    tell(
         &server,
-        about(&mut devs[2], Status::Converged, C1, Some("canary")),
         &key,
+        &mut devs[2],
+        Status::Converged,
+        C1,
+        Some("canary"),
     )
     .await;
     let list = post(&server, settle(&mut idle), &key).await;
@@ -293,10 +292,13 @@ async fn the_automatic_halt_triggers_at_the_threshold_with_the_minimum_and_not_b
         "the resume sticks"
     );
     // A new failure after the resume halts it again.
-    post(
+    tell(
         &server,
-        about(&mut devs[2], Status::Failed, C1, Some("canary")),
         &key,
+        &mut devs[2],
+        Status::Failed,
+        C1,
+        Some("canary"),
     )
     .await;
     let list = post(&server, settle(&mut idle), &key).await;
@@ -367,16 +369,22 @@ async fn the_rollout_views_show_devices_by_wave_and_status_and_adoption(backend:
         post(&server, about(&mut devs[i], status, C1, Some(wave)), &key).await;
     }
     // A device moving on from a target leaves its old count.
-    post(
+    tell(
         &server,
-        about(&mut devs[5], Status::Pending, C2, Some("all")),
         &key,
+        &mut devs[5],
+        Status::Pending,
+        C2,
+        Some("all"),
     )
     .await;
-    post(
+    tell(
         &server,
-        about(&mut devs[5], Status::Converged, C1, Some("canary")),
         &key,
+        &mut devs[5],
+        Status::Converged,
+        C1,
+        Some("canary"),
     )
     .await;
     server.state.rollouts.sample_adoption().unwrap();
