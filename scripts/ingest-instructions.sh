@@ -4,9 +4,12 @@
 # `shoal-loadgen --addr` posts DEVICES x ROUNDS signed reports over CONNECTIONS connections.
 # The counters are zeroed once the collector listens and dumped after the load, so start-up and
 # shutdown are not counted. User space only: kernel time (wake-ups, fsync) is not in the count;
-# `cpu` instead reads the collector's user+system CPU from /proc (without valgrind, noisy).
+# `cpu` instead reads the collector's user+system CPU from /proc (without valgrind, noisy);
+# `threads` reads it per thread (user and system µs per report; numbered threads of a pool, such
+# as sled-io-0..6, summed), which shows whether one thread's serial path is the limit (its CPU
+# plus the flushes it waits on, against 1 s / the rate).
 #
-#   scripts/ingest-instructions.sh [cg|cpu] COLLECTOR LOADGEN [DEVICES ROUNDS CONNECTIONS]
+#   scripts/ingest-instructions.sh [cg|cpu|threads] COLLECTOR LOADGEN [DEVICES ROUNDS CONNECTIONS]
 #
 # e.g. scripts/ingest-instructions.sh cg target/server/shoal-collector target/server/shoal-loadgen
 # (defaults 300 x 3 reports, 32 connections; about 15 s under valgrind). Needs valgrind for `cg`.
@@ -31,8 +34,8 @@ echo "$TOKEN" >"$DIR/enroll"
 serve=("$COLLECTOR" serve --listen 127.0.0.1:0 --data "$DIR/data" --enroll-token-file "$DIR/enroll")
 case $MODE in
   cg) valgrind --tool=callgrind --callgrind-out-file="$DIR/callgrind.out" "${serve[@]}" >"$DIR/out" 2>"$DIR/err" & ;;
-  cpu) "${serve[@]}" >"$DIR/out" 2>"$DIR/err" & ;;
-  *) echo "mode is cg or cpu, not $MODE" >&2; exit 2 ;;
+  cpu | threads) "${serve[@]}" >"$DIR/out" 2>"$DIR/err" & ;;
+  *) echo "mode is cg, cpu or threads, not $MODE" >&2; exit 2 ;;
 esac
 PID=$!
 for _ in $(seq 600); do
@@ -43,8 +46,15 @@ done
 ADDR=$(sed -n 's|^listening on http://||p' "$DIR/out")
 [ -n "$ADDR" ] || { echo "the collector did not start:" >&2; cat "$DIR/err" >&2; exit 1; }
 ticks() { awk '{print $14 + $15}' "/proc/$PID/stat"; }
+# One line per thread: name (spaces made _), user ticks, system ticks.
+thread_ticks() {
+  for t in /proc/"$PID"/task/*; do
+    printf '%s %s\n' "$(tr ' ' _ <"$t/comm")" "$(awk '{print $14, $15}' "$t/stat")"
+  done
+}
 
 if [ "$MODE" = cg ]; then callgrind_control -z "$PID" >/dev/null 2>&1; else T0=$(ticks); fi
+[ "$MODE" = threads ] && thread_ticks >"$DIR/threads0"
 "$LOADGEN" --addr "$ADDR" --devices "$DEVICES" --rounds "$ROUNDS" --concurrency "$CONNECTIONS" \
   --enroll-token "$TOKEN" 2>&1 | grep -v '^signing\|^signed'
 N=$((DEVICES * ROUNDS))
@@ -59,4 +69,16 @@ if [ "$MODE" = cg ]; then
 else
   T1=$(ticks)
   echo "collector: $(((T1 - T0) * 10000 / N)) µs CPU per report ($((T1 - T0)) ticks of 10 ms, $N reports, load $LOAD)"
+fi
+if [ "$MODE" = threads ]; then
+  thread_ticks >"$DIR/threads1"
+  echo "CPU per report by thread:"
+  # Threads are matched by position (/proc lists them in creation order; none start or end
+  # during the load); ticks are 10 ms.
+  paste -d' ' "$DIR/threads0" "$DIR/threads1" | awk -v n="$N" '
+    { name = $1; sub(/-[0-9]+$/, "", name)
+      user[name] += $5 - $2; sys[name] += $6 - $3; count[name]++ }
+    END { for (t in user) if (user[t] + sys[t] > 0)
+            printf "  %-22s x%-2d user %4d µs  system %4d µs\n", t, count[t], user[t] * 10000 / n, sys[t] * 10000 / n }' |
+    sort -k4 -n -r
 fi
