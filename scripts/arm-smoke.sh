@@ -89,6 +89,16 @@ is_static() { # prints "static", or the dynamic-linking entries that make it not
   dynamic=$( (readelf -lW "$1" | grep -E 'INTERP|Requesting program interpreter'; readelf -dW "$1" | grep NEEDED) || true)
   if [ -z "$dynamic" ]; then echo static; else echo "$dynamic"; return 1; fi
 }
+# closed_stdout COMMAND...: runs COMMAND with stdout a pipe nobody reads (its read end closed), so
+# its first println! gets EPIPE and panics ("failed printing to stdout"); exits as COMMAND did,
+# 128+N when killed by signal N.
+closed_stdout() {
+  python3 -c 'import os, subprocess, sys
+r, w = os.pipe()
+os.close(r)
+code = subprocess.run(sys.argv[1:], stdout=w).returncode
+sys.exit(128 - code if code < 0 else code)' "$@"
+}
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_for() { # wait_for SECONDS COMMAND...
   local deadline=$((SECONDS + $1))
@@ -262,6 +272,10 @@ sync_twice http "$CFG_HTTP" "http://"
 sync_twice https "$CFG_HTTPS" "https:// (rustls+ring, pinned CA)"
 check "status --json: applied the signed commit" 0 "\"applied_commit\": \"$SIGNED\"" \
   agent --config "$CFG_HTTPS" status --json
+# Device builds abort on panic and carry no unwind tables (docs/CROSS.md, "Size"): a panic must
+# still print its message for the journal, then abort (SIGABRT, 128+6; qemu-user dies of it too).
+check "a panic prints its message and aborts (status --json into a closed pipe)" 134 \
+  'failed printing to stdout: Broken pipe' closed_stdout "$QEMU" "$BIN" --config "$CFG_HTTPS" status --json
 
 say "arm-smoke: an unsigned commit is refused"
 echo "# unsigned change" >>"$REPO/shoal.toml"

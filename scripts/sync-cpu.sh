@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CPU one first sync costs, for comparing agent builds (docs/CROSS.md, "Profile choices"):
 #
-#   scripts/sync-cpu.sh [-n RUNS] BINARY...
+#   scripts/sync-cpu.sh [-n RUNS] [--instructions] BINARY...
 #
 # Builds one signed repository (2,000 files over 101 commits, about 20 MB of pack, made with git
 # and `ssh-keygen`), then for each BINARY, RUNS times (default 5), runs a first `shoal-agent sync`
@@ -10,10 +10,29 @@
 # aarch64 or armv7 binary runs under qemu-aarch64-static / qemu-arm-static, so its seconds are
 # inflated: compare the rows of one run, not the seconds. Runs alternate between binaries, so a
 # change in the machine's load hits every binary alike. Everything is in a temp dir, removed.
+#
+# --instructions: instead of seconds, count the user-space instructions the agent executes in
+# that first sync (all its threads; not the host's git-upload-pack, which is the same for every
+# binary) with `valgrind --tool=callgrind`, whose total Ir does not depend on the machine's load.
+# For host (x86_64) binaries only: build the candidate profiles for x86_64-unknown-linux-musl to
+# compare them (docs/CROSS.md, "Size"). RUNS defaults to 1 there (the count is nearly exact).
 set -euo pipefail
-runs=5
-if [ "${1:-}" = -n ]; then runs=$2; shift 2; fi
-[ $# -ge 1 ] || { echo "usage: scripts/sync-cpu.sh [-n RUNS] BINARY..." >&2; exit 2; }
+runs=
+mode=time
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -n) runs=$2; shift 2 ;;
+    --instructions) mode=instructions; shift ;;
+    *) break ;;
+  esac
+done
+[ $# -ge 1 ] || { echo "usage: scripts/sync-cpu.sh [-n RUNS] [--instructions] BINARY..." >&2; exit 2; }
+if [ "$mode" = instructions ]; then
+  runs=${runs:-1}
+  command -v valgrind >/dev/null || { echo "sync-cpu: valgrind not found (Debian's valgrind)" >&2; exit 2; }
+else
+  runs=${runs:-5}
+fi
 
 work=$(mktemp -d -t shoal-sync-cpu.XXXXXX)
 trap 'rm -rf "$work"' EXIT
@@ -63,7 +82,14 @@ runner() { # the emulator a binary needs, if any
   esac
 }
 
-declare -A cpu=() wall=()
+for bin in "$@"; do
+  if [ "$mode" = instructions ] && [ -n "$(runner "$bin")" ]; then
+    echo "sync-cpu: --instructions counts host binaries only; $bin needs $(runner "$bin")" >&2
+    exit 2
+  fi
+done
+
+declare -A cpu=() wall=() instr=()
 for run in $(seq 1 "$runs"); do
   for bin in "$@"; do
     dev="$work/device"
@@ -79,6 +105,15 @@ ref = "refs/heads/main"
 allowed_signers = "$work/allowed_signers"
 verify = "range"
 EOF
+    if [ "$mode" = instructions ]; then
+      out="$work/callgrind.out"
+      rm -f "$out"
+      valgrind --tool=callgrind --callgrind-out-file="$out" -q \
+        "$bin" --config "$dev/agent.toml" sync >/dev/null 2>"$work/valgrind.err" ||
+        { cat "$work/valgrind.err" >&2; echo "sync-cpu: sync failed under valgrind: $bin" >&2; exit 1; }
+      instr[$bin]+="$(sed -n 's/^totals: *\([0-9]*\).*/\1/p' "$out") "
+      continue
+    fi
     # shellcheck disable=SC2046
     read -r c w < <(python3 - $(runner "$bin") "$bin" --config "$dev/agent.toml" sync <<'EOF'
 import os, resource, subprocess, sys, time
@@ -97,6 +132,19 @@ EOF
 done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+if [ "$mode" = instructions ]; then
+  printf '| binary | bytes | instructions (Ir, median of %d) | lowest, highest | vs first |\n' "$runs"
+  printf '| --- | ---: | ---: | ---: | ---: |\n'
+  first=
+  for bin in "$@"; do
+    ir=$(median <<<"${instr[$bin]}")
+    first=${first:-$ir}
+    range=$(tr ' ' '\n' <<<"${instr[$bin]}" | grep -v '^$' | sort -n | sed -n '1p;$p' | paste -sd' ')
+    awk -v b="$bin" -v s="$(stat -c %s "$bin")" -v ir="$ir" -v f="$first" -v r="$range" \
+      'BEGIN { split(r, x, " "); printf "| %s | %s | %s | %s, %s | %+.2f%% |\n", b, s, ir, x[1], x[2], 100 * (ir - f) / f }'
+  done
+  exit 0
+fi
 printf '| binary | bytes | sync CPU s (median of %d) | wall s |\n| --- | ---: | ---: | ---: |\n' "$runs"
 for bin in "$@"; do
   printf '| %s | %s | %s | %s |\n' "$bin" "$(stat -c %s "$bin")" \

@@ -7,17 +7,19 @@
 //! config. The collector's package makes its system user and installs its hardened unit, not
 //! started; with its token files written as its unit says, `systemctl start shoal-collector`
 //! serves `/healthz`, and the installed agent, pointed at it with `shoal-agent init --force`,
-//! reports to it and is listed by `/api/v1/devices`; purge removes its store. The arm64 package
-//! holds the aarch64 agent, which runs under qemu-aarch64-static.
+//! reports to it and is listed by `/api/v1/devices`; purge removes its store. The arm64 and armhf
+//! packages hold the aarch64 and armv7 agents, which run under qemu-user (`--version`, `init`,
+//! `doctor --json`, a signed `sync`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use shoal_e2e::{
     collector_bin, gateway_config, output, require_tools, run, static_agent_bin,
-    write_allowed_signers, CollectorSpec, ConfigRepo, HttpsGitServer, Hub, SigningKey, SystemdHost,
-    TestCa, HUB_IP,
+    write_allowed_signers, CollectorSpec, ConfigRepo, HttpsGitServer, Hub, Sandbox, SigningKey,
+    SystemdHost, TestCa, HUB_IP,
 };
 
 const ENROLL_TOKEN: &str = "enroll-packages-5b2e7c";
@@ -493,37 +495,82 @@ fn install_init_doctor_enable_converges_upgrade_keeps_state_and_purge_cleans_up(
     assert!(here("/etc/shoal/collector-read-tokens").exists());
 }
 
+/// An ARM package and what proves it: the Debian architecture, the agent's Rust target, the
+/// variable naming an agent built already (the build takes minutes), the emulator that runs it
+/// and the machine its ELF header names.
+struct ArmPackage {
+    arch: &'static str,
+    triple: &'static str,
+    agent_env: &'static str,
+    qemu: &'static str,
+    elf_machine: &'static str,
+}
+
 /// The arm64 package: the aarch64 static agent (`scripts/cross-build.sh`, as the ARM smoke test
 /// builds it), which runs under qemu-aarch64-static; and lintian on the release packages.
 #[test]
 fn the_arm64_package_holds_an_aarch64_agent_that_runs_and_lintian_passes() {
-    if !require_tools(&["dpkg-deb", "qemu-aarch64-static", "readelf", "python3"]) {
+    arm_package(&ArmPackage {
+        arch: "arm64",
+        triple: "aarch64-unknown-linux-musl",
+        agent_env: "SHOAL_ARM64_AGENT_BIN",
+        qemu: "qemu-aarch64-static",
+        elf_machine: "AArch64",
+    });
+}
+
+/// The armhf package: the 32-bit ARMv7 hard-float agent (std built from source, see
+/// docs/CROSS.md), which runs under qemu-arm-static.
+#[test]
+fn the_armhf_package_holds_an_armv7_agent_that_runs_and_lintian_passes() {
+    arm_package(&ArmPackage {
+        arch: "armhf",
+        triple: "armv7-unknown-linux-musleabihf",
+        agent_env: "SHOAL_ARMHF_AGENT_BIN",
+        qemu: "qemu-arm-static",
+        elf_machine: "ARM",
+    });
+}
+
+/// Builds `pkg`'s package from its static agent ($`agent_env`, or `scripts/cross-build.sh`),
+/// checks its control file, contents, release tarball and SHA256SUMS, then runs the packaged
+/// binary under qemu-user as an operator would on the device: `--version`, `init` against a
+/// signed repository (a local path: gix spawns the host's git-upload-pack, which qemu-user
+/// execs natively), `doctor --json` (every check it can make passes), and a `sync` that renders
+/// and applies the commit; then lintian.
+fn arm_package(pkg: &ArmPackage) {
+    if !require_tools(&["dpkg-deb", pkg.qemu, "readelf", "python3"]) {
         return;
     }
-    let triple = "aarch64-unknown-linux-musl";
-    // $SHOAL_ARM64_AGENT_BIN: an aarch64 agent built already (the build takes minutes).
-    let agent = match std::env::var_os("SHOAL_ARM64_AGENT_BIN") {
+    let Some(sandbox) = Sandbox::new() else {
+        return;
+    };
+    let agent = match std::env::var_os(pkg.agent_env) {
         Some(path) => PathBuf::from(path),
         None => {
+            // One cross build at a time: the arm64 and armhf tests run in parallel, and
+            // cross-build.sh installs what is missing (pip, rustup) before it builds.
+            static CROSS_BUILD: Mutex<()> = Mutex::new(());
+            let _one = CROSS_BUILD.lock().unwrap_or_else(|e| e.into_inner());
             let cross = target_dir().join("cross");
             let mut build = Command::new("bash");
             build
                 .arg(workspace().join("scripts/cross-build.sh"))
-                .arg(triple)
+                .arg(pkg.triple)
                 .env("CARGO_TARGET_DIR", &cross);
             run(&mut build);
-            cross.join(triple).join("release/shoal-agent")
+            cross.join(pkg.triple).join("release/shoal-agent")
         }
     };
     let work = tempfile::tempdir().expect("tempdir");
     let out = work.path().join("out");
-    package("arm64", &agent, None, "0.1.0-1", &out);
-    let deb = out.join("shoal-agent_0.1.0-1_arm64.deb");
+    package(pkg.arch, &agent, None, "0.1.0-1", &out);
+    let deb = out.join(format!("shoal-agent_0.1.0-1_{}.deb", pkg.arch));
     let control = run(Command::new("dpkg-deb")
         .args(["-f"])
         .arg(&deb)
         .arg("Architecture"));
-    assert_eq!(control.trim(), "arm64");
+    assert_eq!(control.trim(), pkg.arch);
     let files = contents(&deb);
     assert!(
         files.iter().any(|f| f == "/usr/bin/shoal-agent"),
@@ -533,17 +580,92 @@ fn the_arm64_package_holds_an_aarch64_agent_that_runs_and_lintian_passes() {
     run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked));
     let binary = unpacked.join("usr/bin/shoal-agent");
     let header = run(Command::new("readelf").arg("-h").arg(&binary));
-    assert!(header.contains("AArch64"), "{header}");
-    let version = run(Command::new("qemu-aarch64-static")
-        .arg(&binary)
-        .arg("--version"));
+    let machine = header
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Machine:"))
+        .map(str::trim);
+    assert_eq!(machine, Some(pkg.elf_machine), "{header}");
+    let emulated = |args: &[&str]| {
+        let mut cmd = Command::new(pkg.qemu);
+        cmd.arg(&binary).args(args);
+        output(&mut cmd)
+    };
+    let version = emulated(&["--version"]);
+    assert!(version.status.success(), "{version:?}");
     assert_eq!(
-        version.trim(),
+        String::from_utf8_lossy(&version.stdout).trim(),
         format!("shoal-agent {}", env!("CARGO_PKG_VERSION"))
     );
+
+    // The packaged agent, emulated, set up and run against a signed repository.
+    let commit = sandbox.push(&gateway_config("hello {{ device.id }}\n"), "first");
+    let device = work.path().join("device");
+    let config = device.join("agent.toml");
+    let config_arg = config.display().to_string();
+    let url = sandbox.dir.path().join("srv/config.git");
+    let signers = sandbox.dir.path().join("allowed_signers");
+    let (state, root) = (device.join("state"), device.join("root"));
+    // The device's root: `/` on a device, a directory here.
+    std::fs::create_dir_all(&root).expect("device root");
+    let init = emulated(&[
+        "--config",
+        &config_arg,
+        "init",
+        "--url",
+        &url.display().to_string(),
+        "--ref",
+        "refs/heads/main",
+        "--allowed-signers",
+        &signers.display().to_string(),
+        "--device-id",
+        "arm-1",
+        "--label",
+        "role=gateway",
+        "--state-dir",
+        &state.display().to_string(),
+        "--root",
+        &root.display().to_string(),
+    ]);
+    let stderr = String::from_utf8_lossy(&init.stderr);
+    assert!(init.status.success(), "init: {stderr}");
+    assert!(
+        String::from_utf8_lossy(&init.stdout).starts_with("ed25519:"),
+        "init prints the identity key: {init:?}"
+    );
+    let doctor = emulated(&["--config", &config_arg, "doctor", "--no-unit", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&doctor.stdout)
+        .unwrap_or_else(|e| panic!("doctor --json: {e}: {doctor:?}"));
+    let checks = report["checks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("doctor --json: no checks in {report:#}"));
+    let failed: Vec<_> = checks.iter().filter(|c| c["outcome"] == "fail").collect();
+    assert!(failed.is_empty(), "doctor: {failed:#?}");
+    assert_eq!(report["ok"], true, "{report:#}");
+    let git = checks
+        .iter()
+        .find(|c| c["check"] == "git")
+        .unwrap_or_else(|| panic!("no git check in {report:#}"));
+    assert_eq!(git["outcome"], "pass", "{report:#}");
+    assert!(
+        git["detail"].as_str().is_some_and(|d| d.contains(&commit)),
+        "doctor saw the tip over git: {report:#}"
+    );
+    assert!(doctor.status.success(), "{doctor:?}");
+    let sync = emulated(&["--config", &config_arg, "sync"]);
+    assert!(sync.status.success(), "sync: {sync:?}");
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/motd")).expect("motd"),
+        "hello arm-1\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/gw/gw.conf")).expect("gw.conf"),
+        "gateway=yes\n"
+    );
+
     let tarball = out.join(format!(
-        "shoal-{}-{triple}.tar.gz",
-        env!("CARGO_PKG_VERSION")
+        "shoal-{}-{}.tar.gz",
+        env!("CARGO_PKG_VERSION"),
+        pkg.triple
     ));
     assert!(tarball.is_file(), "{}", tarball.display());
     run(Command::new("sha256sum")
