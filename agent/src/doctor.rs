@@ -43,6 +43,12 @@ pub enum DoctorError {
         free: ByteSize,
         need: ByteSize,
     },
+    #[error("the root {} does not exist", path.display())]
+    RootMissing { path: PathBuf },
+    #[error("the root {} is not a directory", path.display())]
+    RootNotDir { path: PathBuf },
+    #[error("the root {} is not writable: {message}", path.display())]
+    RootUnwritable { path: PathBuf, message: String },
     #[error("cannot read the state in {}: {source}", path.display())]
     State {
         path: PathBuf,
@@ -100,6 +106,9 @@ impl DoctorError {
             DoctorError::StateMode { path, .. } => format!("chmod 0700 {}", path.display()),
             DoctorError::StateUnwritable { path, .. } => format!("make {} writable for the agent (a read-only mount? `mount -o remount,rw`, or point state_dir at a writable file system)", path.display()),
             DoctorError::StateFull { path, .. } => format!("free space on the file system of {}, or lower [source] max_fetch", path.display()),
+            DoctorError::RootMissing { path } => format!("correct `root` in the config, or create the directory (`install -d {}`); every declared path is written below it", path.display()),
+            DoctorError::RootNotDir { path } => format!("correct `root` in the config: {} must be the directory declared paths are written below", path.display()),
+            DoctorError::RootUnwritable { path, .. } => format!("make {} writable for the agent (a read-only mount? `mount -o remount,rw`), or correct `root` in the config", path.display()),
             DoctorError::State { .. } => "see the message; `shoal-agent status` shows the same state".into(),
             DoctorError::ClockBehind { .. } => "set the clock (`timedatectl set-ntp true`, or `date -s`); a device with a wrong clock refuses or mis-ages releases".into(),
             DoctorError::Git(e) => match **e {
@@ -209,7 +218,15 @@ pub fn run(config_path: &Path, options: &Options) -> Vec<Check> {
         Ok(config) => config,
         Err(e) => {
             let mut checks = vec![Check::fail("config", DoctorError::Config(e))];
-            for name in ["state_dir", "clock", "git", "trust", "collector", "halts"] {
+            for name in [
+                "state_dir",
+                "root",
+                "clock",
+                "git",
+                "trust",
+                "collector",
+                "halts",
+            ] {
                 checks.push(Check::skip(name, "needs a config that loads"));
             }
             checks.push(systemd_check(options));
@@ -227,6 +244,7 @@ pub fn run(config_path: &Path, options: &Options) -> Vec<Check> {
         ),
     )];
     checks.push(Check::from("state_dir", state_dir(&config)));
+    checks.push(Check::from("root", root(&config)));
     let mirror = StateView::open(&config.state_dir)
         .ok()
         .and_then(|(view, _)| Mirror::open_existing(&view.mirror_path()));
@@ -310,6 +328,33 @@ fn state_dir(config: &AgentConfig) -> Result<String, DoctorError> {
         "{}: owner uid {me}, mode {mode:04o}, writable, {free} free",
         path.display()
     ))
+}
+
+/// The directory files are applied below: it exists, is a directory and the agent may write in
+/// it (a sync fails on the first file otherwise).
+fn root(config: &AgentConfig) -> Result<String, DoctorError> {
+    let path = config.root.clone();
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => return Err(DoctorError::RootNotDir { path }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(DoctorError::RootMissing { path })
+        }
+        Err(e) => {
+            return Err(DoctorError::RootUnwritable {
+                path,
+                message: e.to_string(),
+            })
+        }
+    }
+    // access(2) asks the kernel, so a read-only mount counts even for root.
+    rustix::fs::access(&path, rustix::fs::Access::WRITE_OK).map_err(|e| {
+        DoctorError::RootUnwritable {
+            path: path.clone(),
+            message: std::io::Error::from(e).to_string(),
+        }
+    })?;
+    Ok(format!("{}: a writable directory", path.display()))
 }
 
 /// The clock is not before this binary's build, nor before what the device already accepted

@@ -244,6 +244,7 @@ fn init_writes_a_config_that_syncs_and_doctor_passes_before_and_after() {
         [
             "config",
             "state_dir",
+            "root",
             "clock",
             "git",
             "trust",
@@ -477,6 +478,52 @@ fn doctor_names_a_device_the_collector_does_not_know() {
             s.collector.url()
         ),
         &format!("on the collector: `shoal-collector register --device-id gw-1 --key {key}`"),
+    );
+}
+
+/// A root that is missing, is a file, or is read-only: a sync would fail on the first file, so
+/// doctor names it (and only it) before one is tried.
+#[test]
+fn doctor_names_a_root_that_is_missing_not_a_directory_or_read_only() {
+    let Some(s) = Scene::new() else { return };
+    s.push("hello\n");
+    let device = s.init();
+    device.sync().assert_ok();
+    let root = s.device_dir().join("root");
+    let aside = s.device_dir().join("root.aside");
+    std::fs::rename(&root, &aside).expect("move the root aside");
+    fails_only(
+        &device,
+        "root",
+        &format!("the root {} does not exist", root.display()),
+        &format!(
+            "correct `root` in the config, or create the directory (`install -d {}`)",
+            root.display()
+        ),
+    );
+    std::fs::write(&root, "not a directory\n").expect("a file at the root");
+    fails_only(
+        &device,
+        "root",
+        &format!("the root {} is not a directory", root.display()),
+        "correct `root` in the config",
+    );
+    std::fs::remove_file(&root).expect("rm");
+    std::fs::rename(&aside, &root).expect("move the root back");
+    let run = doctor(&device);
+    assert!(line(&run, "root").starts_with("ok"), "{}", run.stderr);
+    if !require_root("a read-only bind mount of the device root") {
+        return;
+    }
+    let _read_only = Mount::read_only(&root);
+    fails_only(
+        &device,
+        "root",
+        &format!(
+            "the root {} is not writable: Read-only file system",
+            root.display()
+        ),
+        "make",
     );
 }
 
