@@ -47,6 +47,10 @@ pub enum DoctorError {
     RootMissing { path: PathBuf },
     #[error("the root {} is not a directory", path.display())]
     RootNotDir { path: PathBuf },
+    #[error("the root {} is owned by uid {owner}, neither root nor the agent's user (uid {me}): that user could put links where the agent writes", path.display())]
+    RootOwner { path: PathBuf, owner: u32, me: u32 },
+    #[error("the root {} has mode {mode:04o}: users other than its owner may create and replace entries where the agent writes", path.display())]
+    RootMode { path: PathBuf, mode: u32 },
     #[error("the root {} is not writable: {message}", path.display())]
     RootUnwritable { path: PathBuf, message: String },
     #[error("cannot read the state in {}: {source}", path.display())]
@@ -108,6 +112,8 @@ impl DoctorError {
             DoctorError::StateFull { path, .. } => format!("free space on the file system of {}, or lower [source] max_fetch", path.display()),
             DoctorError::RootMissing { path } => format!("correct `root` in the config, or create the directory (`install -d {}`); every declared path is written below it", path.display()),
             DoctorError::RootNotDir { path } => format!("correct `root` in the config: {} must be the directory declared paths are written below", path.display()),
+            DoctorError::RootOwner { path, .. } => format!("chown root {}, or correct `root` in the config", path.display()),
+            DoctorError::RootMode { path, .. } => format!("chmod go-w {}", path.display()),
             DoctorError::RootUnwritable { path, .. } => format!("make {} writable for the agent (a read-only mount? `mount -o remount,rw`), or correct `root` in the config", path.display()),
             DoctorError::State { .. } => "see the message; `shoal-agent status` shows the same state".into(),
             DoctorError::ClockBehind { .. } => "set the clock (`timedatectl set-ntp true`, or `date -s`); a device with a wrong clock refuses or mis-ages releases".into(),
@@ -280,21 +286,14 @@ pub fn run(config_path: &Path, options: &Options) -> Vec<Check> {
 fn state_dir(config: &AgentConfig) -> Result<String, DoctorError> {
     use std::os::unix::fs::MetadataExt;
     let path = config.state_dir.clone();
-    let meta = match std::fs::metadata(&path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(DoctorError::StateMissing { path })
-        }
-        Err(e) => {
-            return Err(DoctorError::StateUnwritable {
-                path,
-                message: e.to_string(),
-            })
-        }
-    };
-    if !meta.is_dir() {
-        return Err(DoctorError::StateNotDir { path });
-    }
+    let meta = directory(&path).map_err(|look| match look {
+        DirLook::Missing => DoctorError::StateMissing { path: path.clone() },
+        DirLook::NotDir => DoctorError::StateNotDir { path: path.clone() },
+        DirLook::Unreadable(message) => DoctorError::StateUnwritable {
+            path: path.clone(),
+            message,
+        },
+    })?;
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
     if meta.uid() != me {
@@ -308,12 +307,9 @@ fn state_dir(config: &AgentConfig) -> Result<String, DoctorError> {
     if mode & 0o077 != 0 {
         return Err(DoctorError::StateMode { path, mode });
     }
-    // access(2) asks the kernel, so a read-only mount counts even for root.
-    rustix::fs::access(&path, rustix::fs::Access::WRITE_OK).map_err(|e| {
-        DoctorError::StateUnwritable {
-            path: path.clone(),
-            message: std::io::Error::from(e).to_string(),
-        }
+    writable(&path).map_err(|message| DoctorError::StateUnwritable {
+        path: path.clone(),
+        message,
     })?;
     let stats = rustix::fs::statvfs(&path).map_err(|e| DoctorError::StateUnwritable {
         path: path.clone(),
@@ -330,31 +326,66 @@ fn state_dir(config: &AgentConfig) -> Result<String, DoctorError> {
     ))
 }
 
-/// The directory files are applied below: it exists, is a directory and the agent may write in
-/// it (a sync fails on the first file otherwise).
+/// The directory files are applied below: it exists, is a directory, nobody but root or the
+/// agent's user owns or may write it (another user could put links where the agent writes), and
+/// the agent may write in it (a sync fails on the first file otherwise).
 fn root(config: &AgentConfig) -> Result<String, DoctorError> {
+    use std::os::unix::fs::MetadataExt;
     let path = config.root.clone();
-    match std::fs::metadata(&path) {
-        Ok(meta) if meta.is_dir() => {}
-        Ok(_) => return Err(DoctorError::RootNotDir { path }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(DoctorError::RootMissing { path })
-        }
-        Err(e) => {
-            return Err(DoctorError::RootUnwritable {
-                path,
-                message: e.to_string(),
-            })
-        }
-    }
-    // access(2) asks the kernel, so a read-only mount counts even for root.
-    rustix::fs::access(&path, rustix::fs::Access::WRITE_OK).map_err(|e| {
-        DoctorError::RootUnwritable {
+    let meta = directory(&path).map_err(|look| match look {
+        DirLook::Missing => DoctorError::RootMissing { path: path.clone() },
+        DirLook::NotDir => DoctorError::RootNotDir { path: path.clone() },
+        DirLook::Unreadable(message) => DoctorError::RootUnwritable {
             path: path.clone(),
-            message: std::io::Error::from(e).to_string(),
-        }
+            message,
+        },
     })?;
-    Ok(format!("{}: a writable directory", path.display()))
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(DoctorError::RootOwner {
+            path,
+            owner: meta.uid(),
+            me,
+        });
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(DoctorError::RootMode { path, mode });
+    }
+    writable(&path).map_err(|message| DoctorError::RootUnwritable {
+        path: path.clone(),
+        message,
+    })?;
+    Ok(format!(
+        "{}: owner uid {}, mode {mode:04o}, writable",
+        path.display(),
+        meta.uid()
+    ))
+}
+
+/// Why a directory the agent needs did not pass its first look.
+enum DirLook {
+    Missing,
+    NotDir,
+    Unreadable(String),
+}
+
+/// The metadata of `path`, a directory (links followed).
+fn directory(path: &Path) -> Result<std::fs::Metadata, DirLook> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => Ok(meta),
+        Ok(_) => Err(DirLook::NotDir),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(DirLook::Missing),
+        Err(e) => Err(DirLook::Unreadable(e.to_string())),
+    }
+}
+
+/// Whether the agent may write in `path`: access(2) asks the kernel, so a read-only mount counts
+/// even for root.
+fn writable(path: &Path) -> Result<(), String> {
+    rustix::fs::access(path, rustix::fs::Access::WRITE_OK)
+        .map_err(|e| std::io::Error::from(e).to_string())
 }
 
 /// The clock is not before this binary's build, nor before what the device already accepted

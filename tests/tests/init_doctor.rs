@@ -112,7 +112,10 @@ impl Scene {
 
     /// `init` with this scene's flags; the device it made.
     fn init(&self) -> Device {
-        std::fs::create_dir_all(self.device_dir().join("root")).expect("device root");
+        let root = self.device_dir().join("root");
+        std::fs::create_dir_all(&root).expect("device root");
+        // Whatever the umask: doctor refuses a root others may write.
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         agent(&self.init_args(&[])).expect(0, "next: shoal-agent --config");
         Device::at(self.device_dir())
     }
@@ -481,10 +484,11 @@ fn doctor_names_a_device_the_collector_does_not_know() {
     );
 }
 
-/// A root that is missing, is a file, or is read-only: a sync would fail on the first file, so
-/// doctor names it (and only it) before one is tried.
+/// A root that is missing, is a file, that another user owns or may write, or is read-only: a
+/// sync would fail on the first file, or write where someone else can put links, so doctor
+/// names it (and only it).
 #[test]
-fn doctor_names_a_root_that_is_missing_not_a_directory_or_read_only() {
+fn doctor_names_a_root_that_is_missing_not_a_directory_not_ours_or_read_only() {
     let Some(s) = Scene::new() else { return };
     s.push("hello\n");
     let device = s.init();
@@ -512,9 +516,30 @@ fn doctor_names_a_root_that_is_missing_not_a_directory_or_read_only() {
     std::fs::rename(&aside, &root).expect("move the root back");
     let run = doctor(&device);
     assert!(line(&run, "root").starts_with("ok"), "{}", run.stderr);
-    if !require_root("a read-only bind mount of the device root") {
+    // A root others may write: they could put links where the agent writes.
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    fails_only(
+        &device,
+        "root",
+        &format!("the root {} has mode 0777", root.display()),
+        &format!("chmod go-w {}", root.display()),
+    );
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    if !require_root("a root owned by another user, a read-only bind mount of the device root") {
         return;
     }
+    // A root another (unprivileged) user owns.
+    std::os::unix::fs::chown(&root, Some(65534), None).expect("chown nobody");
+    fails_only(
+        &device,
+        "root",
+        &format!(
+            "the root {} is owned by uid 65534, neither root nor the agent's user",
+            root.display()
+        ),
+        &format!("chown root {}", root.display()),
+    );
+    std::os::unix::fs::chown(&root, Some(0), None).expect("chown root");
     let _read_only = Mount::read_only(&root);
     fails_only(
         &device,

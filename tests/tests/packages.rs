@@ -605,8 +605,11 @@ fn arm_package(pkg: &ArmPackage) {
     let url = sandbox.dir.path().join("srv/config.git");
     let signers = sandbox.dir.path().join("allowed_signers");
     let (state, root) = (device.join("state"), device.join("root"));
-    // The device's root: `/` on a device, a directory here.
+    // The device's root: `/` on a device, a directory here (0755 whatever the umask: doctor
+    // refuses a root others may write).
     std::fs::create_dir_all(&root).expect("device root");
+    std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod device root");
     let init = emulated(&[
         "--config",
         &config_arg,
